@@ -1,0 +1,39 @@
+"""Exceptions. User errors become one line and exit code 2; nothing else is shown raw."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    exit_code = 1
+
+
+class UserError(EngineError):
+    """Bad input, bad output path or bad configuration: one line, exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+class StageError(EngineError):
+    """A stage failed. Names the stage and the frame it was working on; chained with `from`."""
+
+    def __init__(self, stage: str, seq: int | None, cause: BaseException):
+        self.stage = stage
+        self.seq = seq
+        self.cause = cause
+        where = f"stage '{stage}'" + (f" at frame seq {seq}" if seq is not None else "")
+        detail = str(cause) or type(cause).__name__
+        super().__init__(f"{where} failed: {type(cause).__name__}: {detail}")
+
+    @property
+    def exit_code(self) -> int:  # a user error raised inside a stage keeps its exit code
+        return self.cause.exit_code if isinstance(self.cause, EngineError) else 1
+
+
+class Cancelled(Exception):
+    """Raised inside a worker when another part of the pipeline has failed or been stopped."""
+
+
+class ValidationError(EngineError):
+    """The output broke a sequence invariant (order, timestamps, frame count)."""

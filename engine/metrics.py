@@ -1,0 +1,107 @@
+"""Per-thread counters and their snapshots. Workers write; the reporter thread only reads.
+
+Each worker owns one `WorkerMetrics` and is its only writer, so the hot path takes no lock.
+Readers (progress display, watchdog, report) may see a value one update stale, which is fine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+
+class WorkerMetrics:
+    """What one thread of one stage has done so far."""
+
+    __slots__ = ("items", "busy_s", "wait_in_s", "wait_out_s", "counters",
+                 "call_started", "call_seq")
+
+    def __init__(self) -> None:
+        self.items = 0           # frames that left this worker
+        self.busy_s = 0.0        # time inside the stage's own code
+        self.wait_in_s = 0.0     # blocked waiting for input (starved)
+        self.wait_out_s = 0.0    # blocked on a full output channel (backpressure)
+        self.counters: Counter[str] = Counter()
+        self.call_started: float | None = None  # set while inside stage code, for the watchdog
+        self.call_seq: int | None = None
+
+    @contextmanager
+    def busy(self, seq: int | None) -> Iterator[None]:
+        self.call_seq = seq
+        self.call_started = started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.call_started = None
+            self.busy_s += time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class StageSnapshot:
+    name: str
+    kind: str
+    workers: int
+    items: int
+    busy_s: float
+    wait_in_s: float
+    wait_out_s: float
+    counters: dict[str, int | float] = field(default_factory=dict)
+    queue_fill: int = 0        # items waiting in this stage's input channel
+    queue_capacity: int = 0
+
+    @property
+    def blocked_s(self) -> float:
+        return self.wait_in_s + self.wait_out_s
+
+    def as_dict(self, elapsed_s: float) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "workers": self.workers,
+            "items": self.items,
+            "busy_s": round(self.busy_s, 4),
+            "blocked_s": round(self.blocked_s, 4),
+            "wait_in_s": round(self.wait_in_s, 4),
+            "wait_out_s": round(self.wait_out_s, 4),
+            "fps": round(self.items / elapsed_s, 3) if elapsed_s > 0 else 0.0,
+            "counters": dict(self.counters),
+        }
+
+
+def aggregate(name: str, kind: str, workers: list[WorkerMetrics],
+              queue_fill: int = 0, queue_capacity: int = 0) -> StageSnapshot:
+    counters: Counter[str] = Counter()
+    for w in workers:
+        counters.update(w.counters)
+    return StageSnapshot(
+        name=name, kind=kind, workers=len(workers),
+        items=sum(w.items for w in workers),
+        busy_s=sum(w.busy_s for w in workers),
+        wait_in_s=sum(w.wait_in_s for w in workers),
+        wait_out_s=sum(w.wait_out_s for w in workers),
+        counters=dict(counters),
+        queue_fill=queue_fill, queue_capacity=queue_capacity,
+    )
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """Everything the display needs, taken at one instant."""
+
+    elapsed_s: float
+    frames_done: int
+    frames_total: int | None  # best estimate of the input's frame count, None if unknown
+    stages: list[StageSnapshot]
+
+    @property
+    def fps(self) -> float:
+        return self.frames_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        if not self.frames_total or self.frames_done == 0:
+            return None
+        return max(0.0, (self.frames_total - self.frames_done) / self.fps)

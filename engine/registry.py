@@ -1,0 +1,187 @@
+"""Stages by name, and the pipeline spec that names them.
+
+A stage class registers itself with `@register_stage`; third-party packages add stages
+through the ``engine.stages`` entry-point group. The engine itself never lists stages.
+
+Pipeline spec (CLI): ``name[:key=value]...`` joined by commas, for example
+``resize:width=1280:height=720,temporal-median:radius=1``. The keys ``workers`` and
+``queue`` are the runner's (threads for the stage, depth of its input channel); every
+other key goes to the stage's constructor, converted to the type it declares.
+
+Pipeline file (TOML)::
+
+    [[stage]]
+    name = "resize"
+    width = 1280
+    workers = 2
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+from engine.stage import Stage
+
+_STAGES: dict[str, type[Stage]] = {}
+_discovered = False
+RUNNER_KEYS = ("workers", "queue")
+
+
+def register_stage(name: str):
+    """Class decorator: make a stage available under `name`."""
+
+    def decorate(cls: type[Stage]) -> type[Stage]:
+        if name in _STAGES and _STAGES[name] is not cls:
+            raise ValueError(f"stage name '{name}' is already taken by {_STAGES[name].__qualname__}")
+        cls.name = name
+        _STAGES[name] = cls
+        return cls
+
+    return decorate
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    importlib.import_module("stages")  # the built-in stages register on import
+    for ep in entry_points(group="engine.stages"):
+        ep.load()
+
+
+def available_stages() -> dict[str, type[Stage]]:
+    _discover()
+    return dict(sorted(_STAGES.items()))
+
+
+def stage_class(name: str) -> type[Stage]:
+    stages = available_stages()
+    if name not in stages:
+        raise UserError(f"unknown stage '{name}'; choose one of: {', '.join(stages) or '(none)'}")
+    return stages[name]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a pipeline, validated: its class, constructor options and runner settings."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    queue: int = 8
+
+    def build(self) -> Stage:
+        cls = stage_class(self.name)
+        try:
+            return cls(**self.options)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"stage '{self.name}': {exc}") from exc
+
+
+def _option_types(cls: type[Stage]) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters
+    hints = typing.get_type_hints(cls.__init__)
+    return {n: hints.get(n, str) for n, p in params.items()
+            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _coerce(stage: str, key: str, raw: Any, target: Any) -> Any:
+    """Convert a CLI string (or a TOML value) to the type the stage's constructor declares."""
+    candidates = [t for t in typing.get_args(target) if t is not type(None)] or [target]
+    if typing.get_origin(target) is typing.Literal:
+        if raw not in candidates:
+            raise UserError(f"stage '{stage}': invalid {key}={raw!r}; choose one of: "
+                            f"{', '.join(map(str, candidates))}")
+        return raw
+    for t in candidates:
+        try:
+            if t is bool and isinstance(raw, str):
+                low = raw.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                continue
+            if t in (int, float, str, bool):
+                if t is int and isinstance(raw, float) and not raw.is_integer():
+                    continue
+                return t(raw)
+            return raw
+        except (TypeError, ValueError):
+            continue
+    names = "/".join(getattr(t, "__name__", str(t)) for t in candidates)
+    raise UserError(f"stage '{stage}': option {key}={raw!r} is not a valid {names}")
+
+
+def make_spec(name: str, raw_options: dict[str, Any]) -> StageSpec:
+    cls = stage_class(name)
+    types = _option_types(cls)
+    options: dict[str, Any] = {}
+    runner: dict[str, int] = {}
+    for key, raw in raw_options.items():
+        key = key.replace("-", "_")
+        if key in RUNNER_KEYS:
+            value = _coerce(name, key, raw, int)
+            if value < 1:
+                raise UserError(f"stage '{name}': {key} must be >= 1, got {value}")
+            runner[key] = value
+        elif key in types:
+            options[key] = _coerce(name, key, raw, types[key])
+        else:
+            valid = ", ".join(list(types) + list(RUNNER_KEYS))
+            raise UserError(f"stage '{name}' has no option '{key}'; valid options: {valid}")
+    spec = StageSpec(name=name, options=options, **runner)
+    if cls.kind == "window" and spec.workers != 1:
+        raise UserError(f"stage '{name}' is temporal (window) and must run with workers=1")
+    spec.build()  # constructor-level checks now, before any thread starts
+    return spec
+
+
+def parse_pipeline(text: str) -> list[StageSpec]:
+    """Parse a CLI pipeline spec, a TOML file path, or 'none'."""
+    text = text.strip()
+    if text.endswith(".toml"):
+        return load_pipeline_file(Path(text))
+    if text in ("", "none"):
+        return []
+    specs = []
+    for part in text.split(","):
+        name, *pairs = part.strip().split(":")
+        if not name:
+            raise UserError(f"empty stage name in pipeline '{text}'")
+        raw: dict[str, str] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise UserError(f"stage '{name}': expected key=value, got '{pair}'")
+            raw[key] = value
+        specs.append(make_spec(name, raw))
+    return specs
+
+
+def load_pipeline_file(path: Path) -> list[StageSpec]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"pipeline file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read pipeline file {path}: {exc}") from None
+    entries = doc.get("stage", [])
+    if not isinstance(entries, list):
+        raise UserError(f"pipeline file {path}: expected [[stage]] tables")
+    specs = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise UserError(f"pipeline file {path}: [[stage]] number {i + 1} has no name")
+        options = {k: v for k, v in entry.items() if k != "name"}
+        specs.append(make_spec(str(entry["name"]), options))
+    return specs

@@ -1,0 +1,359 @@
+"""The pipeline runner: threads, channels, batching, windowing, ordering, cancellation.
+
+Threads of one run::
+
+    decode ──ch──▶ stage 1 (W1 workers) ──ch──▶ … ──ch──▶ sink thread (reorder → validate → write)
+                                                                ▲
+    main thread: watchdog + joins; re-raises the first failure ─┘
+
+- Every channel is bounded, so memory is capped by the sum of capacities, whatever the
+  video length: a slow consumer blocks its producer (backpressure).
+- End of stream is each producer closing its output channel; a stage flushes when its
+  input channel reports EOS.
+- The first exception anywhere cancels the token: every blocked put/get wakes and
+  raises `Cancelled`, every worker unwinds and closes its stage, and the main thread
+  joins them all and re-raises the error, naming the stage and the frame's seq.
+- A stage stuck inside its own code for longer than `stall_timeout_s` is a failure too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from engine.channel import EOS, CancelToken, Channel
+from engine.errors import Cancelled, EngineError, StageError
+from engine.frame import Frame
+from engine.metrics import RunSnapshot, StageSnapshot, WorkerMetrics, aggregate
+from engine.registry import StageSpec
+from engine.reorder import ReorderBuffer
+from engine.stage import BatchStage, MapStage, Stage, StageContext, WindowStage
+from engine.validate import SequenceValidator
+
+
+class Source(Protocol):
+    """Produces frames with seq 0..N-1. `frames_total` is an estimate, None if unknown."""
+
+    name: str
+    frames_total: int | None
+    width: int | None
+    height: int | None
+    frame_rate: float | None
+
+    def frames(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Consumes frames in seq order. Output becomes visible only in `commit`."""
+
+    name: str
+
+    def write(self, frame: Frame) -> None: ...
+
+    def finish(self, frames: int) -> None:
+        """End of stream: flush, close and verify the output (still under a temporary name)."""
+
+    def commit(self) -> None:
+        """Move the verified output into place."""
+
+    def abort(self) -> None:
+        """Remove whatever partial output exists. Safe to call more than once."""
+
+
+class Interrupted(EngineError):
+    """The user pressed Ctrl-C (or the run was otherwise asked to stop)."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    sink_queue: int = 8            # processed frames waiting for the encoder
+    stall_timeout_s: float = 300.0 # a stage inside one call for longer than this has failed
+    join_timeout_s: float = 10.0   # how long cancelled threads get to unwind
+    device: str = "cpu"
+
+
+@dataclass
+class RunResult:
+    frames_in: int
+    frames_out: int
+    elapsed_s: float
+    stages: list[StageSnapshot] = field(default_factory=list)
+
+
+@dataclass
+class _Node:
+    """Runtime state of one stage: its spec, its input channel, one metrics object per worker."""
+
+    name: str
+    kind: str
+    inbox: Channel | None
+    metrics: list[WorkerMetrics]
+
+
+class Pipeline:
+    """Runs source → stages → sink on threads. One instance, one run."""
+
+    def __init__(self, source: Source, specs: list[StageSpec], sink: Sink,
+                 options: RunnerOptions = RunnerOptions()):
+        self.source = source
+        self.specs = list(specs)
+        self.sink = sink
+        self.options = options
+        self.token = CancelToken()
+        self._threads: list[threading.Thread] = []
+        self._started = 0.0
+        self._frames_in = 0
+        self._nodes: list[_Node] = []
+        self._build()
+
+    # ---- wiring -------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        # Channel i is the inbox of stage i (the last one is the sink's). Its producers are
+        # the workers of whatever stands before it; its capacity is the consumer's `queue`.
+        probes = [spec.build() for spec in self.specs]  # constructors are cheap: open() loads
+        capacities = [spec.queue for spec in self.specs] + [self.options.sink_queue]
+        producers = [1] + [spec.workers for spec in self.specs]
+        consumers = [spec.name for spec in self.specs] + [self.sink.name]
+        inboxes = [Channel(f"→{name}", cap, prod, self.token)
+                   for name, cap, prod in zip(consumers, capacities, producers)]
+        self._nodes.append(_Node(self.source.name, "source", None, [WorkerMetrics()]))
+        for spec, probe, inbox in zip(self.specs, probes, inboxes):
+            self._nodes.append(_Node(spec.name, probe.kind, inbox,
+                                     [WorkerMetrics() for _ in range(spec.workers)]))
+        self._nodes.append(_Node(self.sink.name, "sink", inboxes[-1], [WorkerMetrics()]))
+        # Frames arrive out of order only through parallel workers, and how far ahead one can
+        # get is bounded by everything in flight between the source and the sink.
+        in_flight = sum(spec.workers * probe.span for spec, probe in zip(self.specs, probes))
+        self.reorder_window = in_flight + sum(capacities) + 1
+        self._inboxes = inboxes
+
+    # ---- observation --------------------------------------------------------------------
+
+    def snapshot(self) -> RunSnapshot:
+        elapsed = time.perf_counter() - self._started if self._started else 0.0
+        stages = [aggregate(n.name, n.kind, n.metrics,
+                            len(n.inbox) if n.inbox else 0,
+                            n.inbox.capacity if n.inbox else 0) for n in self._nodes]
+        return RunSnapshot(elapsed_s=elapsed, frames_done=stages[-1].items,
+                           frames_total=self.source.frames_total, stages=stages)
+
+    # ---- threads --------------------------------------------------------------------------
+
+    def _guard(self, node: _Node, metrics: WorkerMetrics, body: Callable[[], None]) -> None:
+        """Run a thread body; turn any failure into the run's first error (if it is first)."""
+        try:
+            body()
+        except Cancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - a failure must travel, whatever it is
+            error = exc if isinstance(exc, StageError) else StageError(node.name, metrics.call_seq, exc)
+            error.__cause__ = exc
+            self.token.cancel(error)
+
+    def _emit(self, out: Channel, metrics: WorkerMetrics, frame: Frame) -> None:
+        metrics.wait_out_s += out.put(frame)
+        metrics.items += 1
+
+    def _run_source(self, out: Channel) -> None:
+        node = self._nodes[0]
+        metrics = node.metrics[0]
+
+        def body() -> None:
+            try:
+                frames = self.source.frames()
+                while True:
+                    with metrics.busy(self._frames_in):
+                        frame = next(frames, None)
+                    if frame is None:
+                        break
+                    self._frames_in += 1
+                    self._emit(out, metrics, frame)
+            finally:
+                self.source.close()
+            out.close()  # only on success: a failed source must not look like end of stream
+
+        self._guard(node, metrics, body)
+
+    def _run_worker(self, node: _Node, spec: StageSpec, worker: int, out: Channel) -> None:
+        metrics = node.metrics[worker]
+
+        def body() -> None:
+            stage = spec.build()
+            stage.counters = metrics.counters  # stage counters land straight in the metrics
+            ctx = StageContext(worker=worker, workers=spec.workers, width=self.source.width,
+                               height=self.source.height, frame_rate=self.source.frame_rate,
+                               frames_total=self.source.frames_total, device=self.options.device)
+            with metrics.busy(None):
+                stage.open(ctx)
+            try:
+                self._drive(stage, node.inbox, out, metrics)
+                with metrics.busy(None):
+                    tail = stage.flush()
+                for frame in tail:
+                    self._emit(out, metrics, frame)
+            finally:
+                stage.close()
+            out.close()
+
+        self._guard(node, metrics, body)
+
+    def _take(self, inbox: Channel, metrics: WorkerMetrics) -> Any:
+        item, waited = inbox.get()
+        metrics.wait_in_s += waited
+        return item
+
+    def _drive(self, stage: Stage, inbox: Channel, out: Channel, metrics: WorkerMetrics) -> None:
+        if isinstance(stage, MapStage):
+            while (frame := self._take(inbox, metrics)) is not EOS:
+                with metrics.busy(frame.seq):
+                    result = stage.process(frame)
+                _check_same(stage, [frame], [result])
+                self._emit(out, metrics, result)
+        elif isinstance(stage, BatchStage):
+            batch: list[Frame] = []
+            while True:
+                frame = self._take(inbox, metrics)
+                if frame is not EOS:
+                    batch.append(frame)
+                if batch and (frame is EOS or len(batch) == stage.batch_size):
+                    with metrics.busy(batch[0].seq):
+                        results = stage.process_batch(batch)
+                    _check_same(stage, batch, results)
+                    for result in results:
+                        self._emit(out, metrics, result)
+                    batch = []
+                if frame is EOS:
+                    return
+        elif isinstance(stage, WindowStage):
+            self._drive_window(stage, inbox, out, metrics)
+        else:
+            raise TypeError(f"stage '{stage.name}' is not a MapStage, BatchStage or WindowStage")
+
+    def _drive_window(self, stage: WindowStage, inbox: Channel, out: Channel,
+                      metrics: WorkerMetrics) -> None:
+        """Windows of `window_size` frames; consecutive windows share 2 × `overlap` frames.
+
+        A window covering [s, s+K) emits [s+O, s+K-O) — the first window from s, the last
+        to its end — so every frame leaves exactly once, and away from the stream's ends
+        each emitted frame had `overlap` frames of context on both sides.
+        """
+        size, overlap = stage.window_size, stage.overlap
+        window: list[Frame] = []
+        emitted = 0  # frames at the head of `window` that already left
+
+        def run(final: bool) -> None:
+            nonlocal window, emitted
+            with metrics.busy(window[emitted].seq):
+                results = stage.process_window(list(window))
+            if len(results) != len(window):
+                raise ValueError(f"window stage returned {len(results)} results for "
+                                 f"{len(window)} frames")
+            end = len(window) if final else len(window) - overlap
+            for frame, result in zip(window[emitted:end], results[emitted:end]):
+                self._emit(out, metrics, frame.with_data(result))
+            if not final:
+                window = window[len(window) - 2 * overlap:] if overlap else []
+                emitted = overlap if overlap else 0
+
+        while (frame := self._take(inbox, metrics)) is not EOS:
+            window.append(frame)
+            if len(window) == size:
+                run(final=False)
+        if len(window) > emitted:
+            run(final=True)
+
+    def _run_sink(self) -> None:
+        node = self._nodes[-1]
+        metrics = node.metrics[0]
+
+        def body() -> None:
+            reorder: ReorderBuffer[Frame] = ReorderBuffer(self.reorder_window)
+            validator = SequenceValidator()
+            while (item := self._take(node.inbox, metrics)) is not EOS:
+                for frame in reorder.push(item):
+                    validator.check(frame)
+                    with metrics.busy(frame.seq):
+                        self.sink.write(frame)
+                    metrics.items += 1
+            reorder.finish()
+            # EOS here means every upstream thread finished, so the source's count is final.
+            validator.finish(self._frames_in)
+            with metrics.busy(None):
+                self.sink.finish(validator.count)
+
+        self._guard(node, metrics, body)
+
+    # ---- the run ----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Run to completion. Raises the first failure (a StageError, or Interrupted)."""
+        self._started = time.perf_counter()
+        self._spawn(self.source.name, self._run_source, self._inboxes[0])
+        for spec, node, out in zip(self.specs, self._nodes[1:-1], self._inboxes[1:]):
+            for w in range(spec.workers):
+                self._spawn(f"{spec.name}-{w}", self._run_worker, node, spec, w, out)
+        self._spawn(self.sink.name, self._run_sink)
+        try:
+            self._supervise()
+        except KeyboardInterrupt:
+            self.token.cancel(Interrupted("interrupted"))
+        finally:
+            stuck = self._join_all()
+            if self.token.error is None and stuck:
+                self.token.cancel(EngineError(f"threads did not finish: {', '.join(stuck)}"))
+            if self.token.error is not None:
+                self.sink.abort()
+        if self.token.error is not None:
+            raise self.token.error
+        self.sink.commit()
+        snap = self.snapshot()
+        return RunResult(frames_in=self._frames_in, frames_out=snap.frames_done,
+                         elapsed_s=snap.elapsed_s, stages=snap.stages)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        # daemon: a stage stuck in native code must not keep the process alive after we report it
+        thread = threading.Thread(target=target, args=args, name=f"engine-{name}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _supervise(self) -> None:
+        """Wait for the run to end; meanwhile watch for stages stuck in one call."""
+        limit = self.options.stall_timeout_s
+        while any(t.is_alive() for t in self._threads):
+            if self.token.wait(0.1):
+                return
+            now = time.perf_counter()
+            for node in self._nodes:
+                for m in node.metrics:
+                    started = m.call_started
+                    if started is not None and now - started > limit:
+                        self.token.cancel(StageError(node.name, m.call_seq, TimeoutError(
+                            f"stalled: no result for {limit:g} s")))
+                        return
+
+    def _join_all(self) -> list[str]:
+        """Join every thread within the grace period. Returns the names of any still running."""
+        deadline = time.perf_counter() + self.options.join_timeout_s
+        for thread in self._threads:
+            while thread.is_alive() and time.perf_counter() < deadline:
+                try:
+                    thread.join(0.1)
+                except KeyboardInterrupt:  # a second Ctrl-C must not skip the cleanup
+                    self.token.cancel(Interrupted("interrupted"))
+        return [t.name for t in self._threads if t.is_alive()]
+
+
+def _check_same(stage: Stage, inputs: list[Frame], outputs: list[Frame]) -> None:
+    """A stage returns exactly the frames it was given: none lost, none added, none swapped."""
+    if len(outputs) != len(inputs) or any(
+            not isinstance(o, Frame) or o.seq != i.seq for i, o in zip(inputs, outputs)):
+        got = [getattr(o, "seq", type(o).__name__) for o in outputs]
+        raise ValueError(f"stage must return its input frames in order: "
+                         f"sent seq {[f.seq for f in inputs]}, got {got}")

@@ -1,0 +1,115 @@
+"""The stage contract. A stage is a transform and nothing else.
+
+Life of a stage instance: ``open(ctx)`` → ``process*`` → ``flush()`` at end of stream →
+``close()``. The runner owns threads, channels, batching and windowing; a stage never
+touches any of them. Each worker thread gets its own instance, so a stage may keep state
+without locks.
+
+Three kinds:
+
+- `MapStage`: one frame in, one frame out.
+- `BatchStage`: up to `batch_size` frames in, the same frames out (the last batch may be short).
+- `WindowStage`: a temporal model sees up to `window_size` consecutive frames, consecutive
+  windows sharing `overlap` frames of context on each side. The runner emits each frame
+  exactly once, from the window where it sits furthest from the edge.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from engine.frame import Frame
+
+StageKind = Literal["map", "batch", "window"]
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may know about the run when it opens."""
+
+    worker: int               # 0..workers-1
+    workers: int
+    width: int | None         # input frame size, when the source knows it
+    height: int | None
+    frame_rate: float | None
+    frames_total: int | None
+    device: str = "cpu"
+
+
+class Stage:
+    """Base of every stage. Subclasses set `name` and `kind` and implement one process method."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[StageKind]
+    #: Frames this stage holds at once per worker; the runner sizes the reorder window with it.
+    #: Batch and window stages override it with their option.
+    span: int = 1
+
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+
+    def open(self, ctx: StageContext) -> None:
+        """Load models, allocate buffers. Called once per worker, in that worker's thread."""
+
+    def flush(self) -> list[Frame]:
+        """End of stream: return any frames the stage still holds (most hold none)."""
+        return []
+
+    def close(self) -> None:
+        """Release resources. Called exactly once per opened instance, also after a failure."""
+
+    def count(self, key: str, n: int | float = 1) -> None:
+        """Add to a counter that appears in the progress display and the report."""
+        self.counters[key] += n
+
+    def describe(self) -> dict[str, Any]:
+        """Options as given, for the report."""
+        return {}
+
+
+class MapStage(Stage):
+    kind: ClassVar[StageKind] = "map"
+
+    def process(self, frame: Frame) -> Frame:
+        raise NotImplementedError
+
+
+class BatchStage(Stage):
+    kind: ClassVar[StageKind] = "batch"
+
+    def __init__(self, batch_size: int = 4) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.span = batch_size
+
+    def process_batch(self, frames: list[Frame]) -> list[Frame]:
+        """Return the same frames, in the same order, with their results."""
+        raise NotImplementedError
+
+
+class WindowStage(Stage):
+    kind: ClassVar[StageKind] = "window"
+
+    def __init__(self, window_size: int = 8, overlap: int = 2) -> None:
+        super().__init__()
+        if window_size < 1 or overlap < 0 or window_size <= 2 * overlap:
+            raise ValueError(
+                f"window_size must exceed 2 × overlap (got window_size={window_size}, overlap={overlap})")
+        self.window_size = window_size
+        self.overlap = overlap
+        self.span = window_size
+
+    def process_window(self, frames: list[Frame]) -> list[np.ndarray]:
+        """Return one output image per input frame, in order, without modifying the inputs.
+
+        Context frames at either edge reappear in the next window as inputs, so they must
+        keep their original pixels; the runner attaches each result to a fresh frame record
+        and emits only the frames this window owns.
+        """
+        raise NotImplementedError
