@@ -48,7 +48,9 @@ class Frame:
     @property
     def data(self) -> np.ndarray:
         if self._data is None:
-            self._data = self._picture.to_ndarray(format=self._pixel_format)
+            # the picture's own range: PyAV would otherwise assume limited range
+            self._data = self._picture.to_ndarray(format=self._pixel_format,
+                                                  src_color_range=self._picture.color_range)
             self._picture = None  # the array is now the truth; free the decoder buffer
         return self._data
 

@@ -1,7 +1,8 @@
 """Stages by name, and the pipeline spec that names them.
 
 A stage class registers itself with `@register_stage`; third-party packages add stages
-through the ``engine.stages`` entry-point group. The engine itself never lists stages.
+through the ``engine.stages`` entry-point group, and local modules through the
+``ENGINE_STAGE_MODULES`` environment variable (comma-separated module names). The engine itself never lists stages.
 
 Pipeline spec (CLI): ``name[:key=value]...`` joined by commas, for example
 ``resize:width=1280:height=720,temporal-median:radius=1``. The keys ``workers`` and
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -56,6 +58,12 @@ def _discover() -> None:
     importlib.import_module("stages")  # the built-in stages register on import
     for ep in entry_points(group="engine.stages"):
         ep.load()
+    # local stage modules without packaging, e.g. ENGINE_STAGE_MODULES=mystages,engine.testing
+    for module in filter(None, os.environ.get("ENGINE_STAGE_MODULES", "").split(",")):
+        try:
+            importlib.import_module(module.strip())
+        except ImportError as exc:
+            raise UserError(f"cannot import stage module '{module}' from ENGINE_STAGE_MODULES: {exc}") from None
 
 
 def available_stages() -> dict[str, type[Stage]]:

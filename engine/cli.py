@@ -1,0 +1,103 @@
+"""`engine`: turns arguments into a config and hands it over. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from engine import __version__
+from engine.errors import EngineError, StageError, UserError
+from engine.runner import RunnerOptions
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engine", description="Streaming ML video processing engine.")
+    p.add_argument("--version", action="version", version=f"engine {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("stream", help="decode IN, run the pipeline, encode OUT")
+    s.add_argument("input", metavar="IN")
+    s.add_argument("output", metavar="OUT", help="video file (.mp4 .mkv .mov) or image pattern (dir/%%06d.png)")
+    s.add_argument("--pipeline", default="none",
+                   help="comma-separated stages, name[:key=value]..., a .toml file, or 'none'")
+    s.add_argument("--encoder", default="auto", help="auto, x264, x265, h264_nvenc, hevc_nvenc, prores, ffv1")
+    s.add_argument("--crf", type=int, default=None, help="quality (crf for x264/x265, cq for NVENC)")
+    s.add_argument("--preset", default=None, help="encoder preset (x264/x265: ultrafast..veryslow)")
+    s.add_argument("--frames", type=int, default=None, dest="max_frames",
+                   help="process only the first N frames")
+    s.add_argument("--report", default=None, metavar="FILE.json", help="write the run summary as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress display or summary")
+    s.add_argument("--stall-timeout", type=float, default=300.0,
+                   help="seconds a stage may spend on one call before the job fails (default 300)")
+
+    pr = sub.add_parser("probe", help="print streams, codecs, frame count and duration")
+    pr.add_argument("file")
+    pr.add_argument("--json", action="store_true")
+
+    sub.add_parser("stages", help="list the registered stages")
+    return p
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from engine.job import Job, JobConfig
+
+    config = JobConfig(input=args.input, output=args.output, pipeline=args.pipeline,
+                       encoder=args.encoder, crf=args.crf, preset=args.preset,
+                       max_frames=args.max_frames, report=args.report, quiet=args.quiet,
+                       runner=RunnerOptions(stall_timeout_s=args.stall_timeout))
+    Job.prepare(config).run()
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from engine.probe import probe
+
+    result = probe(args.file)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    duration = f"{result.duration_s:.3f} s" if result.duration_s is not None else "unknown"
+    print(f"{result.path}: {result.format}, {duration}, {result.video_frames} video frames "
+          f"at {result.frame_rate or '?'} fps, {result.width}x{result.height} {result.pix_fmt}")
+    for s in result.streams:
+        print(f"  #{s.index} {s.type:<10} {s.codec:<12} {s.detail}")
+    return 0
+
+
+def _stages(_: argparse.Namespace) -> int:
+    from engine.registry import available_stages
+
+    for name, cls in available_stages().items():
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:<18} {cls.kind:<7} {doc[0] if doc else ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"stream": _stream, "probe": _probe, "stages": _stages}[args.command]
+    try:
+        return handler(args)
+    except StageError as exc:
+        # a user error raised in a worker (say, corrupt input found mid-stream) reads as itself
+        message = str(exc.cause) if isinstance(exc.cause, UserError) else str(exc)
+        return _fail(message, exc.exit_code)
+    except EngineError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"engine: error: {message}", file=sys.stderr)
+    if os.environ.get("ENGINE_DEBUG"):
+        import traceback
+
+        traceback.print_exc()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Encoder choice: by name, or `auto`, always proven by really opening the encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+
+from engine.errors import UserError
+
+CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    codec: str                 # FFmpeg encoder name
+    pix_fmt_8bit: str
+    pix_fmt_deep: str | None   # for >8-bit input; None means the encoder is 8-bit only
+    quality_option: str | None # the option `--crf` maps to
+    default_quality: int | None
+    default_preset: str | None
+    containers: tuple[str, ...]
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "x264": EncoderSpec("libx264", "yuv420p", None, "crf", 18, "medium", (".mp4", ".mkv", ".mov")),
+    "x265": EncoderSpec("libx265", "yuv420p", "yuv420p10le", "crf", 20, "medium",
+                        (".mp4", ".mkv", ".mov"), {"tag": "hvc1"}),
+    "h264_nvenc": EncoderSpec("h264_nvenc", "yuv420p", None, "cq", 19, "p5", (".mp4", ".mkv", ".mov")),
+    "hevc_nvenc": EncoderSpec("hevc_nvenc", "yuv420p", "p010le", "cq", 21, "p5",
+                              (".mp4", ".mkv", ".mov"), {"tag": "hvc1"}),
+    "prores": EncoderSpec("prores_ks", "yuv422p10le", "yuv422p10le", None, None, None,
+                          (".mov", ".mkv"), {"profile": "3"}),  # 3 = 422 HQ
+    "ffv1": EncoderSpec("ffv1", "yuv420p", "yuv420p10le", None, None, None, (".mkv", ".mov")),
+}
+AUTO_ORDER = ("h264_nvenc", "x264", "prores")
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    name: str
+    spec: EncoderSpec
+    pix_fmt: str
+    options: dict[str, str]
+    reason: str  # said to the user: why this encoder
+
+    @property
+    def codec(self) -> str:
+        return self.spec.codec
+
+
+def container_for(path: str) -> str:
+    import os
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in CONTAINERS:
+        raise UserError(f"unsupported output extension '{ext or '(none)'}'; use one of: "
+                        f"{', '.join(CONTAINERS)}, or an image pattern such as out/%06d.png")
+    return ext
+
+
+def try_open(codec: str, pix_fmt: str, options: dict[str, str]) -> str | None:
+    """Open the encoder for real on a tiny picture. Returns None on success, else why not."""
+    try:
+        ctx = av.CodecContext.create(codec, "w")
+    except (av.error.FFmpegError, ValueError) as exc:
+        return f"{codec} is not in this FFmpeg build ({exc})"
+    try:
+        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, pix_fmt
+        ctx.time_base = Fraction(1, 25)
+        ctx.options = {k: v for k, v in options.items() if k != "tag"}
+        ctx.open()
+    except (av.error.FFmpegError, ValueError) as exc:
+        return f"{codec} failed to open: {getattr(exc, 'strerror', None) or exc}"
+    finally:
+        del ctx
+    return None
+
+
+def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,
+                   preset: str | None = None) -> EncoderChoice:
+    """Resolve `name` (or `auto`) to an encoder that opens here and fits the container."""
+    if name != "auto" and name not in ENCODERS:
+        raise UserError(f"unknown encoder '{name}'; choose one of: auto, {', '.join(ENCODERS)}")
+    candidates = AUTO_ORDER if name == "auto" else (name,)
+    refusals: list[str] = []
+    for candidate in candidates:
+        spec = ENCODERS[candidate]
+        if output_ext not in spec.containers:
+            refusals.append(f"{candidate} cannot go in {output_ext}")
+            continue
+        deep = bit_depth > 8 and spec.pix_fmt_deep is not None
+        pix_fmt = spec.pix_fmt_deep if deep else spec.pix_fmt_8bit
+        options = dict(spec.extra)
+        if spec.quality_option:
+            quality = crf if crf is not None else spec.default_quality
+            options[spec.quality_option] = str(quality)
+        if spec.default_preset:
+            options["preset"] = preset or spec.default_preset
+        failure = try_open(spec.codec, pix_fmt, options)
+        if failure is None:
+            reason = "requested" if name != "auto" else (
+                "auto: first that opened" + (f" ({'; '.join(refusals)})" if refusals else ""))
+            return EncoderChoice(candidate, spec, pix_fmt, options, reason)
+        refusals.append(failure)
+    if name == "auto":
+        raise UserError(f"no encoder could be opened for {output_ext}: {'; '.join(refusals)}")
+    raise UserError(f"encoder '{name}' cannot be used: {refusals[0]}")

@@ -1,0 +1,159 @@
+"""One `engine stream` job: check everything, then wire source → stages → sink and run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+
+import av
+
+from engine.encoders import choose_encoder, container_for
+from engine.errors import UserError
+from engine.progress import Reporter, make_reporter
+from engine.registry import StageSpec, parse_pipeline
+from engine.runner import Pipeline, RunnerOptions, RunResult
+from engine.sink import ImageSequenceSink, VideoSink, is_image_pattern
+from engine.source import VideoSource
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a job needs, checked before any thread starts."""
+
+    input: str
+    output: str
+    pipeline: str = "none"
+    encoder: str = "auto"
+    crf: int | None = None
+    preset: str | None = None
+    max_frames: int | None = None
+    report: str | None = None
+    quiet: bool = False
+    runner: RunnerOptions = field(default_factory=RunnerOptions)
+
+
+def check_output_path(input_path: str, output: str) -> None:
+    target = os.path.dirname(os.path.abspath(output)) if is_image_pattern(output) else output
+    if os.path.exists(input_path) and os.path.exists(target) and os.path.samefile(input_path, target):
+        raise UserError(f"output is the input file: {output}")
+    if os.path.abspath(input_path) == os.path.abspath(target):
+        raise UserError(f"output is the input file: {output}")
+    parent = os.path.dirname(os.path.abspath(target)) or "."
+    if not os.path.isdir(parent):
+        raise UserError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"output directory is not writable: {parent}")
+    if not is_image_pattern(output) and os.path.isdir(output):
+        raise UserError(f"output is a directory, not a file: {output}")
+
+
+@dataclass
+class Job:
+    config: JobConfig
+    specs: list[StageSpec]
+    source: VideoSource
+    sink: VideoSink | ImageSequenceSink
+    encoder_note: str
+
+    @classmethod
+    def prepare(cls, config: JobConfig) -> Job:
+        """Validate the whole configuration and open the input. Raises UserError, starts nothing."""
+        if config.max_frames is not None and config.max_frames < 1:
+            raise UserError(f"--frames must be >= 1, got {config.max_frames}")
+        specs = parse_pipeline(config.pipeline)
+        image_out = is_image_pattern(config.output)
+        if not image_out:
+            ext = container_for(config.output)
+        check_output_path(config.input, config.output)
+        if config.report:
+            parent = os.path.dirname(os.path.abspath(config.report))
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+                raise UserError(f"cannot write report {config.report}: directory not writable")
+        source = VideoSource(config.input, max_frames=config.max_frames)
+        try:
+            if image_out:
+                sink = ImageSequenceSink(config.output)
+                note = f"images: {os.path.splitext(config.output)[1][1:]} via {sink.workers} saver threads"
+            else:
+                choice = choose_encoder(config.encoder, ext, source.info.bit_depth,
+                                        crf=config.crf, preset=config.preset)
+                sink = VideoSink(config.output, choice, source.info)
+                note = f"encoder: {choice.name} ({choice.codec}, {choice.pix_fmt}) — {choice.reason}"
+        except BaseException:
+            source.close()
+            raise
+        return cls(config, specs, source, sink, note)
+
+    def run(self, reporter: Reporter | None = None) -> dict:
+        config = self.config
+        reporter = reporter or make_reporter(config.quiet)
+        pipeline = Pipeline(self.source, self.specs, self.sink, config.runner)
+        if not config.quiet:
+            reporter_note(reporter, self.encoder_note)
+        reporter.start(pipeline.snapshot)
+        result: RunResult | None = None
+        try:
+            result = pipeline.run()
+        finally:
+            reporter.stop(pipeline.snapshot() if result is not None else None)
+        report = build_report(self, result, reporter)
+        if config.report:
+            write_report(config.report, report)
+        return report
+
+
+def reporter_note(reporter: Reporter, text: str) -> None:
+    console = getattr(reporter, "console", None)
+    if console is not None:
+        console.print(text)
+    else:
+        print(f"[engine] {text}", file=getattr(reporter, "stream", None), flush=True)
+
+
+def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
+    elapsed = result.elapsed_s
+    info = job.source.info
+    report = {
+        "input": job.config.input,
+        "output": job.config.output,
+        "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
+                     for s in job.specs],
+        "sink": job.encoder_note,
+        "frames_in": result.frames_in,
+        "frames_out": result.frames_out,
+        "wall_s": round(elapsed, 4),
+        "fps": round(result.frames_out / elapsed, 3) if elapsed > 0 else 0.0,
+        "video": {"width": info.width, "height": info.height, "pix_fmt": info.pix_fmt,
+                  "frame_rate": str(info.frame_rate), "codec": info.codec},
+        "stages": [s.as_dict(elapsed) for s in result.stages],
+        "environment": environment(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if reporter.gpu_samples:
+        report["gpu"] = [[vars(g) for g in sample] for sample in reporter.gpu_samples]
+    if reporter.timeline:
+        report["timeline"] = reporter.timeline
+    return report
+
+
+def environment() -> dict:
+    import numpy
+
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "av": av.__version__,
+            "ffmpeg": ".".join(map(str, av.ffmpeg_version_info))
+            if isinstance(av.ffmpeg_version_info, tuple) else str(av.ffmpeg_version_info),
+            "numpy": numpy.__version__}
+
+
+def write_report(path: str, report: dict) -> None:
+    tmp = f"{path}.partial"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(report, fh, indent=2)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write report {path}: {exc}") from None

@@ -1,0 +1,175 @@
+"""Progress display, off the hot path: a reporter thread reads snapshots and draws them.
+
+Three reporters behind one interface: `RichReporter` (live display on a terminal),
+`LogReporter` (a plain line every few seconds, for CI logs and pipes) and `NullReporter`
+(``--quiet``). Workers never call into them; they only bump their own counters.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Callable, TextIO
+
+from engine.gpu import GpuMonitor, GpuSample
+from engine.metrics import RunSnapshot, StageSnapshot
+
+SnapshotFn = Callable[[], RunSnapshot]
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+def _done(snap: RunSnapshot) -> str:
+    total = f"{snap.frames_total}" if snap.frames_total else "?"
+    return f"{snap.frames_done}/{total}"
+
+
+class Reporter:
+    """Interface: `start(snapshot_fn)`, then `stop(final_snapshot)` once the run is over."""
+
+    interval_s = 0.5
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._snapshot: SnapshotFn | None = None
+        self.gpu = GpuMonitor()
+        self.timeline: list[dict] = []   # queue fill over time, if `record_timeline`
+        self.record_timeline = False
+        self.gpu_samples: list[list[GpuSample]] = []
+
+    def start(self, snapshot: SnapshotFn) -> None:
+        self._snapshot = snapshot
+        self._thread = threading.Thread(target=self._loop, name="engine-progress", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            snap = self._snapshot()
+            gpus = self.gpu.sample() if self.gpu.available else []
+            if gpus:
+                self.gpu_samples.append(gpus)
+            if self.record_timeline:
+                self.timeline.append({"t": round(snap.elapsed_s, 3), "done": snap.frames_done,
+                                      "queues": {s.name: s.queue_fill for s in snap.stages
+                                                 if s.queue_capacity}})
+            self.draw(snap, gpus)
+
+    def draw(self, snap: RunSnapshot, gpus: list[GpuSample]) -> None:
+        """Draw one update. Runs on the reporter thread."""
+
+    def stop(self, final: RunSnapshot | None) -> None:
+        """Stop drawing; print the summary of `final` (None when the run failed)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.close_display()
+        self.gpu.close()
+        if final is not None:
+            self.summary(final)
+
+    def close_display(self) -> None:
+        """Take down whatever is on screen before the summary is printed."""
+
+    def summary(self, snap: RunSnapshot) -> None:
+        """Print the end-of-run table."""
+
+
+class NullReporter(Reporter):
+    pass
+
+
+class LogReporter(Reporter):
+    """One plain line every `interval_s` seconds, for logs that are not terminals."""
+
+    interval_s = 5.0
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def draw(self, snap: RunSnapshot, gpus: list[GpuSample]) -> None:
+        busiest = max(snap.stages, key=lambda s: s.busy_s, default=None)
+        gpu = "".join(f" gpu{g.index} {g.utilization_pct}% {g.memory_used_mib}MiB" for g in gpus)
+        print(f"[engine] {_done(snap)} frames  {snap.fps:.1f} fps  eta {_eta(snap.eta_s)}"
+              f"  busiest {busiest.name if busiest else '-'}{gpu}", file=self.stream, flush=True)
+
+    def summary(self, snap: RunSnapshot) -> None:
+        print(f"[engine] done: {snap.frames_done} frames in {snap.elapsed_s:.2f} s "
+              f"({snap.fps:.1f} fps)", file=self.stream)
+        for s in snap.stages:
+            extra = " ".join(f"{k}={v}" for k, v in s.counters.items())
+            print(f"[engine]   {s.name:<16} {s.items:>7} items  busy {s.busy_s:8.2f} s  "
+                  f"blocked {s.blocked_s:8.2f} s  {extra}".rstrip(), file=self.stream)
+        self.stream.flush()
+
+
+class RichReporter(Reporter):
+    """Live table on a terminal: progress, fps, ETA, per-stage throughput and queue fill, GPU."""
+
+    interval_s = 0.25
+
+    def __init__(self) -> None:
+        super().__init__()
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(stderr=True)
+        self._live = Live(console=self.console, auto_refresh=False, transient=True)
+
+    def start(self, snapshot: SnapshotFn) -> None:
+        self._live.start()
+        super().start(snapshot)
+
+    def _table(self, snap: RunSnapshot, gpus: list[GpuSample], title: str):
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", expand=False)
+        for col in ("stage", "workers", "items", "fps", "busy", "blocked", "queue", "counters"):
+            table.add_column(col, justify="left" if col in ("stage", "counters") else "right")
+        for s in snap.stages:
+            table.add_row(*_stage_cells(s, snap.elapsed_s))
+        for g in gpus:
+            table.add_row(f"gpu{g.index}", "", "", "", f"{g.utilization_pct}%", "",
+                          f"{g.memory_used_mib}/{g.memory_total_mib} MiB", g.name)
+        return table
+
+    def draw(self, snap: RunSnapshot, gpus: list[GpuSample]) -> None:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+
+        total = snap.frames_total or max(snap.frames_done, 1)
+        header = (f"{_done(snap)} frames  {snap.fps:.1f} fps  elapsed {_eta(snap.elapsed_s)}"
+                  f"  eta {_eta(snap.eta_s)}")
+        bar = ProgressBar(total=total, completed=min(snap.frames_done, total), width=60)
+        self._live.update(Group(bar, self._table(snap, gpus, header)), refresh=True)
+
+    def close_display(self) -> None:
+        self._live.stop()
+
+    def summary(self, snap: RunSnapshot) -> None:
+        self.console.print(self._table(
+            snap, [], f"done: {snap.frames_done} frames in {snap.elapsed_s:.2f} s ({snap.fps:.1f} fps)"))
+
+
+def _stage_cells(s: StageSnapshot, elapsed: float) -> list[str]:
+    fps = s.items / elapsed if elapsed > 0 else 0.0
+    queue = f"{s.queue_fill}/{s.queue_capacity}" if s.queue_capacity else ""
+    counters = " ".join(f"{k}={v}" for k, v in s.counters.items())
+    return [s.name, str(s.workers), str(s.items), f"{fps:.1f}", f"{s.busy_s:.1f}s",
+            f"{s.blocked_s:.1f}s", queue, counters]
+
+
+def make_reporter(quiet: bool, stream: TextIO = sys.stderr) -> Reporter:
+    if quiet:
+        return NullReporter()
+    if stream.isatty():
+        return RichReporter()
+    return LogReporter(stream)

@@ -1,0 +1,218 @@
+"""Sinks: a PyAV-encoded video file, or an image sequence written by ordered saver threads.
+
+Both write under a temporary name next to the destination and move into place only in
+`commit()`, after the runner's validator and the sink's own re-check have passed. An
+interrupted or failed job therefore leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import av
+import cv2
+import numpy as np
+
+from engine.encoders import CONTAINERS, EncoderChoice
+from engine.errors import UserError, ValidationError
+from engine.frame import Frame
+from engine.probe import count_video_packets
+from engine.source import VideoInfo
+
+_UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED / AVCOL_PRI_UNSPECIFIED / AVCOL_TRC_UNSPECIFIED
+
+
+def _partial_path(path: str) -> str:
+    head, tail = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(tail)
+    return os.path.join(head, f".{stem}.partial-{os.getpid()}{ext}")
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+class VideoSink:
+    """Encodes frames with PyAV, keeping each frame's pts and the input's colour tags.
+
+    A frame whose pixels no stage touched is encoded from its decoded picture directly,
+    so `--pipeline none` costs no colour conversion at all.
+    """
+
+    name = "encode"
+
+    def __init__(self, path: str, encoder: EncoderChoice, source: VideoInfo):
+        self.path = path
+        self.encoder = encoder
+        self.source = source
+        self.partial = _partial_path(path)
+        self._container: av.container.OutputContainer | None = None
+        self._stream = None
+        self._committed = False
+
+    def _open(self, width: int, height: int) -> None:
+        try:
+            self._container = av.open(self.partial, mode="w",
+                                      format=CONTAINERS[os.path.splitext(self.path)[1].lower()])
+        except (av.error.FFmpegError, OSError) as exc:
+            raise UserError(f"cannot write output {self.path}: {exc}") from None
+        src = self.source
+        stream = self._container.add_stream(self.encoder.codec, rate=src.frame_rate)
+        # 4:2:0 and 4:2:2 need even sizes; crop the odd last row/column rather than fail.
+        chroma = av.VideoFormat(self.encoder.pix_fmt)
+        stream.width = width - (width % 2 if chroma.chroma_width(2) != 2 else 0)
+        stream.height = height - (height % 2 if chroma.chroma_height(2) != 2 else 0)
+        stream.pix_fmt = self.encoder.pix_fmt
+        stream.time_base = src.time_base
+        cc = stream.codec_context
+        cc.time_base = src.time_base
+        options = dict(self.encoder.options)
+        if "tag" in options:
+            cc.codec_tag = options.pop("tag")
+        cc.options = options
+        cc.colorspace, cc.color_range = src.colorspace, src.color_range
+        cc.color_primaries, cc.color_trc = src.color_primaries, src.color_trc
+        self._stream = stream
+
+    def _picture(self, frame: Frame) -> av.VideoFrame:
+        stream = self._stream
+        picture = frame.picture
+        if (picture is not None and picture.format.name == stream.pix_fmt
+                and picture.width == stream.width and picture.height == stream.height):
+            return picture
+        data = frame.data
+        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
+                                         format="rgb48le" if data.dtype == np.uint16 else "rgb24")
+        src = self.source
+        # convert with the same matrix and range the output is tagged with
+        return rgb.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
+                            dst_colorspace=src.colorspace if src.colorspace != _UNSPECIFIED else None,
+                            dst_color_range=src.color_range or None)
+
+    def write(self, frame: Frame) -> None:
+        if self._container is None:
+            height, width = frame.shape[:2]
+            self._open(width, height)
+        picture = self._picture(frame)
+        picture.pts = frame.pts
+        picture.time_base = frame.time_base
+        self._container.mux(self._stream.encode(picture))
+
+    def finish(self, frames: int) -> None:
+        if self._container is None:
+            raise ValidationError("no frames reached the encoder")
+        self._container.mux(self._stream.encode(None))  # flushing is encode(None)
+        self._container.close()
+        self._container = None
+        written = av.open(self.partial)
+        try:
+            count = count_video_packets(written)
+        finally:
+            written.close()
+        if count != frames:
+            raise ValidationError(f"output check failed: {count} frames in the file, {frames} written")
+
+    def commit(self) -> None:
+        os.replace(self.partial, self.path)
+        self._committed = True
+
+    def abort(self) -> None:
+        # Safe twice: the container is dropped after the first close, the file after unlink.
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001 - already failing; the partial file goes anyway
+                pass
+        if not self._committed:
+            _remove(self.partial)
+
+
+IMAGE_FORMATS = {".png": [cv2.IMWRITE_PNG_COMPRESSION, 1],
+                 ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}  # 101 = lossless WebP
+
+
+def is_image_pattern(path: str) -> bool:
+    return "%" in os.path.basename(path)
+
+
+class ImageSequenceSink:
+    """Writes ``dir/%06d.png`` (or .webp), numbered from 1 like FFmpeg's image2 muxer.
+
+    Saver threads compress and write in parallel. Their futures wait in a deque in seq
+    order, so completion is checked in order: the oldest unfinished frame bounds how far
+    ahead the savers may run (backpressure), and the first failure surfaces in order.
+    """
+
+    name = "save"
+    start_number = 1
+
+    def __init__(self, pattern: str, workers: int = 4):
+        ext = os.path.splitext(pattern)[1].lower()
+        if ext not in IMAGE_FORMATS:
+            raise UserError(f"unsupported image format '{ext}'; use one of: {', '.join(IMAGE_FORMATS)}")
+        try:
+            pattern % 1
+        except (TypeError, ValueError):
+            raise UserError(f"image pattern needs one integer field such as %06d: {pattern}") from None
+        self.pattern = pattern
+        self.ext = ext
+        self.directory = os.path.dirname(os.path.abspath(pattern))
+        self.partial = _partial_path(self.directory)
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()
+        self._names: list[str] = []
+
+    def _save(self, frame: Frame, name: str) -> None:
+        data = frame.data
+        if self.ext == ".webp" and data.dtype == np.uint16:
+            data = (data >> 8).astype(np.uint8)  # WebP holds 8 bits per channel
+        ok, encoded = cv2.imencode(self.ext, cv2.cvtColor(data, cv2.COLOR_RGB2BGR),
+                                   IMAGE_FORMATS[self.ext])
+        if not ok:
+            raise RuntimeError(f"could not encode frame {frame.seq} as {self.ext}")
+        with open(os.path.join(self.partial, name), "wb") as fh:
+            fh.write(encoded.tobytes())
+
+    def write(self, frame: Frame) -> None:
+        if self._pool is None:
+            os.makedirs(self.partial, exist_ok=True)
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="engine-saver")
+        name = os.path.basename(self.pattern % (frame.seq + self.start_number))
+        self._names.append(name)
+        self._pending.append(self._pool.submit(self._save, frame, name))
+        while len(self._pending) > 2 * self.workers:
+            self._pending.popleft().result()
+
+    def finish(self, frames: int) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        present = set(os.listdir(self.partial)) if os.path.isdir(self.partial) else set()
+        missing = [n for n in self._names if n not in present]
+        if len(self._names) != frames or missing:
+            raise ValidationError(f"image check failed: {frames} frames, {len(present)} files"
+                                  + (f", missing {missing[0]}" if missing else ""))
+
+    def commit(self) -> None:
+        if not os.path.isdir(self.directory):
+            os.replace(self.partial, self.directory)
+            return
+        for name in self._names:  # the directory already exists: move the files in
+            os.replace(os.path.join(self.partial, name), os.path.join(self.directory, name))
+        os.rmdir(self.partial)
+
+    def abort(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+        _remove(self.partial)

@@ -1,0 +1,146 @@
+"""Decoding with PyAV, in-process, one frame at a time (never the whole video)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator
+
+import av
+
+from engine.errors import UserError
+from engine.frame import Frame
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the input's video stream says about itself before decoding."""
+
+    width: int
+    height: int
+    pix_fmt: str
+    bit_depth: int
+    time_base: Fraction
+    frame_rate: Fraction | None     # average rate, the one to give an encoder
+    frames_declared: int            # the container's count; 0 when it keeps none
+    duration_s: float | None
+    codec: str
+    colorspace: int
+    color_range: int
+    color_primaries: int
+    color_trc: int
+
+    @property
+    def frames_estimate(self) -> int | None:
+        if self.frames_declared:
+            return self.frames_declared
+        if self.duration_s and self.frame_rate:
+            return round(self.duration_s * float(self.frame_rate))
+        return None
+
+
+def open_input(path: str) -> av.container.InputContainer:
+    """Open `path` for reading, or raise a one-line UserError that says what is wrong."""
+    if not os.path.exists(path):
+        raise UserError(f"input not found: {path}")
+    if os.path.isdir(path):
+        raise UserError(f"input is a directory, not a video: {path}")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"input is not readable: {path}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"input is empty (0 bytes): {path}")
+    try:
+        container = av.open(path, mode="r")
+    except av.error.FFmpegError as exc:
+        raise UserError(f"input is not a readable video file: {path} ({_reason(exc)})") from None
+    if not container.streams.video:
+        container.close()
+        raise UserError(f"input has no video stream: {path}")
+    return container
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _rate(stream: av.video.stream.VideoStream) -> Fraction | None:
+    # avg_frame_rate is what the frames average out to; r_frame_rate is the lowest common
+    # rate of the timestamps and can be wildly high on VFR input (e.g. 120/1 for 24p+30p).
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate)
+    return None
+
+
+def read_info(container: av.container.InputContainer) -> VideoInfo:
+    stream = container.streams.video[0]
+    cc = stream.codec_context
+    fmt = cc.format
+    depth = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
+    duration = None
+    if stream.duration is not None and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / av.time_base
+    return VideoInfo(
+        width=cc.width, height=cc.height, pix_fmt=fmt.name if fmt else "unknown",
+        bit_depth=depth, time_base=Fraction(stream.time_base),
+        frame_rate=_rate(stream), frames_declared=stream.frames or 0, duration_s=duration,
+        codec=cc.name, colorspace=int(cc.colorspace), color_range=int(cc.color_range),
+        color_primaries=int(cc.color_primaries), color_trc=int(cc.color_trc),
+    )
+
+
+class VideoSource:
+    """Decodes the first video stream into `Frame`s numbered 0..N-1 with the input's pts.
+
+    Pixels stay in the decoder's picture until a stage asks for them (see `Frame.data`),
+    as RGB: 8-bit input as ``rgb24`` uint8, deeper input as ``rgb48le`` uint16.
+    """
+
+    name = "decode"
+
+    def __init__(self, path: str, *, max_frames: int | None = None):
+        self.path = path
+        self.max_frames = max_frames
+        self._container = open_input(path)
+        self.info = read_info(self._container)
+        self.pixel_format = "rgb48le" if self.info.bit_depth > 8 else "rgb24"
+        estimate = self.info.frames_estimate
+        self.frames_total = min(estimate, max_frames) if estimate and max_frames else (
+            max_frames or estimate)
+        self.width, self.height = self.info.width, self.info.height
+        self.frame_rate = float(self.info.frame_rate) if self.info.frame_rate else None
+
+    def frames(self) -> Iterator[Frame]:
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg, GIL released
+        tb = self.info.time_base
+        # expected pts step, for the rare picture with no timestamp at all
+        step = round(1 / (self.info.frame_rate * tb)) if self.info.frame_rate and tb else 1
+        seq = 0
+        last_pts: int | None = None
+        try:
+            for packet in self._container.demux(stream):
+                for picture in packet.decode():
+                    pts = picture.pts
+                    if pts is None:
+                        pts = 0 if last_pts is None else last_pts + step
+                    last_pts = pts
+                    picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
+                    yield Frame.from_picture(seq, pts, tb, picture, self.pixel_format)
+                    seq += 1
+                    if self.max_frames is not None and seq >= self.max_frames:
+                        return
+        except av.error.FFmpegError as exc:
+            raise UserError(f"input is corrupt at frame {seq}: {self.path} ({_reason(exc)})") from None
+        if seq == 0:
+            raise UserError(f"input has no decodable video frames: {self.path}")
+        if self.max_frames is None and self.info.frames_declared and seq < self.info.frames_declared:
+            raise UserError(
+                f"input is truncated or corrupt: {self.path} declares "
+                f"{self.info.frames_declared} frames but only {seq} could be decoded")
+
+    def close(self) -> None:
+        self._container.close()  # PyAV makes a second close a no-op
