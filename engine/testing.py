@@ -23,24 +23,48 @@ from engine.registry import register_stage
 from engine.stage import BatchStage, MapStage, WindowStage
 
 
-def index_frame(seq: int, height: int = 16, width: int = 16) -> np.ndarray:
-    """An RGB frame whose pixels spell `seq`: R = seq % 256, G = seq // 256, B = 128."""
+INDEX_BITS = 12  # clips of up to 4096 frames
+
+
+def index_frame(seq: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """An RGB frame whose pixels spell `seq`, robust to lossy codecs.
+
+    The top third is a barcode: INDEX_BITS columns, white for a set bit, black for a clear
+    one, most significant bit first. The rest is a gradient that moves with `seq`, so the
+    encoder has real motion to code.
+    """
     data = np.empty((height, width, 3), np.uint8)
-    data[..., 0], data[..., 1], data[..., 2] = seq % 256, (seq // 256) % 256, 128
+    ys, xs = np.mgrid[0:height, 0:width]
+    data[...] = ((xs * 4 + ys * 2 + seq * 3) % 200 + 28).astype(np.uint8)[..., None]
+    band = max(1, height // 3)
+    edges = np.linspace(0, width, INDEX_BITS + 1).astype(int)
+    for bit in range(INDEX_BITS):
+        on = (seq >> (INDEX_BITS - 1 - bit)) & 1
+        data[:band, edges[bit]:edges[bit + 1]] = 255 if on else 0
     return data
 
 
 def frame_index(data: np.ndarray) -> int:
-    """Inverse of `index_frame`, tolerant of codec noise (median over the frame)."""
-    r = int(np.median(data[..., 0]))
-    g = int(np.median(data[..., 1]))
-    return g * 256 + r
+    """Read back the index written by `index_frame` (codec noise and scaling tolerated)."""
+    height, width = data.shape[:2]
+    band = data[: max(1, height // 3)].astype(np.float32)
+    if data.dtype == np.uint16:
+        band /= 257.0
+    edges = np.linspace(0, width, INDEX_BITS + 1).astype(int)
+    seq = 0
+    for bit in range(INDEX_BITS):
+        lo, hi = edges[bit], edges[bit + 1]
+        # sample the middle of each cell, away from edges where the codec smears
+        cell = band[band.shape[0] // 4: max(band.shape[0] * 3 // 4, 1),
+                    lo + (hi - lo) // 4: max(hi - (hi - lo) // 4, lo + 1)]
+        seq = (seq << 1) | int(cell.mean() > 127)
+    return seq
 
 
 class ListSource:
     name = "decode"
 
-    def __init__(self, count: int, *, height: int = 16, width: int = 16, pts_step: int = 1001,
+    def __init__(self, count: int, *, height: int = 48, width: int = 64, pts_step: int = 1001,
                  time_base: Fraction = Fraction(1, 24000), fail_at: int | None = None):
         self.count, self.height, self.width = count, height, width
         self.pts_step, self.time_base, self.fail_at = pts_step, time_base, fail_at
