@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Iterator
 
 import av
+import av.logging
 
 from engine.errors import UserError
 
@@ -52,13 +58,31 @@ class EncoderChoice:
 
 
 def container_for(path: str) -> str:
-    import os
-
     ext = os.path.splitext(path)[1].lower()
     if ext not in CONTAINERS:
         raise UserError(f"unsupported output extension '{ext or '(none)'}'; use one of: "
                         f"{', '.join(CONTAINERS)}, or an image pattern such as out/%06d.png")
     return ext
+
+
+@contextmanager
+def _captured_native_stderr() -> Iterator[list[str]]:
+    """Collect what native code writes to fd 2 (libx264 prints option errors there itself).
+
+    Only used before any pipeline thread starts, so swapping fd 2 cannot hide anything else.
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(l.strip() for l in tmp.read().decode(errors="replace").splitlines() if l.strip())
 
 
 def try_open(codec: str, pix_fmt: str, options: dict[str, str]) -> str | None:
@@ -67,16 +91,29 @@ def try_open(codec: str, pix_fmt: str, options: dict[str, str]) -> str | None:
         ctx = av.CodecContext.create(codec, "w")
     except (av.error.FFmpegError, ValueError) as exc:
         return f"{codec} is not in this FFmpeg build ({exc})"
-    try:
-        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, pix_fmt
-        ctx.time_base = Fraction(1, 25)
-        ctx.options = {k: v for k, v in options.items() if k != "tag"}
-        ctx.open()
-    except (av.error.FFmpegError, ValueError) as exc:
-        return f"{codec} failed to open: {getattr(exc, 'strerror', None) or exc}"
-    finally:
-        del ctx
-    return None
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # only here: the reason an encoder refuses to open
+    with _captured_native_stderr() as native, av.logging.Capture(True) as logged:
+        try:
+            ctx.width, ctx.height, ctx.pix_fmt = 256, 256, pix_fmt
+            ctx.time_base = Fraction(1, 25)
+            ctx.options = {k: v for k, v in options.items() if k != "tag"}
+            ctx.open()
+            error = None
+        except (av.error.FFmpegError, ValueError) as exc:
+            error = getattr(exc, "strerror", None) or str(exc)
+        finally:
+            del ctx
+            av.logging.set_level(previous)
+    if error is None:
+        return None
+    if native:  # libx264's own "x264 [error]: invalid preset 'x'"
+        detail = native[-1].split("]:", 1)[-1].strip()
+    elif logged:  # FFmpeg's log, e.g. "Cannot load libcuda.so.1"
+        detail = logged[-1][2].strip()
+    else:
+        detail = error
+    return f"{codec} failed to open: {detail}"
 
 
 def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,

@@ -52,6 +52,8 @@ def open_input(path: str) -> av.container.InputContainer:
         raise UserError(f"input is empty (0 bytes): {path}")
     try:
         container = av.open(path, mode="r")
+    except av.error.EOFError:
+        raise UserError(f"input has no video frames: {path} (it ends before the first one)") from None
     except av.error.FFmpegError as exc:
         raise UserError(f"input is not a readable video file: {path} ({_reason(exc)})") from None
     if not container.streams.video:

@@ -1,0 +1,275 @@
+"""The CLI end to end, as a user runs it: output checked frame by frame, every error case."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from conftest import MEDIA, ROOT, decoded_indices, decoded_pts, run_engine, sha256
+from engine.testing import frame_index
+
+TESTING = {"ENGINE_STAGE_MODULES": "engine.testing"}
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_version():
+    r = run_engine("--version")
+    assert r.returncode == 0 and r.stdout.startswith("engine ")
+
+
+def test_passthrough_keeps_every_frame_its_order_and_timestamps(clip, tmp_path):
+    src = clip(frames=60)
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", src, out, "--pipeline", "none", "--encoder", "x264", "--crf", "0",
+                   "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert decoded_indices(out) == list(range(60))
+    assert decoded_pts(out) == pytest.approx(decoded_pts(src), abs=1e-6)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["frames_in"] == report["frames_out"] == 60
+    assert {s["name"] for s in report["stages"]} == {"decode", "encode"}
+    assert all({"busy_s", "blocked_s", "items"} <= set(s) for s in report["stages"])
+    assert leftovers(tmp_path) == ["out.mp4", "r.json"]
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mov"])
+def test_containers_follow_the_extension(clip, tmp_path, ext):
+    out = tmp_path / f"out{ext}"
+    r = run_engine("stream", clip(frames=20), out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert decoded_indices(out) == list(range(20))
+
+
+def test_stages_run_and_parallel_workers_keep_order(clip, tmp_path):
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", clip(frames=40, width=128, height=96), out, "--encoder", "ffv1",
+                   "--pipeline", "test.jitter:max_ms=3:workers=3,resize:width=64,test.batch-add:value=0",
+                   "--report", tmp_path / "r.json", env=TESTING)
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert [f.shape for f in frames[:1]] == [(48, 64, 3)]
+    assert [frame_index(f) for f in frames] == list(range(40))
+    stages = json.loads((tmp_path / "r.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["decode", "test.jitter", "resize", "test.batch-add", "encode"]
+    assert stages[1]["workers"] == 3 and all(s["items"] == 40 for s in stages)
+
+
+def test_pipeline_from_toml(clip, tmp_path):
+    toml = tmp_path / "p.toml"
+    toml.write_text('[[stage]]\nname = "resize"\nwidth = 32\n\n[[stage]]\nname = "temporal-denoise"\nradius = 1\n')
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", clip(frames=30), out, "--pipeline", toml, "--quiet")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].frames) == (32, 30)
+
+
+@pytest.mark.parametrize("ext", ["png", "webp"])
+def test_image_sequence(clip, tmp_path, ext):
+    pattern = tmp_path / "frames" / f"%06d.{ext}"
+    r = run_engine("stream", clip(frames=25), pattern, "--quiet")
+    assert r.returncode == 0, r.stderr
+    names = sorted(os.listdir(tmp_path / "frames"))
+    assert names == [f"{i:06d}.{ext}" for i in range(1, 26)]
+    indices = [frame_index(cv2.imread(str(tmp_path / "frames" / n))[..., ::-1]) for n in names]
+    assert indices == list(range(25))
+    assert leftovers(tmp_path) == ["frames"]
+
+
+def test_probe(clip):
+    r = run_engine("probe", clip(frames=33), "--json")
+    info = json.loads(r.stdout)
+    assert (info["video_frames"], info["width"], info["height"]) == (33, 64, 48)
+    assert run_engine("probe", MEDIA / "anime-320x240.mp4").stdout.count("audio") == 1
+
+
+def test_real_clip_end_to_end(tmp_path):
+    out = tmp_path / "anime.mp4"
+    r = run_engine("stream", MEDIA / "anime-320x240.mp4", out, "--pipeline", "resize:scale=0.5",
+                   "--preset", "ultrafast")
+    assert r.returncode == 0, r.stderr
+    assert "done: 240 frames" in r.stderr  # the summary, printed as log lines off a terminal
+    assert decoded_pts(out) == pytest.approx(decoded_pts(MEDIA / "anime-320x240.mp4"), abs=1e-6)
+
+
+# ---- errors: one line, exit 2, no traceback, input untouched, no output --------------------
+
+def _truncated(src: Path, tmp_path: Path) -> Path:
+    data = src.read_bytes()
+    bad = tmp_path / "truncated.mp4"
+    bad.write_bytes(data[: len(data) // 2])
+    return bad
+
+
+def _corrupt(src: Path, tmp_path: Path) -> Path:
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(1)
+    for pos in rng.integers(len(data) // 3, len(data) - 64, 40):
+        data[pos: pos + 32] = rng.integers(0, 256, 32, dtype=np.uint8).tobytes()
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(bytes(data))
+    return bad
+
+
+def _zero_frames(src: Path, tmp_path: Path) -> Path:
+    """A Matroska file with a real H.264 video stream header and not a single frame."""
+    path = tmp_path / "empty.mkv"
+    with av.open(str(src)) as inp, av.open(str(path), "w") as out:
+        out.add_stream_from_template(inp.streams.video[0])
+        out.start_encoding()
+    return path
+
+
+CASES = {
+    "missing": (lambda c, t: t / "nope.mp4", "input not found"),
+    "not a video": (lambda c, t: (t / "notes.mp4").write_text("hello\n" * 100) and t / "notes.mp4",
+                    "not a readable video"),
+    "audio only": (lambda c, t: _audio_only(t), "no video stream"),
+    "zero frames": (lambda c, t: _zero_frames(c(frames=5), t), "no video frames"),
+    "truncated": (lambda c, t: _truncated(c(frames=120, width=128, height=96), t), "truncated"),
+}
+
+
+def _audio_only(tmp_path: Path) -> Path:
+    path = tmp_path / "audio.m4a"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=44100)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 44100
+        c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    return path
+
+
+def assert_clean_failure(r: subprocess.CompletedProcess, needle: str, code: int = 2):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("engine: error:") and needle in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case, clip, tmp_path):
+    make, needle = CASES[case]
+    src = make(clip, tmp_path)
+    before = sha256(src) if src.exists() else None
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    r = run_engine("stream", src, outdir / "out.mp4", "--quiet")
+    assert_clean_failure(r, needle)
+    assert leftovers(outdir) == []
+    if before:
+        assert sha256(src) == before
+
+
+def test_corrupt_input_fails_cleanly_or_decodes_everything(clip, tmp_path):
+    """Random byte damage: either a clean one-line error, or (if the decoder conceals it) a
+    complete, valid output. Never a traceback, never a partial file."""
+    src = _corrupt(clip(frames=120, width=128, height=96), tmp_path)
+    before = sha256(src)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    r = run_engine("stream", src, outdir / "out.mp4", "--quiet")
+    assert "Traceback" not in r.stderr
+    if r.returncode == 0:
+        assert leftovers(outdir) == ["out.mp4"]
+    else:
+        assert_clean_failure(r, "input")
+        assert leftovers(outdir) == []
+    assert sha256(src) == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--pipeline", "nosuchstage"], "unknown stage 'nosuchstage'"),
+    (["--pipeline", "resize:widht=3"], "has no option 'widht'"),
+    (["--pipeline", "resize:width=abc"], "not a valid int"),
+    (["--encoder", "divx"], "unknown encoder 'divx'"),
+    (["--encoder", "prores"], "cannot go in .mp4"),
+    (["--preset", "warp-speed"], "failed to open"),
+])
+def test_bad_configuration(clip, tmp_path, args, needle):
+    r = run_engine("stream", clip(frames=5), tmp_path / "out.mp4", *args)
+    assert_clean_failure(r, needle)
+    assert leftovers(tmp_path) == []
+
+
+def test_bad_outputs(clip, tmp_path):
+    src = tmp_path / "in.mp4"
+    src.write_bytes(clip(frames=10).read_bytes())
+    before = sha256(src)
+    assert_clean_failure(run_engine("stream", src, src), "output is the input")
+    assert_clean_failure(run_engine("stream", src, tmp_path / "x" / "out.mp4"), "does not exist")
+    assert_clean_failure(run_engine("stream", src, tmp_path / "out.avi"), "unsupported output extension")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere; permission check not testable")
+        assert_clean_failure(run_engine("stream", src, ro / "out.mp4"), "not writable")
+    finally:
+        ro.chmod(0o755)
+    assert sha256(src) == before
+
+
+def test_read_only_output_dir_is_refused_even_as_root(clip, tmp_path):
+    """Root ignores permission bits; a file standing where the directory should be cannot be."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    assert_clean_failure(run_engine("stream", clip(frames=5), blocker / "out.mp4"), "does not exist")
+
+
+@pytest.mark.parametrize("kind", ["map", "batch", "window"])
+def test_stage_failure_is_one_line_naming_stage_and_seq(clip, tmp_path, kind):
+    r = run_engine("stream", clip(frames=40), tmp_path / "out.mp4",
+                   "--pipeline", f"test.fail-{kind}:at=12", env=TESTING)
+    assert r.returncode == 1
+    line = r.stderr.strip().splitlines()[-1]
+    assert f"stage 'test.fail-{kind}'" in line and "at frame seq" in line and "failure injected" in line
+    assert "Traceback" not in r.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_stalled_stage_fails_without_hanging(clip, tmp_path):
+    r = run_engine("stream", clip(frames=40), tmp_path / "out.mp4", "--quiet",
+                   "--pipeline", "test.stall:at=3", "--stall-timeout", "1", env=TESTING, timeout=60)
+    assert r.returncode == 1
+    assert "stage 'test.stall' at frame seq 3 failed" in r.stderr and "stalled" in r.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_nothing(clip, tmp_path):
+    src = clip(frames=400, width=320, height=240)
+    out = tmp_path / "out.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "stream", str(src), str(out), "--encoder", "x264",
+         "--preset", "veryslow", "--pipeline", "test.jitter:max_ms=40"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, **TESTING})
+    # wait until the job has really started writing (its partial file exists)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(p.name.startswith(".out.partial") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 10
+    assert "interrupted" in err and "Traceback" not in err
+    assert leftovers(tmp_path) == []
