@@ -40,20 +40,21 @@ class Reporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._snapshot: SnapshotFn | None = None
-        self.gpu = GpuMonitor()
+        self.gpu: GpuMonitor | None = None  # opened in start(): NVML init is not free
         self.timeline: list[dict] = []   # queue fill over time, if `record_timeline`
         self.record_timeline = False
         self.gpu_samples: list[list[GpuSample]] = []
 
     def start(self, snapshot: SnapshotFn) -> None:
         self._snapshot = snapshot
+        self.gpu = GpuMonitor()
         self._thread = threading.Thread(target=self._loop, name="engine-progress", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             snap = self._snapshot()
-            gpus = self.gpu.sample() if self.gpu.available else []
+            gpus = self.gpu.sample()
             if gpus:
                 self.gpu_samples.append(gpus)
             if self.record_timeline:
@@ -71,7 +72,8 @@ class Reporter:
         if self._thread is not None:
             self._thread.join()
         self.close_display()
-        self.gpu.close()
+        if self.gpu is not None:
+            self.gpu.close()
         if final is not None:
             self.summary(final)
 
@@ -83,7 +85,10 @@ class Reporter:
 
 
 class NullReporter(Reporter):
-    pass
+    """`--quiet`: no thread, no NVML, nothing drawn."""
+
+    def start(self, snapshot: SnapshotFn) -> None:
+        self._snapshot = snapshot
 
 
 class LogReporter(Reporter):

@@ -110,6 +110,9 @@ class Pipeline:
         self._started = 0.0
         self._frames_in = 0
         self._nodes: list[_Node] = []
+        self._alive = 0
+        self._alive_lock = threading.Lock()
+        self._all_done = threading.Event()
         self._build()
 
     # ---- wiring -------------------------------------------------------------------------
@@ -318,16 +321,27 @@ class Pipeline:
                          elapsed_s=snap.elapsed_s, stages=snap.stages)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        def tracked() -> None:
+            try:
+                target(*args)
+            finally:
+                with self._alive_lock:
+                    self._alive -= 1
+                    if self._alive == 0:
+                        self._all_done.set()  # wakes the supervisor at once, no polling lag
+
+        with self._alive_lock:
+            self._alive += 1
         # daemon: a stage stuck in native code must not keep the process alive after we report it
-        thread = threading.Thread(target=target, args=args, name=f"engine-{name}", daemon=True)
+        thread = threading.Thread(target=tracked, name=f"engine-{name}", daemon=True)
         self._threads.append(thread)
         thread.start()
 
     def _supervise(self) -> None:
         """Wait for the run to end; meanwhile watch for stages stuck in one call."""
         limit = self.options.stall_timeout_s
-        while any(t.is_alive() for t in self._threads):
-            if self.token.wait(0.1):
+        while not self._all_done.wait(0.05):
+            if self.token.cancelled:
                 return
             now = time.perf_counter()
             for node in self._nodes:

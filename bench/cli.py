@@ -1,0 +1,161 @@
+"""`python -m bench`: run scenarios, write one JSON per run, compare two runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.inputs import ROOT, resolve
+from bench.scenarios import SCENARIOS
+from bench.stats import ratio, summarize
+
+
+def machine() -> dict:
+    import av
+    import numpy
+
+    from engine.gpu import GpuMonitor
+
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "av": av.__version__, "ffmpeg": str(av.ffmpeg_version_info), "numpy": numpy.__version__}
+    try:
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                           if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    gpu = GpuMonitor()
+    info["gpus"] = [vars(s) for s in gpu.sample()]
+    gpu.close()
+    return info
+
+
+def run_child(name: str, path: Path, settings: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "bench.child", name, str(path), json.dumps(settings)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: scenario {name} on {path.name} failed:\n{proc.stderr.strip()}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(args: argparse.Namespace) -> dict:
+    inputs = [(spec, resolve(spec)) for spec in args.input]
+    settings = {"preset": args.preset, "crf": args.crf, "pipeline": args.pipeline}
+    cases = [(name, spec, path) for name in args.scenarios for spec, path in inputs]
+    samples: dict[str, list[dict]] = {f"{n}@{s}": [] for n, s, _ in cases}
+    # Round-robin over cases, so slow drift of a shared machine hits every case alike.
+    for round_ in range(args.warmup + args.repeats):
+        for name, spec, path in cases:
+            result = run_child(name, path, settings)
+            if round_ >= args.warmup:
+                samples[f"{name}@{spec}"].append(result)
+            print(f"  {'warm-up ' if round_ < args.warmup else ''}{name}@{spec}: "
+                  f"{result['fps']:.1f} fps, {result['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    results = {}
+    for key, runs in samples.items():
+        name, spec = key.split("@", 1)
+        results[key] = {
+            "scenario": name, "input": spec, "frames": runs[0]["frames"],
+            "fps": summarize([r["fps"] for r in runs]),
+            "wall_s": summarize([r["wall_s"] for r in runs]),
+            "peak_rss_mib": summarize([r["peak_rss_mib"] for r in runs]),
+            "stages": runs[len(runs) // 2].get("stages"),
+        }
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+            "settings": {**settings, "warmup": args.warmup, "repeats": args.repeats},
+            "results": results, "ratios": derive_ratios(results)}
+
+
+def derive_ratios(results: dict) -> dict:
+    """The ratios that matter, each from medians measured in this one run."""
+    ratios: dict[str, float | None] = {}
+    by_input: dict[str, dict[str, dict]] = {}
+    for r in results.values():
+        by_input.setdefault(r["input"], {})[r["scenario"]] = r
+    for spec, scen in by_input.items():
+        floor = scen.get("transcode-floor")
+        for engine_case in ("passthrough", "pipeline"):
+            if floor and engine_case in scen:
+                ratios[f"{engine_case}_vs_floor@{spec}"] = ratio(
+                    scen[engine_case]["fps"]["median"], floor["fps"]["median"])
+    by_scenario: dict[str, list[dict]] = {}
+    for r in results.values():
+        by_scenario.setdefault(r["scenario"], []).append(r)
+    for name, runs in by_scenario.items():
+        if len(runs) > 1:
+            short, long_ = min(runs, key=lambda r: r["frames"]), max(runs, key=lambda r: r["frames"])
+            ratios[f"{name}_rss_growth_{long_['frames']}_vs_{short['frames']}_frames"] = ratio(
+                long_["peak_rss_mib"]["median"], short["peak_rss_mib"]["median"])
+    return ratios
+
+
+def table(doc: dict) -> str:
+    lines = [f"{'case':<34} {'frames':>7} {'fps':>9} {'spread':>7} {'peak RSS':>10}"]
+    for key, r in doc["results"].items():
+        lines.append(f"{key:<34} {r['frames']:>7} {r['fps']['median']:>9.1f} "
+                     f"{r['fps']['spread']:>6.1%} {r['peak_rss_mib']['median']:>7.0f} MiB")
+    for key, value in doc["ratios"].items():
+        lines.append(f"{key:<48} {value:.3f}" if value is not None else f"{key:<48} n/a")
+    return "\n".join(lines)
+
+
+def compare(a: dict, b: dict) -> str:
+    lines = [f"{'case':<34} {'fps A':>9} {'fps B':>9} {'B/A':>7}"]
+    for key in sorted(set(a["results"]) | set(b["results"])):
+        fa = a["results"].get(key, {}).get("fps", {}).get("median")
+        fb = b["results"].get(key, {}).get("fps", {}).get("median")
+        rel = f"{fb / fa:7.3f}" if fa and fb else "    n/a"
+        lines.append(f"{key:<34} {fa if fa is not None else float('nan'):>9.1f} "
+                     f"{fb if fb is not None else float('nan'):>9.1f} {rel}")
+    for key in sorted(set(a["ratios"]) | set(b["ratios"])):
+        ra, rb = a["ratios"].get(key), b["ratios"].get(key)
+        lines.append(f"{key:<48} {ra if ra is not None else 'n/a'!s:>8.8} → {rb if rb is not None else 'n/a'!s:.8}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("scenarios", nargs="*", default=["transcode-floor", "passthrough"],
+                   help=f"any of: {', '.join(SCENARIOS)}")
+    p.add_argument("--input", action="append", default=None,
+                   help="720p:300, 1280x720:300, a tests/media clip name, or a path (repeatable)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--preset", default="ultrafast")
+    p.add_argument("--crf", type=int, default=23)
+    p.add_argument("--pipeline", default="none", help="stages for the 'pipeline' scenario")
+    p.add_argument("--out", default=None, help="JSON file (default bench-results/<time>.json)")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"))
+    p.add_argument("--list", action="store_true", help="list the scenarios")
+    args = p.parse_args(argv)
+    if args.list:
+        for name, (_, description) in SCENARIOS.items():
+            print(f"{name:<18} {description}")
+        return 0
+    if args.compare:
+        a, b = (json.loads(Path(f).read_text()) for f in args.compare)
+        print(compare(a, b))
+        return 0
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario {unknown[0]!r}; choose from: {', '.join(SCENARIOS)}")
+    args.input = args.input or ["anime-720p"]
+    doc = run(args)
+    out = Path(args.out or ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    print(table(doc))
+    print(f"results: {out}")
+    return 0

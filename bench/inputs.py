@@ -1,0 +1,73 @@
+"""Bench inputs: the shared real clips, or synthetic clips made on the fly and cached."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".bench-cache"
+MEDIA = ROOT / "tests" / "media"
+
+
+def synthetic(width: int, height: int, frames: int, fps: str = "24000/1001") -> Path:
+    """An H.264 clip of index frames (see tools/make_clip.py), cached by its parameters."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from make_clip import make_clip
+
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"synthetic-{width}x{height}-{frames}.mp4"
+    if not path.exists():
+        partial = path.with_suffix(".partial.mp4")
+        make_clip(partial, frames, width, height, fps=fps, crf=18)
+        partial.replace(path)
+    return path
+
+
+def real_720p(loops: int = 1) -> Path:
+    """The shared 1080p anime clip scaled to 1280×720 (real content, real encoder load),
+    played `loops` times back to back with continuous timestamps. 456 frames per loop."""
+    import av
+
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"anime-720p-x{loops}.mp4"
+    if path.exists():
+        return path
+    partial = path.with_suffix(".partial.mp4")
+    with av.open(str(partial), "w") as dst:
+        out = None
+        n = 0
+        for _ in range(loops):  # decode again per loop: never hold the clip in memory
+            with av.open(str(MEDIA / "anime-1080p.mp4")) as src:
+                rate = src.streams.video[0].average_rate
+                if out is None:
+                    out = dst.add_stream("libx264", rate=rate)
+                    out.width, out.height, out.pix_fmt = 1280, 720, "yuv420p"
+                    out.codec_context.options = {"crf": "18", "preset": "fast"}
+                for frame in src.decode(video=0):
+                    picture = frame.reformat(width=1280, height=720, format="yuv420p")
+                    picture.pts, picture.time_base = n, 1 / rate
+                    dst.mux(out.encode(picture))
+                    n += 1
+        dst.mux(out.encode(None))
+    partial.replace(path)
+    return path
+
+
+def resolve(spec: str) -> Path:
+    """'anime-720p' or 'anime-720p-x10' → the real clip at 720p (looped);
+    '720p:300' / '1280x720:300' → synthetic; a name in tests/media or a path → as is."""
+    if spec.startswith("anime-720p"):
+        loops = int(spec.rsplit("-x", 1)[1]) if "-x" in spec else 1
+        return real_720p(loops)
+    named = {"720p": (1280, 720), "1080p": (1920, 1080), "480p": (854, 480), "4k": (3840, 2160)}
+    if ":" in spec:
+        size, frames = spec.split(":", 1)
+        w, h = named[size] if size in named else (int(v) for v in size.split("x"))
+        return synthetic(w, h, int(frames))
+    if (MEDIA / spec).exists():
+        return MEDIA / spec
+    path = Path(spec)
+    if not path.exists():
+        raise SystemExit(f"bench: input not found: {spec}")
+    return path
