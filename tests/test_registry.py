@@ -1,0 +1,69 @@
+"""Stage registry and pipeline specs: names, typed options, runner keys, TOML, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+import engine.testing  # noqa: F401 - registers the test.* stages
+from engine.errors import UserError
+from engine.registry import available_stages, parse_pipeline
+
+
+def test_builtin_and_test_stages_are_registered_by_name():
+    stages = available_stages()
+    assert stages["resize"].kind == "map"
+    assert stages["temporal-denoise"].kind == "window"
+    assert stages["test.batch-add"].kind == "batch"
+
+
+def test_spec_options_are_converted_to_declared_types():
+    resize, denoise, batch = parse_pipeline(
+        "resize:width=640:interpolation=lanczos:workers=3:queue=2,temporal-denoise:radius=2,"
+        "test.batch-add:batch_size=8")
+    assert (resize.name, resize.options, resize.workers, resize.queue) == (
+        "resize", {"width": 640, "interpolation": "lanczos"}, 3, 2)
+    assert denoise.options == {"radius": 2} and denoise.build().overlap == 2
+    assert batch.build().batch_size == 8
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("upscale-everything", "unknown stage 'upscale-everything'; choose one of:"),
+    ("resize:size=3", "has no option 'size'; valid options: width, height"),
+    ("resize:width", "expected key=value"),
+    ("resize:width=1.5", "not a valid int"),
+    ("resize:interpolation=nearest", "choose one of: area, linear, cubic, lanczos"),
+    ("resize", "give width, height or scale"),
+    ("resize:width=10:workers=0", "workers must be >= 1"),
+    ("temporal-denoise:workers=2", "must run with workers=1"),
+    ("test.window-sum:window_size=4:overlap=2", "window_size must exceed 2 × overlap"),
+])
+def test_bad_specs_fail_before_anything_runs(text, needle):
+    with pytest.raises(UserError) as info:
+        parse_pipeline(text)
+    assert needle in str(info.value)
+
+
+def test_none_and_empty_mean_no_stage():
+    assert parse_pipeline("none") == [] and parse_pipeline("") == []
+
+
+def test_toml_pipeline(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[[stage]]\nname = "resize"\nscale = 0.5\nworkers = 2\n\n'
+                    '[[stage]]\nname = "test.add"\nvalue = 3\n')
+    specs = parse_pipeline(str(path))
+    assert [(s.name, s.options, s.workers) for s in specs] == [
+        ("resize", {"scale": 0.5}, 2), ("test.add", {"value": 3}, 1)]
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "pipeline file not found"),
+    ("[[stage]]\nwidth = 3\n", "has no name"),
+    ("[[stage\n", "cannot read pipeline file"),
+])
+def test_bad_toml(tmp_path, content, needle):
+    path = tmp_path / "p.toml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=needle):
+        parse_pipeline(str(path))
