@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from bench.inputs import ROOT, resolve
+from bench.plots import plot_all
 from bench.scenarios import SCENARIOS
 from bench.stats import ratio, summarize
 
@@ -66,12 +67,15 @@ def run(args: argparse.Namespace) -> dict:
     results = {}
     for key, runs in samples.items():
         name, spec = key.split("@", 1)
+        typical = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]  # the median run
         results[key] = {
             "scenario": name, "input": spec, "frames": runs[0]["frames"],
             "fps": summarize([r["fps"] for r in runs]),
             "wall_s": summarize([r["wall_s"] for r in runs]),
             "peak_rss_mib": summarize([r["peak_rss_mib"] for r in runs]),
-            "stages": runs[len(runs) // 2].get("stages"),
+            "stages": typical.get("stages"),
+            "timeline": typical.get("timeline"),
+            "gpu": typical.get("gpu"),
         }
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
             "settings": {**settings, "warmup": args.warmup, "repeats": args.repeats},
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON file (default bench-results/<time>.json)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"))
     p.add_argument("--list", action="store_true", help="list the scenarios")
+    p.add_argument("--plot", metavar="RESULTS.json", help="draw PNG plots from a results file")
+    p.add_argument("--no-plots", action="store_true", help="do not draw plots after a run")
     args = p.parse_args(argv)
     if args.list:
         for name, (_, description) in SCENARIOS.items():
@@ -147,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         a, b = (json.loads(Path(f).read_text()) for f in args.compare)
         print(compare(a, b))
+        return 0
+    if args.plot:
+        for path in plot_all(json.loads(Path(args.plot).read_text()), Path(args.plot).with_suffix("")):
+            print(path)
         return 0
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -158,4 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(doc, indent=2))
     print(table(doc))
     print(f"results: {out}")
+    if not args.no_plots:
+        try:
+            for path in plot_all(doc, out.with_suffix("")):
+                print(f"plot: {path}")
+        except SystemExit as exc:  # matplotlib missing: results stand, plots are optional
+            print(exc, file=sys.stderr)
     return 0

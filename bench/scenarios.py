@@ -13,6 +13,7 @@ from typing import Callable
 import av
 
 from engine.job import Job, JobConfig  # imported before timing starts
+from engine.progress import RecordingReporter
 
 Scenario = Callable[[Path, Path, dict], dict]
 SCENARIOS: dict[str, tuple[Scenario, str]] = {}
@@ -61,8 +62,9 @@ def transcode_floor(path: Path, scratch: Path, settings: dict) -> dict:
 def _engine(path: Path, scratch: Path, settings: dict, pipeline: str) -> dict:
     config = JobConfig(input=str(path), output=str(scratch / "engine.mp4"), pipeline=pipeline,
                        encoder="x264", crf=settings["crf"], preset=settings["preset"], quiet=True)
-    report = Job.prepare(config).run()
-    return {"frames": report["frames_out"], "stages": report["stages"]}
+    report = Job.prepare(config).run(RecordingReporter())
+    return {"frames": report["frames_out"], "stages": report["stages"],
+            "timeline": report.get("timeline", [])}
 
 
 @scenario("passthrough", "the engine with --pipeline none (decode and encode threads)")

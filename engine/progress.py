@@ -91,6 +91,16 @@ class NullReporter(Reporter):
         self._snapshot = snapshot
 
 
+class RecordingReporter(Reporter):
+    """Draws nothing; records queue fill over time and GPU samples (for benchmarks)."""
+
+    interval_s = 0.1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_timeline = True
+
+
 class LogReporter(Reporter):
     """One plain line every `interval_s` seconds, for logs that are not terminals."""
 

@@ -1,0 +1,76 @@
+"""The benchmark harness's logic: statistics, ratios, comparison, JSON schema, plots.
+
+Nothing here is timed; the tiny end-to-end run only checks the shape of what is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.cli import compare, derive_ratios
+from bench.stats import ratio, summarize
+from conftest import ROOT
+
+
+def test_summarize_median_and_spread():
+    s = summarize([10.0, 12.0, 11.0, 30.0])
+    assert s["median"] == 11.5 and s["min"] == 10.0 and s["max"] == 30.0 and s["n"] == 4
+    assert s["spread"] == pytest.approx(20.0 / 11.5)
+    with pytest.raises(ValueError):
+        summarize([])
+    assert ratio(1.0, 0.0) is None and ratio(3.0, 2.0) == 1.5
+
+
+def _result(scenario, spec, frames, fps, rss):
+    return {"scenario": scenario, "input": spec, "frames": frames,
+            "fps": summarize([fps]), "peak_rss_mib": summarize([rss])}
+
+
+def test_ratios_pair_cases_measured_on_the_same_input():
+    results = {
+        "transcode-floor@a": _result("transcode-floor", "a", 100, 200.0, 100.0),
+        "passthrough@a": _result("passthrough", "a", 100, 190.0, 110.0),
+        "transcode-floor@b": _result("transcode-floor", "b", 1000, 100.0, 101.0),
+        "passthrough@b": _result("passthrough", "b", 1000, 120.0, 121.0),
+    }
+    ratios = derive_ratios(results)
+    assert ratios["passthrough_vs_floor@a"] == pytest.approx(0.95)
+    assert ratios["passthrough_vs_floor@b"] == pytest.approx(1.2)
+    assert ratios["passthrough_rss_growth_1000_vs_100_frames"] == pytest.approx(1.1)
+
+
+def test_compare_reports_relative_change():
+    a = {"results": {"x@i": _result("x", "i", 10, 100.0, 1)}, "ratios": {"r": 0.9}}
+    b = {"results": {"x@i": _result("x", "i", 10, 150.0, 1), "y@i": _result("y", "i", 10, 5.0, 1)},
+         "ratios": {"r": 1.1}}
+    text = compare(a, b)
+    assert "x@i" in text and "1.500" in text
+    assert "y@i" in text and "n/a" in text
+    assert "0.9" in text and "1.1" in text
+
+
+def test_tiny_run_writes_schema_and_plots(tmp_path):
+    out = tmp_path / "run.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "decode", "transcode-floor", "passthrough",
+         "--input", "64x48:24", "--repeats", "1", "--warmup", "0", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert {"created", "machine", "settings", "results", "ratios"} <= set(doc)
+    assert {"cores", "av", "ffmpeg", "gpus"} <= set(doc["machine"])
+    for key in ("decode@64x48:24", "transcode-floor@64x48:24", "passthrough@64x48:24"):
+        r = doc["results"][key]
+        assert r["frames"] == 24
+        assert r["fps"]["median"] > 0 and r["peak_rss_mib"]["median"] > 0
+    stages = doc["results"]["passthrough@64x48:24"]["stages"]
+    assert [s["name"] for s in stages] == ["decode", "encode"]
+    assert all({"busy_s", "wait_in_s", "wait_out_s"} <= set(s) for s in stages)
+    assert "passthrough_vs_floor@64x48:24" in doc["ratios"]
+    for suffix in ("fps", "stages"):
+        png = tmp_path / f"run-{suffix}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
