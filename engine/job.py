@@ -85,6 +85,10 @@ class Job:
         except BaseException:
             source.close()
             raise
+        others = [s.type for s in source.container.streams if s.type != "video"]
+        if others:  # never drop streams silently
+            counts = ", ".join(f"{others.count(t)} {t}" for t in dict.fromkeys(others))
+            note += f"\nnote: not carried to the output: {counts} stream(s); stream copy is not implemented yet"
         return cls(config, specs, source, sink, note)
 
     def run(self, reporter: Reporter | None = None) -> dict:
@@ -107,10 +111,11 @@ class Job:
 
 def reporter_note(reporter: Reporter, text: str) -> None:
     console = getattr(reporter, "console", None)
-    if console is not None:
-        console.print(text)
-    else:
-        print(f"[engine] {text}", file=getattr(reporter, "stream", None), flush=True)
+    for line in text.splitlines():
+        if console is not None:
+            console.print(line, markup=False)
+        else:
+            print(f"[engine] {line}", file=getattr(reporter, "stream", None), flush=True)
 
 
 def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:

@@ -115,6 +115,10 @@ class VideoSource:
         self.width, self.height = self.info.width, self.info.height
         self.frame_rate = float(self.info.frame_rate) if self.info.frame_rate else None
 
+    @property
+    def container(self) -> av.container.InputContainer:
+        return self._container
+
     def frames(self) -> Iterator[Frame]:
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg, GIL released
