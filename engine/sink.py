@@ -86,12 +86,12 @@ class VideoSink:
         if (picture is not None and picture.format.name == stream.pix_fmt
                 and picture.width == stream.width and picture.height == stream.height):
             return picture
-        data = frame.data
+        data = frame.data[: stream.height, : stream.width]  # crops the odd row/column, if any
         rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
                                          format="rgb48le" if data.dtype == np.uint16 else "rgb24")
         src = self.source
         # convert with the same matrix and range the output is tagged with
-        return rgb.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
+        return rgb.reformat(format=stream.pix_fmt,
                             dst_colorspace=src.colorspace if src.colorspace != _UNSPECIFIED else None,
                             dst_color_range=src.color_range or None)
 

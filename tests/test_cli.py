@@ -273,3 +273,13 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing(clip, tmp_path):
     assert time.monotonic() - started < 10
     assert "interrupted" in err and "Traceback" not in err
     assert leftovers(tmp_path) == []
+
+
+def test_odd_size_is_cropped_to_even_for_420_not_rescaled(clip, tmp_path):
+    src = clip(frames=12, width=65, height=49, ext=".mkv", codec="ffv1", pix_fmt="yuv444p")
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", src, out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)
+    assert decoded_indices(out) == list(range(12))
