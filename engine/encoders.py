@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import tempfile
@@ -83,6 +84,12 @@ def _captured_native_stderr() -> Iterator[list[str]]:
             os.close(saved)
             tmp.seek(0)
             lines.extend(l.strip() for l in tmp.read().decode(errors="replace").splitlines() if l.strip())
+
+
+def muxer_codecs(ext: str) -> set[str]:
+    """Codec names the container for `ext` can hold, asked of FFmpeg's muxer itself."""
+    with av.open(io.BytesIO(), mode="w", format=CONTAINERS[ext]) as probe:
+        return set(probe.supported_codecs)
 
 
 def try_open(codec: str, pix_fmt: str, options: dict[str, str]) -> str | None:

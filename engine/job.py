@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 
 import av
 
-from engine.encoders import choose_encoder, container_for
+from engine.encoders import choose_encoder, container_for, muxer_codecs
 from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
 from engine.registry import StageSpec, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
 from engine.sink import ImageSequenceSink, VideoSink, is_image_pattern
 from engine.source import VideoSource
+from engine.streamcopy import plan_copy
 
 
 @dataclass(frozen=True)
@@ -74,21 +75,22 @@ class Job:
                 raise UserError(f"cannot write report {config.report}: directory not writable")
         source = VideoSource(config.input, max_frames=config.max_frames)
         try:
+            video_index = source.container.streams.video[0].index
             if image_out:
                 sink = ImageSequenceSink(config.output)
                 note = f"images: {os.path.splitext(config.output)[1][1:]} via {sink.workers} saver threads"
+                plan = plan_copy(source.container, video_index, None, "an image sequence")
             else:
                 choice = choose_encoder(config.encoder, ext, source.info.bit_depth,
                                         crf=config.crf, preset=config.preset)
-                sink = VideoSink(config.output, choice, source.info)
+                plan = plan_copy(source.container, video_index, muxer_codecs(ext), ext)
+                sink = VideoSink(config.output, choice, source.info, input_path=config.input,
+                                 copy_plan=plan, stop_copy_with_video=config.max_frames is not None)
                 note = f"encoder: {choice.name} ({choice.codec}, {choice.pix_fmt}) — {choice.reason}"
         except BaseException:
             source.close()
             raise
-        others = [s.type for s in source.container.streams if s.type != "video"]
-        if others:  # never drop streams silently
-            counts = ", ".join(f"{others.count(t)} {t}" for t in dict.fromkeys(others))
-            note += f"\nnote: not carried to the output: {counts} stream(s); stream copy is not implemented yet"
+        note = "\n".join([note, *plan.notes()])  # never drop a stream without saying so
         return cls(config, specs, source, sink, note)
 
     def run(self, reporter: Reporter | None = None) -> dict:

@@ -7,6 +7,7 @@ interrupted or failed job therefore leaves nothing that looks finished.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections import deque
@@ -21,6 +22,7 @@ from engine.errors import UserError, ValidationError
 from engine.frame import Frame
 from engine.probe import count_video_packets
 from engine.source import VideoInfo
+from engine.streamcopy import CopyPlan, StreamCopier
 
 _UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED / AVCOL_PRI_UNSPECIFIED / AVCOL_TRC_UNSPECIFIED
 
@@ -47,13 +49,20 @@ class VideoSink:
 
     name = "encode"
 
-    def __init__(self, path: str, encoder: EncoderChoice, source: VideoInfo):
+    def __init__(self, path: str, encoder: EncoderChoice, source: VideoInfo, *,
+                 input_path: str, copy_plan: CopyPlan, stop_copy_with_video: bool = False):
         self.path = path
         self.encoder = encoder
         self.source = source
         self.partial = _partial_path(path)
+        self.input_path = input_path
+        self.copy_plan = copy_plan
+        # with --frames N, other streams end where the video ends; otherwise all of them go
+        self.stop_copy_with_video = stop_copy_with_video
         self._container: av.container.OutputContainer | None = None
         self._stream = None
+        self._copier: StreamCopier | None = None
+        self._video_end_s = 0.0
         self._committed = False
 
     def _open(self, width: int, height: int) -> None:
@@ -79,6 +88,8 @@ class VideoSink:
         cc.colorspace, cc.color_range = src.colorspace, src.color_range
         cc.color_primaries, cc.color_trc = src.color_primaries, src.color_trc
         self._stream = stream
+        # every stream must exist before the first packet writes the header
+        self._copier = StreamCopier(self.input_path, self._container, self.copy_plan)
 
     def _picture(self, frame: Frame) -> av.VideoFrame:
         stream = self._stream
@@ -102,21 +113,29 @@ class VideoSink:
         picture = self._picture(frame)
         picture.pts = frame.pts
         picture.time_base = frame.time_base
+        self._copier.advance(frame.time)
         self._container.mux(self._stream.encode(picture))
+        rate = self.source.frame_rate
+        self._video_end_s = frame.time + (float(1 / rate) if rate else 0.0)
 
     def finish(self, frames: int) -> None:
         if self._container is None:
             raise ValidationError("no frames reached the encoder")
         self._container.mux(self._stream.encode(None))  # flushing is encode(None)
+        self._copier.finish(self._video_end_s if self.stop_copy_with_video else math.inf)
         self._container.close()
         self._container = None
         written = av.open(self.partial)
         try:
+            streams = len(written.streams)
             count = count_video_packets(written)
         finally:
             written.close()
         if count != frames:
             raise ValidationError(f"output check failed: {count} frames in the file, {frames} written")
+        if streams != 1 + self._copier.stream_count:
+            raise ValidationError(f"output check failed: {streams} streams in the file, "
+                                  f"{1 + self._copier.stream_count} expected")
 
     def commit(self) -> None:
         os.replace(self.partial, self.path)
@@ -124,6 +143,9 @@ class VideoSink:
 
     def abort(self) -> None:
         # Safe twice: the container is dropped after the first close, the file after unlink.
+        copier, self._copier = self._copier, None
+        if copier is not None:
+            copier.close()
         container, self._container = self._container, None
         if container is not None:
             try:
