@@ -265,10 +265,15 @@ class Pipeline:
                 window = window[len(window) - 2 * overlap:] if overlap else []
                 emitted = overlap if overlap else 0
 
-        while (frame := self._take(inbox, metrics)) is not EOS:
-            window.append(frame)
-            if len(window) == size:
-                run(final=False)
+        # Temporal models need consecutive frames: parallel workers upstream may deliver
+        # them out of order, so a window stage reads through its own reorder buffer.
+        ordered: ReorderBuffer[Frame] = ReorderBuffer(self.reorder_window)
+        while (item := self._take(inbox, metrics)) is not EOS:
+            for frame in ordered.push(item):
+                window.append(frame)
+                if len(window) == size:
+                    run(final=False)
+        ordered.finish()
         if len(window) > emitted:
             run(final=True)
 
