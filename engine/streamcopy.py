@@ -67,7 +67,14 @@ class StreamCopier:
         self._input = av.open(input_path)
         self._out: dict[int, av.stream.Stream] = {}
         for index in plan.copy:
-            self._out[index] = output.add_stream_from_template(self._input.streams[index])
+            src = self._input.streams[index]
+            out = output.add_stream_from_template(src)
+            out.metadata.update(src.metadata)  # language, title, handler name
+            try:
+                out.disposition = src.disposition  # default / forced / hearing-impaired flags
+            except (AttributeError, ValueError):
+                pass  # older PyAV cannot set it; the stream itself is still copied
+            self._out[index] = out
         self._output = output
         streams = [self._input.streams[i] for i in plan.copy]
         self._packets = self._input.demux(streams) if streams else iter(())

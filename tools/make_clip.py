@@ -36,6 +36,56 @@ def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int =
     return Path(path)
 
 
+def add_side_streams(video: str | Path, path: str | Path, audio: list[tuple[str, float, float]],
+                     srt: str | None = None) -> Path:
+    """Remux `video` into `path` with extra streams: one AAC track per (language, start_s,
+    duration_s) in `audio` (a 440 Hz tone starting at start_s), and a subtitle track from
+    SRT text. Packets are copied, so the video is bit-identical to `video`'s."""
+    import numpy as np
+
+    path = Path(path)
+    srt_path = path.with_suffix(".srt")
+    with av.open(str(video)) as src, av.open(str(path), "w") as dst:
+        vin = src.streams.video[0]
+        vout = dst.add_stream_from_template(vin)
+        tracks = []
+        for lang, start, duration in audio:
+            stream = dst.add_stream("aac", rate=48000, layout="stereo")
+            stream.metadata["language"] = lang
+            tracks.append((stream, start, duration))
+        sub_in = None
+        if srt is not None:
+            srt_path.write_text(srt)
+            sub_in = av.open(str(srt_path))
+            sout = dst.add_stream_from_template(sub_in.streams[0])
+        for packet in src.demux(vin):
+            if packet.dts is None:
+                continue
+            packet.stream = vout
+            dst.mux(packet)
+        for stream, start, duration in tracks:
+            n = int(duration * 48000)
+            t = np.arange(n) / 48000
+            tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for offset in range(0, n, 1024):
+                chunk = np.ascontiguousarray(np.stack([tone[offset:offset + 1024]] * 2))
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+                frame.sample_rate = 48000
+                frame.pts = int(round(start * 48000)) + offset
+                frame.time_base = Fraction(1, 48000)
+                dst.mux(stream.encode(frame))
+            dst.mux(stream.encode(None))
+        if sub_in is not None:
+            for packet in sub_in.demux():
+                if packet.dts is None:
+                    continue
+                packet.stream = sout
+                dst.mux(packet)
+            sub_in.close()
+            srt_path.unlink()
+    return path
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("output")
