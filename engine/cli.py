@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--encoder", default="auto", help="auto, x264, x265, h264_nvenc, hevc_nvenc, prores, ffv1")
     s.add_argument("--crf", type=int, default=None, help="quality (crf for x264/x265, cq for NVENC)")
     s.add_argument("--preset", default=None, help="encoder preset (x264/x265: ultrafast..veryslow)")
+    s.add_argument("--prores-profile", default="hq",
+                   help="proxy, lt, 422, hq (default), 4444, 4444xq")
     s.add_argument("--frames", type=int, default=None, dest="max_frames",
                    help="process only the first N frames")
     s.add_argument("--report", default=None, metavar="FILE.json", help="write the run summary as JSON")
@@ -45,6 +47,7 @@ def _stream(args: argparse.Namespace) -> int:
 
     config = JobConfig(input=args.input, output=args.output, pipeline=args.pipeline,
                        encoder=args.encoder, crf=args.crf, preset=args.preset,
+                       prores_profile=args.prores_profile,
                        max_frames=args.max_frames, report=args.report, quiet=args.quiet,
                        runner=RunnerOptions(stall_timeout_s=args.stall_timeout))
     Job.prepare(config).run()

@@ -32,17 +32,19 @@ class EncoderSpec:
 
 
 ENCODERS: dict[str, EncoderSpec] = {
-    "x264": EncoderSpec("libx264", "yuv420p", None, "crf", 18, "medium", (".mp4", ".mkv", ".mov")),
+    "x264": EncoderSpec("libx264", "yuv420p", "yuv420p10le", "crf", 18, "medium", (".mp4", ".mkv", ".mov")),
     "x265": EncoderSpec("libx265", "yuv420p", "yuv420p10le", "crf", 20, "medium",
                         (".mp4", ".mkv", ".mov"), {"tag": "hvc1"}),
     "h264_nvenc": EncoderSpec("h264_nvenc", "yuv420p", None, "cq", 19, "p5", (".mp4", ".mkv", ".mov")),
     "hevc_nvenc": EncoderSpec("hevc_nvenc", "yuv420p", "p010le", "cq", 21, "p5",
                               (".mp4", ".mkv", ".mov"), {"tag": "hvc1"}),
     "prores": EncoderSpec("prores_ks", "yuv422p10le", "yuv422p10le", None, None, None,
-                          (".mov", ".mkv"), {"profile": "3"}),  # 3 = 422 HQ
+                          (".mov", ".mkv")),  # profile from --prores-profile, default 422 HQ
     "ffv1": EncoderSpec("ffv1", "yuv420p", "yuv420p10le", None, None, None, (".mkv", ".mov")),
 }
 AUTO_ORDER = ("h264_nvenc", "x264", "prores")
+AUTO_ORDER_DEEP = ("hevc_nvenc", "x265", "x264", "prores")  # keep 10-bit input 10-bit
+PRORES_PROFILES = {"proxy": "0", "lt": "1", "422": "2", "hq": "3", "4444": "4", "4444xq": "5"}
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,17 @@ def try_open(codec: str, pix_fmt: str, options: dict[str, str]) -> str | None:
 
 
 def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,
-                   preset: str | None = None) -> EncoderChoice:
+                   preset: str | None = None, prores_profile: str = "hq") -> EncoderChoice:
     """Resolve `name` (or `auto`) to an encoder that opens here and fits the container."""
     if name != "auto" and name not in ENCODERS:
         raise UserError(f"unknown encoder '{name}'; choose one of: auto, {', '.join(ENCODERS)}")
-    candidates = AUTO_ORDER if name == "auto" else (name,)
+    if prores_profile not in PRORES_PROFILES:
+        raise UserError(f"invalid ProRes profile '{prores_profile}'; choose one of: "
+                        f"{', '.join(PRORES_PROFILES)}")
+    if name == "auto":
+        candidates = AUTO_ORDER_DEEP if bit_depth > 8 else AUTO_ORDER
+    else:
+        candidates = (name,)
     refusals: list[str] = []
     for candidate in candidates:
         spec = ENCODERS[candidate]
@@ -137,7 +145,11 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
             continue
         deep = bit_depth > 8 and spec.pix_fmt_deep is not None
         pix_fmt = spec.pix_fmt_deep if deep else spec.pix_fmt_8bit
+        if spec.codec == "prores_ks" and prores_profile in ("4444", "4444xq"):
+            pix_fmt = "yuv444p10le"
         options = dict(spec.extra)
+        if spec.codec == "prores_ks":
+            options["profile"] = PRORES_PROFILES[prores_profile]
         if spec.quality_option:
             quality = crf if crf is not None else spec.default_quality
             options[spec.quality_option] = str(quality)

@@ -30,6 +30,7 @@ class JobConfig:
     encoder: str = "auto"
     crf: int | None = None
     preset: str | None = None
+    prores_profile: str = "hq"
     max_frames: int | None = None
     report: str | None = None
     quiet: bool = False
@@ -82,7 +83,8 @@ class Job:
                 plan = plan_copy(source.container, video_index, None, "an image sequence")
             else:
                 choice = choose_encoder(config.encoder, ext, source.info.bit_depth,
-                                        crf=config.crf, preset=config.preset)
+                                        crf=config.crf, preset=config.preset,
+                                        prores_profile=config.prores_profile)
                 plan = plan_copy(source.container, video_index, muxer_codecs(ext), ext)
                 sink = VideoSink(config.output, choice, source.info, input_path=config.input,
                                  copy_plan=plan, stop_copy_with_video=config.max_frames is not None)

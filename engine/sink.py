@@ -65,7 +65,7 @@ class VideoSink:
         self._video_end_s = 0.0
         self._committed = False
 
-    def _open(self, width: int, height: int) -> None:
+    def _open(self, width: int, height: int, rotation: int = 0) -> None:
         try:
             self._container = av.open(self.partial, mode="w",
                                       format=CONTAINERS[os.path.splitext(self.path)[1].lower()])
@@ -87,6 +87,8 @@ class VideoSink:
         cc.options = options
         cc.colorspace, cc.color_range = src.colorspace, src.color_range
         cc.color_primaries, cc.color_trc = src.color_primaries, src.color_trc
+        if rotation:  # honour the input's display rotation: players turn the output alike
+            stream.set_display_rotation(rotation)
         self._stream = stream
         # every stream must exist before the first packet writes the header
         self._copier = StreamCopier(self.input_path, self._container, self.copy_plan)
@@ -109,7 +111,7 @@ class VideoSink:
     def write(self, frame: Frame) -> None:
         if self._container is None:
             height, width = frame.shape[:2]
-            self._open(width, height)
+            self._open(width, height, frame.meta.get("rotation", 0))
         picture = self._picture(frame)
         picture.pts = frame.pts
         picture.time_base = frame.time_base

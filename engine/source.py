@@ -67,9 +67,19 @@ def _reason(exc: BaseException) -> str:
 
 
 def _rate(stream: av.video.stream.VideoStream) -> Fraction | None:
-    # avg_frame_rate is what the frames average out to; r_frame_rate is the lowest common
-    # rate of the timestamps and can be wildly high on VFR input (e.g. 120/1 for 24p+30p).
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+    """The nominal frame rate to give an encoder.
+
+    avg_frame_rate is what the frames average out to, but from millisecond timestamps
+    (Matroska) it comes out as 12800/533 rather than 24/1. r_frame_rate is the exact base
+    rate for constant-rate input, yet on VFR input it is the timestamps' common rate and
+    can be far too high (120/1 for mixed 24p and 30p). So: r_frame_rate when the two agree
+    within 1 %, else the average.
+    """
+    avg = Fraction(stream.average_rate) if stream.average_rate else None
+    base = Fraction(stream.base_rate) if stream.base_rate else None
+    if avg and base and abs(base - avg) / avg < Fraction(1, 100):
+        return base
+    for rate in (avg, stream.guessed_rate, base):
         if rate:
             return Fraction(rate)
     return None
@@ -135,7 +145,10 @@ class VideoSource:
                         pts = 0 if last_pts is None else last_pts + step
                     last_pts = pts
                     picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
-                    yield Frame.from_picture(seq, pts, tb, picture, self.pixel_format)
+                    frame = Frame.from_picture(seq, pts, tb, picture, self.pixel_format)
+                    if picture.rotation:  # display matrix: the sink writes it back out
+                        frame.meta["rotation"] = picture.rotation
+                    yield frame
                     seq += 1
                     if self.max_frames is not None and seq >= self.max_frames:
                         return

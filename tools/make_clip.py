@@ -21,16 +21,35 @@ from engine.testing import index_frame  # noqa: E402
 
 def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int = 48,
               fps: Fraction | str = Fraction(24000, 1001), codec: str = "libx264",
-              pix_fmt: str = "yuv420p", crf: int = 10) -> Path:
-    """Write `frames` index frames to `path` with `codec`. Returns the path."""
+              pix_fmt: str = "yuv420p", crf: int = 10, pts_ms: list[int] | None = None,
+              bt709: bool = False, rotation: int = 0) -> Path:
+    """Write `frames` index frames to `path` with `codec`. Returns the path.
+
+    pts_ms: explicit timestamps in milliseconds (variable frame rate); bt709: tag and
+    convert as BT.709 limited range; rotation: display-matrix rotation in degrees.
+    """
     fps = Fraction(fps)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        if codec in ("libx264", "libx265"):
-            stream.codec_context.options = {"crf": str(crf), "preset": "ultrafast"}
+        cc = stream.codec_context
+        if codec == "libx264":
+            cc.options = {"crf": str(crf), "preset": "ultrafast"}
+        elif codec == "libx265":
+            cc.options = {"crf": str(crf), "preset": "ultrafast", "x265-params": "log-level=error"}
+        if pts_ms is not None:
+            stream.time_base = cc.time_base = Fraction(1, 1000)
+        if bt709:
+            cc.colorspace = cc.color_primaries = cc.color_trc = 1  # BT.709
+            cc.color_range = 1  # limited (MPEG)
+        if rotation:
+            stream.set_display_rotation(rotation)
         for seq in range(frames):
             picture = av.VideoFrame.from_ndarray(index_frame(seq, height, width), format="rgb24")
+            if bt709:
+                picture = picture.reformat(format=pix_fmt, dst_colorspace=1, dst_color_range=1)
+            if pts_ms is not None:
+                picture.pts, picture.time_base = pts_ms[seq], Fraction(1, 1000)
             container.mux(stream.encode(picture))
         container.mux(stream.encode(None))
     return Path(path)

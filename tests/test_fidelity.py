@@ -1,0 +1,96 @@
+"""Output faithful to the input: timestamps, frame rate, bit depth, colour tags, rotation."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from conftest import MEDIA, decoded_pts, run_engine
+from engine.testing import frame_index
+
+
+def video_stream_info(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        cc = s.codec_context
+        frames = [f for f in c.decode(s)]
+        return {"pix_fmt": cc.format.name, "codec": cc.name, "rate": s.average_rate,
+                "tags": (int(cc.colorspace), int(cc.color_primaries), int(cc.color_trc), int(cc.color_range)),
+                "rotation": frames[0].rotation, "frames": len(frames),
+                "indices": [frame_index(f.to_ndarray(format="rgb48le")) for f in frames]}
+
+
+def test_variable_frame_rate_keeps_every_timestamp(clip, tmp_path):
+    pts = [0, 40, 80, 150, 190, 300, 333, 366, 500, 520, 540, 700]
+    src = clip(frames=len(pts), ext=".mkv", pts_ms=tuple(pts))
+    for ext in (".mkv", ".mp4"):
+        out = tmp_path / f"out{ext}"
+        r = run_engine("stream", src, out, "--quiet", "--pipeline", "resize:scale=1")
+        assert r.returncode == 0, r.stderr
+        assert decoded_pts(out) == pytest.approx([p / 1000 for p in pts], abs=1e-6)
+
+
+@pytest.mark.parametrize("pipeline", ["none", "resize:scale=1"])
+def test_10bit_hevc_stays_10bit(clip, tmp_path, pipeline):
+    src = clip(frames=12, width=64, height=48, codec="libx265", pix_fmt="yuv420p10le")
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", src, out, "--pipeline", pipeline)
+    assert r.returncode == 0, r.stderr
+    assert "yuv420p10le" in r.stderr  # the chosen encoder's format is reported
+    info = video_stream_info(out)
+    assert info["pix_fmt"] == "yuv420p10le" and info["codec"] == "hevc"
+    assert info["indices"] == list(range(12))
+
+
+def test_10bit_frames_reach_stages_as_uint16(clip):
+    from engine.source import VideoSource
+
+    src = VideoSource(str(clip(frames=3, codec="libx265", pix_fmt="yuv420p10le")))
+    frame = next(src.frames())
+    assert frame.data.dtype == np.uint16 and frame.data.max() > 255
+    src.close()
+
+
+def test_8bit_stays_8bit(clip, tmp_path):
+    out = tmp_path / "out.mp4"
+    assert run_engine("stream", clip(frames=6), out, "--quiet").returncode == 0
+    assert video_stream_info(out)["pix_fmt"] == "yuv420p"
+
+
+@pytest.mark.parametrize("pipeline", ["none", "resize:scale=1"])
+def test_colour_tags_are_copied(clip, tmp_path, pipeline):
+    src = clip(frames=6, width=128, height=96, bt709=True)
+    out = tmp_path / "out.mp4"
+    assert run_engine("stream", src, out, "--quiet", "--pipeline", pipeline).returncode == 0
+    assert video_stream_info(src)["tags"] == (1, 1, 1, 1)
+    assert video_stream_info(out)["tags"] == (1, 1, 1, 1)
+    assert video_stream_info(out)["indices"] == list(range(6))
+
+
+def test_rotation_is_honoured(clip, tmp_path):
+    src = clip(frames=6, rotation=90)
+    out = tmp_path / "out.mp4"
+    assert run_engine("stream", src, out, "--quiet").returncode == 0
+    assert video_stream_info(src)["rotation"] == 90
+    assert video_stream_info(out)["rotation"] == 90
+
+
+# FFmpeg's ProRes decoder reports 4444 as 12-bit whatever the encoder wrote
+@pytest.mark.parametrize("profile,pix_fmt", [("hq", "yuv422p10le"), ("4444", "yuv444p12le")])
+def test_prores_profiles(clip, tmp_path, profile, pix_fmt):
+    out = tmp_path / "out.mov"
+    r = run_engine("stream", clip(frames=4), out, "--encoder", "prores", "--prores-profile", profile)
+    assert r.returncode == 0, r.stderr
+    info = video_stream_info(out)
+    assert (info["codec"], info["pix_fmt"], info["indices"]) == ("prores", pix_fmt, [0, 1, 2, 3])
+
+
+def test_frame_rate_of_real_clip_is_exact(tmp_path):
+    out = tmp_path / "out.mkv"
+    assert run_engine("stream", MEDIA / "anime-1080p.mp4", out, "--quiet", "--preset", "ultrafast",
+                      "--frames", "48").returncode == 0
+    with av.open(str(MEDIA / "anime-1080p.mp4")) as c:
+        expected = c.streams.video[0].average_rate
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].guessed_rate == expected
