@@ -40,7 +40,8 @@ ENCODERS: dict[str, EncoderSpec] = {
                               (".mp4", ".mkv", ".mov"), {"tag": "hvc1"}),
     "prores": EncoderSpec("prores_ks", "yuv422p10le", "yuv422p10le", None, None, None,
                           (".mov", ".mkv")),  # profile from --prores-profile, default 422 HQ
-    "ffv1": EncoderSpec("ffv1", "yuv420p", "yuv420p10le", None, None, None, (".mkv", ".mov")),
+    # lossless: keeps the input's own pixel format when it can (see choose_encoder)
+    "ffv1": EncoderSpec("ffv1", "yuv444p", "yuv444p10le", None, None, None, (".mkv", ".mov")),
 }
 AUTO_ORDER = ("h264_nvenc", "x264", "prores")
 AUTO_ORDER_DEEP = ("hevc_nvenc", "x265", "x264", "prores")  # keep 10-bit input 10-bit
@@ -88,6 +89,10 @@ def _captured_native_stderr() -> Iterator[list[str]]:
             lines.extend(l.strip() for l in tmp.read().decode(errors="replace").splitlines() if l.strip())
 
 
+def _formats(codec: str) -> set[str]:
+    return {f.name for f in (av.Codec(codec, "w").video_formats or ())}
+
+
 def muxer_codecs(ext: str) -> set[str]:
     """Codec names the container for `ext` can hold, asked of FFmpeg's muxer itself."""
     with av.open(io.BytesIO(), mode="w", format=CONTAINERS[ext]) as probe:
@@ -126,7 +131,8 @@ def try_open(codec: str, pix_fmt: str, options: dict[str, str]) -> str | None:
 
 
 def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,
-                   preset: str | None = None, prores_profile: str = "hq") -> EncoderChoice:
+                   preset: str | None = None, prores_profile: str = "hq",
+                   source_pix_fmt: str | None = None) -> EncoderChoice:
     """Resolve `name` (or `auto`) to an encoder that opens here and fits the container."""
     if name != "auto" and name not in ENCODERS:
         raise UserError(f"unknown encoder '{name}'; choose one of: auto, {', '.join(ENCODERS)}")
@@ -145,6 +151,8 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
             continue
         deep = bit_depth > 8 and spec.pix_fmt_deep is not None
         pix_fmt = spec.pix_fmt_deep if deep else spec.pix_fmt_8bit
+        if spec.codec == "ffv1" and source_pix_fmt in _formats(spec.codec):
+            pix_fmt = source_pix_fmt  # lossless stays lossless: no chroma resampling at all
         if spec.codec == "prores_ks" and prores_profile in ("4444", "4444xq"):
             pix_fmt = "yuv444p10le"
         options = dict(spec.extra)

@@ -84,7 +84,8 @@ class Job:
             else:
                 choice = choose_encoder(config.encoder, ext, source.info.bit_depth,
                                         crf=config.crf, preset=config.preset,
-                                        prores_profile=config.prores_profile)
+                                        prores_profile=config.prores_profile,
+                                        source_pix_fmt=source.info.pix_fmt)
                 plan = plan_copy(source.container, video_index, muxer_codecs(ext), ext)
                 sink = VideoSink(config.output, choice, source.info, input_path=config.input,
                                  copy_plan=plan, stop_copy_with_video=config.max_frames is not None)
@@ -107,7 +108,11 @@ class Job:
             result = pipeline.run()
         finally:
             reporter.stop(pipeline.snapshot() if result is not None else None)
+        notes = getattr(self.sink, "notes", [])
+        if notes and not config.quiet:
+            reporter_note(reporter, "\n".join(notes))
         report = build_report(self, result, reporter)
+        report["notes"] = self.encoder_note.splitlines()[1:] + notes
         if config.report:
             write_report(config.report, report)
         return report

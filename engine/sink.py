@@ -64,6 +64,7 @@ class VideoSink:
         self._copier: StreamCopier | None = None
         self._video_end_s = 0.0
         self._committed = False
+        self.notes: list[str] = []  # things the user must hear about, printed after the run
 
     def _open(self, width: int, height: int, rotation: int = 0) -> None:
         try:
@@ -77,6 +78,10 @@ class VideoSink:
         chroma = av.VideoFormat(self.encoder.pix_fmt)
         stream.width = width - (width % 2 if chroma.chroma_width(2) != 2 else 0)
         stream.height = height - (height % 2 if chroma.chroma_height(2) != 2 else 0)
+        if (stream.width, stream.height) != (width, height):
+            self.notes.append(
+                f"note: cropped {width}x{height} to {stream.width}x{stream.height}: "
+                f"{self.encoder.pix_fmt} needs even dimensions (ffv1 or --prores-profile 4444 keep them)")
         stream.pix_fmt = self.encoder.pix_fmt
         stream.time_base = src.time_base
         cc = stream.codec_context

@@ -278,8 +278,18 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing(clip, tmp_path):
 def test_odd_size_is_cropped_to_even_for_420_not_rescaled(clip, tmp_path):
     src = clip(frames=12, width=65, height=49, ext=".mkv", codec="ffv1", pix_fmt="yuv444p")
     out = tmp_path / "out.mp4"
-    r = run_engine("stream", src, out, "--quiet")
+    r = run_engine("stream", src, out)
     assert r.returncode == 0, r.stderr
+    assert "cropped 65x49 to 64x48: yuv420p needs even dimensions" in r.stderr
     with av.open(str(out)) as c:
         assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)
     assert decoded_indices(out) == list(range(12))
+
+
+def test_odd_size_kept_by_ffv1_444(clip, tmp_path):
+    src = clip(frames=6, width=65, height=49, ext=".mkv", codec="ffv1", pix_fmt="yuv444p")
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", src, out, "--encoder", "ffv1", "--pipeline", "resize:scale=1")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (65, 49)

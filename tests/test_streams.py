@@ -72,8 +72,9 @@ def test_frame_limit_cuts_audio_where_the_video_ends(multi, tmp_path):
     assert audio_end == pytest.approx(12 * FRAME_S, abs=FRAME_S)
 
 
-def test_real_clip_audio_in_sync(tmp_path):
-    src = MEDIA / "anime-320x240.mp4"
+@pytest.mark.parametrize("name", ["anime-320x240.mp4", "anime-1080p.mp4"])
+def test_real_clip_audio_in_sync(tmp_path, name):
+    src = MEDIA / name
     out = tmp_path / "out.mp4"
     assert run_engine("stream", src, out, "--preset", "ultrafast", "--quiet").returncode == 0
     for index in (0, 1):
@@ -88,3 +89,13 @@ def test_image_sequence_says_audio_is_not_written(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "not carried to the output: stream #1 (aac audio" in r.stderr
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["0001.png", "0002.png", "0003.png"]
+
+
+def test_vfr_video_with_offset_audio_stays_in_sync(clip, clip_dir, tmp_path):
+    pts = (0, 40, 80, 150, 190, 300, 333, 366, 500, 520, 540, 700)
+    video = clip(frames=len(pts), ext=".mkv", pts_ms=pts)
+    src = add_side_streams(video, clip_dir / "vfr-audio.mkv", [("eng", 0.25, 0.5)])
+    out = tmp_path / "out.mp4"
+    assert run_engine("stream", src, out, "--quiet", "--pipeline", "resize:scale=1").returncode == 0
+    assert span(out, 1)[:2] == pytest.approx(span(src, 1)[:2], abs=FRAME_S)
+    assert span(out, 0)[0] == pytest.approx(0.0, abs=1e-6)
