@@ -20,7 +20,8 @@ COPY_TYPES = ("audio", "subtitle", "data", "attachment")
 class CopyPlan:
     """Which input streams go to the output, and which cannot (with the reason the user sees)."""
 
-    copy: list[int] = field(default_factory=list)         # input stream indices
+    copy: list[int] = field(default_factory=list)         # input stream indices, packet copy
+    attach: list[int] = field(default_factory=list)       # attachment streams, header copy
     described: list[str] = field(default_factory=list)    # for the user, one per copied stream
     skipped: list[str] = field(default_factory=list)      # "stream #2 (subrip subtitle): reason"
 
@@ -49,6 +50,13 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
         codec = cc.name if cc is not None else None
         if muxer_codecs is None:
             plan.skipped.append(f"{desc}: {output_kind} cannot hold it")
+        elif stream.type == "attachment":  # fonts for styled subtitles: Matroska only
+            if output_kind == ".mkv":
+                plan.attach.append(stream.index)
+                plan.described.append(f"stream #{stream.index} (attachment {stream.name})")
+            else:
+                plan.skipped.append(f"stream #{stream.index} (attachment {stream.name}): "
+                                    f"{output_kind} cannot hold attachments (use .mkv to keep it)")
         elif stream.type not in COPY_TYPES:
             plan.skipped.append(f"{desc}: only the first video stream is processed")
         elif codec is None or codec not in muxer_codecs:
@@ -75,6 +83,10 @@ class StreamCopier:
             except (AttributeError, ValueError):
                 pass  # older PyAV cannot set it; the stream itself is still copied
             self._out[index] = out
+        for index in plan.attach:  # written with the header, no packets
+            src = self._input.streams[index]
+            output.add_attachment(name=src.name, mimetype=src.mimetype, data=bytes(src.data))
+        self._attachments = len(plan.attach)
         self._output = output
         streams = [self._input.streams[i] for i in plan.copy]
         self._packets = self._input.demux(streams) if streams else iter(())
@@ -84,7 +96,7 @@ class StreamCopier:
 
     @property
     def stream_count(self) -> int:
-        return len(self._out)
+        return len(self._out) + self._attachments
 
     def _time(self, packet: av.Packet) -> float:
         ts = packet.dts if packet.dts is not None else packet.pts

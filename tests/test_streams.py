@@ -29,7 +29,8 @@ def streams(path):
 @pytest.fixture(scope="module")
 def multi(clip, clip_dir):
     video = clip(frames=48)
-    return add_side_streams(video, clip_dir / "multi.mkv", [("eng", 0.0, 2.0), ("jpn", 0.5, 3.0)], SRT)
+    return add_side_streams(video, clip_dir / "multi.mkv", [("eng", 0.0, 2.0), ("jpn", 0.5, 3.0)], SRT,
+                            font=b"not really a font" * 10)
 
 
 def test_two_audio_tracks_and_subtitles_survive_in_mkv(multi, tmp_path):
@@ -37,7 +38,10 @@ def test_two_audio_tracks_and_subtitles_survive_in_mkv(multi, tmp_path):
     r = run_engine("stream", multi, out)
     assert r.returncode == 0, r.stderr
     assert streams(out) == streams(multi)
-    assert [t for t, _ in streams(out)] == ["video", "audio", "audio", "subtitle"]
+    assert [t for t, _ in streams(out)] == ["video", "audio", "audio", "subtitle", "attachment"]
+    with av.open(str(out)) as c:
+        font = c.streams[4]
+        assert (font.name, bytes(font.data)) == ("font.ttf", b"not really a font" * 10)
     for index in (1, 2, 3):
         start_in, end_in, n_in = span(multi, index)
         start_out, end_out, n_out = span(out, index)
@@ -53,6 +57,7 @@ def test_mp4_skips_what_it_cannot_hold_and_says_so(multi, tmp_path):
     assert r.returncode == 0, r.stderr
     assert [t for t, _ in streams(out)] == ["video", "audio", "audio"]
     assert "not carried to the output: stream #3" in r.stderr and "use .mkv" in r.stderr
+    assert "stream #4 (attachment font.ttf): .mp4 cannot hold attachments" in r.stderr
 
 
 def test_audio_longer_than_video_is_kept_whole(clip, clip_dir, tmp_path):

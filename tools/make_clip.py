@@ -56,7 +56,7 @@ def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int =
 
 
 def add_side_streams(video: str | Path, path: str | Path, audio: list[tuple[str, float, float]],
-                     srt: str | None = None) -> Path:
+                     srt: str | None = None, font: bytes | None = None) -> Path:
     """Remux `video` into `path` with extra streams: one AAC track per (language, start_s,
     duration_s) in `audio` (a 440 Hz tone starting at start_s), and a subtitle track from
     SRT text. Packets are copied, so the video is bit-identical to `video`'s."""
@@ -77,6 +77,8 @@ def add_side_streams(video: str | Path, path: str | Path, audio: list[tuple[str,
             srt_path.write_text(srt)
             sub_in = av.open(str(srt_path))
             sout = dst.add_stream_from_template(sub_in.streams[0])
+        if font is not None:
+            dst.add_attachment(name="font.ttf", mimetype="font/ttf", data=font)
         for packet in src.demux(vin):
             if packet.dts is None:
                 continue
