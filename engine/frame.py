@@ -64,6 +64,23 @@ class Frame:
         return Frame(seq=self.seq, pts=self.pts, time_base=self.time_base,
                      meta=dict(self.meta), _data=data)
 
+    def drop_pixels(self) -> None:
+        """Forget this frame's pixels (a duplicate: it will `reuse_pixels` of its reference)."""
+        self._data = None
+        self._picture = None
+
+    @property
+    def has_pixels(self) -> bool:
+        return self._data is not None or self._picture is not None
+
+    def reuse_pixels(self, reference: Frame) -> None:
+        """Show `reference`'s (processed) pixels under this frame's own seq and pts.
+
+        Shared, not copied: downstream of the sink nothing modifies pixels in place.
+        """
+        self._data, self._picture = reference._data, reference._picture
+        self._pixel_format = reference._pixel_format
+
     @property
     def picture(self) -> Any:
         """The untouched decoded picture, or None once anything has read or replaced pixels."""
@@ -78,9 +95,12 @@ class Frame:
     def shape(self) -> tuple[int, ...]:
         if self._data is not None:
             return tuple(self._data.shape)
-        return (self._picture.height, self._picture.width, 3)
+        if self._picture is not None:
+            return (self._picture.height, self._picture.width, 3)
+        return ()  # pixels dropped (a duplicate waiting for its reference's)
 
     def __repr__(self) -> str:
-        dtype = self._data.dtype if self._data is not None else f"picture:{self._pixel_format}"
+        dtype = (self._data.dtype if self._data is not None else
+                 f"picture:{self._pixel_format}" if self._picture is not None else "none")
         return (f"Frame(seq={self.seq}, pts={self.pts}, time_base={self.time_base}, "
                 f"shape={self.shape}, dtype={dtype}, meta={sorted(self.meta)})")

@@ -18,6 +18,7 @@ Threads of one run::
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -134,7 +135,10 @@ class Pipeline:
         # Frames arrive out of order only through parallel workers, and how far ahead one can
         # get is bounded by everything in flight between the source and the sink.
         in_flight = sum(spec.workers * probe.span for spec, probe in zip(self.specs, probes))
-        self.reorder_window = in_flight + sum(capacities) + 1
+        # Duplicates skip batches and windows, so they can overtake the unique frames held
+        # there by up to `max_run` each (see stages/dedup.py).
+        overtake = 1 + max((getattr(p, "max_run", 0) for p in probes), default=0)
+        self.reorder_window = in_flight * overtake + sum(capacities) + 1
         self._inboxes = inboxes
 
     # ---- observation --------------------------------------------------------------------
@@ -212,34 +216,47 @@ class Pipeline:
         metrics.wait_in_s += waited
         return item
 
+    def _inputs(self, stage: Stage, inbox: Channel, out: Channel,
+                metrics: WorkerMetrics) -> Iterator[Frame]:
+        """The frames this stage must process: in seq order if it needs order, and
+        without duplicates, which are passed straight on (they reuse their reference's result)."""
+        ordered = ReorderBuffer(self.reorder_window) if stage.needs_order else None
+        while (item := self._take(inbox, metrics)) is not EOS:
+            for frame in ordered.push(item) if ordered is not None else (item,):
+                if frame.meta.get("dup_of") is None:
+                    yield frame
+                else:
+                    metrics.counters["skipped_duplicates"] += 1
+                    self._emit(out, metrics, frame)
+        if ordered is not None:
+            ordered.finish()
+
     def _drive(self, stage: Stage, inbox: Channel, out: Channel, metrics: WorkerMetrics) -> None:
+        frames = self._inputs(stage, inbox, out, metrics)
         if isinstance(stage, MapStage):
-            while (frame := self._take(inbox, metrics)) is not EOS:
+            for frame in frames:
                 with metrics.busy(frame.seq):
                     result = stage.process(frame)
                 _check_same(stage, [frame], [result])
                 self._emit(out, metrics, result)
         elif isinstance(stage, BatchStage):
             batch: list[Frame] = []
-            while True:
-                frame = self._take(inbox, metrics)
-                if frame is not EOS:
+            for frame in itertools.chain(frames, (None,)):  # None: end of stream, flush
+                if frame is not None:
                     batch.append(frame)
-                if batch and (frame is EOS or len(batch) == stage.batch_size):
+                if batch and (frame is None or len(batch) == stage.batch_size):
                     with metrics.busy(batch[0].seq):
                         results = stage.process_batch(batch)
                     _check_same(stage, batch, results)
                     for result in results:
                         self._emit(out, metrics, result)
                     batch = []
-                if frame is EOS:
-                    return
         elif isinstance(stage, WindowStage):
-            self._drive_window(stage, inbox, out, metrics)
+            self._drive_window(stage, frames, out, metrics)
         else:
             raise TypeError(f"stage '{stage.name}' is not a MapStage, BatchStage or WindowStage")
 
-    def _drive_window(self, stage: WindowStage, inbox: Channel, out: Channel,
+    def _drive_window(self, stage: WindowStage, frames: Iterator[Frame], out: Channel,
                       metrics: WorkerMetrics) -> None:
         """Windows of `window_size` frames; consecutive windows share 2 × `overlap` frames.
 
@@ -265,15 +282,10 @@ class Pipeline:
                 window = window[len(window) - 2 * overlap:] if overlap else []
                 emitted = overlap if overlap else 0
 
-        # Temporal models need consecutive frames: parallel workers upstream may deliver
-        # them out of order, so a window stage reads through its own reorder buffer.
-        ordered: ReorderBuffer[Frame] = ReorderBuffer(self.reorder_window)
-        while (item := self._take(inbox, metrics)) is not EOS:
-            for frame in ordered.push(item):
-                window.append(frame)
-                if len(window) == size:
-                    run(final=False)
-        ordered.finish()
+        for frame in frames:
+            window.append(frame)
+            if len(window) == size:
+                run(final=False)
         if len(window) > emitted:
             run(final=True)
 
@@ -284,8 +296,17 @@ class Pipeline:
         def body() -> None:
             reorder: ReorderBuffer[Frame] = ReorderBuffer(self.reorder_window)
             validator = SequenceValidator()
+            reference: Frame | None = None  # latest unique frame: what duplicates reuse
             while (item := self._take(node.inbox, metrics)) is not EOS:
                 for frame in reorder.push(item):
+                    dup_of = frame.meta.get("dup_of")
+                    if dup_of is None:
+                        reference = frame
+                    elif reference is None or reference.seq != dup_of:
+                        raise ValueError(f"frame seq {frame.seq} is marked a duplicate of seq "
+                                         f"{dup_of}, which is not the latest unique frame")
+                    else:
+                        frame.reuse_pixels(reference)
                     validator.check(frame)
                     with metrics.busy(frame.seq):
                         self.sink.write(frame)

@@ -5,6 +5,10 @@ Life of a stage instance: ``open(ctx)`` → ``process*`` → ``flush()`` at end 
 touches any of them. Each worker thread gets its own instance, so a stage may keep state
 without locks.
 
+Frames marked as duplicates (``meta["dup_of"]``, set by the dedup stage) bypass every
+later stage: the runner passes them on untouched, batches and windows are built from
+unique frames only, and the sink gives each duplicate its reference's result.
+
 Three kinds:
 
 - `MapStage`: one frame in, one frame out.
@@ -48,6 +52,9 @@ class Stage:
     #: Frames this stage holds at once per worker; the runner sizes the reorder window with it.
     #: Batch and window stages override it with their option.
     span: int = 1
+    #: True if the stage must see frames in seq order (temporal state). The runner then
+    #: reads its input through a reorder buffer, whatever runs in parallel upstream.
+    needs_order: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
@@ -95,6 +102,7 @@ class BatchStage(Stage):
 
 class WindowStage(Stage):
     kind: ClassVar[StageKind] = "window"
+    needs_order: ClassVar[bool] = True
 
     def __init__(self, window_size: int = 8, overlap: int = 2) -> None:
         super().__init__()
