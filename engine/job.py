@@ -146,6 +146,12 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    dedup = [s.counters for s in result.stages if "unique" in s.counters]
+    if dedup:
+        c = dedup[0]
+        report["dedup"] = {"exact_duplicates": c.get("exact_duplicates", 0),
+                           "near_duplicates": c.get("near_duplicates", 0),
+                           "frames_processed": c["unique"], "frames": result.frames_out}
     if reporter.gpu_samples:
         report["gpu"] = [[vars(g) for g in sample] for sample in reporter.gpu_samples]
     if reporter.timeline:

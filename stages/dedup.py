@@ -3,8 +3,11 @@
 Lossy video almost never repeats a frame bit for bit, and a global mean difference
 cannot tell codec noise (~0.2/255 over the frame) from a mouth moving (also ~0.2/255).
 Local differences can: on 16×16 blocks, repeats stay under a few /255 while real changes
-reach tens. So a frame is a near-duplicate when the *largest* block-mean luma difference
-to the reference is under `threshold`; one small moving region is enough to make it a change.
+reach tens. So a frame is a near-duplicate when the *largest* mean luma difference over
+any 16×16 window is under `threshold`; one small moving region is enough to make it a change.
+
+Default threshold 4.0: on the shared 320×240 clip, codec-noise repeats peak at 2.8 and the
+smallest real change is 16.8; a 4×4 dot moving one pixel scores about 5.
 
 The reference is the last unique frame, not the previous frame, so a slow fade cannot
 creep past the threshold a little at a time.
@@ -44,13 +47,13 @@ def content_hash(frame: Frame) -> int:
 
 
 def block_difference(a: np.ndarray, b: np.ndarray, block: int) -> float:
-    """Largest mean absolute difference over `block`×`block` tiles (0..255)."""
-    diff = cv2.absdiff(a, b)
-    h, w = diff.shape
-    bh, bw = max(1, h // block), max(1, w // block)
-    # INTER_AREA to (bw, bh) is exactly the per-tile mean when sizes divide; it also
-    # covers the ragged right/bottom edge instead of dropping it.
-    means = cv2.resize(diff.astype(np.float32), (bw, bh), interpolation=cv2.INTER_AREA)
+    """Largest mean absolute difference over any `block`×`block` window (0..255).
+
+    Sliding windows, not a fixed grid: a small change that straddles a grid line would
+    otherwise be split between tiles and look half as large.
+    """
+    diff = cv2.absdiff(a, b).astype(np.float32)
+    means = cv2.boxFilter(diff, -1, (block, block), normalize=True, borderType=cv2.BORDER_REFLECT)
     return float(means.max())
 
 
@@ -60,7 +63,7 @@ class Dedup(MapStage):
 
     needs_order = True  # compares each frame with the last unique one before it
 
-    def __init__(self, threshold: float = 3.0, block: int = 16, max_run: int = 12,
+    def __init__(self, threshold: float = 4.0, block: int = 16, max_run: int = 12,
                  analysis_width: int = 960):
         super().__init__()
         if threshold < 0:

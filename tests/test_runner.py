@@ -62,7 +62,7 @@ def test_window_emits_each_frame_exactly_once(count, size, overlap):
 @given(workers=st.integers(2, 4), count=st.integers(1, 60), seed=st.integers(0, 10**6))
 @settings(max_examples=15, deadline=None)
 def test_window_stage_after_parallel_workers_sees_frames_in_order(workers, count, seed):
-    # test.window-sum raises if a window is not contiguous in seq
+    # test.window-sum raises if a window is out of seq order
     _, sink, _ = run(count, [("test.jitter", {"max_ms": "1.5", "seed": seed, "workers": workers}),
                              ("test.window-sum", {"window_size": "5", "overlap": "1"})])
     assert_exact(sink, count)

@@ -12,8 +12,10 @@ import argparse
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.testing import index_frame  # noqa: E402
@@ -22,12 +24,15 @@ from engine.testing import index_frame  # noqa: E402
 def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int = 48,
               fps: Fraction | str = Fraction(24000, 1001), codec: str = "libx264",
               pix_fmt: str = "yuv420p", crf: int = 10, pts_ms: list[int] | None = None,
-              bt709: bool = False, rotation: int = 0) -> Path:
+              bt709: bool = False, rotation: int = 0,
+              image: Callable[[int], np.ndarray] | None = None) -> Path:
     """Write `frames` index frames to `path` with `codec`. Returns the path.
 
     pts_ms: explicit timestamps in milliseconds (variable frame rate); bt709: tag and
-    convert as BT.709 limited range; rotation: display-matrix rotation in degrees.
+    convert as BT.709 limited range; rotation: display-matrix rotation in degrees;
+    image: seq -> RGB frame, to draw something other than index frames.
     """
+    draw = image or (lambda seq: index_frame(seq, height, width))
     fps = Fraction(fps)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
@@ -45,7 +50,7 @@ def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int =
         if rotation:
             stream.set_display_rotation(rotation)
         for seq in range(frames):
-            picture = av.VideoFrame.from_ndarray(index_frame(seq, height, width), format="rgb24")
+            picture = av.VideoFrame.from_ndarray(draw(seq), format="rgb24")
             if bt709:
                 picture = picture.reformat(format=pix_fmt, dst_colorspace=1, dst_color_range=1)
             if pts_ms is not None:
