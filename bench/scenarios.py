@@ -75,3 +75,20 @@ def passthrough(path: Path, scratch: Path, settings: dict) -> dict:
 @scenario("pipeline", "the engine with the stages given by --pipeline")
 def pipeline(path: Path, scratch: Path, settings: dict) -> dict:
     return _engine(path, scratch, settings, settings["pipeline"])
+
+
+@scenario("dedup", "decode + the dedup stage only, no encode (its counters are recorded)")
+def dedup(path: Path, scratch: Path, settings: dict) -> dict:
+    from engine.registry import parse_pipeline
+    from engine.runner import Pipeline
+    from engine.source import VideoSource
+    from engine.testing import CollectingSink
+
+    class Discard(CollectingSink):  # keeps nothing: memory stays flat like a real sink
+        def write(self, frame) -> None:
+            self.count = getattr(self, "count", 0) + 1
+
+    result = Pipeline(VideoSource(str(path)), parse_pipeline(settings.get("dedup", "dedup")),
+                      Discard()).run()
+    stages = [s.as_dict(result.elapsed_s) for s in result.stages]
+    return {"frames": result.frames_out, "stages": stages}

@@ -24,26 +24,42 @@ from engine.registry import register_stage
 from engine.stage import MapStage
 
 
+_PLANAR_8BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
+
+
+def _plane(picture, index: int, height: int, width: int) -> np.ndarray:
+    """A zero-copy view of one 8-bit plane, without its row padding."""
+    plane = picture.planes[index]
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:height, :width]
+
+
 def luma(frame: Frame) -> np.ndarray:
-    """The frame's luma plane as uint8, straight from the decoded picture when untouched."""
+    """The frame's luma plane as uint8: a view of the decoded Y plane when untouched."""
     picture = frame.picture
+    if picture is not None and picture.format.name in _PLANAR_8BIT:
+        return _plane(picture, 0, picture.height, picture.width)
     if picture is not None:
-        y = picture.to_ndarray(format="gray")  # for YUV input: the Y plane, no RGB detour
-    else:
-        data = frame.data
-        if data.dtype == np.uint16:
-            data = (data >> 8).astype(np.uint8)
-        y = cv2.cvtColor(data, cv2.COLOR_RGB2GRAY)
-    return y
+        return picture.to_ndarray(format="gray")
+    data = frame.data
+    if data.dtype == np.uint16:
+        data = (data >> 8).astype(np.uint8)
+    return cv2.cvtColor(data, cv2.COLOR_RGB2GRAY)
 
 
 def content_hash(frame: Frame) -> int:
-    """xxh3 of the frame's full pixel content (all planes), for exact repeats."""
+    """xxh3 of the frame's full pixel content (all planes), for exact repeats.
+
+    Decoded planes are hashed in place, row padding included: equal hashes still mean
+    equal pixels, and the rare repeat whose padding differs is caught as a near-duplicate.
+    """
     picture = frame.picture
+    h = xxhash.xxh3_64()
     if picture is not None:
-        # plane buffers carry row padding, so hash the packed pixels, not the raw planes
-        return xxhash.xxh3_64_intdigest(picture.to_ndarray(format=picture.format.name).tobytes())
-    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(frame.data).tobytes())
+        for plane in picture.planes:
+            h.update(memoryview(plane))
+    else:
+        h.update(np.ascontiguousarray(frame.data))
+    return h.intdigest()
 
 
 def block_difference(a: np.ndarray, b: np.ndarray, block: int) -> float:
@@ -52,8 +68,9 @@ def block_difference(a: np.ndarray, b: np.ndarray, block: int) -> float:
     Sliding windows, not a fixed grid: a small change that straddles a grid line would
     otherwise be split between tiles and look half as large.
     """
-    diff = cv2.absdiff(a, b).astype(np.float32)
-    means = cv2.boxFilter(diff, -1, (block, block), normalize=True, borderType=cv2.BORDER_REFLECT)
+    diff = cv2.absdiff(a, b)
+    means = cv2.boxFilter(diff, cv2.CV_32F, (block, block), normalize=True,
+                          borderType=cv2.BORDER_REFLECT)
     return float(means.max())
 
 
