@@ -18,14 +18,11 @@ from bench.stats import ratio, summarize
 
 
 def machine() -> dict:
-    import av
-    import numpy
-
     from engine.gpu import GpuMonitor
+    from engine.job import environment
 
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "av": av.__version__, "ffmpeg": str(av.ffmpeg_version_info), "numpy": numpy.__version__}
+            **environment()}
     try:
         info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                            if l.startswith("model name"))
