@@ -86,7 +86,7 @@ def dedup(path: Path, scratch: Path, settings: dict) -> dict:
 
     class Discard(CollectingSink):  # keeps nothing: memory stays flat like a real sink
         def write(self, frame) -> None:
-            self.count = getattr(self, "count", 0) + 1
+            pass
 
     result = Pipeline(VideoSource(str(path)), parse_pipeline(settings.get("dedup", "dedup")),
                       Discard()).run()

@@ -58,7 +58,8 @@ class Job:
     specs: list[StageSpec]
     source: VideoSource
     sink: VideoSink | ImageSequenceSink
-    encoder_note: str
+    sink_note: str         # which encoder (and why), or how images are written
+    notes: list[str]       # what the user must hear before the run: streams copied or skipped
 
     @classmethod
     def prepare(cls, config: JobConfig) -> Job:
@@ -93,15 +94,14 @@ class Job:
         except BaseException:
             source.close()
             raise
-        note = "\n".join([note, *plan.notes()])  # never drop a stream without saying so
-        return cls(config, specs, source, sink, note)
+        return cls(config, specs, source, sink, note, plan.notes())  # never drop a stream silently
 
     def run(self, reporter: Reporter | None = None) -> dict:
         config = self.config
         reporter = reporter or make_reporter(config.quiet)
         pipeline = Pipeline(self.source, self.specs, self.sink, config.runner)
         if not config.quiet:
-            reporter_note(reporter, self.encoder_note)
+            reporter_note(reporter, [self.sink_note, *self.notes])
         reporter.start(pipeline.snapshot)
         result: RunResult | None = None
         try:
@@ -110,17 +110,17 @@ class Job:
             reporter.stop(pipeline.snapshot() if result is not None else None)
         notes = getattr(self.sink, "notes", [])
         if notes and not config.quiet:
-            reporter_note(reporter, "\n".join(notes))
+            reporter_note(reporter, notes)
         report = build_report(self, result, reporter)
-        report["notes"] = self.encoder_note.splitlines()[1:] + notes
+        report["notes"] = self.notes + notes
         if config.report:
             write_report(config.report, report)
         return report
 
 
-def reporter_note(reporter: Reporter, text: str) -> None:
+def reporter_note(reporter: Reporter, lines: list[str]) -> None:
     console = getattr(reporter, "console", None)
-    for line in text.splitlines():
+    for line in lines:
         if console is not None:
             console.print(line, markup=False)
         else:
@@ -135,7 +135,7 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         "output": job.config.output,
         "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
                      for s in job.specs],
-        "sink": job.encoder_note,
+        "sink": job.sink_note,
         "frames_in": result.frames_in,
         "frames_out": result.frames_out,
         "wall_s": round(elapsed, 4),

@@ -136,8 +136,8 @@ class Pipeline:
         # get is bounded by everything in flight between the source and the sink.
         in_flight = sum(spec.workers * probe.span for spec, probe in zip(self.specs, probes))
         # Duplicates skip batches and windows, so they can overtake the unique frames held
-        # there by up to `max_run` each (see stages/dedup.py).
-        overtake = 1 + max((getattr(p, "max_run", 0) for p in probes), default=0)
+        # there by up to `dup_run` each (see stages/dedup.py).
+        overtake = 1 + max((p.dup_run for p in probes), default=0)
         self.reorder_window = in_flight * overtake + sum(capacities) + 1
         self._inboxes = inboxes
 

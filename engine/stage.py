@@ -52,6 +52,9 @@ class Stage:
     #: Frames this stage holds at once per worker; the runner sizes the reorder window with it.
     #: Batch and window stages override it with their option.
     span: int = 1
+    #: Longest run of frames this stage may mark as duplicates (the dedup stage's max_run).
+    #: Duplicates skip batches and windows, so the runner widens its reorder window by it.
+    dup_run: int = 0
     #: True if the stage must see frames in seq order (temporal state). The runner then
     #: reads its input through a reorder buffer, whatever runs in parallel upstream.
     needs_order: ClassVar[bool] = False

@@ -92,6 +92,7 @@ class Dedup(MapStage):
         if analysis_width < 16:
             raise ValueError(f"analysis_width must be >= 16, got {analysis_width}")
         self.threshold, self.block, self.max_run = threshold, block, max_run
+        self.dup_run = max_run  # tells the runner how far duplicates may overtake
         self.analysis_width = analysis_width
         self._ref_seq: int | None = None
         self._ref_hash = 0
