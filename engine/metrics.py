@@ -17,7 +17,7 @@ class WorkerMetrics:
     """What one thread of one stage has done so far."""
 
     __slots__ = ("items", "busy_s", "wait_in_s", "wait_out_s", "counters",
-                 "call_started", "call_seq")
+                 "call_started", "call_seq", "settings")
 
     def __init__(self) -> None:
         self.items = 0           # frames that left this worker
@@ -27,6 +27,7 @@ class WorkerMetrics:
         self.counters: Counter[str] = Counter()
         self.call_started: float | None = None  # set while inside stage code, for the watchdog
         self.call_seq: int | None = None
+        self.settings: dict = {}  # what the stage resolved when it opened (device, batch, ...)
 
     @contextmanager
     def busy(self, seq: int | None) -> Iterator[None]:
@@ -51,6 +52,7 @@ class StageSnapshot:
     counters: dict[str, int | float] = field(default_factory=dict)
     queue_fill: int = 0        # items waiting in this stage's input channel
     queue_capacity: int = 0
+    settings: dict = field(default_factory=dict)
 
     @property
     def blocked_s(self) -> float:
@@ -68,6 +70,7 @@ class StageSnapshot:
             "wait_out_s": round(self.wait_out_s, 4),
             "fps": round(self.items / elapsed_s, 3) if elapsed_s > 0 else 0.0,
             "counters": dict(self.counters),
+            **({"settings": self.settings} if self.settings else {}),
         }
 
 
@@ -84,6 +87,7 @@ def aggregate(name: str, kind: str, workers: list[WorkerMetrics],
         wait_out_s=sum(w.wait_out_s for w in workers),
         counters=dict(counters),
         queue_fill=queue_fill, queue_capacity=queue_capacity,
+        settings=next((w.settings for w in workers if w.settings), {}),
     )
 
 

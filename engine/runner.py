@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import deque
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
@@ -199,10 +200,12 @@ class Pipeline:
                                frames_total=self.source.frames_total, device=self.options.device)
             with metrics.busy(None):
                 stage.open(ctx)
+            metrics.settings = stage.describe()
             try:
                 self._drive(stage, node.inbox, out, metrics)
                 with metrics.busy(None):
                     tail = stage.flush()
+                metrics.settings = stage.describe()  # final values (a batch halved on OOM, ...)
                 for frame in tail:
                     self._emit(out, metrics, frame)
             finally:
@@ -240,21 +243,41 @@ class Pipeline:
                 _check_same(stage, [frame], [result])
                 self._emit(out, metrics, result)
         elif isinstance(stage, BatchStage):
-            batch: list[Frame] = []
-            for frame in itertools.chain(frames, (None,)):  # None: end of stream, flush
-                if frame is not None:
-                    batch.append(frame)
-                if batch and (frame is None or len(batch) == stage.batch_size):
-                    with metrics.busy(batch[0].seq):
-                        results = stage.process_batch(batch)
-                    _check_same(stage, batch, results)
-                    for result in results:
-                        self._emit(out, metrics, result)
-                    batch = []
+            self._drive_batches(stage, frames, out, metrics)
         elif isinstance(stage, WindowStage):
             self._drive_window(stage, frames, out, metrics)
         else:
             raise TypeError(f"stage '{stage.name}' is not a MapStage, BatchStage or WindowStage")
+
+    def _drive_batches(self, stage: BatchStage, frames: Iterator[Frame], out: Channel,
+                       metrics: WorkerMetrics) -> None:
+        """Batches of up to `batch_size` unique frames. A stage may hold several batches in
+        flight; each must come back whole and in the order it was given."""
+        sent: deque[list[Frame]] = deque()
+
+        def emit(done: list[list[Frame]]) -> None:
+            for results in done:
+                if not sent:
+                    raise ValueError("stage returned a batch it was never given")
+                _check_same(stage, sent.popleft(), results)
+                for result in results:
+                    self._emit(out, metrics, result)
+
+        batch: list[Frame] = []
+        for frame in itertools.chain(frames, (None,)):  # None: end of stream
+            if frame is not None:
+                batch.append(frame)
+            if batch and (frame is None or len(batch) >= stage.batch_size):
+                sent.append(batch)
+                with metrics.busy(batch[0].seq):
+                    done = stage.submit_batch(batch)
+                emit(done)
+                batch = []
+        with metrics.busy(sent[0][0].seq if sent else None):
+            done = stage.drain_batches()
+        emit(done)
+        if sent:
+            raise ValueError(f"stage ended with {len(sent)} batch(es) never returned")
 
     def _drive_window(self, stage: WindowStage, frames: Iterator[Frame], out: Channel,
                       metrics: WorkerMetrics) -> None:

@@ -13,6 +13,8 @@ Three kinds:
 
 - `MapStage`: one frame in, one frame out.
 - `BatchStage`: up to `batch_size` frames in, the same frames out (the last batch may be short).
+  A stage that keeps batches in flight (a device pipeline) overrides `submit_batch` and
+  `drain_batches` and returns each batch when it is done, in the order given.
 - `WindowStage`: a temporal model sees up to `window_size` consecutive frames, consecutive
   windows sharing `overlap` frames of context on each side. The runner emits each frame
   exactly once, from the window where it sits furthest from the edge.
@@ -77,7 +79,7 @@ class Stage:
         self.counters[key] += n
 
     def describe(self) -> dict[str, Any]:
-        """Options as given, for the report."""
+        """Settings as resolved when the stage opened (device, precision, ...), for the report."""
         return {}
 
 
@@ -95,12 +97,25 @@ class BatchStage(Stage):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # read before every batch: a stage may lower it as it runs
         self.span = batch_size
 
     def process_batch(self, frames: list[Frame]) -> list[Frame]:
         """Return the same frames, in the same order, with their results."""
         raise NotImplementedError
+
+    def submit_batch(self, frames: list[Frame]) -> list[list[Frame]]:
+        """Hand over one batch; return the batches finished by now, oldest first.
+
+        The default finishes each batch at once. A stage that overlaps batches (upload of
+        one while another computes) returns them later; it must then set `span` to cover
+        every frame it may hold, and give back the rest in `drain_batches`.
+        """
+        return [self.process_batch(frames)]
+
+    def drain_batches(self) -> list[list[Frame]]:
+        """End of stream: the batches still in flight, oldest first."""
+        return []
 
 
 class WindowStage(Stage):

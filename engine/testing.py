@@ -139,6 +139,45 @@ class AddBatch(BatchStage):
         return [_add(f, self.value) for f in frames]
 
 
+@register_stage("test.mark-dups")
+class MarkDuplicates(MapStage):
+    """Marks frames as duplicates the way dedup does: in each group of `every`, all but the
+    first are duplicates of the first."""
+
+    needs_order = True
+
+    def __init__(self, every: int = 3):
+        super().__init__()
+        self.every = every
+        self.dup_run = every - 1
+
+    def process(self, frame: Frame) -> Frame:
+        if frame.seq % self.every:
+            frame.meta["dup_of"] = frame.seq - frame.seq % self.every
+            frame.drop_pixels()
+        return frame
+
+
+@register_stage("test.lagging-batch")
+class LaggingBatch(AddBatch):
+    """Like test.batch-add, but keeps `lag` batches in flight, as a device pipeline does:
+    each call returns the batch given `lag` calls earlier, the rest at the end."""
+
+    def __init__(self, value: int = 1, batch_size: int = 4, lag: int = 2):
+        super().__init__(value=value, batch_size=batch_size)
+        self.lag = lag
+        self.span = batch_size * (lag + 1)
+        self._held: list[list[Frame]] = []
+
+    def submit_batch(self, frames: list[Frame]) -> list[list[Frame]]:
+        self._held.append(self.process_batch(frames))
+        return [self._held.pop(0)] if len(self._held) > self.lag else []
+
+    def drain_batches(self) -> list[list[Frame]]:
+        done, self._held = self._held, []
+        return done
+
+
 @register_stage("test.window-sum")
 class WindowSum(WindowStage):
     """Returns each frame's pixels unchanged (checks windowing).

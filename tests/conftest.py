@@ -41,7 +41,14 @@ def clip(clip_dir):
 
 
 def run_engine(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess, as a user would."""
+    """Run the real CLI in a subprocess, as a user would.
+
+    `stream` without `--pipeline` gets `--pipeline none` here: most tests are about
+    transcoding, and the default pipeline (a model on the CPU) has tests of its own.
+    """
+    args = tuple(map(str, args))
+    if args and args[0] == "stream" and "--pipeline" not in args:
+        args += ("--pipeline", "none")
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=full_env, cwd=ROOT)

