@@ -99,9 +99,8 @@ class Dedup(MapStage):
         self._ref_luma: np.ndarray | None = None
         self._run = 0
 
-    def _analysis(self, frame: Frame) -> tuple[np.ndarray, int]:
+    def analysis(self, y: np.ndarray) -> tuple[np.ndarray, int]:
         """Luma at analysis size (averaging away some codec noise) and the matching block."""
-        y = luma(frame)
         h, w = y.shape
         if w > self.analysis_width:
             scale = self.analysis_width / w
@@ -110,15 +109,19 @@ class Dedup(MapStage):
             return y, max(2, round(self.block * scale))
         return y, self.block
 
+    def scores(self, small: np.ndarray, reference: np.ndarray, block: int) -> dict[str, float]:
+        """The statistics that decide near-duplicates, for two analysis-size lumas."""
+        return {"block": block_difference(small, reference, block)}
+
     def process(self, frame: Frame) -> Frame:
         digest = content_hash(frame)
-        small, block = self._analysis(frame)
+        small, block = self.analysis(luma(frame))
         kind = None
         if self._ref_seq is not None and self._run < self.max_run:
             if digest == self._ref_hash:
                 kind = "exact_duplicates"
             elif small.shape == self._ref_luma.shape and \
-                    block_difference(small, self._ref_luma, block) < self.threshold:
+                    self.scores(small, self._ref_luma, block)["block"] < self.threshold:
                 kind = "near_duplicates"
         if kind is None:
             self._ref_seq, self._ref_hash, self._ref_luma, self._run = frame.seq, digest, small, 0
