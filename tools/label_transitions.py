@@ -55,9 +55,9 @@ def transition_scores(lumas: list[np.ndarray]) -> list[dict[str, float]]:
     stage = Dedup()
     rows = [{}]
     prev, _ = stage.analysis(lumas[0])
-    for y in lumas[1:]:
+    for y, y_prev in zip(lumas[1:], lumas):
         small, block = stage.analysis(y)
-        rows.append(stage.scores(small, prev, block))
+        rows.append(stage.scores(small, prev, block, y, y_prev))
         prev = small
     return rows
 
