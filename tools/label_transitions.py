@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""Label every frame transition of a clip as `repeat` or `change`, by inspection, for dedup.
+
+Transition i is frame i-1 -> frame i. `repeat`: frame i shows the same picture as frame
+i-1 (only codec noise differs); `change`: anything a viewer could see move or change.
+
+    python tools/label_transitions.py stats CLIP [--labels CSV]        # per-transition numbers
+    python tools/label_transitions.py sheets CLIP --out /tmp/sheets    # contact sheets (PNG)
+    python tools/label_transitions.py crop CLIP I X Y W H --out a.png  # full-resolution zoom
+    python tools/label_transitions.py init CLIP CSV                    # every row `unlabelled`
+    python tools/label_transitions.py set CSV 3-7,12 change --note "rain only"
+    python tools/label_transitions.py evaluate CLIP CSV                # the dedup stage vs labels
+
+Each contact-sheet tile shows |diff|x8 against frame i-1 and, over frame i dimmed, the pixels
+whose difference exceeds MASK_LEVEL, both max-pooled so a one-pixel streak stays visible,
+with the dedup statistics (against the previous frame) and the current label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from engine.registry import make_spec  # noqa: E402
+from engine.runner import Pipeline  # noqa: E402
+from engine.source import VideoSource  # noqa: E402
+from engine.testing import CollectingSink  # noqa: E402
+from stages.dedup import Dedup, luma  # noqa: E402
+
+LABELS = ("repeat", "change")
+FIELDS = ("index", "label", "note")
+PANEL_WIDTH = 300
+DIFF_GAIN = 8  # |diff| x 8: a difference of 32/255 is full white
+MASK_LEVEL = 12  # pixels over this |diff| are drawn in the mask panel (codec noise rarely is)
+
+
+def read_lumas(path: str | Path) -> list[np.ndarray]:
+    """Every frame's luma plane, as the dedup stage reads it."""
+    source = VideoSource(str(path))
+    try:
+        return [np.array(luma(frame)) for frame in source.frames()]
+    finally:
+        source.close()
+
+
+def transition_scores(lumas: list[np.ndarray]) -> list[dict[str, float]]:
+    """Dedup's statistics for each transition i-1 -> i (index 0 has none)."""
+    stage = Dedup()
+    rows = [{}]
+    prev, _ = stage.analysis(lumas[0])
+    for y, y_prev in zip(lumas[1:], lumas):
+        small, block = stage.analysis(y)
+        rows.append(stage.scores(small, prev, block, y, y_prev))
+        prev = small
+    return rows
+
+
+# --- labels ----------------------------------------------------------------------------
+
+def read_labels(path: str | Path) -> dict[int, tuple[str, str]]:
+    with open(path, newline="") as f:
+        return {int(r["index"]): (r["label"], r["note"]) for r in csv.DictReader(f)}
+
+
+def write_labels(path: str | Path, labels: dict[int, tuple[str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(FIELDS)
+        for index in sorted(labels):
+            w.writerow((index, *labels[index]))
+
+
+def parse_ranges(text: str) -> list[int]:
+    """'3-7,12' -> [3, 4, 5, 6, 7, 12]"""
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
+# --- evaluation against the real stage ------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    transitions: int
+    repeats: int
+    changes: int
+    false_duplicates: list[int]  # frames skipped although a `change` lies since their reference
+    repeats_skipped: int
+    repeats_capped: int  # repeats kept unique only because max_run was reached
+    frames_skipped: int
+
+    @property
+    def repeat_skip_rate(self) -> float:
+        """Share of detectable repeats skipped (repeats held back by max_run are not misses)."""
+        return self.repeats_skipped / max(1, self.repeats - self.repeats_capped)
+
+    @property
+    def frames_skipped_rate(self) -> float:
+        return self.frames_skipped / (self.transitions + 1)
+
+
+def run_dedup(path: str | Path, **options) -> list[int | None]:
+    """dup_of per frame from the real stage in a real pipeline."""
+    sink = CollectingSink()
+    Pipeline(VideoSource(str(path)), [make_spec("dedup", {k: str(v) for k, v in options.items()})],
+             sink).run()
+    return [f.meta.get("dup_of") for f in sink.frames]
+
+
+def evaluate(dup_of: list[int | None], labels: dict[int, tuple[str, str]],
+             max_run: int = 12) -> Evaluation:
+    """Compare the stage's decisions with the labels.
+
+    A duplicate is false when any transition between its reference and itself is a change:
+    the stage compares with the last unique frame, so drift across repeats counts too.
+    """
+    changes = {i for i, (label, _) in labels.items() if label == "change"}
+    repeats = {i for i, (label, _) in labels.items() if label == "repeat"}
+    false, skipped, capped, run = [], 0, 0, 0
+    for i, ref in enumerate(dup_of):
+        if ref is None:
+            if i in repeats and run == max_run:
+                capped += 1
+            run = 0
+            continue
+        run += 1
+        if any(t in changes for t in range(ref + 1, i + 1)):
+            false.append(i)
+        elif i in repeats:
+            skipped += 1
+    return Evaluation(len(labels), len(repeats), len(changes), false, skipped, capped,
+                      sum(r is not None for r in dup_of))
+
+
+# --- contact sheets ---------------------------------------------------------------------
+
+def _max_pool(img: np.ndarray, width: int) -> np.ndarray:
+    """Downscale keeping each output pixel's brightest source pixel (thin streaks survive)."""
+    h, w = img.shape[:2]
+    factor = max(1, int(np.ceil(w / width)))
+    if factor > 1:
+        img = cv2.dilate(img, np.ones((factor, factor), np.uint8))
+    return cv2.resize(img, (width, round(h * width / w)), interpolation=cv2.INTER_NEAREST)
+
+
+def _tile(prev: np.ndarray, cur: np.ndarray, index: int, scores: dict[str, float],
+          label: tuple[str, str] | None) -> np.ndarray:
+    diff = cv2.absdiff(cur, prev)
+    h, w = cur.shape
+    size = (PANEL_WIDTH, round(h * PANEL_WIDTH / w))
+    frame = cv2.cvtColor(cv2.resize(cur, size, interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
+    heat = cv2.applyColorMap(_max_pool(cv2.convertScaleAbs(diff, alpha=DIFF_GAIN), PANEL_WIDTH),
+                             cv2.COLORMAP_INFERNO)
+    mask = _max_pool(((diff > MASK_LEVEL) * 255).astype(np.uint8), PANEL_WIDTH)
+    masked = (frame // 3).copy()
+    masked[mask > 0] = (0, 255, 255)
+    body = np.hstack([heat, masked])
+    text = np.zeros((36, body.shape[1], 3), np.uint8)
+    numbers = " ".join(f"{k}={v:.1f}" for k, v in scores.items())
+    head = f"#{index}  {numbers}  n>{MASK_LEVEL}={int((diff > MASK_LEVEL).sum())}"
+    cv2.putText(text, head, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+    if label:
+        colour = (80, 80, 255) if label[0] == "change" else (80, 255, 80)
+        cv2.putText(text, f"{label[0]} {label[1]}", (4, 31), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
+    return np.vstack([text, body])
+
+
+def write_sheets(lumas: list[np.ndarray], out: Path, name: str, per_sheet: int, columns: int,
+                 labels: dict[int, tuple[str, str]] | None, only: list[int] | None) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    scores = transition_scores(lumas)
+    indices = only or list(range(1, len(lumas)))
+    paths = []
+    for start in range(0, len(indices), per_sheet):
+        chunk = indices[start:start + per_sheet]
+        tiles = [_tile(lumas[i - 1], lumas[i], i, scores[i], (labels or {}).get(i)) for i in chunk]
+        tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+        rows = [np.hstack(tiles[r:r + columns] if columns == 1 else
+                          [np.pad(t, ((0, 4), (0, 4), (0, 0))) for t in tiles[r:r + columns]])
+                for r in range(0, len(tiles), columns)]
+        path = out / f"{name}-{chunk[0]:04d}-{chunk[-1]:04d}.png"
+        cv2.imwrite(str(path), np.vstack(rows))
+        paths.append(path)
+    return paths
+
+
+def write_crop(lumas: list[np.ndarray], index: int, box: tuple[int, int, int, int] | None, zoom: int,
+               path: Path) -> None:
+    """Frame i-1, frame i and |diff|x8 of one region, enlarged without smoothing.
+
+    Without a box: 240x135 around the strongest 16x16 window of difference.
+    """
+    if box is None:
+        diff = cv2.absdiff(lumas[index], lumas[index - 1])
+        means = cv2.boxFilter(diff, cv2.CV_32F, (16, 16))
+        cy, cx = np.unravel_index(int(means.argmax()), means.shape)
+        w, h = min(240, diff.shape[1]), min(135, diff.shape[0])
+        box = (min(max(0, cx - w // 2), diff.shape[1] - w), min(max(0, cy - h // 2), diff.shape[0] - h), w, h)
+        print("box", *box)
+    x, y, w, h = box
+    prev, cur = lumas[index - 1][y:y + h, x:x + w], lumas[index][y:y + h, x:x + w]
+    heat = cv2.convertScaleAbs(cv2.absdiff(cur, prev), alpha=DIFF_GAIN)
+    panels = [cv2.resize(p, (w * zoom, h * zoom), interpolation=cv2.INTER_NEAREST)
+              for p in (prev, cur, heat)]
+    cv2.imwrite(str(path), np.hstack([np.pad(p, ((0, 0), (0, 6)), constant_values=128)
+                                      for p in panels]))
+
+
+# --- command line -----------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("stats")
+    s.add_argument("clip")
+    s.add_argument("--labels")
+    s = sub.add_parser("sheets")
+    s.add_argument("clip")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--labels")
+    s.add_argument("--only", help="transitions to draw, e.g. 3-7,12 (default: all)")
+    s.add_argument("--per-sheet", type=int, default=21)
+    s.add_argument("--columns", type=int, default=3)
+    s = sub.add_parser("crop")
+    s.add_argument("clip")
+    s.add_argument("index", type=int)
+    s.add_argument("box", type=int, nargs="*", metavar="X Y W H", help="default: strongest change")
+    s.add_argument("--zoom", type=int, default=4)
+    s.add_argument("--out", required=True, type=Path)
+    s = sub.add_parser("init")
+    s.add_argument("clip")
+    s.add_argument("labels")
+    s = sub.add_parser("set")
+    s.add_argument("labels")
+    s.add_argument("indices", help="e.g. 3-7,12")
+    s.add_argument("label", choices=LABELS)
+    s.add_argument("--note", default="")
+    s = sub.add_parser("evaluate")
+    s.add_argument("clip")
+    s.add_argument("labels")
+    args = p.parse_args(argv)
+
+    if args.command == "set":
+        labels = read_labels(args.labels)
+        for i in parse_ranges(args.indices):
+            if i not in labels:
+                p.error(f"no transition {i} in {args.labels}")
+            labels[i] = (args.label, args.note)
+        write_labels(args.labels, labels)
+        return 0
+    if args.command == "evaluate":
+        labels = read_labels(args.labels)
+        unlabelled = [i for i, (label, _) in labels.items() if label not in LABELS]
+        if unlabelled:
+            p.error(f"{len(unlabelled)} transitions unlabelled, first {unlabelled[:10]}")
+        e = evaluate(run_dedup(args.clip), labels)
+        print(f"transitions {e.transitions}: {e.repeats} repeats, {e.changes} changes")
+        print(f"false duplicates: {len(e.false_duplicates)} {e.false_duplicates}")
+        print(f"repeats skipped: {e.repeats_skipped}/{e.repeats} ({e.repeats_capped} held by max_run)"
+              f" = {e.repeat_skip_rate:.1%} of detectable repeats")
+        print(f"frames skipped: {e.frames_skipped}/{e.transitions + 1} = {e.frames_skipped_rate:.1%}")
+        return 0
+
+    lumas = read_lumas(args.clip)
+    if args.command == "init":
+        write_labels(args.labels, {i: ("unlabelled", "") for i in range(1, len(lumas))})
+    elif args.command == "crop":
+        write_crop(lumas, args.index, tuple(args.box) if args.box else None, args.zoom, args.out)
+    elif args.command == "sheets":
+        labels = read_labels(args.labels) if args.labels else None
+        only = parse_ranges(args.only) if args.only else None
+        name = Path(args.clip).stem
+        for path in write_sheets(lumas, args.out, name, args.per_sheet, args.columns, labels, only):
+            print(path)
+    else:  # stats
+        labels = read_labels(args.labels) if args.labels else {}
+        scores = transition_scores(lumas)
+        names = list(scores[1])
+        print("index", *names, "label", "note", sep="\t")
+        for i in range(1, len(lumas)):
+            label, note = labels.get(i, ("", ""))
+            print(i, *(f"{scores[i][k]:.2f}" for k in names), label, note, sep="\t")
+        for kind in LABELS:  # the separation each statistic gives on these labels
+            rows = [scores[i] for i, (label, _) in labels.items() if label == kind]
+            if rows:
+                print(f"# {kind}: " + ", ".join(
+                    f"{k} {min(r[k] for r in rows):.2f}..{max(r[k] for r in rows):.2f}" for k in names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
