@@ -50,7 +50,8 @@ def run_child(name: str, path: Path, settings: dict) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     inputs = [(spec, resolve(spec)) for spec in args.input]
-    settings = {"preset": args.preset, "crf": args.crf, "pipeline": args.pipeline}
+    settings = {"preset": args.preset, "crf": args.crf, "pipeline": args.pipeline, "model": args.model,
+                "device": args.device, "precision": args.precision, "batch": args.batch, "ring": args.ring}
     cases = [(name, spec, path) for name in args.scenarios for spec, path in inputs]
     samples: dict[str, list[dict]] = {f"{n}@{s}": [] for n, s, _ in cases}
     # Round-robin over cases, so slow drift of a shared machine hits every case alike.
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
             "stages": typical.get("stages"),
             "timeline": typical.get("timeline"),
             "gpu": typical.get("gpu"),
+            "settings": typical.get("settings"),
         }
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
             "settings": {**settings, "warmup": args.warmup, "repeats": args.repeats},
@@ -91,6 +93,17 @@ def derive_ratios(results: dict) -> dict:
             if floor and engine_case in scen:
                 ratios[f"{engine_case}_vs_floor@{spec}"] = ratio(
                     scen[engine_case]["fps"]["median"], floor["fps"]["median"])
+    for spec, scen in by_input.items():
+        model_only, io = scen.get("model-only"), scen.get("io-floor")
+        if model_only and io and "upscale" in scen:
+            slower = min(model_only["fps"]["median"], io["fps"]["median"])
+            ratios[f"upscale_vs_slower_of_model_and_io@{spec}"] = ratio(scen["upscale"]["fps"]["median"], slower)
+        if "naive" in scen and "upscale" in scen:
+            ratios[f"upscale_vs_naive@{spec}"] = ratio(scen["upscale"]["fps"]["median"],
+                                                       scen["naive"]["fps"]["median"])
+        if "upscale-dedup" in scen and "upscale" in scen:
+            ratios[f"dedup_speedup@{spec}"] = ratio(scen["upscale-dedup"]["fps"]["median"],
+                                                    scen["upscale"]["fps"]["median"])
     by_scenario: dict[str, list[dict]] = {}
     for r in results.values():
         by_scenario.setdefault(r["scenario"], []).append(r)
@@ -137,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="ultrafast")
     p.add_argument("--crf", type=int, default=23)
     p.add_argument("--pipeline", default="none", help="stages for the 'pipeline' scenario")
+    p.add_argument("--model", default="animevideov3-x2", help="model for the model scenarios")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (model scenarios)")
+    p.add_argument("--precision", default="auto", help="auto, fp32, fp16, bf16 (model scenarios)")
+    p.add_argument("--batch", type=int, default=0, help="frames per model call; 0: auto")
+    p.add_argument("--ring", type=int, default=3, help="batches in flight on CUDA")
     p.add_argument("--out", default=None, help="JSON file (default bench-results/<time>.json)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"))
     p.add_argument("--list", action="store_true", help="list the scenarios")

@@ -92,3 +92,120 @@ def dedup(path: Path, scratch: Path, settings: dict) -> dict:
                       Discard()).run()
     stages = [s.as_dict(result.elapsed_s) for s in result.stages]
     return {"frames": result.frames_out, "stages": stages}
+
+
+# ---- model scenarios (issue: GPU runner). Same model, device and precision in each. ----------
+
+def _model_settings(settings: dict) -> dict:
+    return {"model": settings.get("model", "animevideov3-x2"), "device": settings.get("device", "auto"),
+            "precision": settings.get("precision", "auto"), "batch": int(settings.get("batch", 0)),
+            "ring": int(settings.get("ring", 3))}
+
+
+def _upscale_spec(settings: dict) -> str:
+    m = _model_settings(settings)
+    return "upscale:" + ":".join(f"{k}={v}" for k, v in m.items())
+
+
+@scenario("model-only", "the upscale model through the device runner on frames already in memory")
+def model_only(path: Path, scratch: Path, settings: dict) -> dict:
+    import time
+
+    from engine.inference import InferenceRunner, InferenceSettings
+    from engine.models.loader import load_model
+
+    m = _model_settings(settings)
+    limit = int(settings.get("model_frames", 48))
+    with av.open(str(path)) as container:
+        frames = []
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == limit:
+                break
+    model = load_model(m["model"])
+    runner = InferenceRunner(model, model.scale, InferenceSettings(
+        device=m["device"], precision=m["precision"], batch=m["batch"], ring=m["ring"]))
+    runner.open()
+    runner.plan(*frames[0].shape[:2])
+    batch = runner.batch
+    runner.submit(frames[:batch])  # warm-up: kernels chosen, memory allocated
+    runner.drain()
+    started = time.perf_counter()
+    count = 0
+    for i in range(0, len(frames) - batch + 1, batch):
+        runner.submit(frames[i:i + batch])
+        count += batch
+    runner.drain()
+    timed = time.perf_counter() - started
+    info = runner.describe()
+    runner.close()
+    return {"frames": count, "timed_s": timed, "settings": info}
+
+
+@scenario("io-floor", "decode + scale to the model's output size + x264: what I/O alone allows")
+def io_floor(path: Path, scratch: Path, settings: dict) -> dict:
+    from engine.models.catalogue import MODELS
+
+    scale = MODELS[_model_settings(settings)["model"]].scale
+    frames = 0
+    with av.open(str(path)) as src, av.open(str(scratch / "floor.mp4"), "w") as dst:
+        vin = src.streams.video[0]
+        vin.thread_type = "AUTO"
+        out = dst.add_stream("libx264", rate=vin.average_rate)
+        w, h = vin.codec_context.width * scale, vin.codec_context.height * scale
+        out.width, out.height, out.pix_fmt = w, h, "yuv420p"
+        out.time_base = vin.time_base
+        out.codec_context.time_base = vin.time_base
+        out.codec_context.options = _x264_options(settings)
+        for frame in src.decode(vin):
+            picture = frame.reformat(width=w, height=h, format="yuv420p", interpolation="FAST_BILINEAR")
+            picture.pts, picture.time_base = frame.pts, frame.time_base
+            picture.pict_type = av.video.frame.PictureType.NONE
+            dst.mux(out.encode(picture))
+            frames += 1
+        dst.mux(out.encode(None))
+    return {"frames": frames}
+
+
+@scenario("upscale", "the engine: decode → upscale → encode (no dedup)")
+def upscale(path: Path, scratch: Path, settings: dict) -> dict:
+    return _engine(path, scratch, settings, _upscale_spec(settings))
+
+
+@scenario("upscale-dedup", "the engine's default shape: decode → dedup → upscale → encode")
+def upscale_dedup(path: Path, scratch: Path, settings: dict) -> dict:
+    return _engine(path, scratch, settings, "dedup," + _upscale_spec(settings))
+
+
+@scenario("naive", "a peer-style loop: decode → model → encode, one frame at a time, one thread")
+def naive(path: Path, scratch: Path, settings: dict) -> dict:
+    import contextlib
+
+    import torch
+
+    from engine.inference import resolve_device
+    from engine.models.loader import load_model
+
+    m = _model_settings(settings)
+    device = resolve_device(m["device"])
+    precision = m["precision"] if m["precision"] != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+    model = load_model(m["model"]).to(device).eval()
+    autocast = (torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+                if precision != "fp32" else contextlib.nullcontext())
+    frames = 0
+    with av.open(str(path)) as src, av.open(str(scratch / "naive.mp4"), "w") as dst:
+        vin = src.streams.video[0]
+        out = dst.add_stream("libx264", rate=vin.average_rate)
+        out.width = vin.codec_context.width * model.scale
+        out.height = vin.codec_context.height * model.scale
+        out.pix_fmt = "yuv420p"
+        out.codec_context.options = _x264_options(settings)
+        for frame in src.decode(vin):
+            x = torch.from_numpy(frame.to_ndarray(format="rgb24")).to(device)
+            with torch.no_grad(), autocast:
+                y = model(x.permute(2, 0, 1)[None].float() / 255)
+            image = (y.float().clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).cpu().numpy()
+            dst.mux(out.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            frames += 1
+        dst.mux(out.encode(None))
+    return {"frames": frames}

