@@ -169,13 +169,16 @@ class _Conv(nn.Module):
         if spec.get(8, 0):
             raise NcnnFormatError(f"layer {spec.name}: int8 convolution is not supported")
         cin = size // (out * kh * kw) * groups
-        self.conv = nn.Conv2d(cin, out, (kh, kw), (sh, sw), 0, (dh, dw), groups, bias=bool(spec.get(5, 0)))
+        left, right, top, bottom = _pads(spec, (kh, kw))
+        self.pad_value = float(spec.get(18, 0.0))
+        # symmetric zero padding goes to cuDNN; an explicit pad is a full copy of the tensor
+        inside = left == right and top == bottom and self.pad_value == 0.0
+        self.pad = None if inside or (left, right, top, bottom) == (0, 0, 0, 0) else (left, right, top, bottom)
+        self.conv = nn.Conv2d(cin, out, (kh, kw), (sh, sw), (top, left) if inside else 0, (dh, dw), groups,
+                              bias=bool(spec.get(5, 0)))
         self.conv.weight.data = torch.from_numpy(weights.tagged(size)).reshape(self.conv.weight.shape)
         if self.conv.bias is not None:
             self.conv.bias.data = torch.from_numpy(weights.raw_fp32(out))
-        left, right, top, bottom = _pads(spec, (kh, kw))
-        self.pad = (left, right, top, bottom) if (left, right, top, bottom) != (0, 0, 0, 0) else None
-        self.pad_value = float(spec.get(18, 0.0))
         self.act = _activation(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
