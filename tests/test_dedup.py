@@ -132,3 +132,65 @@ def test_dedup_end_to_end_report_counts(tmp_path):
                                "frames_processed": 12, "frames": 24}
     from conftest import decoded_indices
     assert decoded_indices(out) == content
+
+
+def _sparse_diffs(seed: int, count: int):
+    """Difference images like codec noise: mostly 0–3, scattered spikes, faint full lines."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        h, w = int(rng.integers(1, 160)), int(rng.integers(1, 200))
+        diff = rng.integers(0, 4, (h, w)).astype(np.uint8)
+        k = int(rng.integers(0, 30))
+        diff[rng.integers(0, h, k), rng.integers(0, w, k)] = rng.integers(0, 256, k)
+        if rng.random() < 0.3:
+            diff[rng.integers(0, h), :] = rng.integers(0, 12)
+        if rng.random() < 0.3:
+            diff[:, rng.integers(0, w)] = rng.integers(0, 12)
+        yield rng, diff
+
+
+def test_sparse_line_test_gives_the_full_line_test_answer():
+    from stages.dedup import line_difference, line_reaches
+
+    for rng, diff in _sparse_diffs(1, 1500):
+        length = int(rng.integers(2, 20))
+        threshold = float(rng.choice([0, 0.5, 1, 2.5, 4.5, 5, 7, 20, 300]))
+        full = line_difference(diff, np.zeros_like(diff), length)
+        assert line_reaches(diff, length, threshold) == (full >= threshold), (diff.shape, length)
+
+
+@pytest.mark.parametrize("block", [2, 8, 12, 16])
+def test_region_max_is_the_whole_image_filter_there(block):
+    from stages.dedup import _block_means, _line_sums, _region_max
+
+    for rng, diff in _sparse_diffs(2, 300):
+        h, w = diff.shape
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        y1, x1 = int(rng.integers(y0 + 1, h + 1)), int(rng.integers(x0 + 1, w + 1))
+        # float means are exact when block² is a power of two (else: see Dedup._is_near)
+        pow2 = block & (block - 1) == 0
+        for reach, filters, exact in ((block, lambda a: [_block_means(a, block)], pow2),
+                                      (12, lambda a: _line_sums(a, 12), True)):
+            ys, xs = slice(max(0, y0 - reach), y1 + reach), slice(max(0, x0 - reach), x1 + reach)
+            whole = max(float(out[ys, xs].max()) for out in filters(diff))
+            assert _region_max(diff, y0, y1, x0, x1, reach, filters) == \
+                (whole if exact else pytest.approx(whole, rel=2 ** -21))
+
+
+@pytest.mark.parametrize("analysis_width", [960, 150])  # 150: 12×12 windows after resizing
+def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_width):
+    from stages.dedup import Dedup
+
+    stage = Dedup(analysis_width=analysis_width)
+    decisions = set()
+    for rng, diff in _sparse_diffs(3, 600):
+        ref = rng.integers(0, 256, diff.shape).astype(np.uint8)
+        cur = np.where(rng.random(diff.shape) < 0.5, ref.astype(int) + diff, ref.astype(int) - diff)
+        cur = cur.clip(0, 255).astype(np.uint8)
+        stage._ref_full, (stage._ref_luma, _) = ref, stage.analysis(ref)
+        small, block = stage.analysis(cur)
+        s = stage.scores(small, stage._ref_luma, block, cur, ref)
+        expected = s["block"] < stage.threshold and s["line"] < stage.line_threshold
+        assert stage._is_near(small, block, cur) == expected, s
+        decisions.add((s["block"] < stage.threshold, expected))
+    assert decisions == {(False, False), (True, False), (True, True)}  # every path was taken
