@@ -123,7 +123,10 @@ class Pipeline:
         # Channel i is the inbox of stage i (the last one is the sink's). Its producers are
         # the workers of whatever stands before it; its capacity is the consumer's `queue`.
         probes = [spec.build() for spec in self.specs]  # constructors are cheap: open() loads
-        capacities = [spec.queue for spec in self.specs] + [self.options.sink_queue]
+        # the sink's queue holds at least one whole batch of the last stage, so emitting a
+        # finished batch never stalls a device pipeline behind the encoder
+        last_batch = probes[-1].batch_size if probes and isinstance(probes[-1], BatchStage) else 0
+        capacities = [spec.queue for spec in self.specs] + [max(self.options.sink_queue, last_batch)]
         producers = [1] + [spec.workers for spec in self.specs]
         consumers = [spec.name for spec in self.specs] + [self.sink.name]
         inboxes = [Channel(f"→{name}", cap, prod, self.token)

@@ -40,11 +40,17 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+CONVERTERS = min(4, os.cpu_count() or 1)  # RGB → YUV threads per video sink
+LOOKAHEAD = 2 * CONVERTERS                # frames converted ahead of the encoder
+
+
 class VideoSink:
     """Encodes frames with PyAV, keeping each frame's pts and the input's colour tags.
 
     A frame whose pixels no stage touched is encoded from its decoded picture directly,
-    so `--pipeline none` costs no colour conversion at all.
+    so `--pipeline none` costs no colour conversion at all. Otherwise RGB → YUV runs on a
+    few converter threads (swscale releases the GIL), a few frames ahead of the encoder:
+    at 4K that conversion alone takes longer than x264 ultrafast needs per frame.
     """
 
     name = "encode"
@@ -65,6 +71,8 @@ class VideoSink:
         self._video_end_s = 0.0
         self._committed = False
         self.notes: list[str] = []  # things the user must hear about, printed after the run
+        self._converters = ThreadPoolExecutor(max_workers=CONVERTERS, thread_name_prefix="engine-rgb2yuv")
+        self._converting: deque[tuple[Frame, Future]] = deque()  # in order; bounded by LOOKAHEAD
 
     def _open(self, width: int, height: int, rotation: int = 0) -> None:
         try:
@@ -117,7 +125,13 @@ class VideoSink:
         if self._container is None:
             height, width = frame.shape[:2]
             self._open(width, height, frame.meta.get("rotation", 0))
-        picture = self._picture(frame)
+        self._converting.append((frame, self._converters.submit(self._picture, frame)))
+        while len(self._converting) > LOOKAHEAD:
+            self._encode_next()
+
+    def _encode_next(self) -> None:
+        frame, converted = self._converting.popleft()
+        picture = converted.result()
         picture.pts = frame.pts
         picture.time_base = frame.time_base
         self._copier.advance(frame.time)
@@ -128,6 +142,9 @@ class VideoSink:
     def finish(self, frames: int) -> None:
         if self._container is None:
             raise ValidationError("no frames reached the encoder")
+        while self._converting:
+            self._encode_next()
+        self._converters.shutdown()
         self._container.mux(self._stream.encode(None))  # flushing is encode(None)
         self._copier.finish(self._video_end_s if self.stop_copy_with_video else math.inf)
         self._container.close()
@@ -150,6 +167,8 @@ class VideoSink:
 
     def abort(self) -> None:
         # Safe twice: the container is dropped after the first close, the file after unlink.
+        self._converting.clear()
+        self._converters.shutdown(wait=True, cancel_futures=True)
         copier, self._copier = self._copier, None
         if copier is not None:
             copier.close()

@@ -16,7 +16,7 @@ from engine.models.catalogue import DEFAULT_MODEL, MODELS, is_model_file
 from engine.registry import register_stage
 from engine.stage import BatchStage, StageContext
 
-MAX_BATCH = 16  # engine.inference.MAX_BATCH, repeated so that checking a pipeline needs no torch
+MAX_BATCH = 8  # engine.inference.MAX_BATCH, repeated so that checking a pipeline needs no torch
 
 
 @register_stage("upscale")
