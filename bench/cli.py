@@ -36,6 +36,7 @@ def machine() -> dict:
         info["torch"] = None
     gpu = GpuMonitor()
     info["gpus"] = [vars(s) for s in gpu.sample()]
+    info["gpu_driver"] = gpu.driver()
     gpu.close()
     return info
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> dict:
             "timeline": typical.get("timeline"),
             "gpu": typical.get("gpu"),
             "settings": typical.get("settings"),
+            **({"worst_psnr_db": typical["worst_psnr_db"]} if "worst_psnr_db" in typical else {}),
         }
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
             "settings": {**settings, "warmup": args.warmup, "repeats": args.repeats},
@@ -98,9 +100,11 @@ def derive_ratios(results: dict) -> dict:
         if model_only and io and "upscale" in scen:
             slower = min(model_only["fps"]["median"], io["fps"]["median"])
             ratios[f"upscale_vs_slower_of_model_and_io@{spec}"] = ratio(scen["upscale"]["fps"]["median"], slower)
-        if "naive" in scen and "upscale" in scen:
+        if "naive-sequential" in scen and "upscale" in scen:
             ratios[f"upscale_vs_naive@{spec}"] = ratio(scen["upscale"]["fps"]["median"],
-                                                       scen["naive"]["fps"]["median"])
+                                                       scen["naive-sequential"]["fps"]["median"])
+        if "dedup-quality" in scen:
+            ratios[f"dedup_worst_frame_psnr_db@{spec}"] = scen["dedup-quality"].get("worst_psnr_db")
         if "upscale-dedup" in scen and "upscale" in scen:
             ratios[f"dedup_speedup@{spec}"] = ratio(scen["upscale-dedup"]["fps"]["median"],
                                                     scen["upscale"]["fps"]["median"])

@@ -177,7 +177,7 @@ def upscale_dedup(path: Path, scratch: Path, settings: dict) -> dict:
     return _engine(path, scratch, settings, "dedup," + _upscale_spec(settings))
 
 
-@scenario("naive", "a peer-style loop: decode → model → encode, one frame at a time, one thread")
+@scenario("naive-sequential", "a peer-style loop: decode → model → encode, one frame at a time, one thread")
 def naive(path: Path, scratch: Path, settings: dict) -> dict:
     import contextlib
 
@@ -209,3 +209,24 @@ def naive(path: Path, scratch: Path, settings: dict) -> dict:
             frames += 1
         dst.mux(out.encode(None))
     return {"frames": frames}
+
+
+@scenario("dedup-quality", "upscale with and without dedup into lossless FFV1; worst-frame PSNR between them")
+def dedup_quality(path: Path, scratch: Path, settings: dict) -> dict:
+    import numpy as np
+
+    outputs = {}
+    for name, pipeline in (("with", "dedup," + _upscale_spec(settings)), ("without", _upscale_spec(settings))):
+        config = JobConfig(input=str(path), output=str(scratch / f"{name}.mkv"), pipeline=pipeline,
+                           encoder="ffv1", quiet=True)
+        Job.prepare(config).run(RecordingReporter())
+        outputs[name] = scratch / f"{name}.mkv"
+    worst, frames = float("inf"), 0
+    with av.open(str(outputs["with"])) as a, av.open(str(outputs["without"])) as b:
+        for fa, fb in zip(a.decode(video=0), b.decode(video=0)):
+            x = fa.to_ndarray(format="rgb24").astype(np.float64)
+            y = fb.to_ndarray(format="rgb24").astype(np.float64)
+            mse = float(np.mean((x - y) ** 2))
+            worst = min(worst, 10 * np.log10(255.0 ** 2 / mse) if mse else float("inf"))
+            frames += 1
+    return {"frames": frames, "worst_psnr_db": worst}

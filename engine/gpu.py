@@ -47,6 +47,16 @@ class GpuMonitor:
                                  int(util.gpu), mem.used // 2**20, mem.total // 2**20))
         return out
 
+    def driver(self) -> str | None:
+        """The NVIDIA driver version, None without a GPU."""
+        if not self._handles:
+            return None
+        try:
+            version = self._nvml.nvmlSystemGetDriverVersion()
+        except Exception:  # noqa: BLE001
+            return None
+        return version if isinstance(version, str) else version.decode()
+
     def close(self) -> None:
         if self._nvml is not None and self._handles:
             try:

@@ -43,6 +43,16 @@ def test_ratios_pair_cases_measured_on_the_same_input():
     assert ratios["passthrough_rss_growth_1000_vs_100_frames"] == pytest.approx(1.1)
 
 
+def test_model_ratios_engine_against_its_bounds_naive_and_dedup():
+    results = {f"{name}@c": _result(name, "c", 240, fps, 100.0) for name, fps in [
+        ("model-only", 3.0), ("io-floor", 800.0), ("upscale", 2.85), ("upscale-dedup", 3.6),
+        ("naive-sequential", 2.5)]}
+    ratios = derive_ratios(results)
+    assert ratios["upscale_vs_slower_of_model_and_io@c"] == pytest.approx(0.95)  # model is slower
+    assert ratios["upscale_vs_naive@c"] == pytest.approx(1.14)
+    assert ratios["dedup_speedup@c"] == pytest.approx(3.6 / 2.85)
+
+
 def test_compare_reports_relative_change():
     a = {"results": {"x@i": _result("x", "i", 10, 100.0, 1)}, "ratios": {"r": 0.9}}
     b = {"results": {"x@i": _result("x", "i", 10, 150.0, 1), "y@i": _result("y", "i", 10, 5.0, 1)},

@@ -33,7 +33,7 @@ fi
 if [[ $part == all || $part == e2e ]]; then
   for input in anime-720p anime-1080p.mp4; do
     for model in animevideov3-x2 animevideov3-x4; do
-      python -m bench io-floor upscale upscale-dedup naive model-only --input "$input" --model "$model" \
+      python -m bench io-floor upscale upscale-dedup naive-sequential model-only --input "$input" --model "$model" \
         --device cuda --precision fp16 --repeats 2 --warmup 0 --no-plots \
         --out "$out/e2e-${input%%.*}-$model.json" 2>/dev/null | grep -vE "^results"
     done
