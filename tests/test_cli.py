@@ -260,7 +260,10 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing(clip, tmp_path):
         [sys.executable, "-m", "engine", "stream", str(src), str(out), "--encoder", "x264",
          "--preset", "veryslow", "--pipeline", "test.jitter:max_ms=40"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, **TESTING})
+        env={**os.environ, **TESTING},
+        # a shell runs background jobs with SIGINT ignored, and children inherit that:
+        # give the engine the default disposition a terminal user's process has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait until the job has really started writing (its partial file exists)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(p.name.startswith(".out.partial") for p in tmp_path.iterdir()):

@@ -260,3 +260,64 @@ def test_upscaler_crops_exactly_for_every_catalogue_model_family():
             y = model(torch.rand(1, 3, 21, 30))
         assert y.shape == (1, 3, 21 * model.scale, 30 * model.scale), name
     assert isinstance(model, Upscaler) and model.residual  # Real-CUGAN x4 adds the upsampled input
+
+
+# ---- the CLI: the default pipeline, `engine models`, bad model options ------------------------
+
+def test_default_pipeline_dedups_and_upscales_a_real_clip(tmp_path):
+    """`engine stream IN OUT` with no --pipeline: decode → dedup → animevideov3-x2 → encode."""
+    from conftest import MEDIA, run_engine
+
+    out, report = tmp_path / "out.mp4", tmp_path / "report.json"
+    r = run_engine("stream", MEDIA / "anime-320x240.mp4", out, "--frames", "24", "--quiet",
+                   "--report", report, "--pipeline", "dedup,upscale:model=animevideov3-x2")
+    assert r.returncode == 0, r.stderr
+    from engine.cli import DEFAULT_PIPELINE
+    assert DEFAULT_PIPELINE == "dedup,upscale:model=animevideov3-x2"
+    doc = json.loads(report.read_text())
+    upscale = next(s for s in doc["stages"] if s["name"] == "upscale")
+    assert upscale["counters"]["inferred"] == doc["dedup"]["frames_processed"] < 24
+    assert upscale["settings"]["model"] == "animevideov3-x2" and upscale["settings"]["scale"] == 2
+    import av
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.width, v.codec_context.height) == (640, 480)
+        assert sum(1 for _ in c.decode(v)) == 24
+
+
+def test_models_command_lists_the_catalogue():
+    from conftest import run_engine
+
+    r = run_engine("models")
+    assert r.returncode == 0, r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines()[1:] if line and not line.startswith("Also")]
+    assert names == list(MODELS)
+
+
+@pytest.mark.parametrize("option, needle", [
+    ("model=nope", "unknown model 'nope'"),
+    ("model=/no/such/net.pth", "model file not found"),
+    ("tile=10", "tile must be 0 (auto) or at least 64"),
+    ("device=tpu", "device must be auto, cpu, cuda"),
+])
+def test_bad_upscale_options_are_one_line_errors(tmp_path, option, needle):
+    from conftest import MEDIA, run_engine
+    from test_cli import assert_clean_failure
+
+    r = run_engine("stream", MEDIA / "anime-320x240.mp4", tmp_path / "o.mp4", "--pipeline", f"upscale:{option}")
+    assert_clean_failure(r, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_checkpoint_fails_in_one_line_and_leaves_nothing(tmp_path):
+    from conftest import MEDIA, run_engine
+
+    bad = tmp_path / "net.pth"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_engine("stream", MEDIA / "anime-320x240.mp4", out / "o.mp4", "--quiet", "--pipeline", f"upscale:model={bad}")
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot load model net.pth" in lines[0] and "Traceback" not in r.stderr
+    assert list(out.iterdir()) == []

@@ -88,7 +88,11 @@ def load_model(name_or_path: str) -> Upscaler:
         else:
             net = from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
     except (NcnnFormatError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise UserError(f"cannot load model {path.name}: {exc}") from exc
+        if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
+            reason = "not a PyTorch checkpoint of plain tensors (weights_only loading refused it)"
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]  # torch's are long
+        raise UserError(f"cannot load model {path.name}: {reason}") from exc
     net.eval()
     # user files get the Real-ESRGAN border handling, the convention of both formats' authors
     return Upscaler(net, _measure_scale(net, path.name), USER_MODEL_PAD, "reflect", 1, path.name).eval()
