@@ -34,7 +34,8 @@ class EncoderSpec:
 ENCODERS: dict[str, EncoderSpec] = {
     "x264": EncoderSpec("libx264", "yuv420p", "yuv420p10le", "crf", 18, "medium", (".mp4", ".mkv", ".mov")),
     "x265": EncoderSpec("libx265", "yuv420p", "yuv420p10le", "crf", 20, "medium",
-                        (".mp4", ".mkv", ".mov"), {"tag": "hvc1"}),
+                        # x265 prints its banner and stats to stderr itself: only errors, please
+                        (".mp4", ".mkv", ".mov"), {"tag": "hvc1", "x265-params": "log-level=error"}),
     "h264_nvenc": EncoderSpec("h264_nvenc", "yuv420p", None, "cq", 19, "p5", (".mp4", ".mkv", ".mov")),
     "hevc_nvenc": EncoderSpec("hevc_nvenc", "yuv420p", "p010le", "cq", 21, "p5",
                               (".mp4", ".mkv", ".mov"), {"tag": "hvc1"}),
