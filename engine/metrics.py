@@ -55,6 +55,15 @@ class StageSnapshot:
     settings: dict = field(default_factory=dict)
 
     @property
+    def label(self) -> str:
+        """The name, plus where a model stage runs: a user must see at once whether it is the GPU."""
+        s = self.settings
+        if "device" not in s:
+            return self.name
+        tile = f" tile {s['tile']}" if s.get("tile") else ""
+        return f"{self.name} [{s['device']} {s.get('precision', '')} batch {s.get('batch', '?')}{tile}]"
+
+    @property
     def blocked_s(self) -> float:
         return self.wait_in_s + self.wait_out_s
 

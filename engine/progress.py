@@ -119,9 +119,10 @@ class LogReporter(Reporter):
     def summary(self, snap: RunSnapshot) -> None:
         print(f"[engine] done: {snap.frames_done} frames in {snap.elapsed_s:.2f} s "
               f"({snap.fps:.1f} fps)", file=self.stream)
+        width = max([16] + [len(s.label) for s in snap.stages])
         for s in snap.stages:
             extra = " ".join(f"{k}={v}" for k, v in s.counters.items())
-            print(f"[engine]   {s.name:<16} {s.items:>7} items  busy {s.busy_s:8.2f} s  "
+            print(f"[engine]   {s.label:<{width}} {s.items:>7} items  busy {s.busy_s:8.2f} s  "
                   f"blocked {s.blocked_s:8.2f} s  {extra}".rstrip(), file=self.stream)
         self.stream.flush()
 
@@ -178,7 +179,7 @@ def _stage_cells(s: StageSnapshot, elapsed: float) -> list[str]:
     fps = s.items / elapsed if elapsed > 0 else 0.0
     queue = f"{s.queue_fill}/{s.queue_capacity}" if s.queue_capacity else ""
     counters = " ".join(f"{k}={v}" for k, v in s.counters.items())
-    return [s.name, str(s.workers), str(s.items), f"{fps:.1f}", f"{s.busy_s:.1f}s",
+    return [s.label, str(s.workers), str(s.items), f"{fps:.1f}", f"{s.busy_s:.1f}s",
             f"{s.blocked_s:.1f}s", queue, counters]
 
 

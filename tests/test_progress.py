@@ -45,3 +45,15 @@ def test_rich_reporter_renders_stage_table():
 def test_reporter_choice():
     assert isinstance(make_reporter(quiet=True), NullReporter)
     assert isinstance(make_reporter(quiet=False, stream=io.StringIO()), LogReporter)
+
+
+def test_model_stage_shows_where_it_runs():
+    """A user watching a long job must see whether the model runs on the GPU, and how."""
+    settings = {"device": "cuda:0", "precision": "fp16", "batch": 4, "tile": 0}
+    stages = [StageSnapshot("upscale", "batch", 1, 10, 1.0, 0.0, 0.0, {"inferred": 10}, 0, 8, settings)]
+    out = io.StringIO()
+    LogReporter(out).summary(RunSnapshot(1.0, 10, 10, stages))
+    assert "upscale [cuda:0 fp16 batch 4]" in out.getvalue()
+    tiled = StageSnapshot("upscale", "batch", 1, 1, 1.0, 0.0, 0.0, {}, 0, 8, {**settings, "tile": 256})
+    assert tiled.label == "upscale [cuda:0 fp16 batch 4 tile 256]"
+    assert StageSnapshot("resize", "map", 1, 1, 0.1, 0.0, 0.0).label == "resize"
