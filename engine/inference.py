@@ -31,7 +31,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from typing import Callable, TextIO
 
 from engine.gpu import GpuMonitor, GpuSample
