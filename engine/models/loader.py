@@ -16,7 +16,7 @@ from torch import nn
 
 from engine.errors import UserError
 from engine.models.archs import from_checkpoint
-from engine.models.catalogue import MODELS, USER_MODEL_PAD
+from engine.models.catalogue import USER_MODEL_PAD, check_model
 from engine.models.ncnn import NcnnFormatError, load_ncnn
 
 
@@ -69,21 +69,15 @@ def _measure_scale(net: nn.Module, source: str) -> int:
 
 def load_model(name_or_path: str) -> Upscaler:
     """A named model, or a user's `.param` (with its `.bin` beside it) or `.pth` checkpoint."""
-    info = MODELS.get(name_or_path)
+    info = check_model(name_or_path)
     if info is not None:
         param, weights = info.files()
         net = load_ncnn(param, weights)
         return Upscaler(net, info.scale, info.pre_pad, info.pad_mode, info.multiple, info.name,
                         info.residual).eval()
     path = Path(name_or_path)
-    if path.suffix not in (".param", ".pth", ".pt"):
-        raise UserError(f"unknown model '{name_or_path}' (see `engine models`; or give a .param or .pth file)")
-    if not path.is_file():
-        raise UserError(f"model file not found: {name_or_path}")
     try:
         if path.suffix == ".param":
-            if not path.with_suffix(".bin").is_file():
-                raise UserError(f"{path.name}: its weights {path.with_suffix('.bin').name} are missing")
             net = load_ncnn(path)
         else:
             net = from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
