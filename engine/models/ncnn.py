@@ -141,7 +141,7 @@ def _activation(spec: LayerSpec) -> Callable[[torch.Tensor], torch.Tensor] | Non
     raise NcnnFormatError(f"layer {spec.name}: activation type {kind} is not supported")
 
 
-def _pads(spec: LayerSpec, kernel: tuple[int, int]) -> tuple[int, int, int, int]:
+def _pads(spec: LayerSpec) -> tuple[int, int, int, int]:
     """(left, right, top, bottom), with ncnn's defaults (each falls back to the one before)."""
     left = spec.get(4, 0)
     right = spec.get(15, left)
@@ -152,29 +152,29 @@ def _pads(spec: LayerSpec, kernel: tuple[int, int]) -> tuple[int, int, int, int]
     return left, right, top, bottom
 
 
+def _geometry(spec: LayerSpec) -> tuple[int, tuple[int, int], tuple[int, int], tuple[int, int], int]:
+    """(num_output, kernel, dilation, stride, weight count) of a (de)convolution; each h falls back to w."""
+    kw, dw, sw = spec.get(1, 0), spec.get(2, 1), spec.get(3, 1)
+    return (spec.get(0, 0), (spec.get(11, kw), kw), (spec.get(12, dw), dw), (spec.get(13, sw), sw),
+            spec.get(6, 0))
+
+
 class _Conv(nn.Module):
     """ncnn Convolution: asymmetric padding, a fused activation."""
 
     def __init__(self, spec: LayerSpec, weights: _WeightReader):
         super().__init__()
-        out = spec.get(0, 0)
-        kw = spec.get(1, 0)
-        kh = spec.get(11, kw)
-        dw = spec.get(2, 1)
-        dh = spec.get(12, dw)
-        sw = spec.get(3, 1)
-        sh = spec.get(13, sw)
-        size = spec.get(6, 0)
+        out, (kh, kw), dilation, stride, size = _geometry(spec)
         groups = spec.get(7, 1) if spec.type == "ConvolutionDepthWise" else 1
         if spec.get(8, 0):
             raise NcnnFormatError(f"layer {spec.name}: int8 convolution is not supported")
         cin = size // (out * kh * kw) * groups
-        left, right, top, bottom = _pads(spec, (kh, kw))
+        left, right, top, bottom = _pads(spec)
         self.pad_value = float(spec.get(18, 0.0))
         # symmetric zero padding goes to cuDNN; an explicit pad is a full copy of the tensor
         inside = left == right and top == bottom and self.pad_value == 0.0
         self.pad = None if inside or (left, right, top, bottom) == (0, 0, 0, 0) else (left, right, top, bottom)
-        self.conv = nn.Conv2d(cin, out, (kh, kw), (sh, sw), (top, left) if inside else 0, (dh, dw), groups,
+        self.conv = nn.Conv2d(cin, out, (kh, kw), stride, (top, left) if inside else 0, dilation, groups,
                               bias=bool(spec.get(5, 0)))
         self.conv.weight.data = torch.from_numpy(weights.tagged(size)).reshape(self.conv.weight.shape)
         if self.conv.bias is not None:
@@ -193,24 +193,17 @@ class _Deconv(nn.Module):
 
     def __init__(self, spec: LayerSpec, weights: _WeightReader):
         super().__init__()
-        out = spec.get(0, 0)
-        kw = spec.get(1, 0)
-        kh = spec.get(11, kw)
-        dw = spec.get(2, 1)
-        dh = spec.get(12, dw)
-        sw = spec.get(3, 1)
-        sh = spec.get(13, sw)
-        size = spec.get(6, 0)
+        out, (kh, kw), dilation, stride, size = _geometry(spec)
         if spec.get(20, 0) or spec.get(21, 0):
             raise NcnnFormatError(f"layer {spec.name}: fixed deconvolution output size is not supported")
         cin = size // (out * kh * kw)
-        self.conv = nn.ConvTranspose2d(cin, out, (kh, kw), (sh, sw), 0, 0, 1, bool(spec.get(5, 0)), (dh, dw))
+        self.conv = nn.ConvTranspose2d(cin, out, (kh, kw), stride, 0, 0, 1, bool(spec.get(5, 0)), dilation)
         stored = torch.from_numpy(weights.tagged(size)).reshape(out, cin, kh, kw)
         self.conv.weight.data = stored.transpose(0, 1).contiguous()
         if self.conv.bias is not None:
             self.conv.bias.data = torch.from_numpy(weights.raw_fp32(out))
         # ncnn computes the full transposed convolution, then crops pads (and adds output_pad)
-        self.crop = _pads(spec, (kh, kw))
+        self.crop = _pads(spec)
         self.out_pad = (spec.get(18, 0), spec.get(19, spec.get(18, 0)))
         self.act = _activation(spec)
 
