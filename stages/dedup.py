@@ -192,8 +192,8 @@ class Dedup(MapStage):
             raise ValueError(f"analysis_width must be >= 16, got {analysis_width}")
         if line_threshold < 0:
             raise ValueError(f"line_threshold must be >= 0, got {line_threshold}")
-        if not 2 <= line_length <= 256:
-            raise ValueError(f"line_length must be between 2 and 256, got {line_length}")
+        if not 2 <= line_length <= 128:  # the thin-window sums are uint16 (see _line_sums)
+            raise ValueError(f"line_length must be between 2 and 128, got {line_length}")
         self.threshold, self.block, self.max_run = threshold, block, max_run
         self.dup_run = max_run  # tells the runner how far duplicates may overtake
         self.analysis_width = analysis_width

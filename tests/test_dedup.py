@@ -194,3 +194,12 @@ def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_w
         assert stage._is_near(small, block, cur) == expected, s
         decisions.add((s["block"] < stage.threshold, expected))
     assert decisions == {(False, False), (True, False), (True, True)}  # every path was taken
+
+
+@pytest.mark.parametrize("options", [{"line_length": 129}, {"line_length": 1}, {"threshold": -1}, {"max_run": 0}])
+def test_options_outside_what_the_statistic_supports_are_refused(options):
+    from stages.dedup import Dedup
+
+    with pytest.raises(ValueError):
+        Dedup(**options)
+    Dedup(line_length=128)  # uint16 window sums still hold 255 × 2 × 128
