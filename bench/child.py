@@ -67,13 +67,14 @@ def main() -> int:
     name, path, settings = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
     fn, _ = SCENARIOS[name]
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch, GpuSampler() as gpu:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = fn(path, Path(scratch), settings)
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     result["gpu"] = gpu.summary()
     # a scenario may time only its own part (model-only: not the decoding that fills memory)
     timed = result.pop("timed_s", wall)
     result["wall_s"] = timed
+    result["cpu_s"] = cpu  # every thread of this process, decoding and encoding included
     result["fps"] = result["frames"] / timed if timed else 0.0
     result["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(result))

@@ -51,7 +51,7 @@ def run_child(name: str, path: Path, settings: dict) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     inputs = [(spec, resolve(spec)) for spec in args.input]
-    settings = {"preset": args.preset, "crf": args.crf, "pipeline": args.pipeline, "model": args.model,
+    settings = {"encoder": args.encoder, "preset": args.preset, "crf": args.crf, "pipeline": args.pipeline, "model": args.model,
                 "device": args.device, "precision": args.precision, "batch": args.batch, "ring": args.ring}
     cases = [(name, spec, path) for name in args.scenarios for spec, path in inputs]
     samples: dict[str, list[dict]] = {f"{n}@{s}": [] for n, s, _ in cases}
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> dict:
             "scenario": name, "input": spec, "frames": runs[0]["frames"],
             "fps": summarize([r["fps"] for r in runs]),
             "wall_s": summarize([r["wall_s"] for r in runs]),
+            "cpu_s": summarize([r.get("cpu_s", 0.0) for r in runs]),
             "peak_rss_mib": summarize([r["peak_rss_mib"] for r in runs]),
             "stages": typical.get("stages"),
             "timeline": typical.get("timeline"),
@@ -95,6 +96,10 @@ def derive_ratios(results: dict) -> dict:
             if floor and engine_case in scen:
                 ratios[f"{engine_case}_vs_floor@{spec}"] = ratio(
                     scen[engine_case]["fps"]["median"], floor["fps"]["median"])
+                # time ratios (engine / floor, lower is better): wall and CPU over every thread
+                for kind in ("wall_s", "cpu_s"):
+                    ratios[f"{engine_case}_over_floor_{kind[:-2]}_time@{spec}"] = ratio(
+                        scen[engine_case][kind]["median"], floor[kind]["median"])
     for spec, scen in by_input.items():
         model_only, io = scen.get("model-only"), scen.get("io-floor")
         if model_only and io and "upscale" in scen:
@@ -151,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="720p:300, 1280x720:300, a tests/media clip name, or a path (repeatable)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--encoder", choices=["x264", "x265"], default="x264",
+                   help="encoder of transcode-floor and the engine scenarios")
     p.add_argument("--preset", default="ultrafast")
     p.add_argument("--crf", type=int, default=23)
     p.add_argument("--pipeline", default="none", help="stages for the 'pipeline' scenario")

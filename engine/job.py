@@ -136,6 +136,7 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
                      for s in job.specs],
         "sink": job.sink_note,
+        **({"encoder": job.sink.describe()} if hasattr(job.sink, "describe") else {}),
         "frames_in": result.frames_in,
         "frames_out": result.frames_out,
         "wall_s": round(elapsed, 4),

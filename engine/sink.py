@@ -40,6 +40,21 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+_SETTINGS_KEYS = ("threads", "lookahead_threads", "sliced_threads", "slices", "frame-threads", "numa-pools",
+                  "wpp", "pmode", "pme", "preset", "crf", "rc")
+
+
+def encoder_settings(packet: bytes) -> dict[str, str]:
+    """Threading and rate settings that x264/x265 write into their first packet (an SEI
+    message "... options: key=value ..."). What the encoder really did, not what we asked."""
+    at = packet.find(b"options: ")
+    if at < 0:
+        return {}
+    text = packet[at + 9: at + 9 + 4096].split(b"\0", 1)[0].decode("ascii", "replace")
+    pairs = (token.split("=", 1) for token in text.split() if "=" in token)
+    return {key: value for key, value in pairs if key in _SETTINGS_KEYS}
+
+
 CONVERTERS = min(4, os.cpu_count() or 1)  # RGB → YUV threads per video sink
 LOOKAHEAD = 2 * CONVERTERS                # frames converted ahead of the encoder
 
@@ -73,6 +88,16 @@ class VideoSink:
         self.notes: list[str] = []  # things the user must hear about, printed after the run
         self._converters = ThreadPoolExecutor(max_workers=CONVERTERS, thread_name_prefix="engine-rgb2yuv")
         self._converting: deque[tuple[Frame, Future]] = deque()  # in order; bounded by LOOKAHEAD
+        self.encoder_settings: dict[str, str] | None = None  # as the encoder wrote them in its stream
+
+    def describe(self) -> dict:
+        """The encoder as it really ran, for the report: threading and its own settings."""
+        cc = self._stream.codec_context if self._stream is not None else None
+        return {"name": self.encoder.name, "codec": self.encoder.codec, "pix_fmt": self.encoder.pix_fmt,
+                "options": dict(self.encoder.options),
+                "thread_type": cc.thread_type.name if cc is not None else self.encoder.spec.thread_type,
+                "thread_count": cc.thread_count if cc is not None else None,
+                "settings": self.encoder_settings or {}}
 
     def _open(self, width: int, height: int, rotation: int = 0) -> None:
         try:
@@ -98,6 +123,8 @@ class VideoSink:
         if "tag" in options:
             cc.codec_tag = options.pop("tag")
         cc.options = options
+        if self.encoder.spec.thread_type:
+            cc.thread_type = self.encoder.spec.thread_type  # per codec, measured: see engine/encoders.py
         cc.colorspace, cc.color_range = src.colorspace, src.color_range
         cc.color_primaries, cc.color_trc = src.color_primaries, src.color_trc
         if rotation:  # honour the input's display rotation: players turn the output alike
@@ -135,7 +162,10 @@ class VideoSink:
         picture.pts = frame.pts
         picture.time_base = frame.time_base
         self._copier.advance(frame.time)
-        self._container.mux(self._stream.encode(picture))
+        packets = self._stream.encode(picture)
+        if packets and self.encoder_settings is None:
+            self.encoder_settings = encoder_settings(bytes(packets[0]))
+        self._container.mux(packets)
         rate = self.source.frame_rate
         self._video_end_s = frame.time + (float(1 / rate) if rate else 0.0)
 

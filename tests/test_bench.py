@@ -25,21 +25,25 @@ def test_summarize_median_and_spread():
     assert ratio(1.0, 0.0) is None and ratio(3.0, 2.0) == 1.5
 
 
-def _result(scenario, spec, frames, fps, rss):
+def _result(scenario, spec, frames, fps, rss, cpu_per_frame=0.01):
     return {"scenario": scenario, "input": spec, "frames": frames,
-            "fps": summarize([fps]), "peak_rss_mib": summarize([rss])}
+            "fps": summarize([fps]), "wall_s": summarize([frames / fps]),
+            "cpu_s": summarize([frames * cpu_per_frame]), "peak_rss_mib": summarize([rss])}
 
 
 def test_ratios_pair_cases_measured_on_the_same_input():
     results = {
         "transcode-floor@a": _result("transcode-floor", "a", 100, 200.0, 100.0),
-        "passthrough@a": _result("passthrough", "a", 100, 190.0, 110.0),
+        "passthrough@a": _result("passthrough", "a", 100, 190.0, 110.0, cpu_per_frame=0.0106),
         "transcode-floor@b": _result("transcode-floor", "b", 1000, 100.0, 101.0),
         "passthrough@b": _result("passthrough", "b", 1000, 120.0, 121.0),
     }
     ratios = derive_ratios(results)
     assert ratios["passthrough_vs_floor@a"] == pytest.approx(0.95)
     assert ratios["passthrough_vs_floor@b"] == pytest.approx(1.2)
+    # time ratios, engine over floor: wall from fps, CPU over every thread
+    assert ratios["passthrough_over_floor_wall_time@a"] == pytest.approx(200.0 / 190.0)
+    assert ratios["passthrough_over_floor_cpu_time@a"] == pytest.approx(1.06)
     assert ratios["passthrough_rss_growth_1000_vs_100_frames"] == pytest.approx(1.1)
 
 

@@ -1,0 +1,52 @@
+"""Encoders run with the threading chosen per codec (engine/encoders.py), read back from the
+encoder's own output, not from our variables."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import run_engine
+from engine.sink import encoder_settings
+
+
+def x264_options(path) -> dict[str, str]:
+    """The settings x264 wrote into its stream's SEI ("... options: threads=3 ...")."""
+    data = path.read_bytes()
+    match = re.search(rb"options: ([^\0]+)", data)
+    assert match, "no x264 settings SEI in the output"
+    return dict(tok.split("=", 1) for tok in match.group(1).decode().split() if "=" in tok)
+
+
+@pytest.mark.parametrize("pipeline", ["none", "resize:width=96:height=64"])
+def test_x264_encodes_on_frame_threads_not_slices(clip, tmp_path, pipeline):
+    out, report = tmp_path / "out.mp4", tmp_path / "report.json"
+    result = run_engine("stream", clip(frames=24, width=128, height=96), out, "--encoder", "x264",
+                        "--preset", "ultrafast", "--pipeline", pipeline, "--report", report)
+    assert result.returncode == 0, result.stderr
+    options = x264_options(out)
+    # sliced threads (PyAV's default SLICE) cost ~12 % against frame threads: issue 18
+    assert options["sliced_threads"] == "0"
+    assert "slices" not in options or options["slices"] == "1"
+    recorded = json.loads(report.read_text())["encoder"]
+    assert recorded["thread_type"] == "FRAME"
+    assert recorded["settings"]["sliced_threads"] == options["sliced_threads"]
+    assert recorded["settings"]["threads"] == options["threads"]
+
+
+@pytest.mark.parametrize("encoder,ext,thread_type", [("prores", ".mov", "AUTO"), ("ffv1", ".mkv", "SLICE")])
+def test_report_records_encoder_threading(clip, tmp_path, encoder, ext, thread_type):
+    out, report = tmp_path / f"out{ext}", tmp_path / "report.json"
+    result = run_engine("stream", clip(frames=6), out, "--encoder", encoder, "--report", report)
+    assert result.returncode == 0, result.stderr
+    recorded = json.loads(report.read_text())["encoder"]
+    assert recorded["codec"] in ("prores_ks", "ffv1") and recorded["thread_type"] == thread_type
+
+
+def test_encoder_settings_parses_the_sei_text():
+    packet = b"\x00\x00\x01\x06\x05x264 - core 165 - options: cabac=0 threads=3 lookahead_threads=1 " \
+             b"sliced_threads=0 nr=0\x00\x80rest"
+    assert encoder_settings(packet) == {"threads": "3", "lookahead_threads": "1", "sliced_threads": "0"}
+    assert encoder_settings(b"no sei here") == {}
