@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="proxy, lt, 422, hq (default), 4444, 4444xq")
     s.add_argument("--frames", type=int, default=None, dest="max_frames",
                    help="process only the first N frames")
+    s.add_argument("--timestamps", choices=["repair", "refuse"], default="repair",
+                   help="missing, repeated or backward video timestamps: regenerate them from the frame "
+                        "rate and say so (default), or refuse the input before starting")
+    s.add_argument("--allow-truncated", action="store_true",
+                   help="a truncated input: encode the frames that can be read, with a note, "
+                        "instead of failing")
     s.add_argument("--report", default=None, metavar="FILE.json", help="write the run summary as JSON")
     s.add_argument("--quiet", action="store_true", help="no progress display or summary")
     s.add_argument("--stall-timeout", type=float, default=300.0,
@@ -53,7 +59,8 @@ def _stream(args: argparse.Namespace) -> int:
     config = JobConfig(input=args.input, output=args.output, pipeline=args.pipeline,
                        encoder=args.encoder, crf=args.crf, preset=args.preset,
                        prores_profile=args.prores_profile,
-                       max_frames=args.max_frames, report=args.report, quiet=args.quiet,
+                       max_frames=args.max_frames, timestamps=args.timestamps,
+                       allow_truncated=args.allow_truncated, report=args.report, quiet=args.quiet,
                        runner=RunnerOptions(stall_timeout_s=args.stall_timeout))
     Job.prepare(config).run()
     return 0

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import av
 
+from engine.completeness import find_truncation
 from engine.encoders import choose_encoder, container_for, muxer_codecs
 from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
@@ -18,6 +19,8 @@ from engine.runner import Pipeline, RunnerOptions, RunResult
 from engine.sink import ImageSequenceSink, VideoSink, is_image_pattern
 from engine.source import VideoSource
 from engine.streamcopy import plan_copy
+from engine.timestamps import MODES as TIMESTAMP_MODES
+from engine.timestamps import scan_video_timestamps
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class JobConfig:
     preset: str | None = None
     prores_profile: str = "hq"
     max_frames: int | None = None
+    timestamps: str = "repair"          # broken input timestamps: "repair" or "refuse"
+    allow_truncated: bool = False       # a truncated input: keep what could be read
     report: str | None = None
     quiet: bool = False
     runner: RunnerOptions = field(default_factory=RunnerOptions)
@@ -75,8 +80,13 @@ class Job:
             parent = os.path.dirname(os.path.abspath(config.report))
             if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
                 raise UserError(f"cannot write report {config.report}: directory not writable")
-        source = VideoSource(config.input, max_frames=config.max_frames)
+        if config.timestamps not in TIMESTAMP_MODES:
+            raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
+                            f"{', '.join(TIMESTAMP_MODES)}")
+        source = VideoSource(config.input, max_frames=config.max_frames, timestamps=config.timestamps,
+                             allow_truncated=config.allow_truncated)
         try:
+            early_notes = check_input(config, source)
             video_index = source.container.streams.video[0].index
             if image_out:
                 sink = ImageSequenceSink(config.output)
@@ -94,7 +104,7 @@ class Job:
         except BaseException:
             source.close()
             raise
-        return cls(config, specs, source, sink, note, plan.notes())  # never drop a stream silently
+        return cls(config, specs, source, sink, note, early_notes + plan.notes())  # never drop a stream silently
 
     def run(self, reporter: Reporter | None = None) -> dict:
         config = self.config
@@ -108,7 +118,7 @@ class Job:
             result = pipeline.run()
         finally:
             reporter.stop(pipeline.snapshot() if result is not None else None)
-        notes = getattr(self.sink, "notes", [])
+        notes = self.source.notes + getattr(self.sink, "notes", [])
         if notes and not config.quiet:
             reporter_note(reporter, notes)
         report = build_report(self, result, reporter)
@@ -116,6 +126,24 @@ class Job:
         if config.report:
             write_report(config.report, report)
         return report
+
+
+def check_input(config: JobConfig, source: VideoSource) -> list[str]:
+    """Refuse, before any output exists, input the job could not finish faithfully."""
+    if config.timestamps == "refuse":
+        problem = scan_video_timestamps(config.input)
+        if problem:
+            raise UserError(f"input has broken timestamps: {config.input}: {problem} "
+                            "(--timestamps repair regenerates them)")
+    if config.max_frames is not None:
+        return []
+    truncated = find_truncation(config.input, source.info)
+    if truncated is None:
+        return []
+    if not config.allow_truncated:
+        raise UserError(f"input is truncated: {config.input}: {truncated} "
+                        "(--allow-truncated keeps the frames that can be read)")
+    return [f"note: input is truncated ({truncated}); keeping the frames that can be read"]
 
 
 def reporter_note(reporter: Reporter, lines: list[str]) -> None:
@@ -153,6 +181,13 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         report["dedup"] = {"exact_duplicates": c.get("exact_duplicates", 0),
                            "near_duplicates": c.get("near_duplicates", 0),
                            "frames_processed": c["unique"], "frames": result.frames_out}
+    repair = job.source.repair
+    report["timestamps"] = {
+        "mode": job.config.timestamps,
+        "video_frames_repaired": repair.repaired if repair else 0,
+        "first_repaired_seq": repair.first_bad if repair else None,
+        "packets_repaired": getattr(job.sink, "repaired_packets", {}),
+    }
     if reporter.gpu_samples:
         report["gpu"] = [[vars(g) for g in sample] for sample in reporter.gpu_samples]
     if reporter.timeline:

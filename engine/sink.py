@@ -89,6 +89,7 @@ class VideoSink:
         self._converters = ThreadPoolExecutor(max_workers=CONVERTERS, thread_name_prefix="engine-rgb2yuv")
         self._converting: deque[tuple[Frame, Future]] = deque()  # in order; bounded by LOOKAHEAD
         self.encoder_settings: dict[str, str] | None = None  # as the encoder wrote them in its stream
+        self.repaired_packets: dict[str, int] = {}  # copied streams whose timestamps were regenerated
 
     def describe(self) -> dict:
         """The encoder as it really ran, for the report: threading and its own settings."""
@@ -177,6 +178,11 @@ class VideoSink:
         self._converters.shutdown()
         self._container.mux(self._stream.encode(None))  # flushing is encode(None)
         self._copier.finish(self._video_end_s if self.stop_copy_with_video else math.inf)
+        self.repaired_packets = self._copier.repaired
+        if self.repaired_packets:
+            self.notes.append("note: repaired the timestamps of " + ", ".join(
+                f"{n} packets of stream {name}" for name, n in self.repaired_packets.items())
+                + " by the video's rule (see --timestamps)")
         self._container.close()
         self._container = None
         written = av.open(self.partial)

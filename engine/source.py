@@ -11,6 +11,7 @@ import av
 
 from engine.errors import UserError
 from engine.frame import Frame
+from engine.timestamps import TimestampRepair, frame_step
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,14 @@ class VideoSource:
 
     name = "decode"
 
-    def __init__(self, path: str, *, max_frames: int | None = None):
+    def __init__(self, path: str, *, max_frames: int | None = None, timestamps: str = "repair",
+                 allow_truncated: bool = False):
         self.path = path
         self.max_frames = max_frames
+        self.timestamps = timestamps          # "repair" or "refuse": see engine/timestamps.py
+        self.allow_truncated = allow_truncated
+        self.notes: list[str] = []           # said to the user after the run
+        self.repair: TimestampRepair | None = None
         self._container = open_input(path)
         self.info = read_info(self._container)
         self.pixel_format = "rgb48le" if self.info.bit_depth > 8 else "rgb24"
@@ -133,17 +139,16 @@ class VideoSource:
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg, GIL released
         tb = self.info.time_base
-        # expected pts step, for the rare picture with no timestamp at all
-        step = round(1 / (self.info.frame_rate * tb)) if self.info.frame_rate and tb else 1
+        repair = self.repair = TimestampRepair(frame_step(self.info.frame_rate, tb),
+                                               refuse=self.timestamps == "refuse", what="video frame")
         seq = 0
-        last_pts: int | None = None
+        last_end: float | None = None
         try:
             for packet in self._container.demux(stream):
                 for picture in packet.decode():
-                    pts = picture.pts
-                    if pts is None:
-                        pts = 0 if last_pts is None else last_pts + step
-                    last_pts = pts
+                    pts = repair(picture.pts, picture.duration)
+                    picture.pts = pts
+                    last_end = float((pts + (picture.duration or 0)) * tb)
                     picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
                     frame = Frame.from_picture(seq, pts, tb, picture, self.pixel_format)
                     if picture.rotation:  # display matrix: the sink writes it back out
@@ -153,13 +158,41 @@ class VideoSource:
                     if self.max_frames is not None and seq >= self.max_frames:
                         return
         except av.error.FFmpegError as exc:
-            raise UserError(f"input is corrupt at frame {seq}: {self.path} ({_reason(exc)})") from None
+            if not (self.allow_truncated and seq):
+                raise UserError(f"input is corrupt at frame {seq}: {self.path} ({_reason(exc)})") from None
+            self.notes.append(f"note: reading stopped at frame {seq} ({_reason(exc)}); "
+                              f"kept the {seq} frames before it (--allow-truncated)")
+            return
+        finally:
+            if repair.repaired:
+                self.notes.append(
+                    f"note: repaired the timestamps of {repair.repaired} video frames (missing, repeated or "
+                    f"going back) from frame {repair.first_bad} on, at {self.info.frame_rate} fps")
         if seq == 0:
             raise UserError(f"input has no decodable video frames: {self.path}")
-        if self.max_frames is None and self.info.frames_declared and seq < self.info.frames_declared:
-            raise UserError(
-                f"input is truncated or corrupt: {self.path} declares "
-                f"{self.info.frames_declared} frames but only {seq} could be decoded")
+        if self.max_frames is None:
+            self._check_complete(seq, last_end)
+
+    def _check_complete(self, decoded: int, last_end: float | None) -> None:
+        """The video decoded against what the file declares: frames (MP4) or duration (Matroska)."""
+        from engine.completeness import declared_video_seconds, tolerance_s
+
+        problem = None
+        if self.info.frames_declared and decoded < self.info.frames_declared:
+            problem = f"declares {self.info.frames_declared} frames but only {decoded} could be decoded"
+        else:
+            stream = self._container.streams.video[0]
+            declared = declared_video_seconds(stream)
+            start = float(stream.start_time * self.info.time_base) if stream.start_time is not None else 0.0
+            if declared and last_end is not None and declared - (last_end - start) > tolerance_s(self.info):
+                problem = (f"declares {declared:.3f} s of video but decoding ended at "
+                           f"{last_end - start:.3f} s ({decoded} frames)")
+        if problem is None:
+            return
+        if not self.allow_truncated:
+            raise UserError(f"input is truncated or corrupt: {self.path} {problem} "
+                            "(--allow-truncated keeps the frames that could be read)")
+        self.notes.append(f"note: input is truncated: {problem}; kept them (--allow-truncated)")
 
     def close(self) -> None:
         self._container.close()  # PyAV makes a second close a no-op

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import av
 
+from engine.timestamps import TimestampRepair, packet_step
+
 COPY_TYPES = ("audio", "subtitle", "data", "attachment")
 
 
@@ -74,6 +76,7 @@ class StreamCopier:
     def __init__(self, input_path: str, output: av.container.OutputContainer, plan: CopyPlan):
         self._input = av.open(input_path)
         self._out: dict[int, av.stream.Stream] = {}
+        self._repairs: dict[int, TimestampRepair] = {}
         for index in plan.copy:
             src = self._input.streams[index]
             out = output.add_stream_from_template(src)
@@ -83,6 +86,9 @@ class StreamCopier:
             except (AttributeError, ValueError):
                 pass  # older PyAV cannot set it; the stream itself is still copied
             self._out[index] = out
+            # broken timestamps: the rule of engine/timestamps.py, the one the video follows
+            self._repairs[index] = TimestampRepair(packet_step(src), what=f"{src.type} packet",
+                                                   strict=src.type == "audio")
         for index in plan.attach:  # written with the header, no packets
             src = self._input.streams[index]
             output.add_attachment(name=src.name, mimetype=src.mimetype, data=bytes(src.data))
@@ -113,12 +119,27 @@ class StreamCopier:
                 if self._next.size == 0:  # demuxer's end-of-stream marker, nothing to copy
                     self._next = None
                     continue
+                self._repair(self._next)
             if self._time(self._next) > until_s:
                 return
             packet, self._next = self._next, None
             packet.stream = self._out[packet.stream.index]
             self._output.mux(packet)
             self.packets += 1
+
+    def _repair(self, packet: av.Packet) -> None:
+        """Missing or non-increasing dts: regenerated, pts moved with it (see engine/timestamps.py)."""
+        dts = packet.dts if packet.dts is not None else packet.pts
+        fixed = self._repairs[packet.stream.index](dts, packet.duration)
+        if fixed != dts:
+            shift = fixed - dts if dts is not None else 0
+            packet.pts = packet.pts + shift if packet.pts is not None and dts is not None else fixed
+            packet.dts = fixed
+
+    @property
+    def repaired(self) -> dict[str, int]:
+        """Packets whose timestamps were regenerated, per stream ("#1 audio": 12)."""
+        return {f"#{i} {r.what.split()[0]}": r.repaired for i, r in self._repairs.items() if r.repaired}
 
     def finish(self, until_s: float = math.inf) -> None:
         self.advance(until_s)

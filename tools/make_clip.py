@@ -112,6 +112,33 @@ def add_side_streams(video: str | Path, path: str | Path, audio: list[tuple[str,
     return path
 
 
+def rewrite_video_pts(src: str | Path, dst: str | Path,
+                      pts: Callable[[int, int], int | None]) -> Path:
+    """Remux `src` into `dst` (any container FFmpeg lets hold it) with video packet n's pts
+    (and dts) set to pts(n, original); other streams are copied as they are. Makes inputs
+    with broken timestamps: all zero, repeated, or missing (the muxer fills a missing one).
+    Needs a stream without B-frames (make_clip's x264 ultrafast has none)."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        outs = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        n = 0
+        for packet in i.demux():
+            if packet.dts is None:
+                continue
+            if packet.stream.type == "video":
+                packet.pts = packet.dts = pts(n, packet.pts)
+                n += 1
+            packet.stream = outs[packet.stream.index]
+            o.mux(packet)
+    return Path(dst)
+
+
+def concat_bytes(parts: list[str | Path], dst: str | Path) -> Path:
+    """Byte-for-byte concatenation (`cat a.ts b.ts > c.ts`): each part's timestamps start
+    again, so the result jumps backwards at every join, in every stream."""
+    Path(dst).write_bytes(b"".join(Path(p).read_bytes() for p in parts))
+    return Path(dst)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("output")

@@ -1,0 +1,72 @@
+"""Is the input all there? A truncated file found before the job starts, not after.
+
+MP4 declares its frame count, so a truncated MP4 shows as fewer frames than declared (the
+source checks that at the end). Matroska, WebM and others declare no count, and a copy cut
+short (an interrupted download or transfer) keeps the header's duration but loses data, so
+decoding just stops early. The check here compares the duration the file declares with
+where its data really ends: it seeks to just before the declared end and reads the packets
+of every stream from there (with Cues this is one seek; a file without an index is read to
+its end, which only an unfinalised or damaged file lacks). Video that ends before its audio
+is not truncation: the data end is taken over all streams.
+"""
+
+from __future__ import annotations
+
+import av
+
+from engine.source import VideoInfo
+
+
+def _tag_seconds(value: str) -> float | None:
+    """Matroska's per-track DURATION tag, "HH:MM:SS.nnnnnnnnn"."""
+    try:
+        h, m, s = value.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    except (ValueError, AttributeError):
+        return None
+
+
+def declared_video_seconds(stream: av.video.stream.VideoStream) -> float | None:
+    """How long the video track says it is, if it says (Matroska DURATION tag, or the stream's own)."""
+    tagged = _tag_seconds(stream.metadata.get("DURATION", ""))
+    if tagged:
+        return tagged
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def tolerance_s(info: VideoInfo) -> float:
+    """Two frames (the declared end may include the last frame's display time) plus muxing slack."""
+    frame = 1 / float(info.frame_rate) if info.frame_rate else 0.1
+    return 2 * frame + 0.05
+
+
+def find_truncation(path: str, info: VideoInfo) -> str | None:
+    """Why the file ends before its declared duration, or None when its data reaches the end."""
+    with av.open(path) as container:
+        if not container.duration:
+            return None  # nothing declared (raw streams, live captures): nothing to hold it to
+        start = (container.start_time or 0) / av.time_base
+        declared_end = start + container.duration / av.time_base
+        # a little before the end: the seek lands on a keyframe at or before the target
+        target = max(0.0, declared_end - max(10 * tolerance_s(info), 2.0))
+        try:
+            container.seek(int(target * av.time_base), backward=True)
+        except av.error.FFmpegError:
+            container.seek(0)  # no index: read from the start
+        data_end: float | None = None
+        try:
+            for packet in container.demux():
+                if packet.pts is None or packet.size == 0:
+                    continue
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                data_end = end if data_end is None else max(data_end, end)
+        except av.error.FFmpegError:
+            pass  # a read error at the end of the data is itself a sign of truncation
+    if data_end is None:
+        return (f"its data ends before the last {declared_end - target:.1f} s "
+                f"of the {declared_end - start:.3f} s it declares")
+    if declared_end - data_end > tolerance_s(info):
+        return (f"it declares {declared_end - start:.3f} s but its data ends at {data_end - start:.3f} s")
+    return None

@@ -1,0 +1,218 @@
+"""Inputs with broken timestamps, and truncated Matroska: repaired visibly, or refused up front.
+
+Every input here is made by the test (tools/make_clip.py): index frames, so each output frame
+proves which input frame it is, and a 440 Hz AAC track, so audio sync can be measured.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import av
+import pytest
+
+from conftest import decoded_indices, run_engine
+from make_clip import add_side_streams, concat_bytes, make_clip, rewrite_video_pts
+
+FPS = 24
+STEP_MS = 1000 / FPS
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("broken")
+    video = make_clip(d / "v.mp4", 48, 64, 48, fps=FPS)
+    good = add_side_streams(video, d / "good.mkv", [("eng", 0.0, 2.0)])
+    vfr_ms = [round(sum(1000 / (24 if k % 10 < 5 else 30) for k in range(i))) for i in range(48)]
+    vfr = add_side_streams(make_clip(d / "vfr.mkv", 48, 64, 48, pts_ms=vfr_ms), d / "vfr_a.mkv",
+                           [("eng", 0.0, 2.0)])
+    made = {
+        "good": good,
+        "zero": rewrite_video_pts(good, d / "zero.mkv", lambda n, pts: 0),
+        # frame 20 carries frame 19's pts
+        "repeat": rewrite_video_pts(good, d / "repeat.mkv", lambda n, pts: pts),
+        "vfr": vfr,
+        "raw": make_clip(d / "raw.h264", 24, 64, 48, fps=FPS),  # elementary stream: no pts at all
+    }
+    originals = _video_pts(good)
+    made["repeat"] = rewrite_video_pts(good, d / "repeat.mkv",
+                                       lambda n, pts: originals[19] if n == 20 else pts)
+    vfr_pts = _video_pts(vfr)
+    made["vfr_broken"] = rewrite_video_pts(vfr, d / "vfr_broken.mkv",  # frames 30-34 all at frame 29's pts
+                                           lambda n, pts: vfr_pts[29] if 30 <= n <= 34 else pts)
+    ts = d / "half.ts"
+    with av.open(str(good)) as i, av.open(str(ts), "w") as o:
+        outs = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for packet in i.demux():
+            if packet.dts is not None:
+                packet.stream = outs[packet.stream.index]
+                o.mux(packet)
+    made["concat"] = concat_bytes([ts, ts], d / "concat.ts")  # every stream jumps back at frame 48
+    made["originals"], made["vfr_pts"] = originals, vfr_pts
+    return made
+
+
+def _video_pts(path) -> list[int]:
+    with av.open(str(path)) as c:
+        return [f.pts for f in c.decode(video=0)]
+
+
+def _times(path):
+    """(video frame times, audio packet (start, end) times) in seconds."""
+    with av.open(str(path)) as c:
+        video = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+    audio = []
+    with av.open(str(path)) as c:
+        if c.streams.audio:
+            for p in c.demux(c.streams.audio[0]):
+                if p.pts is not None and p.size and p.duration:  # not the AAC priming packet
+                    audio.append((float(p.pts * p.time_base), float((p.pts + p.duration) * p.time_base)))
+    return video, audio
+
+
+def _stream(src, out, *extra):
+    report = out.with_suffix(".json")
+    result = run_engine("stream", src, out, "--encoder", "ffv1", "--report", report, *extra)
+    return result, (json.loads(report.read_text()) if report.exists() else None)
+
+
+def _assert_in_sync(video, audio, frames):
+    """Audio covers the video from start to end without a gap, within one frame."""
+    frame = 1 / FPS
+    assert abs(audio[0][0] - video[0]) < frame
+    assert abs(audio[-1][1] - (video[-1] + frame)) < frame
+    gaps = [b[0] - a[1] for a, b in zip(audio, audio[1:])]
+    assert max(abs(g) for g in gaps) < 0.002, "audio has a hole or an overlap"
+    assert len(video) == frames
+
+
+def test_all_zero_pts_are_regenerated_from_the_frame_rate(media, tmp_path):
+    out = tmp_path / "out.mkv"
+    result, report = _stream(media["zero"], out)
+    assert result.returncode == 0, result.stderr
+    assert "repaired the timestamps of 47 video frames" in result.stdout + result.stderr
+    assert report["timestamps"]["video_frames_repaired"] == 47
+    assert report["timestamps"]["first_repaired_seq"] == 1
+    assert decoded_indices(out) == list(range(48))
+    video, audio = _times(out)
+    # regenerated from the anchor, rounded once: no drift from 41 ms block durations
+    assert [round(t * 1000) for t in video] == [round(k * STEP_MS) for k in range(48)]
+    _assert_in_sync(video, audio, 48)
+
+
+def test_one_repeated_pts_is_the_only_frame_changed(media, tmp_path):
+    out = tmp_path / "out.mkv"
+    result, report = _stream(media["repeat"], out)
+    assert result.returncode == 0, result.stderr
+    assert report["timestamps"]["video_frames_repaired"] == 1
+    assert report["timestamps"]["first_repaired_seq"] == 20
+    original = media["originals"]
+    repaired = _video_pts(out)
+    assert repaired[:20] == original[:20] and repaired[21:] == original[21:]
+    assert original[19] < repaired[20] < original[21]
+    assert decoded_indices(out) == list(range(48))
+
+
+def test_backward_jump_in_every_stream_continues_the_timeline(media, tmp_path):
+    out = tmp_path / "out.mkv"
+    result, report = _stream(media["concat"], out)
+    assert result.returncode == 0, result.stderr
+    ts = report["timestamps"]
+    assert ts["video_frames_repaired"] == 48 and ts["first_repaired_seq"] == 48
+    assert sum(ts["packets_repaired"].values()) > 0  # the audio jumped back too
+    assert decoded_indices(out) == list(range(48)) * 2
+    video, audio = _times(out)
+    steps = [b - a for a, b in zip(video, video[1:])]
+    assert max(steps) < 1.5 / FPS and min(steps) > 0.5 / FPS  # one continuous 4 s timeline
+    _assert_in_sync(video, audio, 96)
+
+
+def test_missing_pts_get_a_regular_timeline(media, tmp_path):
+    out = tmp_path / "out.mkv"
+    result, report = _stream(media["raw"], out)
+    assert result.returncode == 0, result.stderr
+    assert report["timestamps"]["video_frames_repaired"] == 24
+    assert decoded_indices(out) == list(range(24))
+    video, _ = _times(out)
+    steps = {round(b - a, 3) for a, b in zip(video, video[1:])}
+    assert len(steps) <= 2 and video[0] == 0.0  # one step (two after ms rounding)
+
+
+def test_vfr_keeps_its_timestamps_outside_the_broken_stretch(media, tmp_path):
+    out = tmp_path / "out.mkv"
+    result, report = _stream(media["vfr_broken"], out)
+    assert result.returncode == 0, result.stderr
+    assert report["timestamps"]["video_frames_repaired"] == 5
+    good, repaired = media["vfr_pts"], _video_pts(out)
+    assert repaired[:30] == good[:30] and repaired[35:] == good[35:]  # variable rate kept as is
+    assert all(a < b for a, b in zip(repaired, repaired[1:]))
+    # the audio (2 s, longer than this video) is untouched: its own timestamps, all of them
+    assert _times(out)[1] == _times(media["vfr_broken"])[1]
+
+
+@pytest.mark.parametrize("name,reason", [("zero", "repeats pts"), ("repeat", "repeats pts"),
+                                         ("concat", "goes back"), ("raw", "no timestamp")])
+def test_refuse_mode_stops_before_any_output(media, tmp_path, name, reason):
+    out = tmp_path / "out.mkv"
+    result, _ = _stream(media[name], out, "--timestamps", "refuse")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "broken timestamps" in lines[0] and reason in lines[0]
+    assert not list(tmp_path.iterdir()), "nothing may be written"
+
+
+def test_refuse_mode_accepts_good_and_vfr_input(media, tmp_path):
+    for name in ("good", "vfr"):
+        result, report = _stream(media[name], tmp_path / f"{name}.mkv", "--timestamps", "refuse")
+        assert result.returncode == 0, result.stderr
+        assert report["timestamps"]["video_frames_repaired"] == 0
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
+def test_truncated_matroska_is_an_error_up_front_or_kept_on_request(media, tmp_path, fraction):
+    data = media["good"].read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    readable = len(decoded_indices(cut))
+    assert 0 < readable < 48
+
+    out = tmp_path / "out.mkv"
+    result, _ = _stream(cut, out)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "truncated" in lines[0] and "--allow-truncated" in lines[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+    result, report = _stream(cut, out, "--allow-truncated")
+    assert result.returncode == 0, result.stderr
+    assert any("truncated" in n for n in report["notes"])
+    assert decoded_indices(out) == list(range(readable))
+    video, audio = _times(out)
+    assert abs(audio[0][0] - video[0]) < 1 / FPS
+
+
+def test_complete_files_are_not_called_truncated(media, tmp_path):
+    # audio longer than the video is not truncation: the data end is taken over all streams
+    longer = add_side_streams(make_clip(tmp_path / "v.mp4", 24, 64, 48, fps=FPS), tmp_path / "long.mkv",
+                              [("eng", 0.0, 3.0)])
+    for src in (media["good"], media["vfr"], longer):
+        result, _ = _stream(src, tmp_path / f"out-{src.stem}.mkv")
+        assert result.returncode == 0, result.stderr
+        assert "truncated" not in result.stderr
+
+
+def test_repair_rule_unit():
+    from engine.timestamps import TimestampRepair, frame_step
+
+    step = frame_step(Fraction(24000, 1001), Fraction(1, 1000))
+    repair = TimestampRepair(step)
+    out = [repair(p) for p in [0, 0, 0, 0, None, 500, 400, 600]]
+    # anchored at 0: 41.708 ms a frame, rounded once per frame from the anchor
+    assert out[:5] == [0, 42, 83, 125, 167]
+    assert out[5] == 500 and out[6] == 542 and out[7] == 600
+    assert repair.repaired == 5 and repair.first_bad == 1
+    refusing = TimestampRepair(step, refuse=True)
+    refusing(0)
+    with pytest.raises(Exception, match="repeats pts 0"):
+        refusing(0)
