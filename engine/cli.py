@@ -78,6 +78,8 @@ def _probe(args: argparse.Namespace) -> int:
           f"at {result.frame_rate or '?'} fps, {result.width}x{result.height} {result.pix_fmt}")
     for s in result.streams:
         print(f"  #{s.index} {s.type:<10} {s.codec:<12} {s.detail}")
+    if result.timestamps_problem:
+        print(f"  broken timestamps: {result.timestamps_problem} (stream repairs them; see --timestamps)")
     return 0
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import av
 
 from engine.source import open_input, read_info
+from engine.timestamps import PacketTimestampCheck
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class ProbeResult:
     pix_fmt: str
     frame_rate: str | None
     streams: list[StreamInfo] = field(default_factory=list)
+    timestamps_problem: str | None = None  # broken video timestamps (engine/timestamps.py), if any
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,11 +55,17 @@ def probe(path: str) -> ProbeResult:
             else:
                 detail = s.metadata.get("language", "")
             streams.append(StreamInfo(s.index, s.type, cc.name if cc else "?", detail))
-        frames = count_video_packets(container)
+        check = PacketTimestampCheck()
+        frames = 0
+        for packet in container.demux(container.streams.video[0]):
+            if packet.size > 0:
+                frames += 1
+                check.feed(packet.pts)
         duration = container.duration / av.time_base if container.duration else info.duration_s
         return ProbeResult(
             path=path, format=container.format.name, duration_s=duration, video_frames=frames,
             width=info.width, height=info.height, pix_fmt=info.pix_fmt,
-            frame_rate=str(info.frame_rate) if info.frame_rate else None, streams=streams)
+            frame_rate=str(info.frame_rate) if info.frame_rate else None, streams=streams,
+            timestamps_problem=check.problem)
     finally:
         container.close()

@@ -11,7 +11,9 @@ copied audio/subtitle packets in `engine.streamcopy`):
 - A timestamp that is missing, repeated or earlier than the previous one is regenerated:
   the first bad one starts a run anchored at the previous good timestamp, and the k-th
   frame of the run gets anchor + k × (one frame at the nominal rate), rounded once from the
-  anchor so that no rounding error accumulates. (Matroska's block durations are whole
+  anchor so that no rounding error accumulates. Where the good timestamps just before the
+  run are spaced more than 2× away from the nominal frame (a VFR stretch, or a remuxed
+  Matroska file whose "frame rate" is its 1000 Hz tick), their own spacing is used instead. (Matroska's block durations are whole
   milliseconds: 41 ms for 23.976 fps drifts 1.6 % if summed.) Without a nominal rate the
   container's own durations are summed instead. Audio runs count samples
   (frame_size / sample_rate) for the same reason.
@@ -53,10 +55,14 @@ class TimestampRepair:
         self._run_anchor: int | None = None  # pts before the current run of repairs
         self._run_units: Fraction = Fraction(0)
         self._last_duration: int | Fraction | None = None
+        self._interval: int | None = None    # the last interval between two good timestamps
+        self._run_step: Fraction | None = None
 
     def __call__(self, pts: int | None, duration: int | Fraction | None = None) -> int:
         index, self._index = self._index, self._index + 1
         if pts is not None and (self.last is None or pts > self.last or (not self.strict and pts == self.last)):
+            if self.last is not None and self._run_anchor is None and pts > self.last:
+                self._interval = pts - self.last  # between two good timestamps
             self._run_anchor = None
             self.last = pts
             self._last_duration = duration
@@ -74,8 +80,8 @@ class TimestampRepair:
                             "(use --timestamps repair to regenerate them)")
         if self._run_anchor is None:
             self._run_anchor, self._run_units = self.last, Fraction(0)
-        advance = self.step if self.step else Fraction(self._last_duration or duration or 1)
-        self._run_units += advance
+            self._run_step = self._choose_step()
+        self._run_units += self._run_step or Fraction(self._last_duration or duration or 1)
         new = max(self.last + 1, self._run_anchor + round(self._run_units))
         self.last = new
         self._last_duration = duration
@@ -83,6 +89,15 @@ class TimestampRepair:
         if self.first_bad is None:
             self.first_bad = index
         return new
+
+
+    def _choose_step(self) -> Fraction | None:
+        """The nominal frame, unless the good timestamps just before disagree with it by more
+        than 2× (a VFR stretch, or a container that reports its tick rate as the frame rate):
+        then the last good interval."""
+        if self._interval and (not self.step or not 0.5 <= self.step / self._interval <= 2):
+            return Fraction(self._interval)
+        return self.step
 
 
 def frame_step(rate: Fraction | None, time_base: Fraction | None) -> Fraction | None:
@@ -100,36 +115,48 @@ def packet_step(stream: av.stream.Stream) -> Fraction | None:
     return Fraction(cc.frame_size, cc.sample_rate) / Fraction(stream.time_base)
 
 
-def scan_video_timestamps(path: str) -> str | None:
-    """Why the video timestamps are broken, from packets alone (no decoding), or None.
+class PacketTimestampCheck:
+    """Finds broken video timestamps from packets in decode order, without decoding.
 
-    Used for `--timestamps refuse`, so that such input is refused before any output exists.
     A pts is broken when it is missing, repeats one seen before, or is not later than every
-    pts more than REORDER_DEPTH packets back (B-frames reorder within that depth).
+    pts more than REORDER_DEPTH packets back (B-frames reorder within that depth). Memory is
+    the last REORDER_DEPTH timestamps, whatever the length.
     """
-    container = av.open(path)
-    stream = container.streams.video[0]
-    window: deque[int] = deque()  # the last REORDER_DEPTH pts: memory stays flat
-    floor: int | None = None  # highest pts more than REORDER_DEPTH packets back
-    index = 0
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            pts = packet.pts
-            if pts is None:
-                return f"video packet {index} has no timestamp"
-            if pts in window or pts == floor:
-                return f"video packet {index} repeats pts {pts}"
-            if floor is not None and pts < floor:
-                return f"video packet {index} goes back to pts {pts} after {floor}"
-            window.append(pts)
-            if len(window) > REORDER_DEPTH:
-                oldest = window.popleft()
-                floor = oldest if floor is None else max(floor, oldest)
-            index += 1
-    except av.error.FFmpegError:
-        return None  # a damaged file is the truncation check's to report
-    finally:
-        container.close()
-    return None
+
+    def __init__(self) -> None:
+        self.problem: str | None = None
+        self._window: deque[int] = deque()
+        self._floor: int | None = None  # highest pts more than REORDER_DEPTH packets back
+        self._index = 0
+
+    def feed(self, pts: int | None) -> None:
+        index, self._index = self._index, self._index + 1
+        if self.problem is not None:
+            return
+        if pts is None:
+            self.problem = f"video packet {index} has no timestamp"
+        elif pts in self._window or pts == self._floor:
+            self.problem = f"video packet {index} repeats pts {pts}"
+        elif self._floor is not None and pts < self._floor:
+            self.problem = f"video packet {index} goes back to pts {pts} after {self._floor}"
+        else:
+            self._window.append(pts)
+            if len(self._window) > REORDER_DEPTH:
+                oldest = self._window.popleft()
+                self._floor = oldest if self._floor is None else max(self._floor, oldest)
+
+
+def scan_video_timestamps(path: str) -> str | None:
+    """Why the video timestamps of `path` are broken, or None. For `--timestamps refuse`,
+    so that such input is refused before any output exists."""
+    check = PacketTimestampCheck()
+    with av.open(path) as container:
+        try:
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size:
+                    check.feed(packet.pts)
+                    if check.problem:
+                        break
+        except av.error.FFmpegError:
+            pass  # a damaged file is the truncation check's to report
+    return check.problem

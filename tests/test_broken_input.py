@@ -147,6 +147,9 @@ def test_vfr_keeps_its_timestamps_outside_the_broken_stretch(media, tmp_path):
     good, repaired = media["vfr_pts"], _video_pts(out)
     assert repaired[:30] == good[:30] and repaired[35:] == good[35:]  # variable rate kept as is
     assert all(a < b for a, b in zip(repaired, repaired[1:]))
+    # the broken stretch is spaced like the frames before it, not squeezed into ticks
+    interval = good[29] - good[28]
+    assert [b - a for a, b in zip(repaired[29:35], repaired[30:35])] == [interval] * 5
     # the audio (2 s, longer than this video) is untouched: its own timestamps, all of them
     assert _times(out)[1] == _times(media["vfr_broken"])[1]
 
@@ -160,6 +163,13 @@ def test_refuse_mode_stops_before_any_output(media, tmp_path, name, reason):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "broken timestamps" in lines[0] and reason in lines[0]
     assert not list(tmp_path.iterdir()), "nothing may be written"
+
+
+def test_probe_says_the_timestamps_are_broken(media):
+    result = run_engine("probe", media["zero"])
+    assert result.returncode == 0 and "48 video frames" in result.stdout
+    assert "broken timestamps: video packet 1 repeats pts 0" in result.stdout
+    assert "broken timestamps" not in run_engine("probe", media["vfr"]).stdout
 
 
 def test_refuse_mode_accepts_good_and_vfr_input(media, tmp_path):
