@@ -54,7 +54,7 @@ def find_truncation(path: str, info: VideoInfo) -> str | None:
         try:
             container.seek(int(target * av.time_base), backward=True)
         except av.error.FFmpegError:
-            container.seek(0)  # no index: read from the start
+            return None  # not seekable (a pipe-like stream): the source's own end check remains
         data_end: float | None = None
         try:
             for packet in container.demux():

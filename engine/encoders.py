@@ -29,7 +29,7 @@ class EncoderSpec:
     default_preset: str | None
     containers: tuple[str, ...]
     extra: dict[str, str] = field(default_factory=dict)
-    # FFmpeg threading for this encoder, chosen per codec by measurement (see THREADING below).
+    # FFmpeg threading for this encoder, chosen per codec by measurement (see above ENCODERS).
     # None leaves FFmpeg's default, which in PyAV is SLICE.
     thread_type: str | None = None
 
