@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.frame import Frame
-from engine.models.diffusion_vsr import MIN_TILE, check_model_dir
+from engine.models.diffusion_vsr import MIN_TILE, check_flow, check_model_dir
 from engine.registry import register_stage
 from engine.stage import StageContext, WindowStage
 
@@ -32,8 +32,6 @@ class DiffusionVSR(WindowStage):
                  steps: int = 4, seed: int = 0, device: str = "auto",
                  precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto", controlnet_scale: float = 1.0,
                  vae_tile: int = 0, unet_tile: int = 0, tile_overlap: int = 16, group: int = 1):
-        from engine.models.flow import check_flow
-
         if not 1 <= steps <= 50:
             raise ValueError(f"steps must be between 1 and 50, got {steps}")
         for name, value in (("vae_tile", vae_tile), ("unet_tile", unet_tile)):

@@ -51,7 +51,8 @@ COMPONENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "text_encoder": (("config.json",), ("model.safetensors", "pytorch_model.bin")),
     "tokenizer": ((), ("tokenizer.json", "vocab.json")),
 }
-MIN_TILE = 32  # latent (= input) pixels; smaller tiles are mostly overlap
+FLOWS = ("dis", "spynet", "raft")
+MIN_TILE = 16  # latent (= input) pixels; smaller tiles are mostly overlap
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -100,6 +101,24 @@ def check_model_dir(path: str) -> None:
     for package in ("diffusers", "transformers"):
         if importlib.util.find_spec(package) is None:
             raise UserError(f"diffusion-vsr needs {package}: pip install 'engine[diffusion]'")
+
+
+def check_flow(kind: str, weights: str) -> None:
+    """Torch-free checks for the stage constructor: a known provider and its weight file."""
+    if kind not in FLOWS:
+        raise ValueError(f"invalid flow {kind!r}; choose one of: {', '.join(FLOWS)}")
+    if kind == "dis":
+        if weights:
+            raise ValueError("flow=dis takes no flow_weights")
+        return
+    if not weights:
+        raise UserError(f"flow={kind} needs flow_weights=PATH (a local checkpoint; nothing is downloaded)")
+    if not os.path.isfile(weights):
+        raise UserError(f"flow weights not found: {weights}")
+    if kind == "raft":
+        if importlib.util.find_spec("torchvision") is None:
+            raise UserError("flow=raft needs torchvision, which is not installed "
+                            "(use flow=spynet or flow=dis, or install torchvision)")
 
 
 @dataclass(frozen=True)

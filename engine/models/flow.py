@@ -20,7 +20,6 @@ The released Stream-DiffVSR was trained and is run upstream with torchvision's R
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 import numpy as np
@@ -30,32 +29,10 @@ from torch import nn
 
 from engine.errors import UserError
 
-FLOWS = ("dis", "spynet", "raft")
-
-
 class FlowProvider(Protocol):
     name: str
 
     def estimate(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor: ...
-
-
-def check_flow(kind: str, weights: str) -> None:
-    """Torch-free checks for the stage constructor: a known provider and its weight file."""
-    if kind not in FLOWS:
-        raise ValueError(f"invalid flow {kind!r}; choose one of: {', '.join(FLOWS)}")
-    if kind == "dis":
-        if weights:
-            raise ValueError("flow=dis takes no flow_weights")
-        return
-    if not weights:
-        raise UserError(f"flow={kind} needs flow_weights=PATH (a local checkpoint; nothing is downloaded)")
-    if not os.path.isfile(weights):
-        raise UserError(f"flow weights not found: {weights}")
-    if kind == "raft":
-        import importlib.util
-        if importlib.util.find_spec("torchvision") is None:
-            raise UserError("flow=raft needs torchvision, which is not installed "
-                            "(use flow=spynet or flow=dis, or install torchvision)")
 
 
 def load_flow(kind: str, weights: str, device: torch.device) -> FlowProvider:
