@@ -365,3 +365,68 @@ def test_cli_broken_directory_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert "missing unet/ folder" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out.mp4").exists()
+
+
+def _mmagic_spynet_class():
+    """mmagic 1.2.0's own SPyNet class, loaded by path: `mmagic.models` imports torchvision, so its
+    package modules are stubbed and only basicvsr_net.py + flow_warp.py run (unchanged source)."""
+    import importlib.util
+    import sys
+    import types
+    spec = importlib.util.find_spec("mmagic")
+    if spec is None or importlib.util.find_spec("mmcv") is None or importlib.util.find_spec("mmengine") is None:
+        pytest.skip("mmagic/mmcv-lite/mmengine not installed (pip install --no-deps mmagic==1.2.0 ...)")
+    root = Path(spec.origin).parent
+    saved = {k: sys.modules.get(k) for k in ("mmagic", "mmagic.models", "mmagic.models.archs",
+                                              "mmagic.models.utils", "mmagic.registry")}
+
+    def load(name, path):
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+        return module
+
+    try:
+        for name in ("mmagic", "mmagic.models"):
+            sys.modules[name] = types.ModuleType(name)
+        archs = types.ModuleType("mmagic.models.archs")
+        archs.PixelShufflePack = archs.ResidualBlockNoBN = object  # BasicVSR's, unused by SPyNet
+        sys.modules["mmagic.models.archs"] = archs
+        utils = types.ModuleType("mmagic.models.utils")
+        utils.flow_warp = load("mmagic.models.utils.flow_warp", root / "models" / "utils" / "flow_warp.py").flow_warp
+        utils.make_layer = None
+        sys.modules["mmagic.models.utils"] = utils
+        registry = types.ModuleType("mmagic.registry")
+        registry.MODELS = types.SimpleNamespace(register_module=lambda *a, **k: (lambda cls: cls))
+        sys.modules["mmagic.registry"] = registry
+        net = load("mmagic_basicvsr_net_reference", root / "models" / "editors" / "basicvsr" / "basicvsr_net.py")
+        return net.SPyNet
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+def test_spynet_computes_mmagics_function(tmp_path):
+    """Same random weights through mmagic's SPyNet and ours, at a size that is not a multiple of 32."""
+    reference = _mmagic_spynet_class()(pretrained=None).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.normal_(0, 0.05)
+    state = {f"generator.spynet.{k}": v for k, v in reference.state_dict().items()}  # mean/std included
+    torch.save({"state_dict": state}, tmp_path / "basicvsrpp.pth")
+    ours = SpyNetFlow(str(tmp_path / "basicvsrpp.pth"), torch.device("cpu"))
+    ref_img, supp_img = torch.rand(1, 3, 40, 72, dtype=torch.float64), torch.rand(1, 3, 40, 72, dtype=torch.float64)
+    with torch.no_grad():  # in float64 the two are the same function to rounding
+        expected = reference.double()(ref_img, supp_img)
+        exact = ours.net.double()(ref_img, supp_img)
+    assert expected.abs().max() > 1  # a non-trivial flow
+    assert (exact - expected).abs().max() < 1e-9
+    ours.net.float()
+    got = ours.estimate(ref_img.float(), supp_img.float())  # the provider itself: fp32 throughout
+    assert got.dtype == torch.float32
+    assert (got.double() - expected).abs().max() < 1e-3 * expected.abs().max()  # fp32 rounding only

@@ -53,14 +53,16 @@ def upsample_flow(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
-    """Sample `image` (N×C×H×W) at each pixel + flow (N×2×H×W, pixels); coordinates in fp32."""
+    """Sample `image` (N×C×H×W) at each pixel + flow (N×2×H×W, pixels); coordinates in fp32
+    at least (fp64 for an fp64 image, which the tests use to compare functions exactly)."""
     n, _, h, w = image.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=torch.float32),
-                            torch.arange(w, device=image.device, dtype=torch.float32), indexing="ij")
-    gx = (xs + flow[:, 0].float()) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1].float()) * (2.0 / max(h - 1, 1)) - 1.0
+    ctype = torch.float64 if image.dtype == torch.float64 else torch.float32
+    ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=ctype),
+                            torch.arange(w, device=image.device, dtype=ctype), indexing="ij")
+    gx = (xs + flow[:, 0].to(ctype)) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys + flow[:, 1].to(ctype)) * (2.0 / max(h - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1)
-    out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    out = F.grid_sample(image.to(ctype), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
     return out.to(image.dtype)
 
 
