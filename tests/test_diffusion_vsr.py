@@ -189,6 +189,19 @@ def test_precision_bf16_keeps_flow_fp32(model_dir):
     assert seen == [(torch.float32, torch.float32)] and out[1].dtype == np.uint8
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_matches_shapes_and_keeps_flow_fp32(model_dir):
+    m = StreamDiffVSR(str(model_dir), DiffusionSettings(device="cuda", steps=2))
+    assert m.precision == "fp16" and m.unet.dtype == torch.float16
+    seen = []
+    estimate = m.flow.estimate
+    m.flow.estimate = lambda cur, prev: seen.append(cur.dtype) or estimate(cur, prev)
+    out = run(m, clip(3))
+    assert out[2].shape == (H * 4, W * 4, 3) and seen == [torch.float32] * 2
+    assert m.prev_out.is_cuda and m.describe()["s_per_frame_denoise"] > 0
+
+
 # ---- the temporal VAE's checkpoint layout --------------------------------------------------
 
 def _expected_vae_keys() -> set[str]:
@@ -217,11 +230,13 @@ def test_temporal_vae_loads_upstream_config(tmp_path):
     src = TemporalAutoencoderTiny(encoder_block_out_channels=(4, 4, 4), decoder_block_out_channels=(4, 4, 4))
     src.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["_class_name"] = "TemporalAutoencoderTiny"
-    cfg["block_out_channels"] = [4, 4, 4]
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    back = TemporalAutoencoderTiny.from_pretrained(tmp_path, local_files_only=True)
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), back.state_dict().values()))
+    for class_name in ("TemporalAutoencoderTiny", "AutoencoderTiny"):  # the release's / the repo's taesd-x4
+        cfg["_class_name"] = class_name
+        cfg["block_out_channels"] = [4, 4, 4]
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        back = TemporalAutoencoderTiny.from_pretrained(tmp_path, local_files_only=True)
+        assert back.state_dict().keys() == src.state_dict().keys()
+        assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), back.state_dict().values()))
 
 
 # ---- flow ----------------------------------------------------------------------------------
