@@ -262,8 +262,8 @@ def _diffusion_vsr(path: Path, settings: dict, size: str, lr_w: int, lr_h: int) 
             frames.append(cv2.resize(frame.to_ndarray(format="rgb24"), (lr_w, lr_h), interpolation=cv2.INTER_AREA))
             if len(frames) == count + 2:
                 break
-    while len(frames) < count + 2:
-        frames.append(frames[len(frames) % max(1, len(frames))])
+    while len(frames) < count + 2:  # a short input loops
+        frames += frames[:count + 2 - len(frames)]
     model = StreamDiffVSR(str(_diffusion_model_dir(size)), DiffusionSettings(
         device=settings.get("device", "auto"), precision=settings.get("precision", "auto"),
         flow=settings.get("flow", "dis")))

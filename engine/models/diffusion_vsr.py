@@ -180,7 +180,9 @@ class StreamDiffVSR:
         self.scale = self.vae.scale
         self.vae_tile, self.unet_tile = settings.vae_tile, settings.unet_tile
         self.oom_retries = 0
-        self.times = {"flow": 0.0, "denoise": 0.0, "decode": 0.0}
+        # seconds by part: flow (+ warp), guide (VAE encoder features of the warped output),
+        # denoise (UNet + ControlNet × steps), decode (VAE decoder)
+        self.times = {"flow": 0.0, "guide": 0.0, "denoise": 0.0, "decode": 0.0}
         self.frames = 0
         self.reset()
 
@@ -272,6 +274,7 @@ class StreamDiffVSR:
             with self._timed("flow"):
                 flow = upsample_flow(self.flow.estimate(lr, self.prev_lr), H, W)  # fp32 throughout
                 warped = warp(self.prev_out.float(), flow, padding_mode="zeros").to(self.dtype)
+            with self._timed("guide"):
                 temporal = self.vae.temporal_features(warped)
         image = (lr * 2 - 1).to(self.dtype)
         noise = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + index)
