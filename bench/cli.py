@@ -51,8 +51,9 @@ def run_child(name: str, path: Path, settings: dict) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     inputs = [(spec, resolve(spec)) for spec in args.input]
-    settings = {"encoder": args.encoder, "preset": args.preset, "crf": args.crf, "pipeline": args.pipeline, "model": args.model,
-                "device": args.device, "precision": args.precision, "batch": args.batch, "ring": args.ring}
+    settings = {"encoder": args.encoder, "preset": args.preset, "crf": args.crf, "pipeline": args.pipeline,
+                "model": args.model, "device": args.device, "precision": args.precision, "batch": args.batch,
+                "ring": args.ring, "flow": args.flow}
     cases = [(name, spec, path) for name in args.scenarios for spec, path in inputs]
     samples: dict[str, list[dict]] = {f"{n}@{s}": [] for n, s, _ in cases}
     # Round-robin over cases, so slow drift of a shared machine hits every case alike.
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto", help="auto, fp32, fp16, bf16 (model scenarios)")
     p.add_argument("--batch", type=int, default=0, help="frames per model call; 0: auto")
     p.add_argument("--ring", type=int, default=3, help="batches in flight on CUDA")
+    p.add_argument("--flow", default="dis", help="flow provider for the diffusion-vsr scenarios (dis)")
     p.add_argument("--out", default=None, help="JSON file (default bench-results/<time>.json)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"))
     p.add_argument("--list", action="store_true", help="list the scenarios")

