@@ -35,6 +35,9 @@ class JobConfig:
     report: str | None = None
     quiet: bool = False
     runner: RunnerOptions = field(default_factory=RunnerOptions)
+    resume: bool = False           # segmented, resumable run (engine/resume.py)
+    segment: str | None = None     # segment length: seconds ("90") or frames ("500f")
+    work_dir: str | None = None    # where segments and the manifest live
 
 
 def check_output_path(input_path: str, output: str) -> None:
@@ -66,6 +69,8 @@ class Job:
         """Validate the whole configuration and open the input. Raises UserError, starts nothing."""
         if config.max_frames is not None and config.max_frames < 1:
             raise UserError(f"--frames must be >= 1, got {config.max_frames}")
+        if config.segment is not None or config.work_dir is not None:
+            raise UserError("--segment and --work-dir need --resume")
         specs = parse_pipeline(config.pipeline)
         image_out = is_image_pattern(config.output)
         if not image_out:

@@ -27,7 +27,12 @@ def _eta(seconds: float | None) -> str:
 
 def _done(snap: RunSnapshot) -> str:
     total = f"{snap.frames_total}" if snap.frames_total else "?"
-    return f"{snap.frames_done}/{total}"
+    done = f"{snap.frames_done}/{total}"
+    seg = snap.segments
+    if seg is not None:  # frames are this run's work; reused segments cost nothing
+        done = (f"segments {seg.done + seg.reused}/{seg.total} ({seg.reused} reused, "
+                f"{seg.pending} pending)  {done}")
+    return done
 
 
 class Reporter:
