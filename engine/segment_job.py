@@ -14,9 +14,11 @@ The context rule, in one place (`context_start`, `context_stop`):
   unique in the whole-video run makes exactly the whole-video decisions from there on.
 - Hence segment [s, e) decodes [c, e + R):
   - without dedup, c = s − O;
-  - with dedup, c = the U-th last unique frame before s, U = max(O, 1) (1: dedup's own
-    reference). The previous segment's run records its last unique frames (`tail_unique`),
-    and its decisions are the whole-video ones, so segments with dedup run in order.
+  - with dedup, c = the U-th last unique frame before s, U = O + 1. The last unique frame
+    before s is dedup's reference for the duplicates that open the segment, and they show
+    its processed pixels, so it needs its own O unique frames of context. The previous
+    segment's run records its last unique frames (`tail_unique`); its decisions are the
+    whole-video ones, so segments with dedup run in order.
   - R = O × (1 + dup_run): duplicate runs are at most dup_run long, so R frames after e
     hold at least O unique ones.
   Frames outside [s, e) are processed for context and dropped before the encoder.
@@ -30,6 +32,7 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 
+from engine.crashpoints import crash_point
 from engine.encoders import EncoderChoice
 from engine.errors import UserError, ValidationError
 from engine.frame import Frame
@@ -70,7 +73,7 @@ class PipelineContext:
 
     @property
     def keep_unique(self) -> int:
-        return max(self.overlap, 1) if self.ordered else 0
+        return self.overlap + 1 if self.ordered else 0
 
     def context_start(self, segment: Segment, previous_tail: list[int] | None) -> int:
         if not self.ordered:
@@ -134,6 +137,7 @@ class TrimmingSink:
         if self.start <= frame.seq < self.end:
             self.inner.write(frame)
             self.written += 1
+            crash_point("segment-frame")
 
     def finish(self, frames: int) -> None:
         if self.written != self.end - self.start:

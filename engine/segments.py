@@ -3,12 +3,12 @@
 1. `scan_packets` demuxes the video stream without decoding: every packet's pts (sorted
    into presentation order, so a frame's seq is its rank) and keyframe flag. About 3k fps at
    1080p and 19k at 360p, against 73 and 1.0k for a full decode (see DESIGN.md).
-2. `plan_segments` cuts at the first keyframe at or after every `length` frames.
+2. `plan_segments` cuts at the first keyframe at least `length` frames after the last cut.
 3. Each cut is verified: a fresh decoder started at the cut must give exactly the expected
    first pts, then the expected pts for every frame up to the next keyframe and a few more
    (where an H.264 recovery point that is not yet recovered, or an HEVC CRA whose pictures
    need the GOP before, would show as missing frames). A cut that fails merges its segment
-   with the one before. Leading pictures (pts before the cut, decoded after it: open GOP) are
+   with the one after: the cut moves on to the next keyframe that verifies. Leading pictures (pts before the cut, decoded after it: open GOP) are
    dropped by a decode that starts at the cut; they belong to the segment before, whose
    decode runs on through the cut's packet until it has them.
 
@@ -127,22 +127,19 @@ def length_in_frames(length: str, frame_rate: Fraction | None) -> int:
 
 
 def plan_segments(path: str, table: FrameTable, length_frames: int, *, verify: bool = True) -> SegmentPlan:
-    """Cut at the first keyframe at or after each `length_frames`; drop cuts that do not verify."""
+    """Cut at keyframes `length_frames` or more apart; a cut that does not verify moves to the
+    next keyframe."""
     cuts: list[int] = []
     merged: list[str] = []
-    start = 0
-    while True:
-        cut = table.keyframe_at_or_after(start + length_frames)
-        if cut is None or cut >= len(table):
-            break
-        if verify:
-            why = verify_cut(path, table, cut)
-            if why is not None:
-                merged.append(f"frame {cut}: {why}")
-                start = cut  # the next cut is counted from here: the merged segment stays bounded
-                continue
-        cuts.append(cut)
-        start = cut
+    cut = table.keyframe_at_or_after(length_frames)
+    while cut is not None:
+        why = verify_cut(path, table, cut) if verify else None
+        if why is None:
+            cuts.append(cut)
+            cut = table.keyframe_at_or_after(cut + length_frames)
+        else:  # the segment runs on to the next keyframe that verifies
+            merged.append(f"frame {cut}: {why}")
+            cut = table.keyframe_at_or_after(cut + 1)
     bounds = [0, *cuts, len(table)]
     segments = [Segment(i, a, b, table.pts[a]) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
     return SegmentPlan(segments, len(table), length_frames, merged)

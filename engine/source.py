@@ -211,8 +211,9 @@ class VideoSource:
                         f"starts a clean decode")
 
     def decode_from(self, key: int, span: FrameRange) -> Iterator[Frame]:
-        """Frames of `span` decoded from keyframe seq `key`. If the first frame at or after
-        `first`'s pts is not `first`, it alone comes out (pixel-less), to be rejected."""
+        """Frames of `span` from a fresh decoder fed from the packet of frame `key` on. If the
+        first frame at or after `first`'s pts is not `first`, it alone comes out (pixel-less),
+        to be rejected."""
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
         tb = self.info.time_base
@@ -220,8 +221,14 @@ class VideoSource:
             self._container.seek(span.pts[key], stream=stream, backward=True, any_frame=False)
         seq = span.first
         first_pts = span.pts[span.first]
+        started = key == 0
         try:
             for packet in self._container.demux(stream):
+                # the seek lands on the index's keyframe at or before `key`: feed the decoder
+                # from `key`'s own packet, so it starts exactly where the plan verified it
+                started = started or packet.pts == span.pts[key]
+                if not started:
+                    continue
                 for picture in packet.decode():
                     if picture.pts is None or picture.pts < first_pts:
                         continue  # before the range (or a leading picture of an open GOP)
