@@ -51,10 +51,10 @@ def _signature(stream) -> tuple:
 
 
 def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_plan: CopyPlan,
-                  copy_until_s: float = math.inf) -> int:
-    """Write `parts` (in order) and the planned side streams of `input_path` to `output`.
-    Returns the number of side-stream packets copied."""
-    partial = partial_path(output)
+                  copy_until_s: float = math.inf, partial: str | None = None) -> int:
+    """Write `parts` (in order) and the planned side streams of `input_path` to `output`,
+    through `partial` (default: the sink's hidden sibling). Returns the side-stream packets copied."""
+    partial = partial or partial_path(output)
     ext = os.path.splitext(output)[1].lower()
     container = av.open(partial, mode="w", format=CONTAINERS[ext], options={"fflags": "+bitexact"})
     copier: StreamCopier | None = None
@@ -78,6 +78,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
                     raise ValidationError(f"cannot join {os.path.basename(part.path)}: encoded with "
                                           f"other codec parameters than the first segment")
                 name = os.path.basename(part.path)
+                seconds = float(stream.time_base)  # per tick; Fraction arithmetic per packet is slow
                 shift = 0
                 for packet in seg.demux(stream):
                     if packet.size == 0:
@@ -101,7 +102,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
                     last_dts = packet.dts if packet.dts is not None else last_dts
                     last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
                     ts = packet.dts if packet.dts is not None else packet.pts
-                    copier.advance(float(ts * packet.time_base))
+                    copier.advance(ts * seconds)
                     packet.stream = video
                     container.mux(packet)
                     count += 1

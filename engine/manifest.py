@@ -9,6 +9,8 @@ One JSON file, `manifest.json`, in the work directory:
   changed input or option never mixes with old segments.
 - `segments`: per finished segment, its frame range, frame count, file name, size and
   sha256 (and the dedup context it hands to the next segment).
+- `join_partial`: the temporary output of a join in progress, so that a join killed midway
+  leaves nothing behind once the job resumes.
 
 Writes are atomic: temporary file, fsync, rename over the old one, fsync of the directory.
 A crash at any point leaves either the old manifest or the new one, never a torn file.
@@ -99,9 +101,10 @@ class SegmentRecord:
 class Manifest:
     key: dict[str, Any]
     segments: dict[int, SegmentRecord] = field(default_factory=dict)
+    join_partial: str | None = None  # the join's temporary output, recorded before it is created
 
     def to_json(self) -> str:
-        return json.dumps({"version": VERSION, "key": self.key,
+        return json.dumps({"version": VERSION, "key": self.key, "join_partial": self.join_partial,
                            "segments": {str(i): vars(r) for i, r in sorted(self.segments.items())}},
                           indent=1, sort_keys=True)
 
@@ -110,7 +113,8 @@ class Manifest:
         data = json.loads(text)
         if data.get("version") != VERSION:
             raise ValueError(f"manifest version {data.get('version')}, expected {VERSION}")
-        return cls(data["key"], {int(i): SegmentRecord(**r) for i, r in data["segments"].items()})
+        return cls(data["key"], {int(i): SegmentRecord(**r) for i, r in data["segments"].items()},
+                   data.get("join_partial"))
 
 
 def load(work_dir: str) -> Manifest | None:

@@ -5,7 +5,7 @@
    otherwise a one-line error says what changed. Only one process may use it at a time.
 3. Reuse: a recorded segment whose file still has its size and sha256 is kept; anything
    else in the work directory (partial files, unrecorded or damaged segments, temporary
-   manifests) is deleted.
+   manifests) is deleted, and so is the temporary output of a join that was killed.
 4. Run the rest in plan order, each with the ordinary runner (engine/segment_job.py),
    recording each in the manifest as soon as its file is complete.
 5. Join without re-encoding, side streams copied once (engine/join.py); then the work
@@ -36,7 +36,7 @@ from engine.progress import Reporter, make_reporter
 from engine.registry import parse_pipeline
 from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest
 from engine.segments import length_in_frames, plan_segments, scan_packets
-from engine.sink import is_image_pattern
+from engine.sink import is_image_pattern, partial_path
 from engine.source import open_input, read_info
 from engine.streamcopy import plan_copy
 
@@ -182,8 +182,10 @@ class SegmentedJob:
                 pts = self.table.pts
                 copy_until = float((2 * pts[-1] - (pts[-2] if len(pts) > 1 else pts[-1])) * self.table.time_base)
             started = time.perf_counter()
+            self.manifest.join_partial = partial_path(config.output)
+            save(self.work_dir, self.manifest)
             join_segments(parts, config.output, input_path=config.input, copy_plan=self.copy_plan,
-                          copy_until_s=copy_until)
+                          copy_until_s=copy_until, partial=self.manifest.join_partial)
             join_s = time.perf_counter() - started
             ok = True
         finally:
@@ -258,6 +260,9 @@ def _reuse(work_dir: str, manifest: Manifest, ext: str) -> set[int]:
         if os.path.isfile(path) and os.path.getsize(path) == rec.size and file_digest(path)[1] == rec.sha256:
             reused.add(index)
     manifest.segments = {i: r for i, r in manifest.segments.items() if i in reused}
+    if manifest.join_partial and os.path.lexists(manifest.join_partial):
+        os.unlink(manifest.join_partial)  # a join killed midway
+    manifest.join_partial = None
     keep = {"manifest.json", "lock", *(r.file for r in manifest.segments.values())}
     for name in os.listdir(work_dir):
         if name not in keep:
