@@ -35,7 +35,7 @@ from engine.metrics import RunSnapshot, SegmentCounts
 from engine.progress import Reporter, make_reporter
 from engine.registry import parse_pipeline
 from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest
-from engine.segments import length_in_frames, plan_segments, scan_packets
+from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
 from engine.sink import is_image_pattern, partial_path
 from engine.source import open_input, read_info
 from engine.streamcopy import plan_copy
@@ -141,7 +141,6 @@ class SegmentedJob:
     def run(self, reporter: Reporter | None = None) -> dict:
         config = self.config
         reporter = reporter or make_reporter(config.quiet)
-        ext = os.path.splitext(config.output)[1].lower()
         todo = [s for s in self.plan.segments if s.index not in self.reused]
         progress = _Progress(time.perf_counter(), sum(s.frames for s in todo),
                              reused=len(self.reused), pending=len(todo))
@@ -152,45 +151,20 @@ class SegmentedJob:
         results: dict[int, SegmentResult] = {}
         ok = False
         try:
-            for seg in self.plan.segments:
-                if seg.index in self.reused:
-                    continue
-                previous = self.manifest.segments.get(seg.index - 1)
-                task = SegmentTask(
-                    input=config.input, segment=seg,
-                    decode_start=self.context.context_start(seg, previous.tail_unique if previous else None),
-                    decode_stop=self.context.context_stop(seg, len(self.table)),
-                    table=self.table, specs=self.specs, encoder=self.encoder,
-                    output=os.path.join(self.work_dir, segment_name(seg.index, ext)),
-                    keep_unique=self.context.keep_unique, runner=config.runner)
-                progress.current = SegmentRun(task)
-                result = progress.current.run()
-                crash_point("segment-done")  # the file is complete, the manifest does not know yet
-                results[seg.index] = result
-                self.manifest.segments[seg.index] = SegmentRecord(
-                    seg.start, seg.end, result.frames, os.path.basename(task.output), result.size,
-                    result.sha256, result.tail_unique)
-                save(self.work_dir, self.manifest)
+            for seg in todo:  # in plan order: with dedup, a segment's context comes from the one before
+                progress.current = SegmentRun(self.task(seg))
+                results[seg.index] = progress.current.run()
+                self.record(seg, results[seg.index])
                 progress.frames_before += seg.frames
                 progress.current = None
                 progress.done += 1
                 progress.pending -= 1
-            parts = [JoinPart(os.path.join(self.work_dir, self.manifest.segments[s.index].file), s.frames,
-                              s.start_pts * self.table.time_base) for s in self.plan.segments]
-            copy_until = math.inf
-            if config.max_frames is not None:  # other streams end where the video ends
-                pts = self.table.pts
-                copy_until = float((2 * pts[-1] - (pts[-2] if len(pts) > 1 else pts[-1])) * self.table.time_base)
             started = time.perf_counter()
-            self.manifest.join_partial = partial_path(config.output)
-            save(self.work_dir, self.manifest)
-            join_segments(parts, config.output, input_path=config.input, copy_plan=self.copy_plan,
-                          copy_until_s=copy_until, partial=self.manifest.join_partial)
+            self.join()
             join_s = time.perf_counter() - started
             ok = True
         finally:
-            final = _snapshot(progress) if ok else None
-            reporter.stop(final)
+            reporter.stop(_snapshot(progress) if ok else None)
             os.close(self._lock_fd)
         shutil.rmtree(self.work_dir, ignore_errors=True)  # the output is in place: parts are spent
         report = self._report(results, progress, join_s)
@@ -198,6 +172,44 @@ class SegmentedJob:
             from engine.job import write_report
             write_report(config.report, report)
         return report
+
+    # The three steps a driver needs, here run in order on this machine; a distributed driver
+    # (issue: Ray) runs `task`s elsewhere and calls `record` and `join` here.
+
+    def task(self, seg: Segment) -> SegmentTask:
+        """The description of segment `seg`'s run. With dedup in the pipeline, the segment
+        before must be recorded first (its last unique frames are this one's context)."""
+        previous = self.manifest.segments.get(seg.index - 1)
+        ext = os.path.splitext(self.config.output)[1].lower()
+        return SegmentTask(
+            input=self.config.input, segment=seg,
+            decode_start=self.context.context_start(seg, previous.tail_unique if previous else None),
+            decode_stop=self.context.context_stop(seg, len(self.table)),
+            table=self.table, specs=self.specs, encoder=self.encoder,
+            output=os.path.join(self.work_dir, segment_name(seg.index, ext)),
+            keep_unique=self.context.keep_unique, runner=self.config.runner)
+
+    def record(self, seg: Segment, result: SegmentResult) -> None:
+        """Note a finished segment in the manifest (atomically): from now on it is reused."""
+        crash_point("segment-done")  # the file is complete, the manifest does not know yet
+        self.manifest.segments[seg.index] = SegmentRecord(
+            seg.start, seg.end, result.frames, segment_name(seg.index, os.path.splitext(self.config.output)[1].lower()),
+            result.size, result.sha256, result.tail_unique)
+        save(self.work_dir, self.manifest)
+
+    def join(self) -> None:
+        """Join every recorded segment into the output, side streams copied from the input."""
+        parts = [JoinPart(os.path.join(self.work_dir, self.manifest.segments[s.index].file), s.frames,
+                          s.start_pts * self.table.time_base) for s in self.plan.segments]
+        copy_until = math.inf
+        if self.config.max_frames is not None:  # other streams end where the video ends
+            pts = self.table.pts
+            last_step = pts[-1] - pts[-2] if len(pts) > 1 else 0
+            copy_until = float((pts[-1] + last_step) * self.table.time_base)
+        self.manifest.join_partial = partial_path(self.config.output)
+        save(self.work_dir, self.manifest)
+        join_segments(parts, self.config.output, input_path=self.config.input, copy_plan=self.copy_plan,
+                      copy_until_s=copy_until, partial=self.manifest.join_partial)
 
     def _report(self, results: dict[int, SegmentResult], progress: _Progress, join_s: float) -> dict:
         from engine.job import environment

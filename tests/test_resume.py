@@ -107,6 +107,25 @@ def test_frame_range_decodes_exactly_the_range_with_global_seq(media):
         assert [f.pts for f in frames] == table.pts[first:stop]
 
 
+def test_context_rule_from_the_pipeline():
+    from engine.registry import parse_pipeline
+    from engine.segment_job import PipelineContext
+    from engine.segments import Segment
+
+    seg = Segment(3, 100, 200, 0)
+    plain = PipelineContext.of(parse_pipeline("temporal-denoise:radius=2,test.window-sum:overlap=1"))
+    assert (plain.overlap, plain.dup_run, plain.ordered) == (3, 0, False)
+    assert plain.context_start(seg, None) == 97 and plain.context_stop(seg, 1000) == 203
+    both = PipelineContext.of(parse_pipeline("dedup:max_run=3,temporal-denoise:radius=2"))
+    assert (both.overlap, both.dup_run, both.keep_unique) == (2, 3, 3)
+    # the 3rd last unique frame before the segment: its reference and 2 frames of context for it
+    assert both.context_start(seg, [80, 84, 88, 92, 99]) == 88
+    assert both.context_start(seg, [5]) == 5  # fewer unique frames exist: from the first
+    assert both.context_stop(seg, 1000) == 200 + 2 * 4 and both.context_stop(seg, 204) == 204
+    with pytest.raises(UserError, match="follows a window stage"):
+        PipelineContext.of(parse_pipeline("temporal-denoise,dedup"))
+
+
 def test_segment_length_in_seconds_or_frames(media):
     from engine.segments import length_in_frames
 
@@ -239,11 +258,13 @@ def test_kill_9_at_random_moments(media, tmp_path, reference, encoder):
     rng = random.Random(f"kill-{encoder}")
     cmd = [sys.executable, "-m", "engine", "stream", str(media["av"]), str(out), "--quiet",
            "--pipeline", "none", "--resume", "--segment", "12f", *args]
+    codes = []
     for _ in range(3):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.2, 2.5))  # the kill moment, not a synchronisation
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        codes.append(proc.wait())
+    assert -signal.SIGKILL in codes  # at least one kill landed before the job ended
     r = stream(media["av"], out, "--resume", "--segment", "12f", *args)
     assert r.returncode == 0, r.stderr
     assert sha256(out) == reference[encoder]
