@@ -269,7 +269,8 @@ def _reuse(work_dir: str, manifest: Manifest, ext: str) -> set[int]:
     reused: set[int] = set()
     for index, rec in sorted(manifest.segments.items()):
         path = os.path.join(work_dir, rec.file)
-        if os.path.isfile(path) and os.path.getsize(path) == rec.size and file_digest(path)[1] == rec.sha256:
+        if (rec.file == segment_name(index, ext) and os.path.isfile(path)
+                and os.path.getsize(path) == rec.size and file_digest(path)[1] == rec.sha256):
             reused.add(index)
     manifest.segments = {i: r for i, r in manifest.segments.items() if i in reused}
     if manifest.join_partial and os.path.lexists(manifest.join_partial):

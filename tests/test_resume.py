@@ -324,9 +324,51 @@ def test_work_directory_in_use_is_refused(media, tmp_path):
     assert r.returncode == 2 and "in use by another engine process" in r.stderr
 
 
-def test_segment_options_need_resume(media, tmp_path):
+def test_segment_options_need_resume_and_a_video_output(media, tmp_path):
     r = stream(media["video"], tmp_path / "o.mp4", "--segment", "10")
     assert r.returncode == 2 and "--segment and --work-dir need --resume" in r.stderr
+    r = stream(media["video"], tmp_path / "%04d.png", "--resume")
+    assert r.returncode == 2 and "not an image sequence" in r.stderr
+
+
+def test_strays_are_deleted_and_recorded_segments_kept(media, tmp_path):
+    out = tmp_path / "o.mkv"
+    work = tmp_path / ".o.mkv.engine-work"
+    args = ("--resume", "--segment", "12f", "--encoder", "ffv1")
+    assert stream(media["video"], out, *args, env={"ENGINE_CRASH_AT": "segment-frame:30"}).returncode < 0
+    assert any(".partial-" in name for name in os.listdir(work))  # segment 1, half written
+    (work / "segment-00007.mkv").write_bytes(b"not in the manifest")
+    assert stream(media["video"], out, *args, env={"ENGINE_CRASH_AT": "join-packet:1"}).returncode < 0
+    assert sorted(os.listdir(work)) == ["lock", "manifest.json", "segment-00000.mkv",
+                                        "segment-00001.mkv", "segment-00002.mkv"]
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert sorted(manifest["segments"]) == ["0", "1", "2"]
+    assert [manifest["segments"][i]["sha256"] for i in "012"] == [
+        sha256(work / f"segment-0000{i}.mkv") for i in "012"]
+    assert stream(media["video"], out, *args).returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["o.mkv"]  # the killed join's partial is gone too
+
+
+def test_model_weights_are_part_of_the_job_key(tmp_path):
+    from engine.manifest import pipeline_identity
+    from engine.registry import parse_pipeline
+
+    weights = tmp_path / "net.pth"
+    weights.write_bytes(b"one")
+    specs = parse_pipeline(f"upscale:model={weights}")
+    before = pipeline_identity(specs)
+    assert before[0]["weights"] == {str(weights): sha256(weights)}
+    weights.write_bytes(b"two")
+    assert pipeline_identity(specs) != before
+
+
+def test_frames_limit_with_resume(media, tmp_path):
+    seg, plain = tmp_path / "seg.mkv", tmp_path / "plain.mkv"
+    assert stream(media["av"], seg, "--resume", "--segment", "12f", "--frames", "30",
+                  "--encoder", "ffv1").returncode == 0
+    assert stream(media["av"], plain, "--frames", "30", "--encoder", "ffv1").returncode == 0
+    assert decoded_indices(seg) == list(range(30))
+    assert audio_packets(seg) == audio_packets(plain)
 
 
 def test_progress_counts_segments(media, tmp_path):
