@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> dict:
             "results": results, "ratios": derive_ratios(results)}
 
 
-EXTRA_KEYS = ("worst_psnr_db", "output_bytes", "segments", "lost_frames", "segment_frames")
+EXTRA_KEYS = ("worst_psnr_db", "output_bytes", "segments", "lost_frames", "segment_frames",
+              "prepare_s", "join_s")
 
 
 def derive_ratios(results: dict) -> dict:

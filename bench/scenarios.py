@@ -7,6 +7,7 @@ and the run's settings.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -244,11 +245,13 @@ def _engine_file(path: Path, scratch: Path, settings: dict, *, segment: str | No
     config = JobConfig(input=str(path), output=str(out), pipeline=settings.get("pipeline", "none"),
                        encoder="x264", crf=settings["crf"], preset=settings["preset"], quiet=True,
                        resume=segment is not None, segment=segment)
+    started = time.perf_counter()
     job = SegmentedJob.prepare(config) if segment is not None else Job.prepare(config)
+    prepare_s = time.perf_counter() - started  # segmented: packet scan, cut checks, job key
     report = job.run(RecordingReporter())
-    result = {"frames": report["frames_out"], "output_bytes": out.stat().st_size}
+    result = {"frames": report["frames_out"], "output_bytes": out.stat().st_size, "prepare_s": prepare_s}
     if segment is not None:
-        result["segments"] = report["segments"]["total"]
+        result.update(segments=report["segments"]["total"], join_s=report["join_s"])
     return result
 
 

@@ -36,11 +36,10 @@ from engine.validate import SequenceValidator
 
 
 class Source(Protocol):
-    """Produces frames with seq first_seq..first_seq+N-1 (0.. unless it decodes a segment).
-    `frames_total` is an estimate, None if unknown."""
+    """Produces frames with seq 0..N-1, or first_seq.. when it has a `first_seq` attribute
+    (a segment's source: engine/range_source.py). `frames_total` is an estimate, None if unknown."""
 
     name: str
-    first_seq: int
     frames_total: int | None
     width: int | None
     height: int | None

@@ -41,7 +41,7 @@ from engine.registry import StageSpec
 from engine.runner import Pipeline, RunnerOptions
 from engine.segments import FrameTable, Segment
 from engine.sink import VideoSink
-from engine.source import VideoSource
+from engine.range_source import RangeSource
 from engine.stage import WindowStage
 from engine.streamcopy import CopyPlan
 
@@ -181,8 +181,7 @@ class SegmentRun:
     def __init__(self, task: SegmentTask):
         self.task = task
         seg = task.segment
-        self.source = VideoSource(task.input,
-                                  frame_range=task.table.frame_range(task.decode_start, task.decode_stop))
+        self.source = RangeSource(task.input, task.table.frame_range(task.decode_start, task.decode_stop))
         try:
             inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
                               copy_plan=CopyPlan())  # other streams: once, at the join

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from engine.errors import UserError
-from engine.source import FrameRange, VideoSource, open_input
+from engine.range_source import FrameRange, RangeSource
+from engine.source import open_input
 
 VERIFY_TAIL = 16  # frames checked past the next keyframe: more than any decoder's reorder delay
 
@@ -149,9 +150,9 @@ def verify_cut(path: str, table: FrameTable, cut: int) -> str | None:
     """None if a fresh decoder started at keyframe `cut` gives the expected frames; else why not."""
     following = table.keyframe_at_or_after(cut + 1)
     stop = min(len(table), (following if following is not None else len(table)) + VERIFY_TAIL)
-    source = VideoSource(path, frame_range=FrameRange(cut, stop, table.pts, [cut]))
+    source = RangeSource(path, FrameRange(cut, stop, table.pts, [cut]))
     try:
-        frames = source.decode_from(cut, source.frame_range)
+        frames = source.decode_from(cut)
         first = next(frames, None)
         if first is None or first.pts != table.pts[cut]:
             got = "nothing" if first is None else f"pts {first.pts}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import av
 
@@ -104,47 +104,24 @@ def read_info(container: av.container.InputContainer) -> VideoInfo:
     )
 
 
-@dataclass(frozen=True)
-class FrameRange:
-    """Decode only frames [first, stop) of a video whose frames are known from its packets.
-
-    `pts` holds every frame's pts in presentation order (index = seq) and `keyframes` the
-    seqs whose packet is a keyframe, ascending (see engine/segments.py, which scans them).
-    Decoding starts at the latest keyframe at or before `first`; frames before `first` are
-    decoded and dropped.
-    """
-
-    first: int
-    stop: int
-    pts: Sequence[int]
-    keyframes: Sequence[int]
-
-
 class VideoSource:
     """Decodes the first video stream into `Frame`s numbered 0..N-1 with the input's pts.
 
     Pixels stay in the decoder's picture until a stage asks for them (see `Frame.data`),
     as RGB: 8-bit input as ``rgb24`` uint8, deeper input as ``rgb48le`` uint16.
-
-    With `frame_range`, only frames [first, stop) come out, still numbered by their place in
-    the whole video (seq = first, first+1, ...), so frame records mean the same in every segment.
     """
 
     name = "decode"
 
-    def __init__(self, path: str, *, max_frames: int | None = None, frame_range: FrameRange | None = None):
+    def __init__(self, path: str, *, max_frames: int | None = None):
         self.path = path
         self.max_frames = max_frames
-        self.frame_range = frame_range
-        self.first_seq = frame_range.first if frame_range else 0
         self._container = open_input(path)
         self.info = read_info(self._container)
         self.pixel_format = "rgb48le" if self.info.bit_depth > 8 else "rgb24"
         estimate = self.info.frames_estimate
         self.frames_total = min(estimate, max_frames) if estimate and max_frames else (
             max_frames or estimate)
-        if frame_range:
-            self.frames_total = frame_range.stop - frame_range.first
         self.width, self.height = self.info.width, self.info.height
         self.frame_rate = float(self.info.frame_rate) if self.info.frame_rate else None
 
@@ -153,9 +130,6 @@ class VideoSource:
         return self._container
 
     def frames(self) -> Iterator[Frame]:
-        if self.frame_range is not None:
-            yield from self._range_frames(self.frame_range)
-            return
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg, GIL released
         tb = self.info.time_base
@@ -186,70 +160,6 @@ class VideoSource:
             raise UserError(
                 f"input is truncated or corrupt: {self.path} declares "
                 f"{self.info.frames_declared} frames but only {seq} could be decoded")
-
-    def _range_frames(self, span: FrameRange) -> Iterator[Frame]:
-        """Seek to a keyframe at or before `first`, decode, drop what precedes `first`.
-
-        Every frame's pts must be the one the packet scan expects at its seq. A decode that
-        starts with anything other than `first`'s pts (an open-GOP keyframe whose leading or
-        recovering pictures come out wrong or not at all) is retried from the keyframe
-        before; past the first frame, a mismatch is an error, never a silent shift.
-        """
-        starts = [k for k in span.keyframes if k <= span.first][::-1] or [0]
-        for attempt, key in enumerate(starts):
-            frames = self.decode_from(key, span)
-            first = next(frames, None)
-            if first is not None and first.pts == span.pts[span.first]:
-                yield first
-                yield from frames
-                return
-            frames.close()
-            if attempt + 1 < len(starts):
-                self._container.close()
-                self._container = open_input(self.path)
-        raise UserError(f"cannot decode {self.path} from frame {span.first}: no keyframe before it "
-                        f"starts a clean decode")
-
-    def decode_from(self, key: int, span: FrameRange) -> Iterator[Frame]:
-        """Frames of `span` from a fresh decoder fed from the packet of frame `key` on. If the
-        first frame at or after `first`'s pts is not `first`, it alone comes out (pixel-less),
-        to be rejected."""
-        stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"
-        tb = self.info.time_base
-        if key > 0:
-            self._container.seek(span.pts[key], stream=stream, backward=True, any_frame=False)
-        seq = span.first
-        first_pts = span.pts[span.first]
-        started = key == 0
-        try:
-            for packet in self._container.demux(stream):
-                # the seek lands on the index's keyframe at or before `key`: feed the decoder
-                # from `key`'s own packet, so it starts exactly where the plan verified it
-                started = started or packet.pts == span.pts[key]
-                if not started:
-                    continue
-                for picture in packet.decode():
-                    if picture.pts is None or picture.pts < first_pts:
-                        continue  # before the range (or a leading picture of an open GOP)
-                    if picture.pts != span.pts[seq]:
-                        if seq == span.first:
-                            yield Frame(seq=seq, pts=picture.pts, time_base=tb)  # caller retries
-                            return
-                        raise UserError(f"input decodes differently from its packets: {self.path} "
-                                        f"frame {seq} has pts {picture.pts}, expected {span.pts[seq]}")
-                    picture.pict_type = av.video.frame.PictureType.NONE
-                    frame = Frame.from_picture(seq, picture.pts, tb, picture, self.pixel_format)
-                    if picture.rotation:
-                        frame.meta["rotation"] = picture.rotation
-                    yield frame
-                    seq += 1
-                    if seq >= span.stop:
-                        return
-        except av.error.FFmpegError as exc:
-            raise UserError(f"input is corrupt at frame {seq}: {self.path} ({_reason(exc)})") from None
-        raise UserError(f"input is truncated: {self.path} gave frames up to {seq - 1}, "
-                        f"expected up to {span.stop - 1}")
 
     def close(self) -> None:
         self._container.close()  # PyAV makes a second close a no-op

@@ -91,7 +91,6 @@ class StreamCopier:
         streams = [self._input.streams[i] for i in plan.copy]
         self._packets = self._input.demux(streams) if streams else iter(())
         self._next: av.Packet | None = None
-        self._next_time = -math.inf
         self._done = not streams
         self.packets = 0
 
@@ -114,8 +113,7 @@ class StreamCopier:
                 if self._next.size == 0:  # demuxer's end-of-stream marker, nothing to copy
                     self._next = None
                     continue
-                self._next_time = self._time(self._next)  # once per packet, not per call
-            if self._next_time > until_s:
+            if self._time(self._next) > until_s:
                 return
             packet, self._next = self._next, None
             packet.stream = self._out[packet.stream.index]

@@ -63,7 +63,6 @@ def frame_index(data: np.ndarray) -> int:
 
 class ListSource:
     name = "decode"
-    first_seq = 0
 
     def __init__(self, count: int, *, height: int = 48, width: int = 64, pts_step: int = 1001,
                  time_base: Fraction = Fraction(1, 24000), fail_at: int | None = None):

@@ -22,7 +22,7 @@ from make_clip import add_side_streams, make_clip
 
 from engine.errors import UserError
 from engine.segments import FrameTable, plan_segments, scan_packets, verify_cut
-from engine.source import VideoSource
+from engine.range_source import RangeSource
 from engine.testing import frame_index, index_frame
 
 GOP = {"g": "8", "keyint_min": "8", "bf": "2", "sc_threshold": "0"}  # keyframes at 0, 8, 16, ...
@@ -99,7 +99,7 @@ def test_a_keyframe_that_cannot_start_a_decode_merges_its_segment(media):
 def test_frame_range_decodes_exactly_the_range_with_global_seq(media):
     table = scan_packets(str(media["video"]))
     for first, stop in ((0, 5), (13, 30), (16, 17), (41, 48)):
-        src = VideoSource(str(media["video"]), frame_range=table.frame_range(first, stop))
+        src = RangeSource(str(media["video"]), table.frame_range(first, stop))
         frames = list(src.frames())
         src.close()
         assert [f.seq for f in frames] == list(range(first, stop))
