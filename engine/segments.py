@@ -4,13 +4,16 @@
    into presentation order, so a frame's seq is its rank) and keyframe flag. About 3k fps at
    1080p and 19k at 360p, against 73 and 1.0k for a full decode (see DESIGN.md).
 2. `plan_segments` cuts at the first keyframe at least `length` frames after the last cut.
-3. Each cut is verified: a fresh decoder started at the cut must give exactly the expected
-   first pts, then the expected pts for every frame up to the next keyframe and a few more
-   (where an H.264 recovery point that is not yet recovered, or an HEVC CRA whose pictures
-   need the GOP before, would show as missing frames). A cut that fails merges its segment
-   with the one after: the cut moves on to the next keyframe that verifies. Leading pictures (pts before the cut, decoded after it: open GOP) are
-   dropped by a decode that starts at the cut; they belong to the segment before, whose
-   decode runs on through the cut's packet until it has them.
+3. Each cut is verified: a fresh decoder fed from the cut's packet must give exactly the
+   expected pts for its first `VERIFY_FRAMES` frames. FFmpeg's decoders output nothing
+   before a picture they can decode fully, so a keyframe that cannot start a decode (an
+   H.264 recovery point not yet recovered, a flag on the wrong picture) shows as a late or
+   missing first frame. A cut that fails merges its segment with the one after: the cut
+   moves on to the next keyframe that verifies. Leading pictures (pts before the cut,
+   decoded after it: open GOP, HEVC RASL) are dropped by a decode that starts at the cut;
+   they belong to the segment before, whose decode runs on through the cut's packet until it
+   has them. Past these frames, each segment's own decode checks every frame's pts against
+   the scan (engine/range_source.py), and its encoder's frame count is checked too.
 
 A `Segment` is only a description (frame range and the pts of its first frame): any runner
 on any machine that can read the input can produce it. Temporal context is not part of the
@@ -27,7 +30,9 @@ from engine.errors import UserError
 from engine.range_source import FrameRange, RangeSource
 from engine.source import open_input
 
-VERIFY_TAIL = 16  # frames checked past the next keyframe: more than any decoder's reorder delay
+# frames checked after a cut: more than any decoder's reorder delay, and a small cost per cut
+# (a whole GOP each would add a sixth of a decode at 60 s segments and 10 s GOPs)
+VERIFY_FRAMES = 32
 
 
 @dataclass(frozen=True)
@@ -148,8 +153,7 @@ def plan_segments(path: str, table: FrameTable, length_frames: int, *, verify: b
 
 def verify_cut(path: str, table: FrameTable, cut: int) -> str | None:
     """None if a fresh decoder started at keyframe `cut` gives the expected frames; else why not."""
-    following = table.keyframe_at_or_after(cut + 1)
-    stop = min(len(table), (following if following is not None else len(table)) + VERIFY_TAIL)
+    stop = min(len(table), cut + VERIFY_FRAMES)
     source = RangeSource(path, FrameRange(cut, stop, table.pts, [cut]))
     try:
         frames = source.decode_from(cut)
