@@ -96,6 +96,10 @@ class SegmentedJob:
         specs = parse_pipeline(config.pipeline)
         ext = container_for(config.output)
         check_output_path(config.input, config.output)
+        if config.report:
+            parent = os.path.dirname(os.path.abspath(config.report))
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+                raise UserError(f"cannot write report {config.report}: directory not writable")
         context = PipelineContext.of(specs)
         container = open_input(config.input)
         try:
