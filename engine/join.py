@@ -5,9 +5,9 @@ are the input's own (the sink keeps every frame's pts), so a join cannot open a 
 overlap. One correction: MP4/MOV store a track's start offset in an edit list counted in
 milliseconds, so a segment starting at pts 20020/24000 s reads back as 20016. Each segment's
 packets are shifted so its first frame lands exactly on the pts the plan gives it (a shift
-of more than `MAX_SHIFT_S` is an error, not a correction). Audio, subtitles and attachments are copied once from the
-input over the whole timeline (engine/streamcopy.py), interleaved as the video advances:
-no per-segment audio, hence no drift or priming glitch at the joins.
+of more than `MAX_SHIFT_S` is an error, not a correction). Audio, subtitles and attachments
+are copied once from the input over the whole timeline (engine/streamcopy.py), interleaved
+as the video advances: no per-segment audio, hence no drift or priming glitch at the joins.
 
 Checks before anything is renamed: every segment was encoded with the same codec
 parameters (a joined stream has one header), starts with a keyframe, holds exactly its
@@ -28,8 +28,7 @@ import av
 from engine.crashpoints import crash_point
 from engine.encoders import CONTAINERS
 from engine.errors import ValidationError
-from engine.manifest import fsync_dir
-from engine.segment_job import fsync_file
+from engine.durable import fsync_dir, fsync_file
 from engine.sink import check_written, partial_path
 from engine.streamcopy import CopyPlan, StreamCopier
 
@@ -88,7 +87,8 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
                             raise ValidationError(f"{name} does not start with a keyframe")
                         shift = round(part.start_time / packet.time_base) - packet.pts
                         if abs(shift * packet.time_base) > MAX_SHIFT_S:
-                            raise ValidationError(f"{name} starts at {float(packet.pts * packet.time_base):.6f} s, "
+                            at = float(packet.pts * packet.time_base)
+                            raise ValidationError(f"{name} starts at {at:.6f} s, "
                                                   f"the plan says {float(part.start_time):.6f} s")
                     if shift:
                         packet.pts += shift

@@ -28,6 +28,7 @@ import av
 
 from engine import __version__
 from engine.crashpoints import crash_point
+from engine.durable import fsync_dir
 from engine.errors import UserError
 from engine.registry import StageSpec
 
@@ -74,8 +75,10 @@ def job_key(*, input_path: str, specs: list[StageSpec], encoder: dict[str, Any],
 
 def key_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     """None if equal; else the first field that differs, as a phrase for the user."""
-    for name, label in (("input", "the input file changed"), ("pipeline", "the pipeline or its weights changed"),
-                        ("encoder", "the encoder options changed"), ("container", "the output container changed"),
+    for name, label in (("input", "the input file changed"),
+                        ("pipeline", "the pipeline or its weights changed"),
+                        ("encoder", "the encoder options changed"),
+                        ("container", "the output container changed"),
                         ("plan", "the segment plan changed (--segment or --frames)"),
                         ("versions", "the engine or FFmpeg version changed")):
         if old.get(name) != new.get(name):
@@ -149,11 +152,3 @@ def save(work_dir: str, manifest: Manifest) -> None:
     crash_point("manifest-rename")     # temp complete, old manifest still in place
     os.replace(tmp, path)
     fsync_dir(work_dir)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

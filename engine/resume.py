@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from engine.crashpoints import crash_point
 from engine.encoders import CONTAINERS, choose_encoder, container_for, muxer_codecs
 from engine.errors import UserError
+from engine.job import check_output_path, environment, reporter_note, write_report
 from engine.join import JoinPart, join_segments
 from engine.manifest import Manifest, SegmentRecord, job_key, key_difference, load, save
 from engine.metrics import RunSnapshot, SegmentCounts
@@ -87,8 +88,6 @@ class SegmentedJob:
 
     @classmethod
     def prepare(cls, config) -> SegmentedJob:
-        from engine.job import check_output_path
-
         if is_image_pattern(config.output):
             raise UserError("--resume writes a video file, not an image sequence")
         if config.max_frames is not None and config.max_frames < 1:
@@ -149,7 +148,6 @@ class SegmentedJob:
         progress = _Progress(time.perf_counter(), sum(s.frames for s in todo),
                              reused=len(self.reused), pending=len(todo))
         if not config.quiet:
-            from engine.job import reporter_note
             reporter_note(reporter, [self.sink_note, *self.notes])
         reporter.start(lambda: _snapshot(progress))
         results: dict[int, SegmentResult] = {}
@@ -173,7 +171,6 @@ class SegmentedJob:
         shutil.rmtree(self.work_dir, ignore_errors=True)  # the output is in place: parts are spent
         report = self._report(results, progress, join_s)
         if config.report:
-            from engine.job import write_report
             write_report(config.report, report)
         return report
 
@@ -197,7 +194,8 @@ class SegmentedJob:
         """Note a finished segment in the manifest (atomically): from now on it is reused."""
         crash_point("segment-done")  # the file is complete, the manifest does not know yet
         self.manifest.segments[seg.index] = SegmentRecord(
-            seg.start, seg.end, result.frames, segment_name(seg.index, os.path.splitext(self.config.output)[1].lower()),
+            seg.start, seg.end, result.frames,
+            segment_name(seg.index, os.path.splitext(self.config.output)[1].lower()),
             result.size, result.sha256, result.tail_unique)
         save(self.work_dir, self.manifest)
 
@@ -216,8 +214,6 @@ class SegmentedJob:
                       copy_until_s=copy_until, partial=self.manifest.join_partial)
 
     def _report(self, results: dict[int, SegmentResult], progress: _Progress, join_s: float) -> dict:
-        from engine.job import environment
-
         elapsed = time.perf_counter() - progress.started
         segments = []
         for seg in self.plan.segments:

@@ -28,20 +28,20 @@ The context rule, in one place (`context_start`, `context_stop`):
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import deque
 from dataclasses import dataclass, field
 
 from engine.crashpoints import crash_point
+from engine.durable import fsync_file
 from engine.encoders import EncoderChoice
 from engine.errors import UserError, ValidationError
 from engine.frame import Frame
 from engine.metrics import RunSnapshot
+from engine.range_source import RangeSource
 from engine.registry import StageSpec
 from engine.runner import Pipeline, RunnerOptions
 from engine.segments import FrameTable, Segment
 from engine.sink import VideoSink
-from engine.range_source import RangeSource
 from engine.stage import WindowStage
 from engine.streamcopy import CopyPlan
 
@@ -165,14 +165,6 @@ def file_digest(path: str) -> tuple[int, str]:
             h.update(block)
             size += len(block)
     return size, h.hexdigest()
-
-
-def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SegmentRun:
