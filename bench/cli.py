@@ -78,11 +78,15 @@ def run(args: argparse.Namespace) -> dict:
             "timeline": typical.get("timeline"),
             "gpu": typical.get("gpu"),
             "settings": typical.get("settings"),
-            **({"worst_psnr_db": typical["worst_psnr_db"]} if "worst_psnr_db" in typical else {}),
+            **{k: typical[k] for k in EXTRA_KEYS if k in typical},
         }
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
             "settings": {**settings, "warmup": args.warmup, "repeats": args.repeats},
             "results": results, "ratios": derive_ratios(results)}
+
+
+EXTRA_KEYS = ("worst_psnr_db", "output_bytes", "segments", "lost_frames", "segment_frames",
+              "prepare_s", "join_s")
 
 
 def derive_ratios(results: dict) -> dict:
@@ -114,6 +118,18 @@ def derive_ratios(results: dict) -> dict:
         if "upscale-dedup" in scen and "upscale" in scen:
             ratios[f"dedup_speedup@{spec}"] = ratio(scen["upscale-dedup"]["fps"]["median"],
                                                     scen["upscale"]["fps"]["median"])
+    for spec, scen in by_input.items():
+        single = scen.get("single-pass")
+        for name, r in scen.items():
+            if name.startswith("segmented-") and single:  # > 1: slower / bigger than one pass
+                length = name.removeprefix("segmented-")
+                ratios[f"segmented_{length}_time_overhead@{spec}"] = ratio(
+                    r["wall_s"]["median"], single["wall_s"]["median"])
+                ratios[f"segmented_{length}_size_ratio@{spec}"] = ratio(
+                    r.get("output_bytes", 0), single.get("output_bytes", 0))
+        if "kill-resume" in scen:
+            k = scen["kill-resume"]
+            ratios[f"kill_lost_frames_vs_segment@{spec}"] = ratio(k["lost_frames"], k["segment_frames"])
     by_scenario: dict[str, list[dict]] = {}
     for r in results.values():
         by_scenario.setdefault(r["scenario"], []).append(r)

@@ -7,6 +7,7 @@ and the run's settings.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -312,3 +313,72 @@ def diffusion_vsr_704(path: Path, scratch: Path, settings: dict) -> dict:
 @scenario("diffusion-vsr-tiny", "TINY random diffusion-vsr config (not the real architecture), 80x48 -> x4: CPU smoke figure")
 def diffusion_vsr_tiny(path: Path, scratch: Path, settings: dict) -> dict:
     return _diffusion_vsr(path, settings, "tiny", 80, 48)
+# ---- segments and resume (issue: resume). Same encoder settings as single-pass. ---------------
+
+SEGMENT_LENGTHS_S = (10, 30, 60, 120, 300)
+
+
+def _engine_file(path: Path, scratch: Path, settings: dict, *, segment: str | None) -> dict:
+    from engine.resume import SegmentedJob
+
+    out = scratch / "out.mp4"
+    config = JobConfig(input=str(path), output=str(out), pipeline=settings.get("pipeline", "none"),
+                       encoder="x264", crf=settings["crf"], preset=settings["preset"], quiet=True,
+                       resume=segment is not None, segment=segment)
+    started = time.perf_counter()
+    job = SegmentedJob.prepare(config) if segment is not None else Job.prepare(config)
+    prepare_s = time.perf_counter() - started  # segmented: packet scan, cut checks, job key
+    report = job.run(RecordingReporter())
+    result = {"frames": report["frames_out"], "output_bytes": out.stat().st_size, "prepare_s": prepare_s}
+    if segment is not None:
+        result.update(segments=report["segments"]["total"], join_s=report["join_s"])
+    return result
+
+
+@scenario("single-pass", "the engine writing one file in one pass (the reference for segmented-*)")
+def single_pass(path: Path, scratch: Path, settings: dict) -> dict:
+    return _engine_file(path, scratch, settings, segment=None)
+
+
+def _segmented(seconds: int) -> Scenario:
+    def run(path: Path, scratch: Path, settings: dict) -> dict:
+        return _engine_file(path, scratch, settings, segment=str(seconds))
+    return run
+
+
+for _seconds in SEGMENT_LENGTHS_S:
+    scenario(f"segmented-{_seconds}s", f"--resume --segment {_seconds}: plan, segments, join "
+             f"(time and size against single-pass)")(_segmented(_seconds))
+
+
+@scenario("kill-resume", "--resume --segment 60, SIGKILL halfway through the third segment, resume: "
+                         "frames encoded twice (work lost) against the segment length")
+def kill_resume(path: Path, scratch: Path, settings: dict) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    from engine.resume import SegmentedJob
+    from engine.segments import length_in_frames
+    from engine.source import VideoSource
+
+    source = VideoSource(str(path))
+    segment_frames = length_in_frames("60", source.info.frame_rate)
+    source.close()
+    killed_after = int(2.5 * segment_frames)  # frames the killed run encoded
+    out = scratch / "out.mp4"
+    args = ["--pipeline", settings.get("pipeline", "none"), "--encoder", "x264", "--crf", str(settings["crf"]),
+            "--preset", settings["preset"], "--resume", "--segment", "60", "--quiet"]
+    proc = subprocess.run([sys.executable, "-m", "engine", "stream", str(path), str(out), *args],
+                          env={**os.environ, "ENGINE_CRASH_AT": f"segment-frame:{killed_after}"},
+                          capture_output=True, text=True)
+    if proc.returncode != -9:
+        raise RuntimeError(f"the run to kill ended with {proc.returncode}: {proc.stderr.strip()}")
+    config = JobConfig(input=str(path), output=str(out), pipeline=settings.get("pipeline", "none"),
+                       encoder="x264", crf=settings["crf"], preset=settings["preset"], quiet=True,
+                       resume=True, segment="60")
+    report = SegmentedJob.prepare(config).run(RecordingReporter())
+    lost = killed_after + report["frames_encoded"] - report["frames_out"]
+    longest = max(s["frames"] for s in report["segments"]["list"])
+    return {"frames": report["frames_out"], "lost_frames": lost, "segment_frames": longest,
+            "segments": report["segments"]["total"]}

@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress display or summary")
     s.add_argument("--stall-timeout", type=float, default=300.0,
                    help="seconds a stage may spend on one call before the job fails (default 300)")
+    s.add_argument("--resume", action="store_true",
+                   help="work in segments kept in a work directory; run again after a crash or kill "
+                        "to continue where it stopped")
+    s.add_argument("--segment", default=None, metavar="SECONDS",
+                   help="segment length for --resume: seconds (default 60) or frames (500f)")
+    s.add_argument("--work-dir", default=None, metavar="DIR",
+                   help="where --resume keeps segments and its manifest (default: .OUT.engine-work beside OUT)")
 
     pr = sub.add_parser("probe", help="print streams, codecs, frame count and duration")
     pr.add_argument("file")
@@ -61,8 +68,14 @@ def _stream(args: argparse.Namespace) -> int:
                        prores_profile=args.prores_profile,
                        max_frames=args.max_frames, timestamps=args.timestamps,
                        allow_truncated=args.allow_truncated, report=args.report, quiet=args.quiet,
-                       runner=RunnerOptions(stall_timeout_s=args.stall_timeout))
-    Job.prepare(config).run()
+                       runner=RunnerOptions(stall_timeout_s=args.stall_timeout),
+                       resume=args.resume, segment=args.segment, work_dir=args.work_dir)
+    if config.resume:
+        from engine.resume import SegmentedJob
+
+        SegmentedJob.prepare(config).run()
+    else:
+        Job.prepare(config).run()
     return 0
 
 

@@ -17,7 +17,7 @@ from engine.progress import Reporter, make_reporter
 from engine.registry import StageSpec, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
 from engine.sink import ImageSequenceSink, VideoSink, is_image_pattern
-from engine.source import VideoSource
+from engine.source import VideoInfo, VideoSource
 from engine.streamcopy import plan_copy
 from engine.timestamps import MODES as TIMESTAMP_MODES
 from engine.timestamps import scan_video_timestamps
@@ -40,6 +40,9 @@ class JobConfig:
     report: str | None = None
     quiet: bool = False
     runner: RunnerOptions = field(default_factory=RunnerOptions)
+    resume: bool = False           # segmented, resumable run (engine/resume.py)
+    segment: str | None = None     # segment length: seconds ("90") or frames ("500f")
+    work_dir: str | None = None    # where segments and the manifest live
 
 
 def check_output_path(input_path: str, output: str) -> None:
@@ -71,6 +74,8 @@ class Job:
         """Validate the whole configuration and open the input. Raises UserError, starts nothing."""
         if config.max_frames is not None and config.max_frames < 1:
             raise UserError(f"--frames must be >= 1, got {config.max_frames}")
+        if config.segment is not None or config.work_dir is not None:
+            raise UserError("--segment and --work-dir need --resume")
         specs = parse_pipeline(config.pipeline)
         image_out = is_image_pattern(config.output)
         if not image_out:
@@ -86,7 +91,7 @@ class Job:
         source = VideoSource(config.input, max_frames=config.max_frames, timestamps=config.timestamps,
                              allow_truncated=config.allow_truncated)
         try:
-            early_notes = check_input(config, source)
+            early_notes = check_input(config, source.info)
             video_index = source.container.streams.video[0].index
             if image_out:
                 sink = ImageSequenceSink(config.output)
@@ -128,7 +133,7 @@ class Job:
         return report
 
 
-def check_input(config: JobConfig, source: VideoSource) -> list[str]:
+def check_input(config: JobConfig, info: VideoInfo) -> list[str]:
     """Refuse, before any output exists, input the job could not finish faithfully."""
     if config.timestamps == "refuse":
         problem = scan_video_timestamps(config.input)
@@ -137,7 +142,7 @@ def check_input(config: JobConfig, source: VideoSource) -> list[str]:
                             "(--timestamps repair regenerates them)")
     if config.max_frames is not None:
         return []
-    truncated = find_truncation(config.input, source.info)
+    truncated = find_truncation(config.input, info)
     if truncated is None:
         return []
     if not config.allow_truncated:

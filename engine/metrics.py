@@ -101,6 +101,19 @@ def aggregate(name: str, kind: str, workers: list[WorkerMetrics],
 
 
 @dataclass(frozen=True)
+class SegmentCounts:
+    """A segmented (--resume) job: segments finished this run, reused from before, still to do."""
+
+    done: int
+    reused: int
+    pending: int
+
+    @property
+    def total(self) -> int:
+        return self.done + self.reused + self.pending
+
+
+@dataclass(frozen=True)
 class RunSnapshot:
     """Everything the display needs, taken at one instant."""
 
@@ -108,6 +121,7 @@ class RunSnapshot:
     frames_done: int
     frames_total: int | None  # best estimate of the input's frame count, None if unknown
     stages: list[StageSnapshot]
+    segments: SegmentCounts | None = None  # frames then count this run's work only
 
     @property
     def fps(self) -> float:

@@ -25,9 +25,17 @@ def _eta(seconds: float | None) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
 
 
+def _segments(snap: RunSnapshot) -> str:
+    """`--resume`: segments finished, reused and pending; frames then count this run's work."""
+    seg = snap.segments
+    if seg is None:
+        return ""
+    return f"segments {seg.done + seg.reused}/{seg.total} ({seg.reused} reused, {seg.pending} pending)  "
+
+
 def _done(snap: RunSnapshot) -> str:
     total = f"{snap.frames_total}" if snap.frames_total else "?"
-    return f"{snap.frames_done}/{total}"
+    return f"{_segments(snap)}{snap.frames_done}/{total}"
 
 
 class Reporter:
@@ -116,7 +124,7 @@ class LogReporter(Reporter):
               f"  busiest {busiest.name if busiest else '-'}{gpu}", file=self.stream, flush=True)
 
     def summary(self, snap: RunSnapshot) -> None:
-        print(f"[engine] done: {snap.frames_done} frames in {snap.elapsed_s:.2f} s "
+        print(f"[engine] done: {_segments(snap)}{snap.frames_done} frames in {snap.elapsed_s:.2f} s "
               f"({snap.fps:.1f} fps)", file=self.stream)
         width = max([16] + [len(s.label) for s in snap.stages])
         for s in snap.stages:
@@ -171,7 +179,8 @@ class RichReporter(Reporter):
 
     def summary(self, snap: RunSnapshot) -> None:
         self.console.print(self._table(
-            snap, [], f"done: {snap.frames_done} frames in {snap.elapsed_s:.2f} s ({snap.fps:.1f} fps)"))
+            snap, [], f"done: {_segments(snap)}{snap.frames_done} frames in {snap.elapsed_s:.2f} s "
+                      f"({snap.fps:.1f} fps)"))
 
 
 def _stage_cells(s: StageSnapshot, elapsed: float) -> list[str]:

@@ -36,7 +36,8 @@ from engine.validate import SequenceValidator
 
 
 class Source(Protocol):
-    """Produces frames with seq 0..N-1. `frames_total` is an estimate, None if unknown."""
+    """Produces frames with seq 0..N-1, or first_seq.. when it has a `first_seq` attribute
+    (a segment's source: engine/range_source.py). `frames_total` is an estimate, None if unknown."""
 
     name: str
     frames_total: int | None
@@ -107,6 +108,7 @@ class Pipeline:
         self.specs = list(specs)
         self.sink = sink
         self.options = options
+        self.first_seq = getattr(source, "first_seq", 0)  # a segment's source starts mid-video
         self.token = CancelToken()
         self._threads: list[threading.Thread] = []
         self._started = 0.0
@@ -226,7 +228,7 @@ class Pipeline:
                 metrics: WorkerMetrics) -> Iterator[Frame]:
         """The frames this stage must process: in seq order if it needs order, and
         without duplicates, which are passed straight on (they reuse their reference's result)."""
-        ordered = ReorderBuffer(self.reorder_window) if stage.needs_order else None
+        ordered = ReorderBuffer(self.reorder_window, self.first_seq) if stage.needs_order else None
         while (item := self._take(inbox, metrics)) is not EOS:
             for frame in ordered.push(item) if ordered is not None else (item,):
                 if frame.meta.get("dup_of") is None:
@@ -320,8 +322,8 @@ class Pipeline:
         metrics = node.metrics[0]
 
         def body() -> None:
-            reorder: ReorderBuffer[Frame] = ReorderBuffer(self.reorder_window)
-            validator = SequenceValidator()
+            reorder: ReorderBuffer[Frame] = ReorderBuffer(self.reorder_window, self.first_seq)
+            validator = SequenceValidator(self.first_seq)
             reference: Frame | None = None  # latest unique frame: what duplicates reuse
             while (item := self._take(node.inbox, metrics)) is not EOS:
                 for frame in reorder.push(item):

@@ -27,10 +27,25 @@ from engine.streamcopy import CopyPlan, StreamCopier
 _UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED / AVCOL_PRI_UNSPECIFIED / AVCOL_TRC_UNSPECIFIED
 
 
-def _partial_path(path: str) -> str:
+def partial_path(path: str) -> str:
+    """Where `path` is written until it is complete and checked: a hidden sibling."""
     head, tail = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(tail)
     return os.path.join(head, f".{stem}.partial-{os.getpid()}{ext}")
+
+
+def check_written(path: str, frames: int, streams: int) -> None:
+    """Re-probe a closed output: exactly `frames` video packets and `streams` streams."""
+    written = av.open(path)
+    try:
+        found = len(written.streams)
+        count = count_video_packets(written)
+    finally:
+        written.close()
+    if count != frames:
+        raise ValidationError(f"output check failed: {count} frames in the file, {frames} written")
+    if found != streams:
+        raise ValidationError(f"output check failed: {found} streams in the file, {streams} expected")
 
 
 def _remove(path: str) -> None:
@@ -75,7 +90,7 @@ class VideoSink:
         self.path = path
         self.encoder = encoder
         self.source = source
-        self.partial = _partial_path(path)
+        self.partial = partial_path(path)
         self.input_path = input_path
         self.copy_plan = copy_plan
         # with --frames N, other streams end where the video ends; otherwise all of them go
@@ -185,17 +200,7 @@ class VideoSink:
                 + " by the video's rule (see --timestamps)")
         self._container.close()
         self._container = None
-        written = av.open(self.partial)
-        try:
-            streams = len(written.streams)
-            count = count_video_packets(written)
-        finally:
-            written.close()
-        if count != frames:
-            raise ValidationError(f"output check failed: {count} frames in the file, {frames} written")
-        if streams != 1 + self._copier.stream_count:
-            raise ValidationError(f"output check failed: {streams} streams in the file, "
-                                  f"{1 + self._copier.stream_count} expected")
+        check_written(self.partial, frames, 1 + self._copier.stream_count)
 
     def commit(self) -> None:
         os.replace(self.partial, self.path)
@@ -248,7 +253,7 @@ class ImageSequenceSink:
         self.pattern = pattern
         self.ext = ext
         self.directory = os.path.dirname(os.path.abspath(pattern))
-        self.partial = _partial_path(self.directory)
+        self.partial = partial_path(self.directory)
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future] = deque()

@@ -82,6 +82,11 @@ class Stage:
         """Settings as resolved when the stage opened (device, precision, ...), for the report."""
         return {}
 
+    def weight_files(self) -> list[str]:
+        """Files whose contents decide this stage's results (model weights). `--resume` hashes
+        them into its job key, so a segment made with other weights is never reused."""
+        return []
+
 
 class MapStage(Stage):
     kind: ClassVar[StageKind] = "map"

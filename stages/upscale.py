@@ -44,6 +44,14 @@ class Upscale(BatchStage):
         self.span = self.batch_size * ring  # frames that may be in flight at once
         self.runner = None
 
+    def weight_files(self) -> list[str]:
+        info = check_model(self.model_name)
+        if info is not None:
+            return [str(p) for p in info.files()]
+        if self.model_name.endswith(".param"):
+            return [self.model_name, self.model_name[:-len(".param")] + ".bin"]
+        return [self.model_name]
+
     def open(self, ctx: StageContext) -> None:
         from engine.inference import InferenceRunner, InferenceSettings
         from engine.models.loader import load_model

@@ -57,6 +57,20 @@ def test_model_ratios_engine_against_its_bounds_naive_and_dedup():
     assert ratios["dedup_speedup@c"] == pytest.approx(3.6 / 2.85)
 
 
+def test_segment_ratios_against_single_pass_and_the_segment_length():
+    results = {f"{name}@d": {**_result(name, "d", 1000, 100.0, 90.0), "wall_s": summarize([wall]),
+                             "output_bytes": size}
+               for name, wall, size in [("single-pass", 10.0, 1000), ("segmented-10s", 12.5, 1100),
+                                        ("segmented-60s", 10.5, 1010)]}
+    results["kill-resume@d"] = {**_result("kill-resume", "d", 1000, 50.0, 90.0),
+                                "lost_frames": 720, "segment_frames": 1440}
+    ratios = derive_ratios(results)
+    assert ratios["segmented_10s_time_overhead@d"] == pytest.approx(1.25)
+    assert ratios["segmented_10s_size_ratio@d"] == pytest.approx(1.1)
+    assert ratios["segmented_60s_time_overhead@d"] == pytest.approx(1.05)
+    assert ratios["kill_lost_frames_vs_segment@d"] == pytest.approx(0.5)
+
+
 def test_compare_reports_relative_change():
     a = {"results": {"x@i": _result("x", "i", 10, 100.0, 1)}, "ratios": {"r": 0.9}}
     b = {"results": {"x@i": _result("x", "i", 10, 150.0, 1), "y@i": _result("y", "i", 10, 5.0, 1)},

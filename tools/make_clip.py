@@ -25,12 +25,14 @@ def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int =
               fps: Fraction | str = Fraction(24000, 1001), codec: str = "libx264",
               pix_fmt: str = "yuv420p", crf: int = 10, pts_ms: list[int] | None = None,
               bt709: bool = False, rotation: int = 0,
-              image: Callable[[int], np.ndarray] | None = None) -> Path:
+              image: Callable[[int], np.ndarray] | None = None,
+              options: dict[str, str] | None = None) -> Path:
     """Write `frames` index frames to `path` with `codec`. Returns the path.
 
     pts_ms: explicit timestamps in milliseconds (variable frame rate); bt709: tag and
     convert as BT.709 limited range; rotation: display-matrix rotation in degrees;
-    image: seq -> RGB frame, to draw something other than index frames.
+    image: seq -> RGB frame, to draw something other than index frames; options: extra
+    encoder options (GOP length, B-frames, open GOP: {"g": "8", "bf": "2"}).
     """
     draw = image or (lambda seq: index_frame(seq, height, width))
     fps = Fraction(fps)
@@ -42,6 +44,8 @@ def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int =
             cc.options = {"crf": str(crf), "preset": "ultrafast"}
         elif codec == "libx265":
             cc.options = {"crf": str(crf), "preset": "ultrafast", "x265-params": "log-level=error"}
+        if options:
+            cc.options = {**cc.options, **options}
         if pts_ms is not None:
             stream.time_base = cc.time_base = Fraction(1, 1000)
         if bt709:

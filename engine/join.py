@@ -1,0 +1,132 @@
+"""Join segment files into the final output without re-encoding.
+
+Video packets are remuxed in plan order with the timestamps they were encoded with, which
+are the input's own (the sink keeps every frame's pts), so a join cannot open a gap or
+overlap. One correction: MP4/MOV store a track's start offset in an edit list counted in
+milliseconds, so a segment starting at pts 20020/24000 s reads back as 20016. Each segment's
+packets are shifted so its first frame lands exactly on the pts the plan gives it (a shift
+of more than `MAX_SHIFT_S` is an error, not a correction). Audio, subtitles and attachments
+are copied once from the input over the whole timeline (engine/streamcopy.py), interleaved
+as the video advances: no per-segment audio, hence no drift or priming glitch at the joins.
+
+Checks before anything is renamed: every segment was encoded with the same codec
+parameters (a joined stream has one header), starts with a keyframe, holds exactly its
+frames, and continues the one before it (dts and pts increasing across the join); then the
+written file is re-probed like any output (engine/sink.py) and moved into place atomically.
+The container is written bit-exact, so the same segments always join to the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+
+from engine.crashpoints import crash_point
+from engine.encoders import CONTAINERS
+from engine.errors import ValidationError
+from engine.durable import fsync_dir, fsync_file
+from engine.sink import check_written, partial_path
+from engine.streamcopy import CopyPlan, StreamCopier
+
+
+MAX_SHIFT_S = 0.002  # an edit list rounds to 1 ms; anything larger means a wrong segment
+
+
+@dataclass(frozen=True)
+class JoinPart:
+    path: str
+    frames: int
+    start_time: Fraction  # the first frame's presentation time in the input, seconds
+
+
+def _signature(stream) -> tuple:
+    cc = stream.codec_context
+    return (cc.name, cc.width, cc.height, cc.format.name if cc.format else None,
+            bytes(cc.extradata or b""), stream.time_base)
+
+
+def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_plan: CopyPlan,
+                  copy_until_s: float = math.inf, partial: str | None = None) -> int:
+    """Write `parts` (in order) and the planned side streams of `input_path` to `output`,
+    through `partial` (default: the sink's hidden sibling). Returns the side-stream packets copied."""
+    partial = partial or partial_path(output)
+    ext = os.path.splitext(output)[1].lower()
+    container = av.open(partial, mode="w", format=CONTAINERS[ext], options={"fflags": "+bitexact"})
+    copier: StreamCopier | None = None
+    try:
+        first = av.open(parts[0].path)
+        try:
+            template = first.streams.video[0]
+            signature = _signature(template)
+            video = container.add_stream_from_template(template)
+        finally:
+            first.close()
+        copier = StreamCopier(input_path, container, copy_plan)
+        last_dts: int | None = None
+        last_pts: int | None = None
+        total = 0
+        for part in parts:
+            count = 0
+            with av.open(part.path) as seg:
+                stream = seg.streams.video[0]
+                if _signature(stream) != signature:
+                    raise ValidationError(f"cannot join {os.path.basename(part.path)}: encoded with "
+                                          f"other codec parameters than the first segment")
+                name = os.path.basename(part.path)
+                seconds = float(stream.time_base)  # per tick; Fraction arithmetic per packet is slow
+                shift = 0
+                for packet in seg.demux(stream):
+                    if packet.size == 0:
+                        continue
+                    if count == 0:
+                        if not packet.is_keyframe:
+                            raise ValidationError(f"{name} does not start with a keyframe")
+                        shift = round(part.start_time / packet.time_base) - packet.pts
+                        if abs(shift * packet.time_base) > MAX_SHIFT_S:
+                            at = float(packet.pts * packet.time_base)
+                            raise ValidationError(f"{name} starts at {at:.6f} s, "
+                                                  f"the plan says {float(part.start_time):.6f} s")
+                    if shift:
+                        packet.pts += shift
+                        if packet.dts is not None:
+                            packet.dts += shift
+                    if last_dts is not None and packet.dts is not None and packet.dts <= last_dts:
+                        raise ValidationError(f"{name}: dts {packet.dts} after "
+                                              f"{last_dts} at the join")
+                    if count == 0 and last_pts is not None and packet.pts <= last_pts:
+                        raise ValidationError(f"{name} overlaps the segment before")
+                    last_dts = packet.dts if packet.dts is not None else last_dts
+                    last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
+                    ts = packet.dts if packet.dts is not None else packet.pts
+                    copier.advance(ts * seconds)
+                    packet.stream = video
+                    container.mux(packet)
+                    count += 1
+                    crash_point("join-packet")
+            if count != part.frames:
+                raise ValidationError(f"{os.path.basename(part.path)} holds {count} frames, "
+                                      f"{part.frames} expected")
+            total += count
+        copier.finish(copy_until_s)
+        copied = copier.packets
+        container.close()
+        check_written(partial, total, 1 + copier.stream_count)
+        fsync_file(partial)
+        crash_point("join-rename")
+        os.replace(partial, output)
+        fsync_dir(os.path.dirname(os.path.abspath(output)))
+        return copied
+    except BaseException:
+        if copier is not None:
+            copier.close()
+        try:
+            container.close()
+        except Exception:  # noqa: BLE001 - already failing; the partial goes anyway
+            pass
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise

@@ -1,0 +1,288 @@
+"""`engine stream IN OUT --resume`: a job cut into segments that survives being killed.
+
+1. Plan: scan packets, cut at verified keyframes every `--segment` (engine/segments.py).
+2. Key: the work directory's manifest must belong to this very job (engine/manifest.py);
+   otherwise a one-line error says what changed. Only one process may use it at a time.
+3. Reuse: a recorded segment whose file still has its size and sha256 is kept; anything
+   else in the work directory (partial files, unrecorded or damaged segments, temporary
+   manifests) is deleted, and so is the temporary output of a join that was killed.
+4. Run the rest in plan order, each with the ordinary runner (engine/segment_job.py),
+   recording each in the manifest as soon as its file is complete.
+5. Join without re-encoding, side streams copied once (engine/join.py); then the work
+   directory goes.
+
+A kill at any moment loses at most the segment in flight. A resumed job produces the same
+bytes as one never interrupted: each segment is a pure function of the input, the plan and
+the options (the encoders here are deterministic), and the join of the same segments is
+bit-exact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+from engine.crashpoints import crash_point
+from engine.encoders import CONTAINERS, choose_encoder, container_for, muxer_codecs
+from engine.errors import UserError
+from engine.job import check_input, check_output_path, environment, reporter_note, write_report
+from engine.join import JoinPart, join_segments
+from engine.manifest import Manifest, SegmentRecord, job_key, key_difference, load, save
+from engine.metrics import RunSnapshot, SegmentCounts
+from engine.progress import Reporter, make_reporter
+from engine.registry import parse_pipeline
+from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest
+from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
+from engine.sink import is_image_pattern, partial_path
+from engine.source import open_input, read_info
+from engine.streamcopy import plan_copy
+
+DEFAULT_SEGMENT = "60"  # seconds of video: minutes of work for a model pipeline
+
+
+def default_work_dir(output: str) -> str:
+    head, tail = os.path.split(os.path.abspath(output))
+    return os.path.join(head, f".{tail}.engine-work")
+
+
+def segment_name(index: int, ext: str) -> str:
+    return f"segment-{index:05d}{ext}"
+
+
+@dataclass
+class _Progress:
+    """What the reporter thread reads; written only by the main thread."""
+
+    started: float
+    frames_total: int     # frames this run must encode (reused segments excluded)
+    frames_before: int = 0
+    done: int = 0
+    reused: int = 0
+    pending: int = 0
+    current: SegmentRun | None = None
+
+
+class SegmentedJob:
+    """One `engine stream --resume` job. `prepare` checks everything and takes the work
+    directory; `run` does the segments still missing and the join."""
+
+    def __init__(self, config, specs, encoder, copy_plan, table, plan, context, work_dir, lock_fd,
+                 manifest, reused, notes):
+        self.config = config
+        self.specs = specs
+        self.encoder = encoder
+        self.copy_plan = copy_plan
+        self.table = table
+        self.plan = plan
+        self.context = context
+        self.work_dir = work_dir
+        self._lock_fd = lock_fd
+        self.manifest = manifest
+        self.reused = reused
+        self.notes = notes
+        self.sink_note = f"encoder: {encoder.name} ({encoder.codec}, {encoder.pix_fmt}) — {encoder.reason}"
+
+    @classmethod
+    def prepare(cls, config) -> SegmentedJob:
+        if is_image_pattern(config.output):
+            raise UserError("--resume writes a video file, not an image sequence")
+        if config.max_frames is not None and config.max_frames < 1:
+            raise UserError(f"--frames must be >= 1, got {config.max_frames}")
+        specs = parse_pipeline(config.pipeline)
+        ext = container_for(config.output)
+        check_output_path(config.input, config.output)
+        if config.report:
+            parent = os.path.dirname(os.path.abspath(config.report))
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+                raise UserError(f"cannot write report {config.report}: directory not writable")
+        context = PipelineContext.of(specs)
+        container = open_input(config.input)
+        try:
+            info = read_info(container)
+            input_notes = check_input(config, info)  # broken timestamps (refuse mode), truncation
+            encoder = choose_encoder(config.encoder, ext, info.bit_depth, crf=config.crf,
+                                     preset=config.preset, prores_profile=config.prores_profile,
+                                     source_pix_fmt=info.pix_fmt)
+            copy_plan = plan_copy(container, container.streams.video[0].index, muxer_codecs(ext), ext)
+        finally:
+            container.close()
+        length = length_in_frames(config.segment or DEFAULT_SEGMENT, info.frame_rate)
+        table = scan_packets(config.input, config.max_frames)
+        plan = plan_segments(config.input, table, length)
+        key = job_key(input_path=config.input, specs=specs,
+                      encoder={"name": encoder.name, "codec": encoder.codec, "pix_fmt": encoder.pix_fmt,
+                               "options": dict(sorted(encoder.options.items()))},
+                      container=CONTAINERS[ext], plan=plan.as_dict())
+        work_dir = config.work_dir or default_work_dir(config.output)
+        lock_fd = _take(work_dir)
+        try:
+            manifest = load(work_dir)
+            if manifest is not None:
+                why = key_difference(manifest.key, key)
+                if why is not None:
+                    raise UserError(f"work directory {work_dir} belongs to another job: {why}; "
+                                    f"delete it to start afresh, or resume with the same input and options")
+            else:
+                manifest = Manifest(key)
+            reused = _reuse(work_dir, manifest, ext)
+            save(work_dir, manifest)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        notes = [*input_notes, *copy_plan.notes(),
+                 f"segments: {len(plan.segments)} of up to {length} frames in {work_dir}"
+                 + (f", {len(reused)} reused" if reused else ""),
+                 *(f"note: cut merged at {m}" for m in plan.merged)]
+        return cls(config, specs, encoder, copy_plan, table, plan, context, work_dir, lock_fd,
+                   manifest, reused, notes)
+
+    # ---- the run --------------------------------------------------------------------------
+
+    def run(self, reporter: Reporter | None = None) -> dict:
+        config = self.config
+        reporter = reporter or make_reporter(config.quiet)
+        todo = [s for s in self.plan.segments if s.index not in self.reused]
+        progress = _Progress(time.perf_counter(), sum(s.frames for s in todo),
+                             reused=len(self.reused), pending=len(todo))
+        if not config.quiet:
+            reporter_note(reporter, [self.sink_note, *self.notes])
+        reporter.start(lambda: _snapshot(progress))
+        results: dict[int, SegmentResult] = {}
+        ok = False
+        try:
+            for seg in todo:  # in plan order: with dedup, a segment's context comes from the one before
+                progress.current = SegmentRun(self.task(seg))
+                results[seg.index] = progress.current.run()
+                self.record(seg, results[seg.index])
+                progress.frames_before += seg.frames
+                progress.current = None
+                progress.done += 1
+                progress.pending -= 1
+            started = time.perf_counter()
+            self.join()
+            join_s = time.perf_counter() - started
+            ok = True
+        finally:
+            reporter.stop(_snapshot(progress) if ok else None)
+            os.close(self._lock_fd)
+        shutil.rmtree(self.work_dir, ignore_errors=True)  # the output is in place: parts are spent
+        report = self._report(results, progress, join_s)
+        if config.report:
+            write_report(config.report, report)
+        return report
+
+    # The three steps a driver needs, here run in order on this machine; a distributed driver
+    # (issue: Ray) runs `task`s elsewhere and calls `record` and `join` here.
+
+    def task(self, seg: Segment) -> SegmentTask:
+        """The description of segment `seg`'s run. With dedup in the pipeline, the segment
+        before must be recorded first (its last unique frames are this one's context)."""
+        previous = self.manifest.segments.get(seg.index - 1)
+        ext = os.path.splitext(self.config.output)[1].lower()
+        return SegmentTask(
+            input=self.config.input, segment=seg,
+            decode_start=self.context.context_start(seg, previous.tail_unique if previous else None),
+            decode_stop=self.context.context_stop(seg, len(self.table)),
+            table=self.table, specs=self.specs, encoder=self.encoder,
+            output=os.path.join(self.work_dir, segment_name(seg.index, ext)),
+            keep_unique=self.context.keep_unique, runner=self.config.runner)
+
+    def record(self, seg: Segment, result: SegmentResult) -> None:
+        """Note a finished segment in the manifest (atomically): from now on it is reused."""
+        crash_point("segment-done")  # the file is complete, the manifest does not know yet
+        self.manifest.segments[seg.index] = SegmentRecord(
+            seg.start, seg.end, result.frames,
+            segment_name(seg.index, os.path.splitext(self.config.output)[1].lower()),
+            result.size, result.sha256, result.tail_unique)
+        save(self.work_dir, self.manifest)
+
+    def join(self) -> None:
+        """Join every recorded segment into the output, side streams copied from the input."""
+        parts = [JoinPart(os.path.join(self.work_dir, self.manifest.segments[s.index].file), s.frames,
+                          s.start_pts * self.table.time_base) for s in self.plan.segments]
+        copy_until = math.inf
+        if self.config.max_frames is not None:  # other streams end where the video ends
+            pts = self.table.pts
+            last_step = pts[-1] - pts[-2] if len(pts) > 1 else 0
+            copy_until = float((pts[-1] + last_step) * self.table.time_base)
+        self.manifest.join_partial = partial_path(self.config.output)
+        save(self.work_dir, self.manifest)
+        join_segments(parts, self.config.output, input_path=self.config.input, copy_plan=self.copy_plan,
+                      copy_until_s=copy_until, partial=self.manifest.join_partial)
+
+    def _report(self, results: dict[int, SegmentResult], progress: _Progress, join_s: float) -> dict:
+        elapsed = time.perf_counter() - progress.started
+        segments = []
+        for seg in self.plan.segments:
+            rec = self.manifest.segments[seg.index]
+            res = results.get(seg.index)
+            segments.append({"index": seg.index, "start": seg.start, "end": seg.end, "frames": rec.frames,
+                             "size": rec.size, "reused": res is None,
+                             **({"decoded": res.decoded, "wall_s": round(res.elapsed_s, 4)} if res else {})})
+        return {
+            "input": self.config.input, "output": self.config.output,
+            "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
+                         for s in self.specs],
+            "sink": self.sink_note,
+            "frames_out": self.plan.frames,
+            "frames_encoded": progress.frames_before,
+            "wall_s": round(elapsed, 4),
+            "join_s": round(join_s, 4),
+            "segments": {"total": len(segments), "reused": len(self.reused), "done": len(results),
+                         "length_frames": self.plan.length_frames, "merged": self.plan.merged,
+                         "list": segments},
+            "notes": self.notes,
+            "environment": environment(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def _snapshot(progress: _Progress) -> RunSnapshot:
+    current = progress.current
+    snap = current.snapshot() if current is not None else None
+    done = progress.frames_before + (current.frames_written if current is not None else 0)
+    return RunSnapshot(elapsed_s=time.perf_counter() - progress.started, frames_done=done,
+                       frames_total=progress.frames_total, stages=snap.stages if snap else [],
+                       segments=SegmentCounts(progress.done, progress.reused, progress.pending))
+
+
+def _take(work_dir: str) -> int:
+    """Create the work directory if needed and lock it: two jobs in one directory would mix."""
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        fd = os.open(os.path.join(work_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot use work directory {work_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"work directory {work_dir} is in use by another engine process") from None
+    return fd
+
+
+def _reuse(work_dir: str, manifest: Manifest, ext: str) -> set[int]:
+    """Keep the recorded segments whose files still match; forget the rest; delete strays."""
+    reused: set[int] = set()
+    for index, rec in sorted(manifest.segments.items()):
+        path = os.path.join(work_dir, rec.file)
+        if (rec.file == segment_name(index, ext) and os.path.isfile(path)
+                and os.path.getsize(path) == rec.size and file_digest(path)[1] == rec.sha256):
+            reused.add(index)
+    manifest.segments = {i: r for i, r in manifest.segments.items() if i in reused}
+    if manifest.join_partial and os.path.lexists(manifest.join_partial):
+        os.unlink(manifest.join_partial)  # a join killed midway
+    manifest.join_partial = None
+    keep = {"manifest.json", "lock", *(r.file for r in manifest.segments.values())}
+    for name in os.listdir(work_dir):
+        if name not in keep:
+            path = os.path.join(work_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+    return reused

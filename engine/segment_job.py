@@ -1,0 +1,200 @@
+"""One segment, on one machine: decode its range with context, run the normal runner, keep its
+own frames, encode them to a file of their own.
+
+A `SegmentTask` is plain data (input path, frame range, context, pipeline, encoder), so a
+driver can run it here (engine/resume.py) or hand it to another process or machine.
+
+The context rule, in one place (`context_start`, `context_stop`):
+
+- A window stage with `overlap` O gives a frame the same result whenever the frame has O
+  (unique) frames of context on each side in its window (the contract in engine/stage.py).
+  Chained window stages add up: O = the sum of their overlaps.
+- dedup's state after a unique frame depends on that frame alone: its reference becomes that
+  frame and its run count 0 (stages/dedup.py). So a fresh dedup started at a frame that was
+  unique in the whole-video run makes exactly the whole-video decisions from there on.
+- Hence segment [s, e) decodes [c, e + R):
+  - without dedup, c = s − O;
+  - with dedup, c = the U-th last unique frame before s, U = O + 1. The last unique frame
+    before s is dedup's reference for the duplicates that open the segment, and they show
+    its processed pixels, so it needs its own O unique frames of context. The previous
+    segment's run records its last unique frames (`tail_unique`); its decisions are the
+    whole-video ones, so segments with dedup run in order.
+  - R = O × (1 + dup_run): duplicate runs are at most dup_run long, so R frames after e
+    hold at least O unique ones.
+  Frames outside [s, e) are processed for context and dropped before the encoder.
+- dedup after a window stage would compare processed pixels that lack context at c: refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.crashpoints import crash_point
+from engine.durable import fsync_file
+from engine.encoders import EncoderChoice
+from engine.errors import UserError, ValidationError
+from engine.frame import Frame
+from engine.metrics import RunSnapshot
+from engine.range_source import RangeSource
+from engine.registry import StageSpec
+from engine.runner import Pipeline, RunnerOptions
+from engine.segments import FrameTable, Segment
+from engine.sink import VideoSink
+from engine.stage import WindowStage
+from engine.streamcopy import CopyPlan
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """How much context a pipeline needs around a segment (see the module docstring)."""
+
+    overlap: int    # unique frames of context each side (sum of window stages' overlaps)
+    dup_run: int    # longest duplicate run (dedup's max_run); 0 without dedup
+
+    @classmethod
+    def of(cls, specs: list[StageSpec]) -> PipelineContext:
+        overlap = dup_run = 0
+        for spec in specs:
+            stage = spec.build()  # constructors are cheap and validate
+            if stage.dup_run and overlap:
+                raise UserError(f"--resume cannot cut a pipeline where '{spec.name}' (duplicate "
+                                f"marking) follows a window stage; put it first")
+            if isinstance(stage, WindowStage):
+                overlap += stage.overlap
+            dup_run = max(dup_run, stage.dup_run)
+        return cls(overlap, dup_run)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether a segment's context depends on the run of the segment before."""
+        return self.dup_run > 0
+
+    @property
+    def keep_unique(self) -> int:
+        return self.overlap + 1 if self.ordered else 0
+
+    def context_start(self, segment: Segment, previous_tail: list[int] | None) -> int:
+        if not self.ordered:
+            return max(0, segment.start - self.overlap)
+        if segment.start == 0:
+            return 0
+        if not previous_tail:
+            raise ValueError(f"segment {segment.index} needs the unique frames of the one before")
+        return previous_tail[-self.keep_unique] if len(previous_tail) >= self.keep_unique \
+            else previous_tail[0]
+
+    def context_stop(self, segment: Segment, frames: int) -> int:
+        return min(frames, segment.end + self.overlap * (1 + self.dup_run))
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    """Everything one segment's run needs. Plain data: it can travel to another process."""
+
+    input: str
+    segment: Segment
+    decode_start: int       # first frame decoded (<= segment.start): context
+    decode_stop: int        # one past the last frame decoded (>= segment.end)
+    table: FrameTable
+    specs: list[StageSpec]
+    encoder: EncoderChoice
+    output: str             # the segment file, written as a partial and renamed when complete
+    keep_unique: int = 0    # how many of the last unique frames to report (dedup context)
+    runner: RunnerOptions = field(default_factory=RunnerOptions)
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    index: int
+    frames: int
+    size: int
+    sha256: str
+    tail_unique: list[int]   # last unique frames up to the segment's end (context for the next)
+    decoded: int             # frames decoded, context included
+    elapsed_s: float
+
+
+class TrimmingSink:
+    """Writes frames [start, end) to `inner`; context frames only pass by.
+
+    Also keeps the seqs of the last unique (not `dup_of`) frames before `end`, context
+    included: the decisions there are the whole-video ones (see the module docstring).
+    """
+
+    name = "encode"
+
+    def __init__(self, inner: VideoSink, start: int, end: int, keep_unique: int):
+        self.inner = inner
+        self.start, self.end = start, end
+        self.written = 0
+        self.tail_unique: deque[int] = deque(maxlen=max(keep_unique, 1))
+
+    def write(self, frame: Frame) -> None:
+        if frame.seq < self.end and frame.meta.get("dup_of") is None:
+            self.tail_unique.append(frame.seq)
+        if self.start <= frame.seq < self.end:
+            self.inner.write(frame)
+            self.written += 1
+            crash_point("segment-frame")
+
+    def finish(self, frames: int) -> None:
+        if self.written != self.end - self.start:
+            raise ValidationError(f"segment frames [{self.start}, {self.end}): "
+                                  f"{self.written} reached the encoder")
+        self.inner.finish(self.written)
+
+    def commit(self) -> None:
+        self.inner.commit()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    @property
+    def notes(self) -> list[str]:
+        return self.inner.notes
+
+
+def file_digest(path: str) -> tuple[int, str]:
+    """(size, sha256) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+class SegmentRun:
+    """Runs one `SegmentTask` with the ordinary one-machine runner. One instance, one run."""
+
+    def __init__(self, task: SegmentTask):
+        self.task = task
+        seg = task.segment
+        self.source = RangeSource(task.input, task.table.frame_range(task.decode_start, task.decode_stop))
+        try:
+            inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
+                              copy_plan=CopyPlan())  # other streams: once, at the join
+            self.sink = TrimmingSink(inner, seg.start, seg.end, task.keep_unique)
+            self.pipeline = Pipeline(self.source, task.specs, self.sink, task.runner)
+        except BaseException:
+            self.source.close()
+            raise
+
+    def snapshot(self) -> RunSnapshot:
+        return self.pipeline.snapshot()
+
+    @property
+    def frames_written(self) -> int:
+        return self.sink.written
+
+    def run(self) -> SegmentResult:
+        result = self.pipeline.run()
+        fsync_file(self.task.output)  # the manifest must never name a file the disk lost
+        size, digest = file_digest(self.task.output)
+        seg = self.task.segment
+        return SegmentResult(seg.index, seg.frames, size, digest,
+                             list(self.sink.tail_unique) if self.task.keep_unique else [],
+                             result.frames_in, result.elapsed_s)

@@ -1,0 +1,384 @@
+"""Segments and resume: the plan, context across cuts, kills at any moment, the join."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import ROOT, decoded_indices, run_engine, sha256
+from make_clip import add_side_streams, make_clip
+
+from engine.errors import UserError
+from engine.segments import FrameTable, plan_segments, scan_packets, verify_cut
+from engine.range_source import RangeSource
+from engine.testing import frame_index, index_frame
+
+GOP = {"g": "8", "keyint_min": "8", "bf": "2", "sc_threshold": "0"}  # keyframes at 0, 8, 16, ...
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """Small clips made once: 48 frames at 64x48, keyframe every 8 frames, B-frames, AAC audio."""
+    d = tmp_path_factory.mktemp("resume-media")
+    video = make_clip(d / "video.mp4", 48, options=GOP)
+    av_clip = add_side_streams(video, d / "av.mp4", [("eng", 0.0, 2.0)])
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 40, size=(48, 48, 64, 3), dtype=np.uint8)
+
+    def noisy(seq: int) -> np.ndarray:  # content a temporal median really changes
+        return np.clip(index_frame(seq).astype(np.int16) + noise[seq] - 20, 0, 255).astype(np.uint8)
+
+    def held(seq: int) -> np.ndarray:  # drawings held for 4 frames, with ±1 codec-like noise
+        base = index_frame(seq // 4).astype(np.int16)
+        return np.clip(base + rng.integers(-1, 2, size=base.shape), 0, 255).astype(np.uint8)
+
+    return {
+        "video": video, "av": av_clip,
+        "noisy": make_clip(d / "noisy.mp4", 48, image=noisy, options=GOP),
+        "held": make_clip(d / "held.mp4", 48, image=held, crf=0, options={"g": "5", "keyint_min": "5"}),
+        "dir": d,
+    }
+
+
+def stream(inp, out, *extra, env=None, timeout=120):
+    return run_engine("stream", inp, out, "--quiet", *extra, env=env, timeout=timeout)
+
+
+def frames_of(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def times(path: Path) -> list[Fraction]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [f.pts * s.time_base for f in c.decode(s)]
+
+
+def audio_packets(path: Path) -> list[tuple]:
+    with av.open(str(path)) as c:
+        return [(p.pts * p.time_base, bytes(p)) for p in c.demux(audio=0) if p.size]
+
+
+# ---- the plan ------------------------------------------------------------------------------
+
+def test_plan_cuts_at_verified_keyframes(media):
+    table = scan_packets(str(media["video"]))
+    assert len(table) == 48 and table.keyframes == [0, 8, 16, 24, 32, 40]
+    assert table.pts == sorted(table.pts)
+    plan = plan_segments(str(media["video"]), table, 12)
+    assert [(s.start, s.end) for s in plan.segments] == [(0, 16), (16, 32), (32, 48)]
+    assert [s.start_pts for s in plan.segments] == [table.pts[0], table.pts[16], table.pts[32]]
+    assert plan.merged == []
+
+
+def test_a_keyframe_that_cannot_start_a_decode_merges_its_segment(media):
+    """A keyframe flag on a frame that is not one (what an unrecovered open-GOP point looks
+    like to a fresh decoder): the cut fails verification and its segment merges."""
+    real = scan_packets(str(media["video"]))
+    lying = FrameTable(real.pts, sorted({*real.keyframes, 12, 28}), real.time_base)
+    assert verify_cut(str(media["video"]), lying, 12) is not None
+    assert verify_cut(str(media["video"]), lying, 16) is None
+    plan = plan_segments(str(media["video"]), lying, 12)
+    assert [(s.start, s.end) for s in plan.segments] == [(0, 16), (16, 32), (32, 48)]
+    assert [m.split(":")[0] for m in plan.merged] == ["frame 12", "frame 28"]
+
+
+def test_frame_range_decodes_exactly_the_range_with_global_seq(media):
+    table = scan_packets(str(media["video"]))
+    for first, stop in ((0, 5), (13, 30), (16, 17), (41, 48)):
+        src = RangeSource(str(media["video"]), table.frame_range(first, stop))
+        frames = list(src.frames())
+        src.close()
+        assert [f.seq for f in frames] == list(range(first, stop))
+        assert [frame_index(f.data) for f in frames] == list(range(first, stop))
+        assert [f.pts for f in frames] == table.pts[first:stop]
+
+
+def test_context_rule_from_the_pipeline():
+    from engine.registry import parse_pipeline
+    from engine.segment_job import PipelineContext
+    from engine.segments import Segment
+
+    seg = Segment(3, 100, 200, 0)
+    plain = PipelineContext.of(parse_pipeline("temporal-denoise:radius=2,test.window-sum:overlap=1"))
+    assert (plain.overlap, plain.dup_run, plain.ordered) == (3, 0, False)
+    assert plain.context_start(seg, None) == 97 and plain.context_stop(seg, 1000) == 203
+    both = PipelineContext.of(parse_pipeline("dedup:max_run=3,temporal-denoise:radius=2"))
+    assert (both.overlap, both.dup_run, both.keep_unique) == (2, 3, 3)
+    # the 3rd last unique frame before the segment: its reference and 2 frames of context for it
+    assert both.context_start(seg, [80, 84, 88, 92, 99]) == 88
+    assert both.context_start(seg, [5]) == 5  # fewer unique frames exist: from the first
+    assert both.context_stop(seg, 1000) == 200 + 2 * 4 and both.context_stop(seg, 204) == 204
+    with pytest.raises(UserError, match="follows a window stage"):
+        PipelineContext.of(parse_pipeline("temporal-denoise,dedup"))
+
+
+def test_segment_length_in_seconds_or_frames(media):
+    from engine.segments import length_in_frames
+
+    assert length_in_frames("10", Fraction(24000, 1001)) == 240
+    assert length_in_frames("500f", None) == 500
+    with pytest.raises(UserError, match="invalid --segment"):
+        length_in_frames("ten", Fraction(24))
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+def test_resume_output_is_one_continuous_stream_with_audio_in_sync(media, tmp_path):
+    out, plain = tmp_path / "out.mp4", tmp_path / "plain.mp4"
+    r = stream(media["av"], out, "--resume", "--segment", "12f", "--encoder", "x264",
+               "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert stream(media["av"], plain, "--encoder", "x264").returncode == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["segments"]["total"] == 3 and report["segments"]["done"] == 3
+    assert decoded_indices(out) == list(range(48))
+    assert times(out) == times(media["av"])  # every frame at its input time: no gap, no overlap
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+        assert sum(1 for p in c.demux(video=0) if p.size) == 48
+    assert audio_packets(out) == audio_packets(plain) == audio_packets(media["av"])
+    assert not (tmp_path / ".out.mp4.engine-work").exists()  # parts removed once joined
+
+
+@pytest.mark.parametrize("kind", ["bframes", "open-gop", "hevc", "vfr", "short"])
+def test_segmented_frames_equal_the_input(media, tmp_path, kind):
+    """Lossless output: every frame identical to the unsegmented run and at its input pts."""
+    d = media["dir"]
+    if kind == "bframes":
+        clip = media["video"]
+    elif kind == "open-gop":
+        clip = make_clip(d / "open.mp4", 40, options={**GOP, "x264-params": "open-gop=1"})
+    elif kind == "hevc":
+        clip = make_clip(d / "hevc.mp4", 40, codec="libx265",
+                         options={"x265-params": "log-level=error:keyint=8:min-keyint=8:open-gop=1:bframes=2"})
+    elif kind == "vfr":
+        steps = [40 if i % 3 else 17 for i in range(40)]
+        clip = make_clip(d / "vfr.mkv", 40, pts_ms=list(np.cumsum([0] + steps[:-1])), options=GOP)
+    else:
+        clip = make_clip(d / "short.mp4", 10, options=GOP)
+    seg, plain = tmp_path / "seg.mkv", tmp_path / "plain.mkv"
+    assert stream(clip, seg, "--resume", "--segment", "10f", "--encoder", "ffv1").returncode == 0
+    assert stream(clip, plain, "--encoder", "ffv1").returncode == 0
+    n = len(scan_packets(str(clip)))
+    a, b = frames_of(seg), frames_of(plain)
+    assert len(a) == len(b) == n
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert times(seg) == times(plain)
+
+
+@pytest.mark.parametrize("pipeline", ["temporal-denoise:radius=2",
+                                      "dedup:max_run=2",
+                                      "dedup:max_run=2,temporal-denoise:radius=1"])
+def test_context_across_cuts_gives_the_unsegmented_frames(media, tmp_path, pipeline):
+    """Window stages and dedup decide exactly as in one pass, whatever the cuts (every 5 frames,
+    inside runs of held drawings and inside temporal windows)."""
+    clip = media["held"] if "dedup" in pipeline else media["noisy"]
+    seg, plain = tmp_path / "seg.mkv", tmp_path / "plain.mkv"
+    r = stream(clip, seg, "--resume", "--segment", "4f", "--encoder", "ffv1", "--pipeline", pipeline,
+               "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["segments"]["total"] >= 6
+    r = stream(clip, plain, "--encoder", "ffv1", "--pipeline", pipeline, "--report", tmp_path / "p.json")
+    assert r.returncode == 0, r.stderr
+    if "dedup" in pipeline:  # the clip must exercise dedup for the comparison to mean anything
+        assert json.loads((tmp_path / "p.json").read_text())["dedup"]["frames_processed"] < 40
+    a, b = frames_of(seg), frames_of(plain)
+    assert len(a) == len(b) == 48
+    differ = [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)]
+    assert differ == []
+
+
+# ---- kills --------------------------------------------------------------------------------
+
+ENCODERS = {"x264": ("out.mp4", ["--encoder", "x264"]), "ffv1": ("out.mkv", ["--encoder", "ffv1"])}
+
+
+@pytest.fixture(scope="module")
+def reference(media, tmp_path_factory):
+    """Uninterrupted segmented runs, one per encoder: what every resumed run must equal."""
+    d = tmp_path_factory.mktemp("reference")
+    refs = {}
+    for name, (out, args) in ENCODERS.items():
+        r = stream(media["av"], d / out, "--resume", "--segment", "12f", *args)
+        assert r.returncode == 0, r.stderr
+        refs[name] = sha256(d / out)
+    return refs
+
+
+def resume_after(media, tmp_path, encoder, crash_at):
+    out_name, args = ENCODERS[encoder]
+    out = tmp_path / out_name
+    killed = stream(media["av"], out, "--resume", "--segment", "12f", *args,
+                    env={"ENGINE_CRASH_AT": crash_at})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    report = tmp_path / "r.json"
+    r = stream(media["av"], out, "--resume", "--segment", "12f", *args, "--report", report)
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("encoder,crash_at,reused", [
+    ("x264", "segment-frame:5", 0),     # inside the first segment
+    ("x264", "segment-frame:20", 1),    # inside the second: the first is kept
+    ("x264", "segment-done:2", 1),      # second file complete, not yet recorded: redone
+    ("x264", "manifest-write:3", 1),    # half a temporary manifest on disk
+    ("x264", "manifest-rename:4", 2),   # complete temporary manifest, not yet renamed
+    ("x264", "join-packet:30", 3),      # during the join
+    ("x264", "join-rename:1", 3),       # joined and checked, not yet renamed
+    ("ffv1", "segment-frame:40", 2),
+    ("ffv1", "manifest-write:2", 0),
+    ("ffv1", "join-packet:10", 3),
+])
+def test_killed_at_any_point_resumes_to_the_same_bytes(media, tmp_path, reference, encoder, crash_at, reused):
+    out, report = resume_after(media, tmp_path, encoder, crash_at)
+    assert sha256(out) == reference[encoder]
+    assert report["segments"]["reused"] == reused  # work lost: at most the segment in flight
+    assert sorted(os.listdir(tmp_path)) == sorted([out.name, "r.json"])  # no strays left
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_kill_9_at_random_moments(media, tmp_path, reference, encoder):
+    """SIGKILL from outside at random delays (seeded), then resume: always the same bytes."""
+    out_name, args = ENCODERS[encoder]
+    out = tmp_path / out_name
+    rng = random.Random(f"kill-{encoder}")
+    cmd = [sys.executable, "-m", "engine", "stream", str(media["av"]), str(out), "--quiet",
+           "--pipeline", "none", "--resume", "--segment", "12f", *args]
+    started = time.perf_counter()
+    subprocess.run([*cmd[:5], str(tmp_path / f"timed{out.suffix}"), *cmd[6:]], cwd=ROOT, check=True)
+    whole = time.perf_counter() - started  # kill moments spread over a whole run, on any machine
+    codes = []
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.1, 0.95) * whole)  # the kill moment, not a synchronisation
+        proc.send_signal(signal.SIGKILL)
+        codes.append(proc.wait())
+    assert -signal.SIGKILL in codes  # at least one kill landed before the job ended
+    r = stream(media["av"], out, "--resume", "--segment", "12f", *args)
+    assert r.returncode == 0, r.stderr
+    assert sha256(out) == reference[encoder]
+
+
+def test_damaged_segment_is_redone_and_only_it(media, tmp_path, reference):
+    out_name, args = ENCODERS["x264"]
+    out = tmp_path / out_name
+    killed = stream(media["av"], out, "--resume", "--segment", "12f", *args,
+                    env={"ENGINE_CRASH_AT": "join-packet:1"})
+    assert killed.returncode == -signal.SIGKILL
+    work = tmp_path / f".{out_name}.engine-work"
+    seg1, seg2 = work / "segment-00001.mp4", work / "segment-00002.mp4"
+    data = bytearray(seg1.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, other hash
+    seg1.write_bytes(bytes(data))
+    r = stream(media["av"], out, "--resume", "--segment", "12f", *args, "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    listed = json.loads((tmp_path / "r.json").read_text())["segments"]["list"]
+    assert [s["reused"] for s in listed] == [True, False, True]
+    assert sha256(out) == reference["x264"]
+    killed = stream(media["av"], out, "--resume", "--segment", "12f", *args,
+                    env={"ENGINE_CRASH_AT": "join-packet:1"})
+    seg2.write_bytes(seg2.read_bytes()[:-100])  # truncated
+    r = stream(media["av"], out, "--resume", "--segment", "12f", *args, "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    listed = json.loads((tmp_path / "r.json").read_text())["segments"]["list"]
+    assert [s["reused"] for s in listed] == [True, True, False]
+    assert sha256(out) == reference["x264"]
+
+
+# ---- a different job is never mixed in -------------------------------------------------------
+
+def test_changed_input_or_option_is_a_clear_error(media, tmp_path):
+    clip = tmp_path / "in.mp4"
+    clip.write_bytes(Path(media["av"]).read_bytes())
+    out = tmp_path / "out.mp4"
+    killed = stream(clip, out, "--resume", "--segment", "12f", "--encoder", "x264",
+                    env={"ENGINE_CRASH_AT": "segment-frame:20"})
+    assert killed.returncode == -signal.SIGKILL
+    r = stream(clip, out, "--resume", "--segment", "12f", "--encoder", "x264", "--crf", "30")
+    assert r.returncode == 2 and "encoder options changed" in r.stderr
+    r = stream(clip, out, "--resume", "--segment", "8f", "--encoder", "x264")
+    assert r.returncode == 2 and "segment plan changed" in r.stderr
+    os.utime(clip, ns=(time.time_ns(), time.time_ns() + 10**9))
+    r = stream(clip, out, "--resume", "--segment", "12f", "--encoder", "x264")
+    assert r.returncode == 2 and "input file changed (mtime_ns)" in r.stderr
+    assert r.stderr.count("\n") == 1 and not out.exists()
+
+
+def test_work_directory_in_use_is_refused(media, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    with open(work / "lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        r = stream(media["video"], tmp_path / "o.mp4", "--resume", "--work-dir", work)
+    assert r.returncode == 2 and "in use by another engine process" in r.stderr
+
+
+def test_segment_options_need_resume_and_a_video_output(media, tmp_path):
+    r = stream(media["video"], tmp_path / "o.mp4", "--segment", "10")
+    assert r.returncode == 2 and "--segment and --work-dir need --resume" in r.stderr
+    r = stream(media["video"], tmp_path / "%04d.png", "--resume")
+    assert r.returncode == 2 and "not an image sequence" in r.stderr
+
+
+def test_strays_are_deleted_and_recorded_segments_kept(media, tmp_path):
+    out = tmp_path / "o.mkv"
+    work = tmp_path / ".o.mkv.engine-work"
+    args = ("--resume", "--segment", "12f", "--encoder", "ffv1")
+    assert stream(media["video"], out, *args, env={"ENGINE_CRASH_AT": "segment-frame:30"}).returncode < 0
+    assert any(".partial-" in name for name in os.listdir(work))  # segment 1, half written
+    (work / "segment-00007.mkv").write_bytes(b"not in the manifest")
+    assert stream(media["video"], out, *args, env={"ENGINE_CRASH_AT": "join-packet:1"}).returncode < 0
+    assert sorted(os.listdir(work)) == ["lock", "manifest.json", "segment-00000.mkv",
+                                        "segment-00001.mkv", "segment-00002.mkv"]
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert sorted(manifest["segments"]) == ["0", "1", "2"]
+    assert [manifest["segments"][i]["sha256"] for i in "012"] == [
+        sha256(work / f"segment-0000{i}.mkv") for i in "012"]
+    assert stream(media["video"], out, *args).returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["o.mkv"]  # the killed join's partial is gone too
+
+
+def test_model_weights_are_part_of_the_job_key(tmp_path):
+    from engine.manifest import pipeline_identity
+    from engine.registry import parse_pipeline
+
+    weights = tmp_path / "net.pth"
+    weights.write_bytes(b"one")
+    specs = parse_pipeline(f"upscale:model={weights}")
+    before = pipeline_identity(specs)
+    assert before[0]["weights"] == {str(weights): sha256(weights)}
+    weights.write_bytes(b"two")
+    assert pipeline_identity(specs) != before
+
+
+def test_frames_limit_with_resume(media, tmp_path):
+    seg, plain = tmp_path / "seg.mkv", tmp_path / "plain.mkv"
+    assert stream(media["av"], seg, "--resume", "--segment", "12f", "--frames", "30",
+                  "--encoder", "ffv1").returncode == 0
+    assert stream(media["av"], plain, "--frames", "30", "--encoder", "ffv1").returncode == 0
+    assert decoded_indices(seg) == list(range(30))
+    assert audio_packets(seg) == audio_packets(plain)
+
+
+def test_progress_counts_segments(media, tmp_path):
+    out = tmp_path / "o.mp4"
+    killed = stream(media["video"], out, "--resume", "--segment", "12f",
+                    env={"ENGINE_CRASH_AT": "segment-frame:20"})
+    assert killed.returncode == -signal.SIGKILL
+    r = run_engine("stream", media["video"], out, "--resume", "--segment", "12f")
+    assert r.returncode == 0, r.stderr
+    assert "done: segments 3/3 (1 reused, 0 pending)  32 frames" in r.stderr
