@@ -235,6 +235,11 @@ class BasicVSRPlusPlus(nn.Module):
         self.conv_hr = nn.Conv2d(64, 64, 3, 1, 1)
         self.conv_last = nn.Conv2d(64, 3, 3, 1, 1)
 
+    @property
+    def features_per_pixel(self) -> float:
+        """Feature values kept per input pixel of each frame (spatial + four branches)."""
+        return 5 * self.mid_channels / (1 if self.is_low_res_input else 16)
+
     # ---- the network ---------------------------------------------------------------------
 
     def forward(self, lqs: torch.Tensor) -> torch.Tensor:
