@@ -52,7 +52,8 @@ def run_child(name: str, path: Path, settings: dict) -> dict:
 def run(args: argparse.Namespace) -> dict:
     inputs = [(spec, resolve(spec)) for spec in args.input]
     settings = {"preset": args.preset, "crf": args.crf, "pipeline": args.pipeline, "model": args.model,
-                "device": args.device, "precision": args.precision, "batch": args.batch, "ring": args.ring}
+                "device": args.device, "precision": args.precision, "batch": args.batch, "ring": args.ring,
+                "window": args.window, "overlap": args.overlap}
     cases = [(name, spec, path) for name in args.scenarios for spec, path in inputs]
     samples: dict[str, list[dict]] = {f"{n}@{s}": [] for n, s, _ in cases}
     # Round-robin over cases, so slow drift of a shared machine hits every case alike.
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> dict:
             "gpu": typical.get("gpu"),
             "settings": typical.get("settings"),
             **({"worst_psnr_db": typical["worst_psnr_db"]} if "worst_psnr_db" in typical else {}),
+            **({"metrics": typical["metrics"]} if "metrics" in typical else {}),
         }
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
             "settings": {**settings, "warmup": args.warmup, "repeats": args.repeats},
@@ -124,6 +126,9 @@ def table(doc: dict) -> str:
     for key, r in doc["results"].items():
         lines.append(f"{key:<34} {r['frames']:>7} {r['fps']['median']:>9.1f} "
                      f"{r['fps']['spread']:>6.1%} {r['peak_rss_mib']['median']:>7.0f} MiB")
+        if r.get("metrics"):
+            lines.append("    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in r["metrics"].items()))
     for key, value in doc["ratios"].items():
         lines.append(f"{key:<48} {value:.3f}" if value is not None else f"{key:<48} n/a")
     return "\n".join(lines)
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="auto", help="auto, fp32, fp16, bf16 (model scenarios)")
     p.add_argument("--batch", type=int, default=0, help="frames per model call; 0: auto")
     p.add_argument("--ring", type=int, default=3, help="batches in flight on CUDA")
+    p.add_argument("--window", type=int, default=96, help="frames per window (vsr scenarios)")
+    p.add_argument("--overlap", type=int, default=8, help="context frames shared by windows (vsr scenarios)")
     p.add_argument("--out", default=None, help="JSON file (default bench-results/<time>.json)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"))
     p.add_argument("--list", action="store_true", help="list the scenarios")
