@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import mmagic_reference
 from engine.errors import UserError
 from engine.frame import Frame
-from engine.models.basicvsrpp import BasicVSRPlusPlus, from_state_dict, load_checkpoint
+from engine.models.basicvsrpp import BasicVSRPlusPlus, flow_warp, from_state_dict, load_checkpoint
 from engine.models.basicvsrpp_zoo import RELEASES, resolve_checkpoint
 from engine.models.deform import modulated_deform_conv2d
 from engine.registry import make_spec
@@ -417,3 +417,41 @@ def test_cli_end_to_end_and_a_bad_checkpoint_is_exit_2(tmp_path, clip):
     assert errors == ["engine: error: cannot load BasicVSR++ checkpoint bad.pth: not a PyTorch "
                       "checkpoint of plain tensors (weights_only loading refused it)"], failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_alignment_under_bf16_autocast_stays_close_to_fp32():
+    """The mixed-precision path of one propagation step: low-precision features and flows in,
+    fp32 coordinates inside, the same alignment out (the whole net under fp16: the CUDA test)."""
+    net = random_net(16, 1, seed=6)
+    align = net.deform_align["forward_2"]
+    g = torch.Generator().manual_seed(6)
+    feats = torch.rand(1, 32, 24, 32, generator=g)
+    cond = torch.rand(1, 48, 24, 32, generator=g)
+    flow_1 = (torch.rand(1, 2, 24, 32, generator=g) - 0.5) * 20   # up to ±10 px
+    flow_2 = (torch.rand(1, 2, 24, 32, generator=g) - 0.5) * 20
+    with torch.no_grad():
+        exact = align(feats, cond, flow_1, flow_2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = [t.bfloat16() for t in (feats, cond, flow_1, flow_2)]  # as autocast convs give them
+            mixed = align(*low).float()
+            warped = flow_warp(low[0], low[2].permute(0, 2, 3, 1))
+    assert warped.dtype == torch.bfloat16
+    error = (mixed - exact).abs().mean() / exact.abs().mean()
+    assert error < 0.05, error
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_matches_cpu_and_offload_changes_nothing():
+    net = random_net(16, 2, seed=7)
+    frames = moving_frames(6, 96, 128)
+    expected = WindowRunner(net, 4, WindowSettings(device="cpu", precision="fp32")).run(frames)
+    outputs = {}
+    for offload in ("off", "on"):
+        runner = WindowRunner(random_net(16, 2, seed=7), 4,
+                              WindowSettings(device="cuda", precision="fp16", offload=offload))
+        runner.open()
+        outputs[offload] = runner.run(frames)
+    assert all(np.array_equal(a, b) for a, b in zip(outputs["on"], outputs["off"]))
+    for a, b in zip(outputs["on"], expected):
+        assert np.abs(a.astype(int) - b).mean() < 1.0
