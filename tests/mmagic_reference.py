@@ -104,8 +104,22 @@ def load() -> type | None:
     import mmcv
     import mmagic  # noqa: F401 - its version checks of mmcv and mmengine run for real
 
-    mmcv_root = Path(mmcv.__file__).parent
-    root = Path(importlib.util.find_spec("mmagic").origin).parent
+    before = dict(sys.modules)
+    try:
+        net_class = _load_files(Path(mmcv.__file__).parent, Path(importlib.util.find_spec("mmagic").origin).parent)
+    finally:
+        # the stand-in packages (and files loaded under them) must not leak into other tests
+        stand_ins = ("mmcv._ext", "mmcv.ops", "mmagic.models", "mmagic.utils", "mmagic.structures")
+        for name in [n for n in sys.modules if n.startswith(stand_ins)]:
+            if name in before:
+                sys.modules[name] = before[name]
+            else:
+                del sys.modules[name]
+    _CACHE["net"] = net_class
+    return net_class
+
+
+def _load_files(mmcv_root: Path, root: Path) -> type:
     # the compiled library mmcv-lite lacks: only the kernel BasicVSR++ calls
     ext = types.ModuleType("mmcv._ext")
     ext.modulated_deform_conv_forward = reference_kernel
@@ -138,5 +152,4 @@ def load() -> type | None:
     _load_file("mmagic.models.editors.basicvsr.basicvsr_net", root / "models/editors/basicvsr/basicvsr_net.py")
     net = _load_file("mmagic.models.editors.basicvsr_plusplus_net.basicvsr_plusplus_net",
                      root / "models/editors/basicvsr_plusplus_net/basicvsr_plusplus_net.py")
-    _CACHE["net"] = net.BasicVSRPlusPlusNet
     return net.BasicVSRPlusPlusNet
