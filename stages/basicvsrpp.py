@@ -6,11 +6,12 @@ the stage `window` consecutive unique frames at a time; consecutive windows shar
 frames of context on each side and each frame leaves from the window where it sits furthest
 from the edge, so memory is bounded by the window whatever the video's length.
 
-What the overlap buys, measured by tests/test_basicvsrpp.py on a random c16n2 network against
-one whole-sequence run: without overlap the frames at window joins differ most (propagation
-restarts from zero there); with `overlap` frames of context the join frames come much closer to
-the whole-sequence output. The cost: each window computes 2·overlap frames that another window
-emits, (window / (window − 2·overlap)) − 1 extra work: 20 % at the default 96/8.
+What the overlap buys, measured by tests/test_basicvsrpp.py (random c8n1 network, 8 moving
+frames, mean absolute difference per frame from one whole-sequence run, in grey levels): windows
+of 4 without overlap gave 0.04 0.08 0.12 0.40 | 0.58 0.39 0.08 0.04, the join frames worst, as
+propagation restarts from zero there; windows of 6 sharing 2 frames gave 0.01 0.02 0.04 0.09 0.09
+0.04 0.08 0.04. The cost: each window computes 2·overlap frames that another window emits,
+window / (window − 2·overlap) − 1 extra work: 20 % at the default 96/8.
 """
 
 from __future__ import annotations
