@@ -10,6 +10,7 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -58,7 +59,7 @@ def random_net(mid: int = 8, blocks: int = 1, low_res: bool = True, seed: int = 
 def moving_frames(count: int, h: int = 64, w: int = 64, seed: int = 0) -> list[np.ndarray]:
     """A smooth texture panning 1.5 px per frame, with a little noise: motion for SPyNet to find."""
     rng = np.random.default_rng(seed)
-    big = cv2_blur(rng.random((h + 64, w + 64 + 2 * count, 3)))
+    big = _smooth(rng.random((h + 64, w + 64 + 2 * count, 3)))
     frames = []
     for i in range(count):
         x0 = int(round(1.5 * i))
@@ -67,9 +68,8 @@ def moving_frames(count: int, h: int = 64, w: int = 64, seed: int = 0) -> list[n
     return frames
 
 
-def cv2_blur(a: np.ndarray) -> np.ndarray:
-    import cv2
-
+def _smooth(a: np.ndarray) -> np.ndarray:
+    """Blurred noise stretched to [0, 1]: texture with structure at several scales."""
     b = cv2.GaussianBlur(a.astype(np.float32), (0, 0), 3)
     return (b - b.min()) / (b.max() - b.min())
 
