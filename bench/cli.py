@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
     inputs = [(spec, resolve(spec)) for spec in args.input]
     settings = {"encoder": args.encoder, "preset": args.preset, "crf": args.crf, "pipeline": args.pipeline,
                 "model": args.model, "device": args.device, "precision": args.precision, "batch": args.batch,
-                "ring": args.ring, "flow": args.flow}
+                "ring": args.ring, "flow": args.flow, "window": args.window, "overlap": args.overlap}
     cases = [(name, spec, path) for name in args.scenarios for spec, path in inputs]
     samples: dict[str, list[dict]] = {f"{n}@{s}": [] for n, s, _ in cases}
     # Round-robin over cases, so slow drift of a shared machine hits every case alike.
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
             "results": results, "ratios": derive_ratios(results)}
 
 
-EXTRA_KEYS = ("worst_psnr_db", "output_bytes", "segments", "lost_frames", "segment_frames",
+EXTRA_KEYS = ("worst_psnr_db", "metrics", "output_bytes", "segments", "lost_frames", "segment_frames",
               "prepare_s", "join_s")
 
 
@@ -146,6 +146,9 @@ def table(doc: dict) -> str:
     for key, r in doc["results"].items():
         lines.append(f"{key:<34} {r['frames']:>7} {r['fps']['median']:>9.1f} "
                      f"{r['fps']['spread']:>6.1%} {r['peak_rss_mib']['median']:>7.0f} MiB")
+        if r.get("metrics"):
+            lines.append("    " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in r["metrics"].items()))
     for key, value in doc["ratios"].items():
         lines.append(f"{key:<48} {value:.3f}" if value is not None else f"{key:<48} n/a")
     return "\n".join(lines)
@@ -184,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=0, help="frames per model call; 0: auto")
     p.add_argument("--ring", type=int, default=3, help="batches in flight on CUDA")
     p.add_argument("--flow", default="dis", help="flow provider for the diffusion-vsr scenarios (dis)")
+    p.add_argument("--window", type=int, default=96, help="frames per window (vsr scenarios)")
+    p.add_argument("--overlap", type=int, default=8, help="context frames shared by windows (vsr scenarios)")
     p.add_argument("--out", default=None, help="JSON file (default bench-results/<time>.json)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"))
     p.add_argument("--list", action="store_true", help="list the scenarios")

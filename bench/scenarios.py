@@ -382,3 +382,120 @@ def kill_resume(path: Path, scratch: Path, settings: dict) -> dict:
     longest = max(s["frames"] for s in report["segments"]["list"])
     return {"frames": report["frames_out"], "lost_frames": lost, "segment_frames": longest,
             "segments": report["segments"]["total"]}
+
+
+# ---- BasicVSR++ (issue 11): full-size c64n7 with random weights; speed does not depend on them --
+
+def _vsr_settings(settings: dict) -> dict:
+    return {"window": int(settings.get("window", 96)), "overlap": int(settings.get("overlap", 8)),
+            "device": settings.get("device", "auto"), "precision": settings.get("precision", "auto")}
+
+
+def _vsr_net(mid: int = 64, blocks: int = 7):
+    """c64n7 (the REDS4/Vimeo-90K checkpoints' shape) with torch's default random init."""
+    import torch
+
+    from engine.models.basicvsrpp import BasicVSRPlusPlus
+
+    torch.manual_seed(0)
+    return BasicVSRPlusPlus(mid, blocks).eval()
+
+
+def _decode(path: Path, limit: int) -> list:
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == limit:
+                break
+    return frames
+
+
+@scenario("vsr-model-only", "BasicVSR++ c64n7 (random weights) over one window of frames already in memory")
+def vsr_model_only(path: Path, scratch: Path, settings: dict) -> dict:
+    import time
+
+    from engine.window_inference import WindowRunner, WindowSettings
+
+    v = _vsr_settings(settings)
+    frames = _decode(path, v["window"])
+    runner = WindowRunner(_vsr_net(), 4, WindowSettings(device=v["device"], precision=v["precision"],
+                                                        window=v["window"], overlap=v["overlap"]))
+    runner.open()
+    if runner.cuda:
+        runner.run(frames[:2])  # warm-up: cudnn picks its kernels
+    started = time.perf_counter()
+    runner.run(frames)
+    timed = time.perf_counter() - started
+    info = runner.describe()
+    if runner.cuda:
+        import torch
+
+        info["peak_device_mib"] = torch.cuda.max_memory_allocated(runner.device) / 2**20
+    runner.close()
+    # frames computed; a stream emits window − 2·overlap of them per window (the overlap's cost)
+    emitted = max(1, len(frames) - 2 * v["overlap"])
+    return {"frames": len(frames), "timed_s": timed, "settings": info,
+            "metrics": {"s_per_frame": timed / len(frames), "s_per_emitted_frame": timed / emitted,
+                        "overlap_cost": len(frames) / emitted - 1}}
+
+
+@scenario("vsr", "the engine: decode → basicvsrpp (c64n7, random weights) → encode")
+def vsr(path: Path, scratch: Path, settings: dict) -> dict:
+    import torch
+
+    v = _vsr_settings(settings)
+    checkpoint = scratch / "c64n7-random.pth"
+    torch.save({"state_dict": {"generator." + k: t for k, t in _vsr_net().state_dict().items()}}, checkpoint)
+    spec = (f"basicvsrpp:checkpoint={checkpoint}:window={v['window']}:overlap={v['overlap']}"
+            f":device={v['device']}:precision={v['precision']}")
+    result = _engine(path, scratch, settings, spec)
+    counters = {}
+    for stage in result["stages"]:
+        counters.update(stage.get("counters", {}) if isinstance(stage, dict) else {})
+    computed = counters.get("window_frames")
+    if computed:
+        result["metrics"] = {"window_frames": computed, "overlap_cost": computed / result["frames"] - 1}
+    return result
+
+
+@scenario("vsr-deform-cost", "BasicVSR++'s deformable convolution (128→64, 16 groups) against a plain 3×3 "
+                             "convolution of the same shape, at the input's size")
+def vsr_deform_cost(path: Path, scratch: Path, settings: dict) -> dict:
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from engine.inference import autocast, resolve_device, resolve_precision
+    from engine.models.deform import modulated_deform_conv2d
+
+    device = resolve_device(settings.get("device", "auto"))
+    precision = resolve_precision(settings.get("precision", "auto"), device)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        h, w = stream.codec_context.height, stream.codec_context.width
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 128, h, w, generator=g).to(device)
+    weight = (torch.randn(64, 128, 3, 3, generator=g) * 0.03).to(device)
+    offset = ((torch.rand(1, 2 * 16 * 9, h, w, generator=g) - 0.5) * 8).to(device)
+    mask = torch.rand(1, 16 * 9, h, w, generator=g).to(device)
+    repeats = int(settings.get("repeats_inner", 3 if device.type == "cuda" else 1))
+
+    def timed(fn) -> float:
+        with torch.no_grad(), autocast(device, precision):
+            fn()  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return (time.perf_counter() - started) / repeats
+
+    conv_s = timed(lambda: F.conv2d(x, weight, None, 1, 1))
+    deform_s = timed(lambda: modulated_deform_conv2d(x, offset, mask, weight, None, 1, 1, 1, 1, 16))
+    return {"frames": 1, "timed_s": deform_s,
+            "metrics": {"deform_s": deform_s, "conv_s": conv_s, "deform_vs_conv": deform_s / conv_s,
+                        "size": f"{w}x{h}", "precision": precision}}

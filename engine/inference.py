@@ -66,6 +66,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_precision(precision: Precision, device: torch.device) -> str:
+    """auto: fp16 on CUDA, fp32 on the CPU (CPU fp16/bf16 convolutions are slower than fp32)."""
+    return precision if precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for a resolved precision (none for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def set_backends(cudnn_benchmark: bool, tf32: bool) -> None:
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Starts of tiles of side `tile` covering [0, length), neighbours sharing >= `overlap`."""
     if length <= tile:
@@ -154,8 +172,7 @@ class InferenceRunner:
         self.model, self.scale, self.settings = model, scale, settings
         self.device = resolve_device(settings.device)
         self.cuda = self.device.type == "cuda"
-        self.precision = settings.precision if settings.precision != "auto" else (
-            "fp16" if self.cuda else "fp32")
+        self.precision = resolve_precision(settings.precision, self.device)
         self.batch = settings.batch
         self.tile = settings.tile
         self.oom_retries = 0
@@ -171,9 +188,7 @@ class InferenceRunner:
     def open(self) -> None:
         s = self.settings
         if self.cuda:
-            torch.backends.cudnn.benchmark = s.cudnn_benchmark
-            torch.backends.cuda.matmul.allow_tf32 = s.tf32
-            torch.backends.cudnn.allow_tf32 = s.tf32
+            set_backends(s.cudnn_benchmark, s.tf32)
             self._streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device),
                              torch.cuda.Stream(self.device))
         self.model = self.model.to(self.device).eval()
@@ -236,10 +251,7 @@ class InferenceRunner:
         return peak * (height * width) / (side * side) * 1.25
 
     def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def _ensure_slots(self, frames: list[np.ndarray]) -> None:
         shape = (len(frames),) + frames[0].shape

@@ -357,6 +357,10 @@ class Pipeline:
             for w in range(spec.workers):
                 self._spawn(f"{spec.name}-{w}", self._run_worker, node, spec, w, out)
         self._spawn(self.sink.name, self._run_sink)
+        # start only once every thread is counted: a source that finishes before the next
+        # thread exists would otherwise bring the count to 0 and end the run early
+        for thread in self._threads:
+            thread.start()
         try:
             self._supervise()
         except KeyboardInterrupt:
@@ -388,8 +392,7 @@ class Pipeline:
             self._alive += 1
         # daemon: a stage stuck in native code must not keep the process alive after we report it
         thread = threading.Thread(target=tracked, name=f"engine-{name}", daemon=True)
-        self._threads.append(thread)
-        thread.start()
+        self._threads.append(thread)  # started by run(), after every thread is counted
 
     def _supervise(self) -> None:
         """Wait for the run to end; meanwhile watch for stages stuck in one call."""

