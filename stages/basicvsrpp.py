@@ -57,6 +57,9 @@ class BasicVSRPP(WindowStage):
                             tile=tile, tile_overlap=tile_overlap, offload=offload)
         self.runner = None
 
+    def weight_files(self) -> list[str]:
+        return [str(self.path)]
+
     def open(self, ctx: StageContext) -> None:
         from engine.models.basicvsrpp import load_checkpoint
         from engine.window_inference import WindowRunner, WindowSettings

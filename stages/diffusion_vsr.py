@@ -14,6 +14,7 @@ frame until an out-of-memory error tiles it), ``controlnet_scale``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -51,6 +52,11 @@ class DiffusionVSR(WindowStage):
                             precision=precision, controlnet_scale=controlnet_scale, vae_tile=vae_tile,
                             unet_tile=unet_tile, tile_overlap=tile_overlap)
         self.model = None
+
+    def weight_files(self) -> list[str]:
+        """Every file of the model directory (weights and configs decide the result), and the flow's weights."""
+        files = sorted(str(p) for p in Path(self.model_dir).rglob("*") if p.is_file())
+        return files + ([self.options["flow_weights"]] if self.options["flow_weights"] else [])
 
     def open(self, ctx: StageContext) -> None:
         from engine.models.diffusion_vsr import DiffusionSettings, StreamDiffVSR
