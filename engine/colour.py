@@ -28,6 +28,8 @@ returns None and callers keep the host RGB path.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,11 @@ MATRICES = {1: ("bt709", 0.2126, 0.0722), 2: ("bt601", 0.299, 0.114), 4: ("fcc",
             5: ("bt601", 0.299, 0.114), 6: ("bt601", 0.299, 0.114), 7: ("smpte240m", 0.212, 0.087),
             9: ("bt2020", 0.2627, 0.0593)}
 FULL_RANGE = 2  # AVColorRange: 0 unspecified, 1 MPEG (limited), 2 JPEG (full)
+
+#: Device → host RGB conversions (`tensor_to_array`), counted so tests can prove frames
+#: stayed on the device between model stages.
+TRANSFERS: Counter[str] = Counter()
+_transfers_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,42 @@ class ColourSpec:
         name, kr, kb = MATRICES[int(colorspace)]
         full = int(color_range) == FULL_RANGE or pix_fmt.startswith("yuvj")
         return cls(name, kr, kb, full, chroma_left)
+
+
+@dataclass(frozen=True)
+class PictureFormat:
+    """What a model stage should hand the sink: planes in the encoder's format and encoding."""
+
+    fmt: PlaneFormat
+    spec: ColourSpec
+    colorspace: int    # FFmpeg enums to tag the picture with, as the stream is tagged
+    color_range: int
+
+    @classmethod
+    def of(cls, pix_fmt: str, colorspace: int, color_range: int) -> PictureFormat | None:
+        fmt, spec = FORMATS.get(pix_fmt), ColourSpec.of(colorspace, color_range, pix_fmt)
+        return cls(fmt, spec, int(colorspace), int(color_range)) if fmt and spec else None
+
+
+@dataclass(frozen=True)
+class Planes:
+    """One decoded picture's planes (views into the decoder's buffers) and their encoding."""
+
+    arrays: list[np.ndarray]
+    fmt: PlaneFormat
+    spec: ColourSpec
+
+    @classmethod
+    def of(cls, picture: Any) -> Planes | None:
+        found = spec_for(picture)
+        if found is None:
+            return None
+        return cls(picture_planes(picture, found[0]), *found)
+
+    @property
+    def key(self) -> tuple:
+        """Batches of planes must agree on this: shapes, format, encoding."""
+        return (tuple(a.shape for a in self.arrays), self.fmt, self.spec)
 
 
 def spec_for(picture: Any) -> tuple[PlaneFormat, ColourSpec] | None:
@@ -192,19 +235,34 @@ def rgb_to_yuv(rgb: torch.Tensor, fmt: PlaneFormat, spec: ColourSpec) -> list[to
     return [yq, uq, vq]
 
 
-def planes_to_picture(planes: list[np.ndarray], fmt: PlaneFormat) -> Any:
-    """Wrap host planes (H×W…, as `rgb_to_yuv` makes them, one frame) into an `av.VideoFrame`.
+def planes_to_picture(planes: list[np.ndarray], fmt: PlaneFormat, colorspace: int | None = None,
+                      color_range: int | None = None) -> Any:
+    """Wrap host planes (one frame, as `rgb_to_yuv` shapes them) into an `av.VideoFrame`
+    tagged with `colorspace`/`color_range`.
 
-    The planes are copied once into the frame's own buffers (FFmpeg owns those); that is the
-    only host copy on the way to the encoder.
+    The planes are copied once into the frame's own buffers (FFmpeg owns those): that is the
+    only host copy between the device runner's pinned download and the encoder.
     """
     import av
 
     height, width = planes[0].shape[:2]
     picture = av.VideoFrame(width, height, fmt.name)
     for plane, data in zip(picture.planes, planes):
-        itemsize = fmt.dtype.itemsize
-        rows = np.frombuffer(plane, fmt.dtype).reshape(-1, plane.line_size // itemsize)
+        rows = np.frombuffer(plane, fmt.dtype).reshape(-1, plane.line_size // fmt.dtype.itemsize)
         flat = data.reshape(data.shape[0], -1)
         rows[:flat.shape[0], :flat.shape[1]] = flat
+    if colorspace is not None:
+        picture.colorspace = colorspace
+    if color_range is not None:
+        picture.color_range = color_range
     return picture
+
+
+def tensor_to_array(tensor: torch.Tensor, deep: bool) -> np.ndarray:
+    """A device image (3×H×W RGB in [0, 1]) → host H×W×3 uint8 (uint16 if `deep`), as the
+    device runner rounds its results. The one place a device frame comes back as RGB."""
+    with _transfers_lock:
+        TRANSFERS["device_to_host"] += 1
+    top = 65535.0 if deep else 255.0
+    out = tensor.float().clamp(0, 1).mul(top).round_().to(torch.uint16 if deep else torch.uint8)
+    return out.permute(1, 2, 0).contiguous().cpu().numpy()

@@ -3,6 +3,12 @@
 `--pipeline upscale:model=animevideov3-x2` (see `engine models`), or a user's own
 `model=/path/net.pth` / `net.param`. The stage keeps `ring` batches in flight on CUDA
 (see engine/inference.py), so it returns each batch a little later than it gets it.
+
+Pixels in and out (`convert=device`, the default): a decoded picture's YUV planes go to
+the device and become RGB there; a previous model stage's device tensors are taken as they
+are; results stay on the device for a following model stage, or leave it in the encoder's
+pixel format (engine/colour.py), as the runner's `handoff` says. `convert=host` keeps the
+older path (host RGB in and out, swscale on the host), for comparison.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ MAX_BATCH = 8  # engine.inference.MAX_BATCH, repeated so that checking a pipelin
 class Upscale(BatchStage):
     """Upscale every (unique) frame with a super-resolution model."""
 
+    takes_device = True
+
     def __init__(self, model: str = DEFAULT_MODEL, batch: int = 0, tile: int = 0, tile_overlap: int = 32,
                  device: str = "auto", precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto",
                  channels_last: bool = True, compile: bool = False, cudnn_benchmark: bool = True,
-                 tf32: bool = True, ring: int = 3):
+                 tf32: bool = True, ring: int = 3, convert: Literal["device", "host"] = "device"):
         if not 0 <= batch <= 256:
             raise ValueError(f"batch must be between 0 (auto) and 256, got {batch}")
         if tile != 0 and tile < 64:
@@ -35,6 +43,8 @@ class Upscale(BatchStage):
             raise ValueError(f"ring must be between 1 and 8, got {ring}")
         if device != "auto" and device != "cpu" and not device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        if convert not in ("device", "host"):
+            raise ValueError(f"convert must be device or host, got {convert!r}")
         check_model(model)  # unknown name, missing file, weights not installed: before any thread starts
         super().__init__(batch_size=batch or MAX_BATCH)
         self.model_name = model
@@ -42,7 +52,9 @@ class Upscale(BatchStage):
                             precision=precision, channels_last=channels_last, compile=compile,
                             cudnn_benchmark=cudnn_benchmark, tf32=tf32, ring=ring)
         self.span = self.batch_size * ring  # frames that may be in flight at once
+        self.convert = convert
         self.runner = None
+        self.handoff, self.picture_format = "array", None
 
     def open(self, ctx: StageContext) -> None:
         from engine.inference import InferenceRunner, InferenceSettings
@@ -52,14 +64,37 @@ class Upscale(BatchStage):
         self.scale = model.scale
         self.runner = InferenceRunner(model, model.scale, InferenceSettings(**self.options))
         self.runner.open()
+        if self.convert == "device":
+            from engine.colour import PictureFormat
+
+            self.handoff = ctx.handoff
+            if self.handoff == "picture":
+                self.picture_format = PictureFormat.of(*ctx.picture_format)
+                if self.picture_format is None:  # a format engine/colour.py lacks: the sink converts
+                    self.handoff = "array"
+        self._planes_in = self.convert == "device"
         if ctx.width and ctx.height:
             self.runner.plan(ctx.height, ctx.width)
             self.batch_size = min(self.batch_size, self.runner.batch)
 
     def submit_batch(self, frames: list[Frame]) -> list[list[Frame]]:
-        done = self.runner.submit([f.data for f in frames], tag=frames)
+        output = self.picture_format if self.handoff == "picture" else self.handoff
+        done = self.runner.submit(self._inputs(frames), tag=frames, output=output, deep=frames[0].deep)
         self.batch_size = min(self.batch_size, self.runner.batch)  # lowered after an OOM
         return self._attach(done)
+
+    def _inputs(self, frames: list[Frame]) -> list:
+        """Device tensors as they are, else decoded planes, else host RGB: one kind per batch."""
+        if self._planes_in:
+            from engine.colour import Planes
+
+            if all(f.tensor is not None for f in frames):
+                return [f.tensor for f in frames]
+            if all(f.picture is not None for f in frames):
+                planes = [Planes.of(f.picture) for f in frames]
+                if all(p is not None and p.key == planes[0].key for p in planes):
+                    return planes
+        return [f.data for f in frames]
 
     def drain_batches(self) -> list[list[Frame]]:
         return self._attach(self.runner.drain())
@@ -67,8 +102,13 @@ class Upscale(BatchStage):
     def _attach(self, done) -> list[list[Frame]]:
         batches = []
         for frames, outputs in done:
-            for frame, image in zip(frames, outputs):
-                frame.data = image
+            for frame, result in zip(frames, outputs):
+                if self.handoff == "device":
+                    frame.set_tensor(result)
+                elif self.handoff == "picture":
+                    frame.set_picture(result)
+                else:
+                    frame.data = result
             self.count("inferred", len(frames))
             batches.append(frames)
         return batches
@@ -76,7 +116,8 @@ class Upscale(BatchStage):
     def describe(self) -> dict[str, Any]:
         if self.runner is None:
             return {}
-        return {"model": self.model_name, "scale": self.scale, **self.runner.describe()}
+        return {"model": self.model_name, "scale": self.scale, "convert": self.convert,
+                "handoff": self.handoff, **self.runner.describe()}
 
     def close(self) -> None:
         if self.runner is not None:
