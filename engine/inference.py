@@ -509,3 +509,83 @@ def _available_host_memory() -> float:
     except OSError:
         pass
     return 8 * 2**30
+
+
+def device_list(name: str) -> list[str]:
+    """The devices a `device` option names: one ("cpu", "cuda:1", "auto"), a comma list
+    ("cuda:0,cuda:1"; "cpu,cpu" gives two CPU runners, the tests' fake devices), or
+    "cuda:all" (every GPU torch sees)."""
+    if name == "cuda:all":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise RuntimeError("device cuda:all was asked for, but torch sees no CUDA GPU")
+        return [f"cuda:{i}" for i in range(count)]
+    return [part.strip() for part in name.split(",")]
+
+
+class MultiDeviceRunner:
+    """One `InferenceRunner` per device; batches go round-robin, results come back in order.
+
+    One host thread drives them all: on CUDA every `submit` only queues work, so the
+    devices compute at once. Each runner has its own ring, so a batch handed to device k
+    may finish after one handed later to device k+1; finished batches wait here until
+    every earlier one is out, so the caller sees submission order. The whole batch goes
+    to one device: frames are never split across devices.
+    """
+
+    def __init__(self, make_model, scale: int, settings: InferenceSettings, devices: list[str]):
+        from dataclasses import replace
+
+        self.runners = [InferenceRunner(make_model(), scale, replace(settings, device=d)) for d in devices]
+        self.scale = scale
+        self._turn = 0
+        self._order: deque[int] = deque()     # ids of batches in flight, in submission order
+        self._done: dict[int, tuple[Any, list]] = {}
+        self._count = 0
+
+    @property
+    def batch(self) -> int:
+        return min(r.batch for r in self.runners)
+
+    def open(self) -> None:
+        for r in self.runners:
+            r.open()
+
+    def plan(self, height: int, width: int) -> None:
+        for r in self.runners:
+            r.plan(height, width)
+
+    def submit(self, items: list, tag: Any = None, output: Output = "array",
+               deep: bool | None = None) -> list[tuple[Any, list]]:
+        ident = self._count
+        self._count += 1
+        self._order.append(ident)
+        runner = self.runners[self._turn]
+        self._turn = (self._turn + 1) % len(self.runners)
+        for inner_tag, outputs in runner.submit(items, tag=(ident, tag), output=output, deep=deep):
+            self._done[inner_tag[0]] = (inner_tag[1], outputs)
+        return self._release()
+
+    def drain(self) -> list[tuple[Any, list]]:
+        for runner in self.runners:
+            for inner_tag, outputs in runner.drain():
+                self._done[inner_tag[0]] = (inner_tag[1], outputs)
+        return self._release()
+
+    def _release(self) -> list[tuple[Any, list]]:
+        out = []
+        while self._order and self._order[0] in self._done:
+            out.append(self._done.pop(self._order.popleft()))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        first = self.runners[0].describe()
+        return {**first, "device": ",".join(str(r.device) for r in self.runners), "batch": self.batch,
+                "per_device": [{"device": str(r.device), "batches": dict(r.handled),
+                                "oom_retries": r.oom_retries} for r in self.runners],
+                "batches": dict(sum((r.handled for r in self.runners), Counter())),
+                "oom_retries": sum(r.oom_retries for r in self.runners)}
+
+    def close(self) -> None:
+        for r in self.runners:
+            r.close()

@@ -1,7 +1,8 @@
 """`upscale`: super-resolution with a real pretrained model, through the device runner.
 
 `--pipeline upscale:model=animevideov3-x2` (see `engine models`), or a user's own
-`model=/path/net.pth` / `net.param`. The stage keeps `ring` batches in flight on CUDA
+`model=/path/net.pth` / `net.param`. `device=cuda:all` (or a list, `cuda:0,cuda:1`) runs
+one runner per GPU, batches spread round-robin and handed on in order. The stage keeps `ring` batches in flight on CUDA
 (see engine/inference.py), so it returns each batch a little later than it gets it.
 
 Pixels in and out (`convert=device`, the default): a decoded picture's YUV planes go to
@@ -21,6 +22,7 @@ from engine.registry import register_stage
 from engine.stage import BatchStage, StageContext
 
 MAX_BATCH = 8  # engine.inference.MAX_BATCH, repeated so that checking a pipeline needs no torch
+MAX_GPUS = 8   # cuda:all sizes the reorder window for this many (counting GPUs needs torch)
 
 
 @register_stage("upscale")
@@ -41,8 +43,9 @@ class Upscale(BatchStage):
             raise ValueError(f"tile_overlap must be between 0 and half the tile, got {tile_overlap}")
         if not 1 <= ring <= 8:
             raise ValueError(f"ring must be between 1 and 8, got {ring}")
-        if device != "auto" and device != "cpu" and not device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        devices = device.split(",")
+        if device != "auto" and not all(d.strip() == "cpu" or d.strip().startswith("cuda") for d in devices):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N, cuda:all or a comma list, got {device!r}")
         if convert not in ("device", "host"):
             raise ValueError(f"convert must be device or host, got {convert!r}")
         check_model(model)  # unknown name, missing file, weights not installed: before any thread starts
@@ -51,18 +54,25 @@ class Upscale(BatchStage):
         self.options = dict(batch=batch, tile=tile, tile_overlap=tile_overlap, device=device,
                             precision=precision, channels_last=channels_last, compile=compile,
                             cudnn_benchmark=cudnn_benchmark, tf32=tf32, ring=ring)
-        self.span = self.batch_size * ring  # frames that may be in flight at once
+        # frames that may be in flight at once: a ring per device (cuda:all: at most MAX_GPUS)
+        self.devices = MAX_GPUS if device == "cuda:all" else len(devices)
+        self.span = self.batch_size * ring * self.devices
         self.convert = convert
         self.runner = None
         self.handoff, self.picture_format = "array", None
 
     def open(self, ctx: StageContext) -> None:
-        from engine.inference import InferenceRunner, InferenceSettings
+        from engine.inference import InferenceRunner, InferenceSettings, MultiDeviceRunner, device_list
         from engine.models.loader import load_model
 
         model = load_model(self.model_name)
         self.scale = model.scale
-        self.runner = InferenceRunner(model, model.scale, InferenceSettings(**self.options))
+        settings = InferenceSettings(**self.options)
+        devices = device_list(settings.device)
+        if len(devices) > 1:  # one runner (and model copy) per device, batches round-robin
+            self.runner = MultiDeviceRunner(lambda: load_model(self.model_name), model.scale, settings, devices)
+        else:
+            self.runner = InferenceRunner(model, model.scale, settings)
         self.runner.open()
         if self.convert == "device":
             from engine.colour import PictureFormat

@@ -149,3 +149,45 @@ def test_stream_upscale_device_path_matches_the_host_path(tmp_path):
                 # bilinear chroma out, truncating arithmetic); the device path is exact
                 assert diff.mean() < 0.6, diff.mean()
                 assert 10 * np.log10(255**2 / max(1e-9, (diff**2).mean())) > 40
+
+
+class _HoldingRunner:
+    """A stand-in device that finishes batches only when `hold` more have come (a deep ring)."""
+
+    def __init__(self, hold: int):
+        self.hold, self.pending, self.batch = hold, [], 1
+
+    def submit(self, items, tag=None, output="array", deep=None):
+        self.pending.append((tag, [i * 10 for i in items]))
+        done, self.pending = (self.pending[:-self.hold], self.pending[-self.hold:]) if self.hold else (self.pending, [])
+        return done
+
+    def drain(self):
+        done, self.pending = self.pending, []
+        return done
+
+
+def test_multi_device_runner_keeps_submission_order():
+    from engine.inference import InferenceSettings, MultiDeviceRunner
+
+    multi = MultiDeviceRunner(lambda: torch.nn.Identity(), 1, InferenceSettings(device="cpu"), ["cpu", "cpu"])
+    multi.runners = [_HoldingRunner(hold=2), _HoldingRunner(hold=0)]  # device 0 lags behind device 1
+    out = []
+    for k in range(7):
+        out += multi.submit([k], tag=k)
+    assert [tag for tag, _ in out] == list(range(len(out)))  # nothing overtook
+    out += multi.drain()
+    assert [tag for tag, _ in out] == list(range(7)) and [o for _, o in out] == [[k * 10] for k in range(7)]
+    assert multi._done == {}
+
+
+def test_two_fake_devices_spread_frames_and_keep_order(clip):
+    path = clip(frames=6, width=64, height=48)
+    one, _ = _run(path, [("upscale", {"model": MODEL, "batch": "1"})], frames=6)
+    two, result = _run(path, [("upscale", {"model": MODEL, "batch": "1", "device": "cpu,cpu"})], frames=6)
+    settings = _settings(result, 0)
+    assert settings["device"] == "cpu,cpu"
+    assert [d["batches"] for d in settings["per_device"]] == [{"planes→array": 3}] * 2
+    assert [f.seq for f in two] == list(range(6))
+    for a, b in zip(one, two):
+        assert np.array_equal(a.data, b.data)
