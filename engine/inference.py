@@ -9,8 +9,12 @@ events, so while batch k computes, batch k+1 uploads and batch k-1 downloads::
     download stream: D2H k-1 ──────────────────────────┴─▶ event ─▶ host reads k-1
 
 The host thread never synchronises per frame: `submit` returns whichever batches have
-finished, and waits only when every ring slot is in flight. Frames travel as uint8 (or
-uint16) H×W×3 and become floats on the device, so PCIe carries a quarter of the bytes.
+finished, and waits only when every ring slot is in flight. Frames travel as integers and
+become floats on the device: a decoded picture's own YUV planes (4:2:0: 1.5 bytes a pixel,
+converted to RGB by engine/colour.py on the compute stream), or H×W×3 RGB from the host.
+Results leave the same way: as the encoder's planes (converted on the device, downloaded
+into pinned blocks, copied once into the `av.VideoFrame` the sink encodes), as host RGB,
+or not at all: "device" output leaves them as tensors for the next model stage.
 
 On the CPU the same steps run in order on the calling thread; the ring, streams and
 events become no-ops. Tests cover that path; the CUDA one is covered where a GPU exists.
@@ -52,6 +56,8 @@ class InferenceSettings:
     cudnn_benchmark: bool = True
     tf32: bool = True
     compile: bool = False             # torch.compile the model (first batches are slow)
+    compile_mode: str = "default"     # torch.compile mode: default | reduce-overhead | max-autotune | ...
+    cuda_graphs: bool = False         # replay a captured CUDA graph per batch shape (CUDA only)
     batch: int = 0                    # frames per model call; 0: from frame size and free memory
     tile: int = 0                     # tile side in input pixels; 0: only when a frame does not fit
     tile_overlap: int = 32            # input pixels shared by neighbouring tiles, blended
@@ -198,7 +204,8 @@ class InferenceRunner:
             self.model = self.model.to(memory_format=torch.channels_last)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self._forward = torch.compile(self.model) if s.compile else self.model
+        self._forward = torch.compile(self.model, mode=s.compile_mode) if s.compile else self.model
+        self._graphs: dict[tuple, tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
     def describe(self) -> dict[str, Any]:
         """The settings as resolved on this machine, for the report."""
@@ -257,7 +264,9 @@ class InferenceRunner:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
+        # a captured graph must not depend on autocast's weight cache, which is freed on exit
+        return torch.autocast(self.device.type, dtype=dtype,
+                              cache_enabled=not (self.cuda and self.settings.cuda_graphs))
 
     def _ensure_slots(self, items: list, kind: str, output: Output, deep: bool) -> None:
         h, w = _size(items[0], kind)
@@ -439,9 +448,32 @@ class InferenceRunner:
             if self.tile and (h > self.tile or w > self.tile):
                 y = tiled_forward(self._forward, x, self.scale, self.tile,
                                   self.settings.tile_overlap, self.batch)
+            elif self.cuda and self.settings.cuda_graphs:
+                y = self._replay(x).clone()  # the graph's output buffer is reused by the next replay
             else:
                 y = self._forward(x)
         return y.float().clamp_(0, 1)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        """The model as a CUDA graph captured once per input shape: one launch per batch
+        instead of one per layer (the host thread stops being the limit at small frames)."""
+        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last))
+        if key not in self._graphs:
+            static_in = x.clone(memory_format=torch.preserve_format)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: cuDNN picks its algorithms outside the capture
+                    self._forward(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
 
     def close(self) -> None:
         self._pending.clear()

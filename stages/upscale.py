@@ -34,7 +34,10 @@ class Upscale(BatchStage):
     def __init__(self, model: str = DEFAULT_MODEL, batch: int = 0, tile: int = 0, tile_overlap: int = 32,
                  device: str = "auto", precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto",
                  channels_last: bool = True, compile: bool = False, cudnn_benchmark: bool = True,
-                 tf32: bool = True, ring: int = 3, convert: Literal["device", "host"] = "device"):
+                 tf32: bool = True, ring: int = 3, convert: Literal["device", "host"] = "device",
+                 compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                                       "max-autotune-no-cudagraphs"] = "default",
+                 cuda_graphs: bool = False):
         if not 0 <= batch <= 256:
             raise ValueError(f"batch must be between 0 (auto) and 256, got {batch}")
         if tile != 0 and tile < 64:
@@ -46,6 +49,9 @@ class Upscale(BatchStage):
         devices = device.split(",")
         if device != "auto" and not all(d.strip() == "cpu" or d.strip().startswith("cuda") for d in devices):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N, cuda:all or a comma list, got {device!r}")
+        if compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+            raise ValueError(f"compile_mode must be default, reduce-overhead, max-autotune or "
+                             f"max-autotune-no-cudagraphs, got {compile_mode!r}")
         if convert not in ("device", "host"):
             raise ValueError(f"convert must be device or host, got {convert!r}")
         check_model(model)  # unknown name, missing file, weights not installed: before any thread starts
@@ -53,7 +59,8 @@ class Upscale(BatchStage):
         self.model_name = model
         self.options = dict(batch=batch, tile=tile, tile_overlap=tile_overlap, device=device,
                             precision=precision, channels_last=channels_last, compile=compile,
-                            cudnn_benchmark=cudnn_benchmark, tf32=tf32, ring=ring)
+                            cudnn_benchmark=cudnn_benchmark, tf32=tf32, ring=ring,
+                            compile_mode=compile_mode, cuda_graphs=cuda_graphs)
         # frames that may be in flight at once: a ring per device (cuda:all: at most MAX_GPUS)
         self.devices = MAX_GPUS if device == "cuda:all" else len(devices)
         self.span = self.batch_size * ring * self.devices

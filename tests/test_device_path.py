@@ -191,3 +191,28 @@ def test_two_fake_devices_spread_frames_and_keep_order(clip):
     assert [f.seq for f in two] == list(range(6))
     for a, b in zip(one, two):
         assert np.array_equal(a.data, b.data)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_planes_graphs_and_pictures_match_the_cpu(clip):
+    """On a GPU: planes in, CUDA graphs, encoder pictures out, all as on the CPU (45 dB)."""
+    from engine.inference import InferenceRunner, InferenceSettings
+    from engine.models.loader import load_model
+
+    with av.open(str(clip(frames=4, width=64, height=48))) as container:
+        planes = [colour.Planes.of(p) for p in container.decode(video=0)]
+    out = colour.PictureFormat.of("yuv420p", 1, 1)
+    results = {}
+    for name, settings in (("cpu", dict(device="cpu")),
+                           ("cuda", dict(device="cuda", precision="fp16", batch=2, cuda_graphs=True))):
+        model = load_model(MODEL)
+        runner = InferenceRunner(model, model.scale, InferenceSettings(**settings))
+        runner.open()
+        done = runner.submit(planes[:2], tag=0, output=out) + runner.submit(planes[2:], tag=1, output=out)
+        done += runner.drain()
+        assert [tag for tag, _ in done] == [0, 1]
+        results[name] = [p.to_ndarray(format="rgb24") for _, batch in done for p in batch]
+        runner.close()
+    for a, b in zip(results["cpu"], results["cuda"]):
+        assert _psnr(a, b) > 45
