@@ -216,3 +216,15 @@ def test_cuda_planes_graphs_and_pictures_match_the_cpu(clip):
         runner.close()
     for a, b in zip(results["cpu"], results["cuda"]):
         assert _psnr(a, b) > 45
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_nvdec_without_a_gpu_is_a_one_line_error(clip, tmp_path):
+    from conftest import run_engine
+
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", clip(frames=4, width=64, height=48), out, "--decode", "nvdec")
+    assert r.returncode == 2 and "--decode nvdec" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr and not out.exists() and not list(tmp_path.iterdir())
+    r = run_engine("stream", clip(frames=4, width=64, height=48), out, "--decode", "auto", "--quiet")
+    assert r.returncode == 0, r.stderr  # auto is the CPU decoder here
