@@ -176,7 +176,10 @@ def peak_tflops(device_name: str) -> float | None:
 
 
 def conv_flops(model, height: int, width: int) -> float:
-    """FLOPs of one frame through the model's convolutions (2 per multiply-add), by hooks."""
+    """FLOPs of one H×W frame through the model's convolutions (2 per multiply-add), counted
+    by hooks on a shape-only ("meta") run at the real size, padding included."""
+    import copy
+
     import torch
 
     total = 0.0
@@ -186,15 +189,13 @@ def conv_flops(model, height: int, width: int) -> float:
         k = module.kernel_size[0] * module.kernel_size[1]
         total += 2.0 * module.in_channels // module.groups * k * output.numel()
 
-    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    handles = [m.register_forward_hook(hook) for m in convs]
-    try:
-        with torch.no_grad():
-            model.to("cpu").float()(torch.zeros(1, 3, min(height, 64), min(width, 64)))
-    finally:
-        for h in handles:
-            h.remove()
-    return total * (height * width) / (min(height, 64) * min(width, 64))
+    shadow = copy.deepcopy(model).to("meta").float()
+    for m in shadow.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        shadow(torch.zeros(1, 3, height, width, device="meta"))
+    return total
 
 
 @scenario("io-floor", "decode + scale to the model's output size + x264: what I/O alone allows")

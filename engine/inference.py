@@ -285,8 +285,7 @@ class InferenceRunner:
             out_shapes = colour.plane_shapes(output.fmt, sh, sw)
             out_dtype = torch.uint8 if output.fmt.bits <= 8 else torch.uint16
         key = (kind, tuple(in_shapes), in_dtype, output, deep)
-        if self._shape == key and len(self._slots) and (
-                not self._slots[0].host_in or self._slots[0].host_in[0].shape[0] >= len(items)):
+        if self._shape == key and self._slots and _capacity(self._slots[0]) >= len(items):
             return
         self._complete(all_=True)  # buffers are about to be replaced: nothing may be in flight
         if self._planned != (h, w):
@@ -480,6 +479,12 @@ class InferenceRunner:
         self._slots = []
         if self.cuda:
             torch.cuda.empty_cache()
+
+
+def _capacity(slot: _Slot) -> float:
+    """Frames a slot's host buffers hold (unbounded when it has none: device in and out)."""
+    buffers = slot.host_in or slot.host_out
+    return buffers[0].shape[0] if buffers else math.inf
 
 
 def _kind(item: Any) -> str:
