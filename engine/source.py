@@ -147,8 +147,9 @@ class VideoSource:
         self.allow_truncated = allow_truncated
         self.notes: list[str] = []           # said to the user after the run
         self.repair: TimestampRepair | None = None
-        self.decode = "nvdec" if hwaccel_for(decode) is not None else "cpu"
-        self._container = open_input(path, hwaccel_for(decode))
+        hwaccel = hwaccel_for(decode)
+        self.decode = "nvdec" if hwaccel is not None else "cpu"  # what auto resolved to
+        self._container = open_input(path, hwaccel)
         self.info = read_info(self._container)
         self.pixel_format = "rgb48le" if self.info.bit_depth > 8 else "rgb24"
         estimate = self.info.frames_estimate
