@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> dict:
     inputs = [(spec, resolve(spec)) for spec in args.input]
     settings = {"encoder": args.encoder, "preset": args.preset, "crf": args.crf, "pipeline": args.pipeline,
                 "model": args.model, "device": args.device, "precision": args.precision, "batch": args.batch,
-                "ring": args.ring, "flow": args.flow, "window": args.window, "overlap": args.overlap}
+                "ring": args.ring, "flow": args.flow, "window": args.window, "overlap": args.overlap,
+                "convert": args.convert, "compile": args.compile, "compile_mode": args.compile_mode,
+                "cuda_graphs": args.cuda_graphs, "decode": args.decode}
     cases = [(name, spec, path) for name in args.scenarios for spec, path in inputs]
     samples: dict[str, list[dict]] = {f"{n}@{s}": [] for n, s, _ in cases}
     # Round-robin over cases, so slow drift of a shared machine hits every case alike.
@@ -110,6 +112,17 @@ def derive_ratios(results: dict) -> dict:
         if model_only and io and "upscale" in scen:
             slower = min(model_only["fps"]["median"], io["fps"]["median"])
             ratios[f"upscale_vs_slower_of_model_and_io@{spec}"] = ratio(scen["upscale"]["fps"]["median"], slower)
+        if model_only and model_only.get("tflops") and model_only.get("peak_tflops_fp16"):
+            ratios[f"model_tflops_share_of_peak@{spec}"] = model_only["tflops"] / model_only["peak_tflops_fp16"]
+        for case in ("upscale", "upscale-host"):  # the upscale stage's host thread: busy / wall
+            if case in scen and scen[case].get("stages"):
+                stage = next((s for s in scen[case]["stages"] if s["name"] == "upscale"), None)
+                if stage:
+                    ratios[f"{case}_thread_busy_share@{spec}"] = ratio(
+                        stage["busy_s"] / max(1, stage["workers"]), scen[case].get("run_s") or scen[case]["wall_s"]["median"])
+        if "upscale" in scen and "upscale-host" in scen:
+            ratios[f"upscale_device_convert_vs_host@{spec}"] = ratio(scen["upscale"]["fps"]["median"],
+                                                                    scen["upscale-host"]["fps"]["median"])
         if "naive-sequential" in scen and "upscale" in scen:
             ratios[f"upscale_vs_naive@{spec}"] = ratio(scen["upscale"]["fps"]["median"],
                                                        scen["naive-sequential"]["fps"]["median"])
@@ -189,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flow", default="dis", help="flow provider for the diffusion-vsr scenarios (dis)")
     p.add_argument("--window", type=int, default=96, help="frames per window (vsr scenarios)")
     p.add_argument("--overlap", type=int, default=8, help="context frames shared by windows (vsr scenarios)")
+    p.add_argument("--convert", default="", help="upscale: device (planes to the device) or host (RGB on the host)")
+    p.add_argument("--compile", default="", help="true: torch.compile the model (model scenarios)")
+    p.add_argument("--compile-mode", default="", help="torch.compile mode: default, reduce-overhead, max-autotune")
+    p.add_argument("--cuda-graphs", default="", help="true: replay CUDA graphs per batch shape")
+    p.add_argument("--decode", default="auto", help="auto, cpu, nvdec (engine scenarios)")
     p.add_argument("--out", default=None, help="JSON file (default bench-results/<time>.json)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"))
     p.add_argument("--list", action="store_true", help="list the scenarios")

@@ -75,9 +75,10 @@ def transcode_floor(path: Path, scratch: Path, settings: dict) -> dict:
 
 def _engine(path: Path, scratch: Path, settings: dict, pipeline: str) -> dict:
     config = JobConfig(input=str(path), output=str(scratch / "engine.mp4"), pipeline=pipeline,
-                       encoder=settings.get("encoder", "x264"), crf=settings["crf"], preset=settings["preset"], quiet=True)
+                       encoder=settings.get("encoder", "x264"), crf=settings["crf"], preset=settings["preset"],
+                       decode=settings.get("decode", "auto"), quiet=True)
     report = Job.prepare(config).run(RecordingReporter())
-    return {"frames": report["frames_out"], "stages": report["stages"],
+    return {"frames": report["frames_out"], "stages": report["stages"], "run_s": report["wall_s"],
             "timeline": report.get("timeline", [])}
 
 
@@ -111,9 +112,14 @@ def dedup(path: Path, scratch: Path, settings: dict) -> dict:
 # ---- model scenarios (issue: GPU runner). Same model, device and precision in each. ----------
 
 def _model_settings(settings: dict) -> dict:
-    return {"model": settings.get("model", "animevideov3-x2"), "device": settings.get("device", "auto"),
-            "precision": settings.get("precision", "auto"), "batch": int(settings.get("batch", 0)),
-            "ring": int(settings.get("ring", 3))}
+    m = {"model": settings.get("model", "animevideov3-x2"), "device": settings.get("device", "auto"),
+         "precision": settings.get("precision", "auto"), "batch": int(settings.get("batch", 0)),
+         "ring": int(settings.get("ring", 3))}
+    # faster-execution options (issue 13), passed on only when asked for: defaults unchanged
+    for key in ("compile", "compile_mode", "cuda_graphs", "convert", "channels_last"):
+        if settings.get(key) not in (None, ""):
+            m[key] = settings[key]
+    return m
 
 
 def _upscale_spec(settings: dict) -> str:
@@ -137,8 +143,10 @@ def model_only(path: Path, scratch: Path, settings: dict) -> dict:
             if len(frames) == limit:
                 break
     model = load_model(m["model"])
+    extra = {k: m[k] for k in ("compile", "compile_mode", "cuda_graphs", "channels_last") if k in m}
     runner = InferenceRunner(model, model.scale, InferenceSettings(
-        device=m["device"], precision=m["precision"], batch=m["batch"], ring=m["ring"]))
+        device=m["device"], precision=m["precision"], batch=m["batch"], ring=m["ring"],
+        **{k: (v in (True, "true", "1") if k != "compile_mode" else v) for k, v in extra.items()}))
     runner.open()
     runner.plan(*frames[0].shape[:2])
     batch = runner.batch
@@ -153,7 +161,42 @@ def model_only(path: Path, scratch: Path, settings: dict) -> dict:
     timed = time.perf_counter() - started
     info = runner.describe()
     runner.close()
-    return {"frames": count, "timed_s": timed, "settings": info}
+    flops = conv_flops(model, *frames[0].shape[:2])
+    return {"frames": count, "timed_s": timed, "settings": info, "flops_per_frame": flops,
+            "tflops": flops * count / timed / 1e12 if timed else None,
+            "peak_tflops_fp16": peak_tflops(info.get("device_name", ""))}
+
+
+# Dense fp16/bf16 tensor-core peaks (TFLOPS, without sparsity), from NVIDIA's data sheets.
+PEAK_FP16_TFLOPS = {"H200": 989.0, "H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0,
+                    "H100 PCIe": 756.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "RTX 4090": 165.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_FP16_TFLOPS.items() if k in device_name), None)
+
+
+def conv_flops(model, height: int, width: int) -> float:
+    """FLOPs of one H×W frame through the model's convolutions (2 per multiply-add), counted
+    by hooks on a shape-only ("meta") run at the real size, padding included."""
+    import copy
+
+    import torch
+
+    total = 0.0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1]
+        total += 2.0 * module.in_channels // module.groups * k * output.numel()
+
+    shadow = copy.deepcopy(model).to("meta").float()
+    for m in shadow.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        shadow(torch.zeros(1, 3, height, width, device="meta"))
+    return total
 
 
 @scenario("io-floor", "decode + scale to the model's output size + x264: what I/O alone allows")
@@ -184,6 +227,11 @@ def io_floor(path: Path, scratch: Path, settings: dict) -> dict:
 @scenario("upscale", "the engine: decode → upscale → encode (no dedup)")
 def upscale(path: Path, scratch: Path, settings: dict) -> dict:
     return _engine(path, scratch, settings, _upscale_spec(settings))
+
+
+@scenario("upscale-host", "as upscale, with the older host path: RGB on the host in and out (convert=host)")
+def upscale_host(path: Path, scratch: Path, settings: dict) -> dict:
+    return _engine(path, scratch, settings, _upscale_spec({**settings, "convert": "host"}))
 
 
 @scenario("upscale-dedup", "the engine's default shape: decode → dedup → upscale → encode")

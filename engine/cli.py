@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timestamps", choices=["repair", "refuse"], default="repair",
                    help="missing, repeated or backward video timestamps: regenerate them from the frame "
                         "rate and say so (default), or refuse the input before starting")
+    s.add_argument("--decode", choices=["auto", "cpu", "nvdec"], default="auto",
+                   help="video decoding: FFmpeg on the CPU, or NVDEC on an NVIDIA GPU (pictures come "
+                        "back as nv12/p010); auto: the CPU until a GPU measurement favours NVDEC")
     s.add_argument("--allow-truncated", action="store_true",
                    help="a truncated input: encode the frames that can be read, with a note, "
                         "instead of failing")
@@ -67,7 +70,8 @@ def _stream(args: argparse.Namespace) -> int:
                        encoder=args.encoder, crf=args.crf, preset=args.preset,
                        prores_profile=args.prores_profile,
                        max_frames=args.max_frames, timestamps=args.timestamps,
-                       allow_truncated=args.allow_truncated, report=args.report, quiet=args.quiet,
+                       allow_truncated=args.allow_truncated, decode=args.decode,
+                       report=args.report, quiet=args.quiet,
                        runner=RunnerOptions(stall_timeout_s=args.stall_timeout),
                        resume=args.resume, segment=args.segment, work_dir=args.work_dir)
     if config.resume:

@@ -24,6 +24,16 @@ class Frame:
     for deeper input. They are converted lazily from the decoded picture on first
     access, so a pipeline that never looks at pixels (a plain transcode) never pays for
     a colour conversion and the sink can encode the decoded picture as it is.
+
+    At any time the pixels live in exactly one of three forms (see engine/stage.py for who
+    may hold which):
+
+    - ``picture``: an ``av.VideoFrame`` in a YUV format: the decoder's own, or one a model
+      stage wrote in the encoder's format (`set_picture`); model stages read its planes.
+    - ``tensor``: a torch tensor 3×H×W, RGB in [0, 1], on the device of the model stage that
+      made it (`set_tensor`); the next model stage on that device takes it as it is.
+    - ``data``: a host array. Reading ``data`` converts from either of the others, once
+      (a tensor is brought back to the host here and nowhere else).
     """
 
     seq: int
@@ -33,6 +43,7 @@ class Frame:
     _data: np.ndarray | None = None
     _picture: Any = None  # av.VideoFrame straight from the decoder, until pixels change
     _pixel_format: str = "rgb24"  # what `data` converts the picture to
+    _tensor: Any = None  # torch 3×H×W RGB in [0, 1] on a device (a model stage's result)
 
     @classmethod
     def from_array(cls, seq: int, pts: int, time_base: Fraction, data: np.ndarray,
@@ -48,42 +59,68 @@ class Frame:
     @property
     def data(self) -> np.ndarray:
         if self._data is None:
-            # the picture's own range: PyAV would otherwise assume limited range
-            self._data = self._picture.to_ndarray(format=self._pixel_format,
-                                                  src_color_range=self._picture.color_range)
-            self._picture = None  # the array is now the truth; free the decoder buffer
+            if self._tensor is not None:
+                from engine.colour import tensor_to_array  # torch is loaded: a tensor exists
+
+                self._data = tensor_to_array(self._tensor, deep=self.deep)
+                self._tensor = None
+            else:
+                # the picture's own range: PyAV would otherwise assume limited range
+                self._data = self._picture.to_ndarray(format=self._pixel_format,
+                                                      src_color_range=self._picture.color_range)
+                self._picture = None  # the array is now the truth; free the decoder buffer
         return self._data
 
     @data.setter
     def data(self, value: np.ndarray) -> None:
         self._data = value
-        self._picture = None
+        self._picture = self._tensor = None
+
+    @property
+    def deep(self) -> bool:
+        """True when the input has more than 8 bits per sample (host RGB is then uint16)."""
+        return self._pixel_format != "rgb24"
+
+    @property
+    def tensor(self) -> Any:
+        """The pixels as a device tensor (3×H×W RGB in [0, 1]), or None if they are not one."""
+        return self._tensor
+
+    def set_tensor(self, tensor: Any) -> None:
+        """A model stage's result, left on its device for the next model stage."""
+        self._tensor = tensor
+        self._data = self._picture = None
+
+    def set_picture(self, picture: Any) -> None:
+        """A model stage's result as an `av.VideoFrame` in the encoder's format."""
+        self._picture = picture
+        self._data = self._tensor = None
 
     def with_data(self, data: np.ndarray) -> Frame:
         """A new record for the same frame (seq, pts, a copy of meta) holding `data`."""
         return Frame(seq=self.seq, pts=self.pts, time_base=self.time_base,
-                     meta=dict(self.meta), _data=data)
+                     meta=dict(self.meta), _data=data, _pixel_format=self._pixel_format)
 
     def drop_pixels(self) -> None:
         """Forget this frame's pixels (a duplicate: it will `reuse_pixels` of its reference)."""
-        self._data = None
-        self._picture = None
+        self._data = self._picture = self._tensor = None
 
     @property
     def has_pixels(self) -> bool:
-        return self._data is not None or self._picture is not None
+        return self._data is not None or self._picture is not None or self._tensor is not None
 
     def reuse_pixels(self, reference: Frame) -> None:
         """Show `reference`'s (processed) pixels under this frame's own seq and pts.
 
         Shared, not copied: downstream of the sink nothing modifies pixels in place.
         """
-        self._data, self._picture = reference._data, reference._picture
+        self._data, self._picture, self._tensor = reference._data, reference._picture, reference._tensor
         self._pixel_format = reference._pixel_format
 
     @property
     def picture(self) -> Any:
-        """The untouched decoded picture, or None once anything has read or replaced pixels."""
+        """The picture (decoded, or a model stage's result in the encoder's format), or None
+        once anything has read or replaced pixels in another form."""
         return self._picture
 
     @property
@@ -97,10 +134,13 @@ class Frame:
             return tuple(self._data.shape)
         if self._picture is not None:
             return (self._picture.height, self._picture.width, 3)
+        if self._tensor is not None:
+            return (int(self._tensor.shape[1]), int(self._tensor.shape[2]), 3)
         return ()  # pixels dropped (a duplicate waiting for its reference's)
 
     def __repr__(self) -> str:
         dtype = (self._data.dtype if self._data is not None else
-                 f"picture:{self._pixel_format}" if self._picture is not None else "none")
+                 f"picture:{self._picture.format.name}" if self._picture is not None else
+                 f"tensor:{self._tensor.device}" if self._tensor is not None else "none")
         return (f"Frame(seq={self.seq}, pts={self.pts}, time_base={self.time_base}, "
                 f"shape={self.shape}, dtype={dtype}, meta={sorted(self.meta)})")

@@ -9,8 +9,12 @@ events, so while batch k computes, batch k+1 uploads and batch k-1 downloads::
     download stream: D2H k-1 ──────────────────────────┴─▶ event ─▶ host reads k-1
 
 The host thread never synchronises per frame: `submit` returns whichever batches have
-finished, and waits only when every ring slot is in flight. Frames travel as uint8 (or
-uint16) H×W×3 and become floats on the device, so PCIe carries a quarter of the bytes.
+finished, and waits only when every ring slot is in flight. Frames travel as integers and
+become floats on the device: a decoded picture's own YUV planes (4:2:0: 1.5 bytes a pixel,
+converted to RGB by engine/colour.py on the compute stream), or H×W×3 RGB from the host.
+Results leave the same way: as the encoder's planes (converted on the device, downloaded
+into pinned blocks, copied once into the `av.VideoFrame` the sink encodes), as host RGB,
+or not at all: "device" output leaves them as tensors for the next model stage.
 
 On the CPU the same steps run in order on the calling thread; the ring, streams and
 events become no-ops. Tests cover that path; the CUDA one is covered where a GPU exists.
@@ -25,13 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
+
+from engine import colour
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
@@ -50,6 +56,8 @@ class InferenceSettings:
     cudnn_benchmark: bool = True
     tf32: bool = True
     compile: bool = False             # torch.compile the model (first batches are slow)
+    compile_mode: str = "default"     # torch.compile mode: default | reduce-overhead | max-autotune | ...
+    cuda_graphs: bool = False         # replay a captured CUDA graph per batch shape (CUDA only)
     batch: int = 0                    # frames per model call; 0: from frame size and free memory
     tile: int = 0                     # tile side in input pixels; 0: only when a frame does not fit
     tile_overlap: int = 32            # input pixels shared by neighbouring tiles, blended
@@ -71,11 +79,12 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
     return precision if precision != "auto" else ("fp16" if device.type == "cuda" else "fp32")
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str, cache: bool = True):
     """The autocast context for a resolved precision (none for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16,
+                          cache_enabled=cache)
 
 
 def set_backends(cudnn_benchmark: bool, tf32: bool) -> None:
@@ -146,14 +155,17 @@ def tiled_forward(model: nn.Module, x: torch.Tensor, scale: int, tile: int, over
 
 
 class _Slot:
-    """One batch's worth of buffers: pinned host input/output, device input, and its events."""
+    """One batch's worth of buffers: pinned host inputs/outputs, device inputs, and an event.
 
-    def __init__(self, shape: tuple[int, ...], out_shape: tuple[int, ...], dtype: torch.dtype,
-                 device: torch.device):
+    Inputs and outputs are lists of tensors: one RGB array, or one tensor per YUV plane.
+    """
+
+    def __init__(self, in_shapes: list[tuple[int, ...]], in_dtype: torch.dtype,
+                 out_shapes: list[tuple[int, ...]], out_dtype: torch.dtype, device: torch.device):
         cuda = device.type == "cuda"
-        self.host_in = torch.empty(shape, dtype=dtype, pin_memory=cuda)
-        self.host_out = torch.empty(out_shape, dtype=dtype, pin_memory=cuda) if cuda else None
-        self.dev_in = torch.empty(shape, dtype=dtype, device=device) if cuda else None
+        self.host_in = [torch.empty(s, dtype=in_dtype, pin_memory=cuda) for s in in_shapes]
+        self.dev_in = [torch.empty(s, dtype=in_dtype, device=device) for s in in_shapes] if cuda else []
+        self.host_out = [torch.empty(s, dtype=out_dtype, pin_memory=cuda) for s in out_shapes] if cuda else []
         self.done: torch.cuda.Event | None = None
 
 
@@ -162,11 +174,22 @@ class _InFlight:
     slot: _Slot
     tag: Any
     count: int
-    result: torch.Tensor   # the device output (CUDA) or the output itself (CPU)
+    results: list[torch.Tensor]   # the device outputs (CUDA) or the outputs themselves (CPU)
+    output: Any                   # "array", "device" or a PictureFormat
+
+
+#: What a batch becomes: host RGB arrays, device tensors (for the next model stage), or
+#: pictures in the encoder's format (a `colour.PictureFormat`).
+Output = Any
 
 
 class InferenceRunner:
-    """Runs `model` (N×3×H×W floats in [0,1] → N×3×sH×sW) over batches of H×W×3 frames."""
+    """Runs `model` (N×3×H×W floats in [0,1] → N×3×sH×sW) over batches of frames.
+
+    A batch is a list of one kind of input, all the same size: host RGB arrays (H×W×3
+    uint8/uint16), decoded pictures' planes (`colour.Planes`: converted to RGB on the device),
+    or device tensors (3×H×W RGB in [0, 1], another model stage's results, taken as they are).
+    """
 
     def __init__(self, model: nn.Module, scale: int, settings: InferenceSettings = InferenceSettings()):
         self.model, self.scale, self.settings = model, scale, settings
@@ -176,7 +199,8 @@ class InferenceRunner:
         self.batch = settings.batch
         self.tile = settings.tile
         self.oom_retries = 0
-        self._shape: tuple[int, ...] | None = None
+        self.handled: Counter[str] = Counter()  # batches by input kind → output kind, for the report
+        self._shape: tuple | None = None
         self._planned: tuple[int, int] | None = None
         self._slots: list[_Slot] = []
         self._next = 0
@@ -196,12 +220,14 @@ class InferenceRunner:
             self.model = self.model.to(memory_format=torch.channels_last)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self._forward = torch.compile(self.model) if s.compile else self.model
+        self._forward = torch.compile(self.model, mode=s.compile_mode) if s.compile else self.model
+        self._graphs: dict[tuple, tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
     def describe(self) -> dict[str, Any]:
         """The settings as resolved on this machine, for the report."""
         return {**asdict(self.settings), "device": str(self.device), "precision": self.precision,
                 "batch": self.batch, "tile": self.tile, "oom_retries": self.oom_retries,
+                "batches": dict(self.handled),
                 "device_name": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
                 "torch": torch.__version__}
 
@@ -251,63 +277,96 @@ class InferenceRunner:
         return peak * (height * width) / (side * side) * 1.25
 
     def _autocast(self):
-        return autocast(self.device, self.precision)
+        # a captured graph must not depend on autocast's weight cache, which is freed on exit
+        return autocast(self.device, self.precision, cache=not (self.cuda and self.settings.cuda_graphs))
 
-    def _ensure_slots(self, frames: list[np.ndarray]) -> None:
-        shape = (len(frames),) + frames[0].shape
-        key = shape[1:] + (frames[0].dtype,)
-        if self._shape == key and len(self._slots) and self._slots[0].host_in.shape[0] >= len(frames):
+    def _ensure_slots(self, items: list, kind: str, output: Output, deep: bool) -> None:
+        h, w = _size(items[0], kind)
+        if kind == "array":
+            in_shapes, in_dtype = [items[0].shape], torch.from_numpy(items[0][:1, :1]).dtype
+        elif kind == "planes":
+            in_shapes, in_dtype = [a.shape for a in items[0].arrays], torch.from_numpy(items[0].arrays[0][:1]).dtype
+        else:
+            in_shapes, in_dtype = [], torch.uint8  # already on the device
+        sh, sw = h * self.scale, w * self.scale
+        if output == "array":
+            out_shapes, out_dtype = [(sh, sw, 3)], torch.uint16 if deep else torch.uint8
+        elif output == "device":
+            out_shapes, out_dtype = [], torch.uint8  # stays on the device
+        else:
+            out_shapes = colour.plane_shapes(output.fmt, sh, sw)
+            out_dtype = torch.uint8 if output.fmt.bits <= 8 else torch.uint16
+        key = (kind, tuple(in_shapes), in_dtype, output, deep)
+        if self._shape == key and self._slots and _capacity(self._slots[0]) >= len(items):
             return
         self._complete(all_=True)  # buffers are about to be replaced: nothing may be in flight
-        h, w = frames[0].shape[:2]
         if self._planned != (h, w):
             self.plan(h, w)
-        dtype = torch.from_numpy(frames[0][:1, :1]).dtype
-        batch = max(self.batch, len(frames))
-        in_shape = (batch, h, w, frames[0].shape[2])
-        out_shape = (batch, h * self.scale, w * self.scale, frames[0].shape[2])
+        batch = max(self.batch, len(items))
         count = self.settings.ring if self.cuda else 1
-        self._slots = [_Slot(in_shape, out_shape, dtype, self.device) for _ in range(count)]
+        self._slots = [_Slot([(batch, *s) for s in in_shapes], in_dtype,
+                             [(batch, *s) for s in out_shapes], out_dtype, self.device)
+                       for _ in range(count)]
         self._shape = key
 
     # ---- the pipeline ------------------------------------------------------------------------
 
-    def submit(self, frames: list[np.ndarray], tag: Any = None) -> list[tuple[Any, list[np.ndarray]]]:
-        """Queue one batch (same size and dtype) and return the batches that finished, oldest first."""
-        self._ensure_slots(frames)
+    def submit(self, items: list, tag: Any = None, output: Output = "array",
+               deep: bool | None = None) -> list[tuple[Any, list]]:
+        """Queue one batch (one kind, one size) and return the batches that finished, oldest first.
+
+        `output`: "array" (host H×W×3 uint8, uint16 if `deep`), "device" (3×H×W tensors left on
+        the device) or a `colour.PictureFormat` (`av.VideoFrame`s in the encoder's format).
+        `deep` defaults to the input's depth (uint16 arrays, planes over 8 bits).
+        """
+        kind = _kind(items[0])
+        if deep is None:
+            deep = (items[0].dtype == np.uint16 if kind == "array" else
+                    items[0].fmt.bits > 8 if kind == "planes" else False)
+        self._ensure_slots(items, kind, output, deep)
+        self.handled[f"{kind}→{output if isinstance(output, str) else output.fmt.name}"] += 1
         slot = self._slots[self._next]
         self._next = (self._next + 1) % len(self._slots)
         if slot.done is not None:  # the ring came round: this slot's last batch must be out
             slot.done.synchronize()
-        n = len(frames)
-        for i, frame in enumerate(frames):
-            slot.host_in[i].numpy()[...] = frame  # pinned staging: the one host copy
+        n = len(items)
+        for i, item in enumerate(items):  # pinned staging: the one host copy
+            if kind == "array":
+                slot.host_in[0][i].numpy()[...] = item
+            elif kind == "planes":
+                for buffer, plane in zip(slot.host_in, item.arrays):
+                    buffer[i].numpy()[...] = plane
         upload, compute, download = self._streams or (None, None, None)
         with _on(upload):
-            source = slot.host_in[:n]
-            if self.cuda:
-                source = slot.dev_in[:n]
-                source.copy_(slot.host_in[:n], non_blocking=True)
+            sources = [buffer[:n] for buffer in slot.host_in]
+            if self.cuda and sources:
+                sources = [buffer[:n] for buffer in slot.dev_in]
+                for device_buffer, host in zip(sources, slot.host_in):
+                    device_buffer.copy_(host[:n], non_blocking=True)
             uploaded = _event(upload)
         with _on(compute):
             if uploaded is not None:
                 compute.wait_event(uploaded)
-            result = self._compute(source)
+            x = self._model_input(kind, sources, items)
+            results = self._compute(x, self._converter(output, deep))
             computed = _event(compute)
         with _on(download):
-            if computed is not None:
+            if computed is not None and slot.host_out:
                 download.wait_event(computed)
-                slot.host_out[:n].copy_(result, non_blocking=True)
-                result.record_stream(download)  # the allocator must not reuse it before the copy
-            slot.done = _event(download)
-        self._pending.append(_InFlight(slot, tag, n, result))
+                for host, result in zip(slot.host_out, results):
+                    host[:n].copy_(result, non_blocking=True)
+                    result.record_stream(download)  # the allocator must not reuse it before the copy
+                slot.done = _event(download)
+            else:
+                slot.done = computed
+        self._pending.append(_InFlight(slot, tag, n, results, output))
         return self._complete(all_=False)
 
-    def drain(self) -> list[tuple[Any, list[np.ndarray]]]:
+    def drain(self) -> list[tuple[Any, list]]:
         """End of stream: wait for every batch in flight."""
         return self._complete(all_=True)
 
-    def _complete(self, all_: bool) -> list[tuple[Any, list[np.ndarray]]]:
+    def _complete(self, all_: bool) -> list[tuple[Any, list]]:
         finished = []
         while self._pending:
             job = self._pending[0]
@@ -316,30 +375,68 @@ class InferenceRunner:
                 break
             if job.slot.done is not None:
                 job.slot.done.synchronize()
-                # the slot is reused by a later batch: hand out copies
-                outputs = [job.slot.host_out[i].numpy().copy() for i in range(job.count)]
-            else:
-                outputs = [job.result[i].numpy() for i in range(job.count)]
+            finished.append((job.tag, self._outputs(job)))
             self._pending.popleft()
-            finished.append((job.tag, outputs))
         return finished
 
-    def _compute(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8/uint16 N×H×W×3 → same dtype N×sH×sW×3, in chunks of `batch`, halving on OOM."""
-        top = 255.0 if frames.dtype == torch.uint8 else 65535.0
-        n, h, w, _ = frames.shape
-        out = torch.empty((n, h * self.scale, w * self.scale, 3), dtype=frames.dtype, device=frames.device)
+    def _outputs(self, job: _InFlight) -> list:
+        """A finished batch's results, one per frame, no longer tied to the ring's buffers."""
+        if job.output == "device":
+            return list(job.results[0][:job.count].unbind(0))
+        # on CUDA the results were downloaded into the slot, which a later batch reuses
+        planes = job.slot.host_out or job.results
+        if job.output == "array":
+            return [planes[0][i].numpy().copy() if self.cuda else planes[0][i].numpy()
+                    for i in range(job.count)]
+        fmt = job.output
+        return [colour.planes_to_picture([p[i].numpy() for p in planes], fmt.fmt, fmt.colorspace,
+                                         fmt.color_range) for i in range(job.count)]
+
+    def _model_input(self, kind: str, sources: list[torch.Tensor], items: list) -> torch.Tensor:
+        """The batch as N×3×H×W float in [0, 1] on the device."""
+        if kind == "array":
+            top = 255.0 if sources[0].dtype == torch.uint8 else 65535.0
+            # N×H×W×3 viewed as N×3×H×W is already channels_last in memory: no copy
+            x = sources[0].permute(0, 3, 1, 2).float().div_(top)
+            return x if self.settings.channels_last else x.contiguous()
+        if kind == "planes":
+            x = colour.yuv_to_rgb(sources, items[0].fmt, items[0].spec)
+        else:
+            for t in items:  # made on another stream: keep its memory until this batch is done
+                if self.cuda and t.device == self.device:
+                    t.record_stream(torch.cuda.current_stream(self.device))
+            x = torch.stack([t.to(self.device, non_blocking=True) for t in items]).float()
+        return x.contiguous(memory_format=torch.channels_last) if self.settings.channels_last else x
+
+    def _converter(self, output: Output, deep: bool):
+        """How a chunk of model output (N×3×sH×sW float in [0, 1]) becomes what is handed on."""
+        if output == "array":
+            top, dtype = (65535.0, torch.uint16) if deep else (255.0, torch.uint8)
+            return lambda y: [y.mul_(top).round_().to(dtype).permute(0, 2, 3, 1)]
+        if output == "device":
+            keep = torch.float32 if self.precision == "fp32" else torch.float16  # half the memory
+            return lambda y: [y.to(keep).contiguous()]
+        return lambda y: colour.rgb_to_yuv(y, output.fmt, output.spec)
+
+    def _compute(self, x: torch.Tensor, convert) -> list[torch.Tensor]:
+        """Model over `x` in chunks of `batch`, each chunk converted; halving on OOM."""
+        n, _, h, w = x.shape
+        outs: list[torch.Tensor] | None = None
         start = 0
         while start < n:
             size = min(self.batch, n - start)
             try:
-                out[start:start + size] = self._run(frames[start:start + size], top)
+                parts = convert(self._run(x[start:start + size]))
             except torch.OutOfMemoryError:
                 if not self._shrink(h, w):
                     raise
                 continue  # the same frames again, smaller: none lost, none repeated
+            if outs is None:
+                outs = [torch.empty((n, *p.shape[1:]), dtype=p.dtype, device=p.device) for p in parts]
+            for out, part in zip(outs, parts):
+                out[start:start + size] = part
             start += size
-        return out
+        return outs
 
     def _shrink(self, height: int, width: int) -> bool:
         """After an out-of-memory error: halve the batch, else the tile. False if nothing is left."""
@@ -355,26 +452,69 @@ class InferenceRunner:
         self.tile = max(MIN_TILE, current // 2 // 8 * 8)
         return True
 
-    def _run(self, frames: torch.Tensor, top: float) -> torch.Tensor:
-        # N×H×W×3 viewed as N×3×H×W is already channels_last in memory: no copy
-        x = frames.permute(0, 3, 1, 2).float().div_(top)
-        if not self.settings.channels_last:
-            x = x.contiguous()
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """N×3×H×W float in [0, 1] → N×3×sH×sW float32 in [0, 1]."""
         with torch.no_grad(), self._autocast():
             h, w = x.shape[-2:]
             if self.tile and (h > self.tile or w > self.tile):
                 y = tiled_forward(self._forward, x, self.scale, self.tile,
                                   self.settings.tile_overlap, self.batch)
+            elif self.cuda and self.settings.cuda_graphs:
+                y = self._replay(x).clone()  # the graph's output buffer is reused by the next replay
             else:
                 y = self._forward(x)
-        y = y.float().clamp_(0, 1).mul_(top).round_()
-        return y.to(frames.dtype).permute(0, 2, 3, 1)
+        return y.float().clamp_(0, 1)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        """The model as a CUDA graph captured once per input shape: one launch per batch
+        instead of one per layer (the host thread stops being the limit at small frames)."""
+        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last))
+        if key not in self._graphs:
+            static_in = x.clone(memory_format=torch.preserve_format)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: cuDNN picks its algorithms outside the capture
+                    self._forward(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
 
     def close(self) -> None:
         self._pending.clear()
         self._slots = []
         if self.cuda:
             torch.cuda.empty_cache()
+
+
+def _capacity(slot: _Slot) -> float:
+    """Frames a slot's host buffers hold (unbounded when it has none: device in and out)."""
+    buffers = slot.host_in or slot.host_out
+    return buffers[0].shape[0] if buffers else math.inf
+
+
+def _kind(item: Any) -> str:
+    if isinstance(item, np.ndarray):
+        return "array"
+    if isinstance(item, colour.Planes):
+        return "planes"
+    if isinstance(item, torch.Tensor):
+        return "tensor"
+    raise TypeError(f"cannot run a model on {type(item).__name__}")
+
+
+def _size(item: Any, kind: str) -> tuple[int, int]:
+    if kind == "array":
+        return item.shape[0], item.shape[1]
+    if kind == "planes":
+        return item.arrays[0].shape[0], item.arrays[0].shape[1]
+    return int(item.shape[1]), int(item.shape[2])
 
 
 def _on(stream):
@@ -418,3 +558,83 @@ def _available_host_memory() -> float:
     except OSError:
         pass
     return 8 * 2**30
+
+
+def device_list(name: str) -> list[str]:
+    """The devices a `device` option names: one ("cpu", "cuda:1", "auto"), a comma list
+    ("cuda:0,cuda:1"; "cpu,cpu" gives two CPU runners, the tests' fake devices), or
+    "cuda:all" (every GPU torch sees)."""
+    if name == "cuda:all":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise RuntimeError("device cuda:all was asked for, but torch sees no CUDA GPU")
+        return [f"cuda:{i}" for i in range(count)]
+    return [part.strip() for part in name.split(",")]
+
+
+class MultiDeviceRunner:
+    """One `InferenceRunner` per device; batches go round-robin, results come back in order.
+
+    One host thread drives them all: on CUDA every `submit` only queues work, so the
+    devices compute at once. Each runner has its own ring, so a batch handed to device k
+    may finish after one handed later to device k+1; finished batches wait here until
+    every earlier one is out, so the caller sees submission order. The whole batch goes
+    to one device: frames are never split across devices.
+    """
+
+    def __init__(self, make_model, scale: int, settings: InferenceSettings, devices: list[str]):
+        from dataclasses import replace
+
+        self.runners = [InferenceRunner(make_model(), scale, replace(settings, device=d)) for d in devices]
+        self.scale = scale
+        self._turn = 0
+        self._order: deque[int] = deque()     # ids of batches in flight, in submission order
+        self._done: dict[int, tuple[Any, list]] = {}
+        self._count = 0
+
+    @property
+    def batch(self) -> int:
+        return min(r.batch for r in self.runners)
+
+    def open(self) -> None:
+        for r in self.runners:
+            r.open()
+
+    def plan(self, height: int, width: int) -> None:
+        for r in self.runners:
+            r.plan(height, width)
+
+    def submit(self, items: list, tag: Any = None, output: Output = "array",
+               deep: bool | None = None) -> list[tuple[Any, list]]:
+        ident = self._count
+        self._count += 1
+        self._order.append(ident)
+        runner = self.runners[self._turn]
+        self._turn = (self._turn + 1) % len(self.runners)
+        for inner_tag, outputs in runner.submit(items, tag=(ident, tag), output=output, deep=deep):
+            self._done[inner_tag[0]] = (inner_tag[1], outputs)
+        return self._release()
+
+    def drain(self) -> list[tuple[Any, list]]:
+        for runner in self.runners:
+            for inner_tag, outputs in runner.drain():
+                self._done[inner_tag[0]] = (inner_tag[1], outputs)
+        return self._release()
+
+    def _release(self) -> list[tuple[Any, list]]:
+        out = []
+        while self._order and self._order[0] in self._done:
+            out.append(self._done.pop(self._order.popleft()))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        first = self.runners[0].describe()
+        return {**first, "device": ",".join(str(r.device) for r in self.runners), "batch": self.batch,
+                "per_device": [{"device": str(r.device), "batches": dict(r.handled),
+                                "oom_retries": r.oom_retries} for r in self.runners],
+                "batches": dict(sum((r.handled for r in self.runners), Counter())),
+                "oom_retries": sum(r.oom_retries for r in self.runners)}
+
+    def close(self) -> None:
+        for r in self.runners:
+            r.close()

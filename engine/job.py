@@ -37,6 +37,7 @@ class JobConfig:
     max_frames: int | None = None
     timestamps: str = "repair"          # broken input timestamps: "repair" or "refuse"
     allow_truncated: bool = False       # a truncated input: keep what could be read
+    decode: str = "auto"                # "cpu", "nvdec", or "auto" (see engine/source.py)
     report: str | None = None
     quiet: bool = False
     runner: RunnerOptions = field(default_factory=RunnerOptions)
@@ -89,7 +90,7 @@ class Job:
             raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
                             f"{', '.join(TIMESTAMP_MODES)}")
         source = VideoSource(config.input, max_frames=config.max_frames, timestamps=config.timestamps,
-                             allow_truncated=config.allow_truncated)
+                             allow_truncated=config.allow_truncated, decode=config.decode)
         try:
             early_notes = check_input(config, source.info)
             video_index = source.container.streams.video[0].index

@@ -146,6 +146,7 @@ class Pipeline:
         overtake = 1 + max((p.dup_run for p in probes), default=0)
         self.reorder_window = in_flight * overtake + sum(capacities) + 1
         self._inboxes = inboxes
+        self._handoffs = _handoffs(probes, getattr(self.sink, "picture_format", None))
 
     # ---- observation --------------------------------------------------------------------
 
@@ -202,7 +203,9 @@ class Pipeline:
             stage.counters = metrics.counters  # stage counters land straight in the metrics
             ctx = StageContext(worker=worker, workers=spec.workers, width=self.source.width,
                                height=self.source.height, frame_rate=self.source.frame_rate,
-                               frames_total=self.source.frames_total, device=self.options.device)
+                               frames_total=self.source.frames_total, device=self.options.device,
+                               handoff=self._handoffs[[n is node for n in self._nodes].index(True) - 1],
+                               picture_format=getattr(self.sink, "picture_format", None))
             with metrics.busy(None):
                 stage.open(ctx)
             metrics.settings = stage.describe()
@@ -419,6 +422,19 @@ class Pipeline:
                 except KeyboardInterrupt:  # a second Ctrl-C must not skip the cleanup
                     self.token.cancel(Interrupted("interrupted"))
         return [t.name for t in self._threads if t.is_alive()]
+
+
+def _handoffs(probes: list[Stage], picture_format: Any) -> list[str]:
+    """What each stage hands on (see engine/stage.py): device tensors to a following model
+    stage, pictures in the encoder's format to a video sink, host RGB otherwise."""
+    handoffs = []
+    for i, probe in enumerate(probes):
+        after = probes[i + 1] if i + 1 < len(probes) else None
+        if after is not None:
+            handoffs.append("device" if after.takes_device else "array")
+        else:
+            handoffs.append("picture" if picture_format is not None else "array")
+    return handoffs
 
 
 def _check_same(stage: Stage, inputs: list[Frame], outputs: list[Frame]) -> None:

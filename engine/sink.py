@@ -105,6 +105,9 @@ class VideoSink:
         self._converting: deque[tuple[Frame, Future]] = deque()  # in order; bounded by LOOKAHEAD
         self.encoder_settings: dict[str, str] | None = None  # as the encoder wrote them in its stream
         self.repaired_packets: dict[str, int] = {}  # copied streams whose timestamps were regenerated
+        # what a model stage right before the sink may hand over: pictures in the encoder's
+        # format and encoding (the same as `_picture` converts with), made on its device
+        self.picture_format = (encoder.pix_fmt, source.colorspace, source.color_range)
 
     def describe(self) -> dict:
         """The encoder as it really ran, for the report: threading and its own settings."""
@@ -150,6 +153,8 @@ class VideoSink:
         self._copier = StreamCopier(self.input_path, self._container, self.copy_plan)
 
     def _picture(self, frame: Frame) -> av.VideoFrame:
+        """The picture to encode: the frame's own if it is already in the stream's format (a
+        decoded picture no stage touched, or a model stage's result), else converted from RGB."""
         stream = self._stream
         picture = frame.picture
         if (picture is not None and picture.format.name == stream.pix_fmt

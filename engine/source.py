@@ -41,7 +41,28 @@ class VideoInfo:
         return None
 
 
-def open_input(path: str) -> av.container.InputContainer:
+DECODERS = ("auto", "cpu", "nvdec")
+
+
+def hwaccel_for(decode: str):
+    """The PyAV hwaccel for `--decode`: None for the CPU.
+
+    `auto` is the CPU: NVDEC has not been measured against CPU decoding on a GPU machine yet
+    (tools/bench_gpu.sh takes both); it becomes NVDEC where that measurement favours it.
+    """
+    if decode not in DECODERS:
+        raise UserError(f"invalid --decode '{decode}'; choose one of: {', '.join(DECODERS)}")
+    if decode != "nvdec":
+        return None
+    from av.codec.hwaccel import HWAccel, hwdevices_available
+
+    if "cuda" not in hwdevices_available():
+        raise UserError("--decode nvdec: this FFmpeg build has no CUDA hardware decoding")
+    # no silent software fallback: asking for NVDEC and getting the CPU would mislead
+    return HWAccel("cuda", allow_software_fallback=False)
+
+
+def open_input(path: str, hwaccel=None) -> av.container.InputContainer:
     """Open `path` for reading, or raise a one-line UserError that says what is wrong."""
     if not os.path.exists(path):
         raise UserError(f"input not found: {path}")
@@ -52,10 +73,14 @@ def open_input(path: str) -> av.container.InputContainer:
     if os.path.getsize(path) == 0:
         raise UserError(f"input is empty (0 bytes): {path}")
     try:
-        container = av.open(path, mode="r")
+        container = av.open(path, mode="r", hwaccel=hwaccel) if hwaccel else av.open(path, mode="r")
     except av.error.EOFError:
         raise UserError(f"input has no video frames: {path} (it ends before the first one)") from None
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, OSError) as exc:
+        if hwaccel is not None:  # creating the CUDA device failed (no GPU, no driver, no permission)
+            raise UserError(f"--decode nvdec is not available here: no usable NVIDIA GPU ({_reason(exc)})") from None
+        if not isinstance(exc, av.error.FFmpegError):
+            raise
         raise UserError(f"input is not a readable video file: {path} ({_reason(exc)})") from None
     if not container.streams.video:
         container.close()
@@ -115,14 +140,16 @@ class VideoSource:
     name = "decode"
 
     def __init__(self, path: str, *, max_frames: int | None = None, timestamps: str = "repair",
-                 allow_truncated: bool = False):
+                 allow_truncated: bool = False, decode: str = "cpu"):
         self.path = path
         self.max_frames = max_frames
         self.timestamps = timestamps          # "repair" or "refuse": see engine/timestamps.py
         self.allow_truncated = allow_truncated
         self.notes: list[str] = []           # said to the user after the run
         self.repair: TimestampRepair | None = None
-        self._container = open_input(path)
+        hwaccel = hwaccel_for(decode)
+        self.decode = "nvdec" if hwaccel is not None else "cpu"  # what auto resolved to
+        self._container = open_input(path, hwaccel)
         self.info = read_info(self._container)
         self.pixel_format = "rgb48le" if self.info.bit_depth > 8 else "rgb24"
         estimate = self.info.frames_estimate

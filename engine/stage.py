@@ -18,6 +18,22 @@ Three kinds:
 - `WindowStage`: a temporal model sees up to `window_size` consecutive frames, consecutive
   windows sharing `overlap` frames of context on each side. The runner emits each frame
   exactly once, from the window where it sits furthest from the edge.
+
+Who may hold a frame's pixels in which form (see `Frame`):
+
+- A decoded frame holds its `picture` (YUV planes in the decoder's buffers). Analysis
+  stages may read the planes; any stage may read `data` (host RGB, converted once).
+- Only a model stage (`takes_device = True`, device work through engine/inference.py) reads
+  a picture's planes for its model or leaves its results on a device (`Frame.set_tensor`),
+  and only when the runner says so in `StageContext.handoff`:
+  - "device": the next stage is a model stage; leave results as device tensors, which it
+    takes as they are (no host memory between two models);
+  - "picture": the sink comes next and encodes `StageContext.picture_format`; hand it
+    `av.VideoFrame`s in that format (`Frame.set_picture`), converted on the device;
+  - "array": a CPU stage or an image sink comes next; hand it host RGB (`frame.data = ...`).
+- A stage that is not a model stage never sees a tensor it must handle: reading `data`
+  brings a device tensor back to the host, in that one place (`Frame.data`), so the
+  contract holds whatever the handoff. Any stage may replace pixels with `data = array`.
 """
 
 from __future__ import annotations
@@ -44,6 +60,13 @@ class StageContext:
     frame_rate: float | None
     frames_total: int | None
     device: str = "cpu"
+    #: What this stage's results should be when it hands frames on (model stages only):
+    #: "array" (host RGB), "device" (tensors for the next model stage), "picture" (the sink's
+    #: format, `picture_format`). Any stage may ignore it and set `data`: that is always right.
+    handoff: str = "array"
+    #: When handoff == "picture": (pix_fmt, colorspace, color_range) as FFmpeg names them;
+    #: `engine.colour.PictureFormat.of(*picture_format)` (None if it cannot make that format).
+    picture_format: tuple[str, int, int] | None = None
 
 
 class Stage:
@@ -60,6 +83,9 @@ class Stage:
     #: True if the stage must see frames in seq order (temporal state). The runner then
     #: reads its input through a reorder buffer, whatever runs in parallel upstream.
     needs_order: ClassVar[bool] = False
+    #: True for model stages that take decoded planes and device tensors as input (through
+    #: engine/inference.py); the runner then lets the stage before leave frames on the device.
+    takes_device: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()

@@ -1,8 +1,15 @@
 """`upscale`: super-resolution with a real pretrained model, through the device runner.
 
 `--pipeline upscale:model=animevideov3-x2` (see `engine models`), or a user's own
-`model=/path/net.pth` / `net.param`. The stage keeps `ring` batches in flight on CUDA
+`model=/path/net.pth` / `net.param`. `device=cuda:all` (or a list, `cuda:0,cuda:1`) runs
+one runner per GPU, batches spread round-robin and handed on in order. The stage keeps `ring` batches in flight on CUDA
 (see engine/inference.py), so it returns each batch a little later than it gets it.
+
+Pixels in and out (`convert=device`, the default): a decoded picture's YUV planes go to
+the device and become RGB there; a previous model stage's device tensors are taken as they
+are; results stay on the device for a following model stage, or leave it in the encoder's
+pixel format (engine/colour.py), as the runner's `handoff` says. `convert=host` keeps the
+older path (host RGB in and out, swscale on the host), for comparison.
 """
 
 from __future__ import annotations
@@ -15,16 +22,22 @@ from engine.registry import register_stage
 from engine.stage import BatchStage, StageContext
 
 MAX_BATCH = 8  # engine.inference.MAX_BATCH, repeated so that checking a pipeline needs no torch
+MAX_GPUS = 8   # cuda:all sizes the reorder window for this many (counting GPUs needs torch)
 
 
 @register_stage("upscale")
 class Upscale(BatchStage):
     """Upscale every (unique) frame with a super-resolution model."""
 
+    takes_device = True
+
     def __init__(self, model: str = DEFAULT_MODEL, batch: int = 0, tile: int = 0, tile_overlap: int = 32,
                  device: str = "auto", precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto",
                  channels_last: bool = True, compile: bool = False, cudnn_benchmark: bool = True,
-                 tf32: bool = True, ring: int = 3):
+                 tf32: bool = True, ring: int = 3, convert: Literal["device", "host"] = "device",
+                 compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                                       "max-autotune-no-cudagraphs"] = "default",
+                 cuda_graphs: bool = False):
         if not 0 <= batch <= 256:
             raise ValueError(f"batch must be between 0 (auto) and 256, got {batch}")
         if tile != 0 and tile < 64:
@@ -33,16 +46,27 @@ class Upscale(BatchStage):
             raise ValueError(f"tile_overlap must be between 0 and half the tile, got {tile_overlap}")
         if not 1 <= ring <= 8:
             raise ValueError(f"ring must be between 1 and 8, got {ring}")
-        if device != "auto" and device != "cpu" and not device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        devices = device.split(",")
+        if device != "auto" and not all(d.strip() == "cpu" or d.strip().startswith("cuda") for d in devices):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N, cuda:all or a comma list, got {device!r}")
+        if compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+            raise ValueError(f"compile_mode must be default, reduce-overhead, max-autotune or "
+                             f"max-autotune-no-cudagraphs, got {compile_mode!r}")
+        if convert not in ("device", "host"):
+            raise ValueError(f"convert must be device or host, got {convert!r}")
         check_model(model)  # unknown name, missing file, weights not installed: before any thread starts
         super().__init__(batch_size=batch or MAX_BATCH)
         self.model_name = model
         self.options = dict(batch=batch, tile=tile, tile_overlap=tile_overlap, device=device,
                             precision=precision, channels_last=channels_last, compile=compile,
-                            cudnn_benchmark=cudnn_benchmark, tf32=tf32, ring=ring)
-        self.span = self.batch_size * ring  # frames that may be in flight at once
+                            cudnn_benchmark=cudnn_benchmark, tf32=tf32, ring=ring,
+                            compile_mode=compile_mode, cuda_graphs=cuda_graphs)
+        # frames that may be in flight at once: a ring per device (cuda:all: at most MAX_GPUS)
+        self.devices = MAX_GPUS if device == "cuda:all" else len(devices)
+        self.span = self.batch_size * ring * self.devices
+        self.convert = convert
         self.runner = None
+        self.handoff, self.picture_format = "array", None
 
     def weight_files(self) -> list[str]:
         info = check_model(self.model_name)
@@ -53,21 +77,49 @@ class Upscale(BatchStage):
         return [self.model_name]
 
     def open(self, ctx: StageContext) -> None:
-        from engine.inference import InferenceRunner, InferenceSettings
+        from engine.inference import InferenceRunner, InferenceSettings, MultiDeviceRunner, device_list
         from engine.models.loader import load_model
 
         model = load_model(self.model_name)
         self.scale = model.scale
-        self.runner = InferenceRunner(model, model.scale, InferenceSettings(**self.options))
+        settings = InferenceSettings(**self.options)
+        devices = device_list(settings.device)
+        if len(devices) > 1:  # one runner (and model copy) per device, batches round-robin
+            self.runner = MultiDeviceRunner(lambda: load_model(self.model_name), model.scale, settings, devices)
+        else:
+            self.runner = InferenceRunner(model, model.scale, settings)
         self.runner.open()
+        if self.convert == "device":
+            from engine.colour import PictureFormat
+
+            self.handoff = ctx.handoff
+            if self.handoff == "picture":
+                self.picture_format = PictureFormat.of(*ctx.picture_format)
+                if self.picture_format is None:  # a format engine/colour.py lacks: the sink converts
+                    self.handoff = "array"
+        self._planes_in = self.convert == "device"
         if ctx.width and ctx.height:
             self.runner.plan(ctx.height, ctx.width)
             self.batch_size = min(self.batch_size, self.runner.batch)
 
     def submit_batch(self, frames: list[Frame]) -> list[list[Frame]]:
-        done = self.runner.submit([f.data for f in frames], tag=frames)
+        output = self.picture_format if self.handoff == "picture" else self.handoff
+        done = self.runner.submit(self._inputs(frames), tag=frames, output=output, deep=frames[0].deep)
         self.batch_size = min(self.batch_size, self.runner.batch)  # lowered after an OOM
         return self._attach(done)
+
+    def _inputs(self, frames: list[Frame]) -> list:
+        """Device tensors as they are, else decoded planes, else host RGB: one kind per batch."""
+        if self._planes_in:
+            from engine.colour import Planes
+
+            if all(f.tensor is not None for f in frames):
+                return [f.tensor for f in frames]
+            if all(f.picture is not None for f in frames):
+                planes = [Planes.of(f.picture) for f in frames]
+                if all(p is not None and p.key == planes[0].key for p in planes):
+                    return planes
+        return [f.data for f in frames]
 
     def drain_batches(self) -> list[list[Frame]]:
         return self._attach(self.runner.drain())
@@ -75,8 +127,13 @@ class Upscale(BatchStage):
     def _attach(self, done) -> list[list[Frame]]:
         batches = []
         for frames, outputs in done:
-            for frame, image in zip(frames, outputs):
-                frame.data = image
+            for frame, result in zip(frames, outputs):
+                if self.handoff == "device":
+                    frame.set_tensor(result)
+                elif self.handoff == "picture":
+                    frame.set_picture(result)
+                else:
+                    frame.data = result
             self.count("inferred", len(frames))
             batches.append(frames)
         return batches
@@ -84,7 +141,8 @@ class Upscale(BatchStage):
     def describe(self) -> dict[str, Any]:
         if self.runner is None:
             return {}
-        return {"model": self.model_name, "scale": self.scale, **self.runner.describe()}
+        return {"model": self.model_name, "scale": self.scale, "convert": self.convert,
+                "handoff": self.handoff, **self.runner.describe()}
 
     def close(self) -> None:
         if self.runner is not None:
