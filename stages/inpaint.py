@@ -140,7 +140,7 @@ class Inpaint(WindowStage):
     """Fill text masks from neighbouring frames along DIS optical flow, the rest spatially."""
 
     def __init__(self, radius: int = 8, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
-                 feather: int = 3, consistency: float = 1.5, photometric: float = 12.0,
+                 feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
                  flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",
                  filler: str = "", window_size: int = 0):
         if not 1 <= radius <= 30:
@@ -263,7 +263,9 @@ class Inpaint(WindowStage):
         # box size that reaches the ring from anywhere inside the mask
         depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
         box = 2 * int(depth + RING) + 1
-        chains = {}  # direction → (chained flow t→s, chained error) at flow resolution
+        chains = {}  # direction → (chained flow t→s, where every step is consistent), flow resolution
+        total = np.zeros(target.shape, np.float32)  # weighted sum of the accepted source pixels
+        weight = np.zeros(hole.shape, np.float32)
         for k in range(1, self.radius + 1):
             got = []
             for d in (-1, 1):
@@ -289,20 +291,15 @@ class Inpaint(WindowStage):
                     valid &= cv2.remap(guard, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                                        borderValue=255) == 0
                 valid &= self._photometric_ok(warped, target, ring & valid, box)
-                got.append((warped, valid & todo))
+                got.append((warped, valid & hole))
             if not got:
                 break
-            take = np.zeros_like(todo)
-            total = np.zeros(target.shape, np.float32)
-            weight = np.zeros(todo.shape, np.float32)
-            for warped, valid in got:
-                total[valid] += warped[valid]
-                weight[valid] += 1
-                take |= valid
-            filled[take] = np.rint(total[take] / weight[take][:, None]).astype(filled.dtype)
-            todo &= ~take
-            if not todo.any():
-                break
+            for warped, valid in got:  # nearer frames weigh more
+                total[valid] += warped[valid].astype(np.float32) / k
+                weight[valid] += 1 / k
+        take = weight > 0
+        filled[take] = np.rint(total[take] / weight[take][:, None]).astype(filled.dtype)
+        todo &= ~take
 
     def _photometric_ok(self, warped: np.ndarray, target: np.ndarray, ring: np.ndarray, box: int) -> np.ndarray:
         """Where the local mean error of `warped` against `target` on the ring is under the threshold."""

@@ -2,8 +2,11 @@
 
 Rule, for each frame (a window stage: every frame sees `overlap` frames on both sides):
 
-1. A detection frame's mask is its boxes, filled and dilated by `dilate` px (outlines, shadows
-   and anti-aliasing reach past the detector's box).
+1. A detection frame's mask is the strokes inside its boxes (`shape=glyphs`, see `glyph_mask`;
+   a boxed caption is taken whole) or the boxes themselves (`shape=boxes`), dilated by `dilate`
+   px for anti-aliasing and soft shadows. Strokes rather than boxes: inpainting a whole box
+   replaces background that was never covered, and a source frame's box hides background
+   that propagation could have used.
 2. A frame without detection (`every` > 1) takes the union of the masks of the nearest
    detection frames before and after it — the seed pipeline's rule for its odd frames.
 3. Hysteresis over time, per pixel: gaps of up to `hold` frames inside a run are closed (a
@@ -18,7 +21,7 @@ the pixels pass through unchanged. A frame without text has no `text_mask`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -31,15 +34,54 @@ from stages.dedup import luma
 THUMB = (32, 18)
 
 
+def _grow(mask: np.ndarray, px: int) -> np.ndarray:
+    if not px:
+        return mask
+    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1)))
+
+
 def box_mask(boxes: np.ndarray, height: int, width: int, dilate: int) -> np.ndarray:
     """Boxes (n×4×2) filled into an H×W uint8 mask (255 inside), dilated by `dilate` px."""
     mask = np.zeros((height, width), np.uint8)
     if len(boxes):
         cv2.fillPoly(mask, [np.round(b).astype(np.int32) for b in boxes], 255)
-        if dilate:
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate + 1, 2 * dilate + 1))
-            mask = cv2.dilate(mask, kernel)
-    return mask
+    return _grow(mask, dilate)
+
+
+def glyph_mask(gray: np.ndarray, boxes: np.ndarray, dilate: int, box_contrast: float = 25.0) -> np.ndarray:
+    """The strokes inside each box (n×4×2) of an H×W uint8 luma image, dilated by `dilate` px.
+
+    Subtitle strokes and their outlines are thin and stand out from what is around them: the
+    white and black top-hats (structuring element about a third of the line height) find
+    them, and Otsu's threshold over the box separates them from the background's texture.
+    A box whose non-stroke pixels differ from a ring just outside it by more than
+    `box_contrast` (a boxed caption, a banner) is taken whole.
+    """
+    h, w = gray.shape
+    mask = np.zeros((h, w), np.uint8)
+    for box in boxes:
+        x0, y0 = np.floor(box.min(axis=0)).astype(int)
+        x1, y1 = np.ceil(box.max(axis=0)).astype(int)
+        pad = max(4, (y1 - y0) // 4)
+        x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
+        inside = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(inside, [np.round(box - [x0, y0]).astype(np.int32)], 255)
+        region = gray[y0:y1, x0:x1]
+        k = max(3, int(np.ptp(box[:, 1])) // 3) | 1
+        element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        response = np.maximum(cv2.morphologyEx(region, cv2.MORPH_TOPHAT, element),
+                              cv2.morphologyEx(region, cv2.MORPH_BLACKHAT, element))
+        values = response[inside > 0]
+        if values.size == 0:
+            continue
+        threshold = max(20.0, cv2.threshold(values.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0])
+        strokes = (response > threshold) & (inside > 0)
+        ring = (_grow(inside, 4) > 0) & (inside == 0)
+        rest = (inside > 0) & ~_grow(strokes.astype(np.uint8), 2).astype(bool)
+        if ring.any() and rest.any() and abs(float(np.median(region[rest])) - float(np.median(region[ring]))) > box_contrast:
+            strokes = inside > 0  # a boxed caption: the box goes too
+        mask[y0:y1, x0:x1] |= strokes.astype(np.uint8) * 255
+    return _grow(mask, dilate)
 
 
 def _sweep(a: np.ndarray, before: int, after: int, everywhere: bool) -> np.ndarray:
@@ -74,8 +116,8 @@ def run_filter(stack: np.ndarray, hold: int, min_duration: int) -> np.ndarray:
 class TextMask(WindowStage):
     """Masks from text boxes: dilated, gaps between detections filled, steady over time, cut at scene changes."""
 
-    def __init__(self, dilate: int = 6, hold: int = 6, min_duration: int = 4, every: int = 2,
-                 cut_threshold: float = 30.0, window_size: int = 0):
+    def __init__(self, shape: Literal["glyphs", "boxes"] = "glyphs", dilate: int = 4, hold: int = 6,
+                 min_duration: int = 4, every: int = 2, cut_threshold: float = 30.0, window_size: int = 0):
         if not 0 <= dilate <= 200:
             raise ValueError(f"dilate must be between 0 and 200 px, got {dilate}")
         if not 0 <= hold <= 120 or not 1 <= min_duration <= 120:
@@ -87,7 +129,7 @@ class TextMask(WindowStage):
         # context each side: neighbour union (every) + closing (hold) + opening (min_duration)
         overlap = every + hold + min_duration
         super().__init__(window_size=window_size or 2 * overlap + 8, overlap=overlap)
-        self.dilate, self.hold, self.min_duration = dilate, hold, min_duration
+        self.shape, self.dilate, self.hold, self.min_duration = shape, dilate, hold, min_duration
         self.cut_threshold = cut_threshold
         self._masks: dict[int, np.ndarray | None] = {}  # detection masks by seq, this window's
         self._thumbs: dict[int, np.ndarray] = {}
@@ -96,7 +138,12 @@ class TextMask(WindowStage):
         if frame.seq not in self._masks:
             boxes = frame.meta["text_boxes"]
             h, w = frame.shape[:2]
-            self._masks[frame.seq] = box_mask(boxes, h, w, self.dilate) if len(boxes) else None
+            if not len(boxes):
+                self._masks[frame.seq] = None
+            elif self.shape == "boxes":
+                self._masks[frame.seq] = box_mask(boxes, h, w, self.dilate)
+            else:
+                self._masks[frame.seq] = glyph_mask(luma(frame), boxes, self.dilate)
         return self._masks[frame.seq]
 
     def _thumb(self, frame: Frame) -> np.ndarray:
@@ -162,5 +209,5 @@ class TextMask(WindowStage):
                 results[offset + i] = mask
 
     def describe(self) -> dict[str, Any]:
-        return {"dilate": self.dilate, "hold": self.hold, "min_duration": self.min_duration,
+        return {"shape": self.shape, "dilate": self.dilate, "hold": self.hold, "min_duration": self.min_duration,
                 "window": self.window_size}
