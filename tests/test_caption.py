@@ -125,6 +125,19 @@ def test_detector_finds_nothing_on_a_plain_texture(detector):
     assert len(detector.detect(texture(0, 240, 320))) == 0
 
 
+def test_recogniser_check_keeps_text_and_drops_texture():
+    stage = TextDetect(verify=True)
+    stage.open(None)
+    image, truth = caption(texture(0, 240, 320))
+    assert len(stage.detect(image)) == 1
+    ys, xs = np.nonzero(truth)
+    box = np.array([[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.max(), ys.max()], [xs.min(), ys.max()]],
+                   np.float32)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    assert stage._reads_as_text(bgr, box)
+    assert not stage._reads_as_text(cv2.cvtColor(texture(3, 240, 320), cv2.COLOR_RGB2BGR), box)
+
+
 def test_detection_every_other_frame_marks_meta():
     frames = [Frame.from_array(i, i, TB, caption(texture(i, 96, 320), scale=0.7)[0]) for i in range(4)]
     out = run(frames, "text-detect:area=0/0.5/1/1")
