@@ -17,7 +17,9 @@ A window stage: every frame sees `radius` frames on each side. For a frame with 
      must stay under `photometric` (0..255).
    Nearest frames win; equally near frames before and after are averaged.
 3. **Spatial fill.** What no frame could give is filled by `cv2.inpaint` (`method` ns or telea)
-   from everything around it, the propagated pixels included.
+   from everything around it, the propagated pixels included, then blended (`recurrent`, 0.6)
+   with the previous output frame warped along the flow, where the flow is consistent: a
+   spatial fill on its own changes from frame to frame (flicker).
 4. **Composite.** Only inside the mask, feathered over `feather` px inward from its edge.
    Every pixel outside the mask is the decoded pixel, bit for bit.
 
@@ -142,20 +144,23 @@ class Inpaint(WindowStage):
     def __init__(self, radius: int = 8, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
                  feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
                  flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",
-                 filler: str = "", window_size: int = 0):
+                 recurrent: float = 0.6, filler: str = "", window_size: int = 0):
         if not 1 <= radius <= 30:
             raise ValueError(f"radius must be between 1 and 30 frames, got {radius}")
         if not 0 <= feather <= 50:
             raise ValueError(f"feather must be between 0 and 50 px, got {feather}")
         if consistency <= 0 or not 0 < photometric <= 255:
             raise ValueError("consistency must be > 0 px and photometric in (0, 255]")
+        if not 0 <= recurrent < 1:
+            raise ValueError(f"recurrent must be in [0, 1), got {recurrent}")
         if not 64 <= flow_width <= 8192:
             raise ValueError(f"flow_width must be between 64 and 8192, got {flow_width}")
         overlap = radius if propagate else 0
         super().__init__(window_size=window_size or max(2 * overlap + 8, 2 * overlap + 1), overlap=overlap)
         self.radius, self.method, self.propagate = radius, method, propagate
         self.feather, self.consistency, self.photometric = feather, consistency, photometric
-        self.flow_width, self.flow_preset = flow_width, flow_preset
+        self.flow_width, self.flow_preset, self.recurrent = flow_width, flow_preset, recurrent
+        self._previous: tuple[int, np.ndarray] | None = None  # (seq, output) of the last filled frame
         self.filler_path = filler
         if filler:
             from stages.inpaint_onnx import check_filler
@@ -216,12 +221,31 @@ class Inpaint(WindowStage):
                 filled = self.filler(filled, todo8)
             else:
                 filled = spatial_fill(filled, todo8, self.method)
+            if self.propagate and self.recurrent:
+                self._follow_previous(t, frames, images, masks, crop, filled, todo)
         self.count("text_frames")
         self.count("filled_pixels", int(hole.sum()))
         self.count("propagated_pixels", propagated)
         result = image.copy()
         result[crop.y0:crop.y1, crop.x0:crop.x1] = composite(target, filled, crop.cut(mask), self.feather)
+        self._previous = (frames[t].seq, result)
         return result
+
+    def _follow_previous(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list,
+                         crop: _Crop, filled: np.ndarray, todo: np.ndarray) -> None:
+        """Blend what no frame could give with the previous output warped along the flow, so a
+        spatial fill does not flicker from frame to frame (an average along motion paths)."""
+        previous = self._previous
+        if t == 0 or previous is None or previous[0] != frames[t - 1].seq:
+            return
+        flow_small, ok = self._pair(frames, images, masks, crop, t, t - 1)
+        flow = crop.full_flow(flow_small)
+        fx, fy = _grid(crop.h, crop.w)
+        mx, my = fx + flow[..., 0], fy + flow[..., 1]
+        warped = cv2.remap(crop.cut(previous[1]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        take = todo & (crop.full_mask(ok) > 0) & (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1)
+        blend = self.recurrent * warped[take].astype(np.float32) + (1 - self.recurrent) * filled[take]
+        filled[take] = np.rint(blend).astype(filled.dtype)
 
     # ---- propagation ----------------------------------------------------------------------
 
