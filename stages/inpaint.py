@@ -185,22 +185,22 @@ class Inpaint(WindowStage):
         masks = [f.meta.get("text_mask") for f in frames]
         live = {f.seq for f in frames}
         self._flows = {k: v for k, v in self._flows.items() if k[0] in live and k[1] in live}
-        if all(m is None for m in masks):
-            return images
-        h, w = images[0].shape[:2]
-        crop = _Crop(masks, h, w, self.flow_width) if self.propagate else None
         # Fill only the frames this window emits (engine/stage.py): those not emitted by an
         # earlier window, and not the trailing context, which the next window emits — unless
         # this is the last window, which the runner always gives fewer than window_size frames.
         last = len(frames) if len(frames) < self.window_size else len(frames) - self.overlap
+        emitted, self._emitted = self._emitted, max(self._emitted, frames[last - 1].seq)
+        if all(m is None for m in masks):
+            return images
+        h, w = images[0].shape[:2]
+        crop = _Crop(masks, h, w, self.flow_width) if self.propagate else None
         out = []
         for i, (image, mask) in enumerate(zip(images, masks)):
-            owned = frames[i].seq > self._emitted and i < last
+            owned = frames[i].seq > emitted and i < last
             if mask is None or not mask.any() or not owned:
                 out.append(image)
                 continue
             out.append(self._fill(i, frames, images, masks, crop))
-        self._emitted = max(self._emitted, frames[last - 1].seq)
         return out
 
     def _fill(self, t: int, frames: list[Frame], images: list[np.ndarray],

@@ -37,11 +37,11 @@ class MaskPreview(MapStage):
         if self.mode == "mask":
             h, w = frame.shape[:2]
             plane = mask if mask is not None else np.zeros((h, w), np.uint8)
+            plane = plane.astype(np.uint16) * 257 if frame.data.dtype == np.uint16 else plane
             frame.data = np.repeat(plane[:, :, None], 3, axis=2)
             return frame
-        image = frame.data.copy()
-        if image.dtype == np.uint16:
-            image = (image >> 8).astype(np.uint8)
+        deep = frame.data.dtype == np.uint16  # drawn at 8 bits, handed on at the input's depth
+        image = (frame.data >> 8).astype(np.uint8) if deep else frame.data.copy()
         if mask is not None:
             inside = mask > 0
             image[inside] = np.rint((1 - self.opacity) * image[inside] + self.opacity * TINT).astype(np.uint8)
@@ -50,5 +50,5 @@ class MaskPreview(MapStage):
             cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), (0, 128, 255), thick)
         for box in frame.meta.get("text_boxes", []):
             cv2.polylines(image, [np.round(box).astype(np.int32)], True, (255, 255, 0), thick)
-        frame.data = image
+        frame.data = image.astype(np.uint16) * 257 if deep else image
         return frame

@@ -371,6 +371,8 @@ def test_mask_preview_tints_the_mask_and_writes_masks():
     frame = MaskPreview(mode="mask").process(Frame.from_array(0, 0, TB, image.copy(), {"text_mask": mask}))
     assert np.array_equal(frame.data[..., 0], mask)
     assert MaskPreview(mode="mask").process(Frame.from_array(0, 0, TB, image.copy())).data.max() == 0
+    deep = MaskPreview().process(Frame.from_array(0, 0, TB, image.astype(np.uint16) * 257, {"text_mask": mask}))
+    assert deep.data.dtype == np.uint16 and deep.data[0, 0, 0] == 50 * 257  # 10-bit input stays 10-bit
 
 
 # ---- the whole job from the CLI -----------------------------------------------------------
