@@ -111,8 +111,9 @@ class _Crop:
     def __init__(self, masks: list[np.ndarray | None], height: int, width: int, flow_width: int):
         union = np.maximum.reduce([m for m in masks if m is not None])
         ys, xs = np.nonzero(union)
-        self.y0, self.y1 = max(0, ys.min() - MARGIN), min(height, ys.max() + 1 + MARGIN)
-        self.x0, self.x1 = max(0, xs.min() - MARGIN), min(width, xs.max() + 1 + MARGIN)
+        # plain ints: a NumPy scalar here would turn the flow float64 (NEP 50) and cv2.remap refuses it
+        self.y0, self.y1 = max(0, int(ys.min()) - MARGIN), min(height, int(ys.max()) + 1 + MARGIN)
+        self.x0, self.x1 = max(0, int(xs.min()) - MARGIN), min(width, int(xs.max()) + 1 + MARGIN)
         self.h, self.w = self.y1 - self.y0, self.x1 - self.x0
         self.scale = min(1.0, flow_width / self.w)
         self.fh, self.fw = max(8, round(self.h * self.scale)), max(8, round(self.w * self.scale))

@@ -266,6 +266,16 @@ def test_inpaint_changes_only_masked_pixels(dtype):
     assert all(np.array_equal(f.data, b) for f, b in zip(frames, before))  # inputs untouched
 
 
+def test_flow_at_reduced_resolution_for_wide_masks():
+    frames, clean = masked_stream(12)
+    before = [f.data.copy() for f in frames]
+    out = run(frames, "inpaint:radius=3:flow_width=64")  # the 160 px crop's flow at 64 px
+    for f, original in zip(out, before):
+        mask = f.meta["text_mask"] > 0
+        assert np.array_equal(f.data[~mask], original[~mask])
+        assert not np.array_equal(f.data[mask], original[mask])
+
+
 def test_propagation_recovers_a_moving_background_better_than_spatial_fill():
     def psnr(out, clean):
         err = [np.mean((f.data[f.meta["text_mask"] > 0].astype(float) - c[f.meta["text_mask"] > 0]) ** 2)
