@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Caption removal against ground truth, and on a clip with real subtitles.
 
-    python tools/caption_bench.py quality [--frames 150] [--json out.json]
+    python tools/caption_bench.py quality [--frames 216] [--json out.json]
     python tools/caption_bench.py real tests/media/anime-1080p.mp4 OUT.mp4 [--picture pic.png]
 
 `quality` renders captions over clean footage — the hand-held live-action clip
@@ -9,7 +9,7 @@
 the upper half of the 1080p anime clip (no text there: a static-ish background) — in several
 fonts (OpenCV Hershey simplex/duplex/triplex; DejaVu Sans and Serif through Pillow), sizes,
 outlines, a boxed style, fades in and out, and two scripts (Latin and Cyrillic: the fonts
-here have no CJK glyphs). It keeps the true text pixels (everything the caption altered),
+here have no CJK glyphs); `STYLES` lists them, one caption each, in turn. It keeps the true text pixels (everything the caption altered),
 runs the real pipeline in-process (no encoder in the way) and three fills on the very same
 detected masks: `inpaint` (flow propagation + NS), and the Telea and NS baselines
 (`inpaint:propagate=false`). Scores in the mask (the removal mask ∪ the true text pixels):
@@ -75,17 +75,26 @@ def _pil_font(serif: bool, size: int):
     return ImageFont.truetype(str(Path(get_data_path()) / "fonts" / "ttf" / name), size)
 
 
-def caption_layers(text: str, script: str, style: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+STYLES = [  # one per caption, in turn; Latin lines (even) may use Hershey, Cyrillic (odd) need DejaVu
+    dict(font="hershey-simplex", outline=True, size=0.06, fill=(255, 255, 255), boxed=False),
+    dict(font="dejavu-serif", outline=False, size=0.075, fill=(255, 255, 255), boxed=False),
+    dict(font="hershey-triplex", outline=True, size=0.09, fill=(255, 230, 80), boxed=False),
+    dict(font="dejavu-sans-bold", outline=True, size=0.06, fill=(255, 255, 255), boxed=False),
+    dict(font="hershey-duplex", outline=False, size=0.075, fill=(255, 255, 255), boxed=True),
+    dict(font="dejavu-sans-bold", outline=False, size=0.09, fill=(255, 255, 255), boxed=False),
+]
+
+
+def caption_layers(text: str, style: dict, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """(colour H×W×3 float, alpha H×W float 0..1) of one caption line, bottom-centred."""
-    size = height * (0.06 + 0.015 * (style % 3))  # cap height varies with the style
+    size = height * style["size"]  # cap height
     colour = np.zeros((height, width, 3), np.float32)
     alpha = np.zeros((height, width), np.float32)
-    fill = (255, 255, 255) if style % 4 != 3 else (255, 230, 80)
-    outline = style % 2 == 0
-    if script == "cyrillic" or style % 3 == 2:  # a TrueType font (Hershey has no Cyrillic)
+    fill, outline = style["fill"], style["outline"]
+    if style["font"].startswith("dejavu"):
         from PIL import Image, ImageDraw
 
-        font = _pil_font(serif=style % 2 == 1, size=max(10, int(size * 1.4)))
+        font = _pil_font(serif=style["font"] == "dejavu-serif", size=max(10, int(size * 1.4)))
         probe = ImageDraw.Draw(Image.new("L", (1, 1)))
         x0, y0, x1, y1 = probe.textbbox((0, 0), text, font=font, stroke_width=2 if outline else 0)
         org = ((width - (x1 - x0)) // 2 - x0, int(height * 0.93) - y1)
@@ -95,7 +104,7 @@ def caption_layers(text: str, script: str, style: int, width: int, height: int) 
             ImageDraw.Draw(a).text(org, text, font=font, fill=255, stroke_width=stroke[0], stroke_fill=255)
             layers.append((np.asarray(a, np.float32) / 255, stroke[1]))
     else:
-        font = HERSHEY[style % 3]
+        font = HERSHEY[["hershey-simplex", "hershey-duplex", "hershey-triplex"].index(style["font"])]
         scale = cv2.getFontScaleFromHeight(font, int(size))
         thick = max(1, int(size / 12))
         (tw, _), _ = cv2.getTextSize(text, font, scale, thick)
@@ -108,7 +117,7 @@ def caption_layers(text: str, script: str, style: int, width: int, height: int) 
     for a, c in layers:
         colour = colour * (1 - a[..., None]) + np.array(c, np.float32) * a[..., None]
         alpha = np.maximum(alpha, a)
-    if style % 5 == 4:  # a boxed caption: a translucent dark box behind the text
+    if style["boxed"]:  # a translucent dark box behind the text
         ys, xs = np.nonzero(alpha)
         box = np.zeros_like(alpha)
         pad = max(3, int(size * 0.3))
@@ -119,16 +128,16 @@ def caption_layers(text: str, script: str, style: int, width: int, height: int) 
 
 
 def render(clean: list[np.ndarray], fps: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Captions of ~1.6 s with 0.3 s gaps and 0.2 s fades; returns (captioned, true text pixels)."""
+    """Captions of 1 s with 0.2 s gaps and 0.15 s fades, each line in the next style; returns
+    (captioned, true text pixels). 6 captions (every style and both scripts) take 7.2 s."""
     h, w = clean[0].shape[:2]
-    on, gap, fade = int(1.6 * fps), int(0.3 * fps), max(1, int(0.2 * fps))
+    on, gap, fade = int(1.0 * fps), int(0.2 * fps), max(1, int(0.15 * fps))
     out, truth = [], []
     layers = None
     for i, image in enumerate(clean):
         k, pos = divmod(i, on + gap)
         if pos == 0:
-            script, text = LINES[k % len(LINES)]
-            layers = caption_layers(text, script, k, w, h)
+            layers = caption_layers(LINES[k % len(LINES)][1], STYLES[k % len(STYLES)], w, h)
         if pos >= on:
             out.append(image.copy())
             truth.append(np.zeros((h, w), bool))
@@ -310,7 +319,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quality", help="synthetic captions over clean footage, scored against it")
-    q.add_argument("--frames", type=int, default=150)
+    q.add_argument("--frames", type=int, default=216, help="216 at 30 fps: all six caption styles")
     q.add_argument("--json")
     r = sub.add_parser("real", help="caption-remove on a clip with real subtitles: OCR re-detection")
     r.add_argument("input")
