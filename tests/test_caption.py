@@ -138,6 +138,36 @@ def test_recogniser_check_keeps_text_and_drops_texture():
     assert not stage._reads_as_text(cv2.cvtColor(texture(3, 240, 320), cv2.COLOR_RGB2BGR), box)
 
 
+def test_detector_model_from_disk(tmp_path):
+    """A user's own PP-OCR-style detector (ONNX, N×3×H×W in [-1, 1] → N×1×H×W probability):
+    here a tiny one built by the test whose 'text probability' is the brightness."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Add", ["m", "one"], ["p1"]),
+             helper.make_node("Mul", ["p1", "half"], ["prob"])]
+    graph = helper.make_graph(
+        nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]), helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    stage = TextDetect(model=str(tmp_path / "det.onnx"))
+    stage.open(None)
+    image = np.zeros((240, 320, 3), np.uint8)
+    image[200:220, 60:260] = 255  # one bright 'line'
+    boxes = stage.detect(image)
+    assert len(boxes) == 1
+    x0, y0 = boxes[0].min(axis=0)
+    x1, y1 = boxes[0].max(axis=0)
+    # DB unclips by area × 1.6 / perimeter ≈ 15 px around the 200×20 line
+    assert 40 <= x0 <= 60 and 260 <= x1 <= 280 and 180 <= y0 <= 200 and 220 <= y1 <= 240
+    with pytest.raises(UserError, match="detection model not found"):
+        parse_pipeline(f"text-detect:model={tmp_path / 'nope.onnx'}")
+
+
 def test_detection_every_other_frame_marks_meta():
     frames = [Frame.from_array(i, i, TB, caption(texture(i, 96, 320), scale=0.7)[0]) for i in range(4)]
     out = run(frames, "text-detect:area=0/0.5/1/1")
