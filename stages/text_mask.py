@@ -3,8 +3,8 @@
 Rule, for each frame (a window stage: every frame sees `overlap` frames on both sides):
 
 1. A detection frame's mask is the strokes inside its boxes (`shape=glyphs`, see `glyph_mask`;
-   a boxed caption is taken whole) or the boxes themselves (`shape=boxes`), dilated by `dilate`
-   px for anti-aliasing and soft shadows. Strokes rather than boxes: inpainting a whole box
+   a boxed caption is taken whole), grown by `grow` (0.15) × the line's height for soft shadows
+   and outlines, or the boxes themselves (`shape=boxes`); then dilated by `dilate` px. Strokes rather than boxes: inpainting a whole box
    replaces background that was never covered, and a source frame's box hides background
    that propagation could have used.
 2. A frame without detection (`every` > 1) takes the union of the masks of the nearest
@@ -48,8 +48,10 @@ def box_mask(boxes: np.ndarray, height: int, width: int, dilate: int) -> np.ndar
     return _grow(mask, dilate)
 
 
-def glyph_mask(gray: np.ndarray, boxes: np.ndarray, dilate: int, box_contrast: float = 25.0) -> np.ndarray:
-    """The strokes inside each box (n×4×2) of an H×W uint8 luma image, dilated by `dilate` px.
+def glyph_mask(gray: np.ndarray, boxes: np.ndarray, dilate: int, box_contrast: float = 25.0,
+               grow: float = 0.0) -> np.ndarray:
+    """The strokes inside each box (n×4×2) of an H×W uint8 luma image, dilated by `dilate` px
+    plus `grow` × the box's height (soft shadows and outlines scale with the text).
 
     Subtitle strokes and their outlines are thin and stand out from what is around them: the
     white and black top-hats (structuring element about a third of the line height) find
@@ -80,7 +82,12 @@ def glyph_mask(gray: np.ndarray, boxes: np.ndarray, dilate: int, box_contrast: f
         rest = (inside > 0) & ~_grow(strokes.astype(np.uint8), 2).astype(bool)
         if ring.any() and rest.any() and abs(float(np.median(region[rest])) - float(np.median(region[ring]))) > box_contrast:
             strokes = inside > 0  # a boxed caption: the box goes too
-        mask[y0:y1, x0:x1] |= strokes.astype(np.uint8) * 255
+        extra = int(round(grow * np.ptp(box[:, 1])))
+        grown = _grow(np.pad(strokes.astype(np.uint8) * 255, extra), extra)  # room to grow past the crop
+        gy0, gx0 = y0 - extra, x0 - extra
+        cy0, cx0 = max(0, gy0), max(0, gx0)
+        cy1, cx1 = min(h, y1 + extra), min(w, x1 + extra)
+        mask[cy0:cy1, cx0:cx1] |= grown[cy0 - gy0:cy1 - gy0, cx0 - gx0:cx1 - gx0]
     return _grow(mask, dilate)
 
 
@@ -116,8 +123,11 @@ def run_filter(stack: np.ndarray, hold: int, min_duration: int) -> np.ndarray:
 class TextMask(WindowStage):
     """Masks from text boxes: dilated, gaps between detections filled, steady over time, cut at scene changes."""
 
-    def __init__(self, shape: Literal["glyphs", "boxes"] = "glyphs", dilate: int = 4, hold: int = 6,
+    def __init__(self, shape: Literal["glyphs", "boxes"] = "glyphs", dilate: int = 4, grow: float = 0.15,
+                 hold: int = 6,
                  min_duration: int = 4, every: int = 2, cut_threshold: float = 30.0, window_size: int = 0):
+        if not 0 <= grow <= 2:
+            raise ValueError(f"grow must be between 0 and 2 (× the text line's height), got {grow}")
         if not 0 <= dilate <= 200:
             raise ValueError(f"dilate must be between 0 and 200 px, got {dilate}")
         if not 0 <= hold <= 120 or not 1 <= min_duration <= 120:
@@ -129,7 +139,7 @@ class TextMask(WindowStage):
         # context each side: neighbour union (every) + closing (hold) + opening (min_duration)
         overlap = every + hold + min_duration
         super().__init__(window_size=window_size or 2 * overlap + 8, overlap=overlap)
-        self.shape, self.dilate, self.hold, self.min_duration = shape, dilate, hold, min_duration
+        self.shape, self.dilate, self.grow, self.hold, self.min_duration = shape, dilate, grow, hold, min_duration
         self.cut_threshold = cut_threshold
         self._masks: dict[int, np.ndarray | None] = {}  # detection masks by seq, this window's
         self._thumbs: dict[int, np.ndarray] = {}
@@ -143,7 +153,7 @@ class TextMask(WindowStage):
             elif self.shape == "boxes":
                 self._masks[frame.seq] = box_mask(boxes, h, w, self.dilate)
             else:
-                self._masks[frame.seq] = glyph_mask(luma(frame), boxes, self.dilate)
+                self._masks[frame.seq] = glyph_mask(luma(frame), boxes, self.dilate, grow=self.grow)
         return self._masks[frame.seq]
 
     def _thumb(self, frame: Frame) -> np.ndarray:
@@ -209,5 +219,5 @@ class TextMask(WindowStage):
                 results[offset + i] = mask
 
     def describe(self) -> dict[str, Any]:
-        return {"shape": self.shape, "dilate": self.dilate, "hold": self.hold, "min_duration": self.min_duration,
+        return {"shape": self.shape, "dilate": self.dilate, "grow": self.grow, "hold": self.hold, "min_duration": self.min_duration,
                 "window": self.window_size}
