@@ -143,6 +143,7 @@ class TextMask(WindowStage):
         self.cut_threshold = cut_threshold
         self._masks: dict[int, np.ndarray | None] = {}  # detection masks by seq, this window's
         self._thumbs: dict[int, np.ndarray] = {}
+        self._emitted = -1  # highest seq a window has emitted so far
 
     def _detection_mask(self, frame: Frame) -> np.ndarray | None:
         if frame.seq not in self._masks:
@@ -177,20 +178,26 @@ class TextMask(WindowStage):
             for seq in [s for s in cache if s not in seqs]:
                 del cache[seq]
         cuts = self.cuts(frames)
+        # Masks are written only on the frames this window emits (engine/stage.py: not emitted
+        # before, and not the trailing context unless this is the last, shorter window); there
+        # each has `overlap` frames of context. The rest keep theirs until their own window.
+        last = len(frames) if len(frames) < self.window_size else len(frames) - self.overlap
+        owned = [f.seq > self._emitted and i < last for i, f in enumerate(frames)]
+        self._emitted = max(self._emitted, frames[last - 1].seq)
         results: list[np.ndarray | None] = [None] * len(frames)
         bounds = [0, *cuts, len(frames)]
         for start, stop in zip(bounds[:-1], bounds[1:]):
-            self._shot(frames[start:stop], results, start)
-        for frame, mask in zip(frames, results):
-            # Written on every frame of the window; the emitted value is the one computed in
-            # the window that emits the frame, where it has `overlap` frames of context.
+            self._shot(frames[start:stop], results, start, owned[start:stop])
+        for frame, mask, mine in zip(frames, results, owned):
+            if not mine:
+                continue
             if mask is None:
                 frame.meta.pop("text_mask", None)
             else:
                 frame.meta["text_mask"] = mask
         return [f.data for f in frames]
 
-    def _shot(self, frames: list[Frame], results: list, offset: int) -> None:
+    def _shot(self, frames: list[Frame], results: list, offset: int, owned: list[bool]) -> None:
         detected = [i for i, f in enumerate(frames) if "text_boxes" in f.meta]
         masks = {i: self._detection_mask(frames[i]) for i in detected}
         if not any(m is not None for m in masks.values()):
@@ -213,11 +220,11 @@ class TextMask(WindowStage):
                           for m in raw])
         steady = run_filter(stack, self.hold, self.min_duration)
         for i, crop in enumerate(steady):
-            if crop.any():
+            if owned[i] and crop.any():
                 mask = np.zeros((h, w), np.uint8)
                 mask[y0:y1, x0:x1][crop] = 255
                 results[offset + i] = mask
 
     def describe(self) -> dict[str, Any]:
-        return {"shape": self.shape, "dilate": self.dilate, "grow": self.grow, "hold": self.hold, "min_duration": self.min_duration,
-                "window": self.window_size}
+        return {"shape": self.shape, "dilate": self.dilate, "grow": self.grow, "hold": self.hold,
+                "min_duration": self.min_duration, "window": self.window_size}
