@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("file")
     pr.add_argument("--json", action="store_true")
 
-    sub.add_parser("stages", help="list the registered stages")
+    sub.add_parser("stages", help="list the registered stages and presets")
     sub.add_parser("models", help="list the models the upscale stage can use")
     return p
 
@@ -101,11 +101,13 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _stages(_: argparse.Namespace) -> int:
-    from engine.registry import available_stages
+    from engine.registry import available_presets, available_stages
 
     for name, cls in available_stages().items():
         doc = (cls.__doc__ or "").strip().splitlines()
         print(f"{name:<18} {cls.kind:<7} {doc[0] if doc else ''}")
+    for name, spec in available_presets().items():
+        print(f"{name:<18} {'preset':<7} {spec}")
     return 0
 
 

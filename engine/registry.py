@@ -9,6 +9,9 @@ Pipeline spec (CLI): ``name[:key=value]...`` joined by commas, for example
 ``queue`` are the runner's (threads for the stage, depth of its input channel); every
 other key goes to the stage's constructor, converted to the type it declares.
 
+A preset is a name for a whole pipeline spec (``register_preset``); it expands where it
+stands and takes no options of its own (write its stages out to change them).
+
 Pipeline file (TOML)::
 
     [[stage]]
@@ -33,6 +36,7 @@ from engine.errors import UserError
 from engine.stage import Stage
 
 _STAGES: dict[str, type[Stage]] = {}
+_PRESETS: dict[str, str] = {}
 _discovered = False
 RUNNER_KEYS = ("workers", "queue")
 
@@ -48,6 +52,18 @@ def register_stage(name: str):
         return cls
 
     return decorate
+
+
+def register_preset(name: str, spec: str) -> None:
+    """Make `name` stand for the pipeline `spec` (stage names and options, as on the CLI)."""
+    if name in _PRESETS and _PRESETS[name] != spec:
+        raise ValueError(f"preset name '{name}' is already taken")
+    _PRESETS[name] = spec
+
+
+def available_presets() -> dict[str, str]:
+    _discover()
+    return dict(sorted(_PRESETS.items()))
 
 
 def _discover() -> None:
@@ -74,7 +90,8 @@ def available_stages() -> dict[str, type[Stage]]:
 def stage_class(name: str) -> type[Stage]:
     stages = available_stages()
     if name not in stages:
-        raise UserError(f"unknown stage '{name}'; choose one of: {', '.join(stages) or '(none)'}")
+        names = sorted([*stages, *_PRESETS])
+        raise UserError(f"unknown stage '{name}'; choose one of: {', '.join(names) or '(none)'}")
     return stages[name]
 
 
@@ -130,6 +147,17 @@ def _coerce(stage: str, key: str, raw: Any, target: Any) -> Any:
     raise UserError(f"stage '{stage}': option {key}={raw!r} is not a valid {names}")
 
 
+def _expand(name: str, raw_options: dict[str, Any]) -> list[StageSpec]:
+    """One pipeline entry: a stage, or a preset's stages."""
+    _discover()
+    if name in _PRESETS and name not in _STAGES:
+        if raw_options:
+            raise UserError(f"preset '{name}' takes no options; write its stages out instead: "
+                            f"{_PRESETS[name]}")
+        return parse_pipeline(_PRESETS[name])
+    return [make_spec(name, raw_options)]
+
+
 def make_spec(name: str, raw_options: dict[str, Any]) -> StageSpec:
     cls = stage_class(name)
     types = _option_types(cls)
@@ -172,7 +200,7 @@ def parse_pipeline(text: str) -> list[StageSpec]:
             if not sep or not key:
                 raise UserError(f"stage '{name}': expected key=value, got '{pair}'")
             raw[key] = value
-        specs.append(make_spec(name, raw))
+        specs.extend(_expand(name, raw))
     return specs
 
 
@@ -191,5 +219,5 @@ def load_pipeline_file(path: Path) -> list[StageSpec]:
         if not isinstance(entry, dict) or "name" not in entry:
             raise UserError(f"pipeline file {path}: [[stage]] number {i + 1} has no name")
         options = {k: v for k, v in entry.items() if k != "name"}
-        specs.append(make_spec(str(entry["name"]), options))
+        specs.extend(_expand(str(entry["name"]), options))
     return specs

@@ -1,0 +1,341 @@
+"""`inpaint`: fill each frame's `meta["text_mask"]` from other frames, then spatially.
+
+A window stage: every frame sees `radius` frames on each side. For a frame with a mask:
+
+1. **Flow.** OpenCV DIS optical flow between consecutive frames, on the rows and columns the
+   window's masks touch (plus a margin), at most `flow_width` px wide. Flow under a mask is
+   the text's, not the background's, so there it is replaced by a smooth fill from around
+   the mask (normalised box filters), and the frames are smoothed there before DIS runs.
+   Flows are cached between windows.
+2. **Propagation.** Flows are chained outwards, nearest frames first, up to `radius` frames
+   each way. A source pixel is taken only where all hold:
+   - it is inside the frame and outside the source's own mask;
+   - forward-backward consistency: every step of the chain passes |F + B∘F| < `consistency`
+     px + 5 % of the motion (Sundaram et al.'s occlusion test);
+   - photometric check: outside the mask, the warped source must match the target; the
+     mean error on a ring around the mask, spread over the mask by a normalised box filter,
+     must stay under `photometric` (0..255).
+   Nearest frames win; equally near frames before and after are averaged.
+3. **Spatial fill.** What no frame could give is filled by `cv2.inpaint` (`method` ns or telea)
+   from everything around it, the propagated pixels included, then blended (`recurrent`, 0.6)
+   with the previous output frame warped along the flow, where the flow is consistent: a
+   spatial fill on its own changes from frame to frame (flicker).
+4. **Composite.** Only inside the mask, feathered over `feather` px inward from its edge.
+   Every pixel outside the mask is the decoded pixel, bit for bit.
+
+`propagate=false` leaves step 3 alone: the Telea / NS baselines of the benchmark.
+
+A learned image inpainter can replace step 3 (`filler=/path/model.onnx`, see
+`stages/inpaint_onnx.py`): it then fills what propagation left.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from engine.frame import Frame
+from engine.registry import register_stage
+from engine.stage import StageContext, WindowStage
+
+MARGIN = 24  # px around the masks' bounding box: context for flow, the ring and spatial fill
+RING = 6     # px: width of the ring outside a mask where the photometric check is measured
+SOURCE_GUARD = 2  # px: a source pixel this close to the source's own mask is not trusted
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype == np.uint16:
+        rgb = (rgb >> 8).astype(np.uint8)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+
+
+def smooth_fill(values: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Replace `values` (H×W or H×W×C float32) inside `hole` (uint8, nonzero = unknown) by a
+    smooth fill from around it: normalised box filters, the smallest that reaches known values.
+    (cv2.inpaint on flow costs ten times more and gave no better propagation.)"""
+    if not hole.any():
+        return values
+    known = (hole == 0).astype(np.float32)
+    weighted = values * (known[..., None] if values.ndim == 3 else known)
+    out = values.copy()
+    todo = hole > 0
+    for size in (9, 33, 129, 513):
+        den = cv2.boxFilter(known, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        num = cv2.boxFilter(weighted, -1, (size, size), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        take = todo & (den > 0.5)
+        out[take] = (num[take] / (den[take][:, None] if values.ndim == 3 else den[take]))
+        todo &= ~take
+        if not todo.any():
+            break
+    out[todo] = 0
+    return out
+
+
+def feather_alpha(mask: np.ndarray, feather: int) -> np.ndarray:
+    """1 deep inside the mask, ramping down over `feather` px towards its edge, 0 outside."""
+    inside = (mask > 0).astype(np.uint8)
+    if feather <= 0:
+        return inside.astype(np.float32)
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
+    return np.minimum(dist / feather, 1.0).astype(np.float32)
+
+
+def spatial_fill(image: np.ndarray, hole: np.ndarray, method: str, radius: int = 5) -> np.ndarray:
+    """cv2.inpaint, also for uint16 images (one channel at a time: OpenCV takes 16-bit only so)."""
+    flag = cv2.INPAINT_NS if method == "ns" else cv2.INPAINT_TELEA
+    if image.dtype == np.uint8:
+        return cv2.inpaint(image, hole, radius, flag)
+    return np.dstack([cv2.inpaint(np.ascontiguousarray(image[..., c]), hole, radius, flag)
+                      for c in range(image.shape[2])])
+
+
+def composite(original: np.ndarray, filled: np.ndarray, mask: np.ndarray, feather: int) -> np.ndarray:
+    """`filled` inside the mask (feathered at its edge), `original` exactly everywhere else."""
+    out = original.copy()
+    inside = mask > 0
+    alpha = feather_alpha(mask, feather)[inside][:, None]
+    blend = alpha * filled[inside].astype(np.float32) + (1 - alpha) * original[inside].astype(np.float32)
+    out[inside] = np.clip(np.rint(blend), 0, np.iinfo(original.dtype).max).astype(original.dtype)
+    return out
+
+
+class _Crop:
+    """The part of a window's frames that any mask touches, with the flow-resolution view of it."""
+
+    def __init__(self, masks: list[np.ndarray | None], height: int, width: int, flow_width: int):
+        union = np.maximum.reduce([m for m in masks if m is not None])
+        ys, xs = np.nonzero(union)
+        # plain ints: a NumPy scalar here would turn the flow float64 (NEP 50) and cv2.remap refuses it
+        self.y0, self.y1 = max(0, int(ys.min()) - MARGIN), min(height, int(ys.max()) + 1 + MARGIN)
+        self.x0, self.x1 = max(0, int(xs.min()) - MARGIN), min(width, int(xs.max()) + 1 + MARGIN)
+        self.h, self.w = self.y1 - self.y0, self.x1 - self.x0
+        self.scale = min(1.0, flow_width / self.w)
+        self.fh, self.fw = max(8, round(self.h * self.scale)), max(8, round(self.w * self.scale))
+        self.key = (self.y0, self.y1, self.x0, self.x1, self.fw, self.fh)
+
+    def cut(self, image: np.ndarray) -> np.ndarray:
+        return image[self.y0:self.y1, self.x0:self.x1]
+
+    def small(self, image: np.ndarray, interpolation=cv2.INTER_AREA) -> np.ndarray:
+        if self.scale == 1.0:
+            return image
+        return cv2.resize(image, (self.fw, self.fh), interpolation=interpolation)
+
+    def full_mask(self, mask: np.ndarray) -> np.ndarray:
+        if self.scale == 1.0:
+            return mask
+        return cv2.resize(mask, (self.w, self.h), interpolation=cv2.INTER_NEAREST)
+
+    def full_flow(self, flow: np.ndarray) -> np.ndarray:
+        if self.scale == 1.0:
+            return flow
+        return cv2.resize(flow, (self.w, self.h), interpolation=cv2.INTER_LINEAR) / self.scale
+
+
+@register_stage("inpaint")
+class Inpaint(WindowStage):
+    """Fill text masks from neighbouring frames along DIS optical flow, the rest spatially."""
+
+    def __init__(self, radius: int = 8, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
+                 feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
+                 flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",
+                 recurrent: float = 0.6, filler: str = "", window_size: int = 0):
+        if not 1 <= radius <= 30:
+            raise ValueError(f"radius must be between 1 and 30 frames, got {radius}")
+        if not 0 <= feather <= 50:
+            raise ValueError(f"feather must be between 0 and 50 px, got {feather}")
+        if consistency <= 0 or not 0 < photometric <= 255:
+            raise ValueError("consistency must be > 0 px and photometric in (0, 255]")
+        if not 0 <= recurrent < 1:
+            raise ValueError(f"recurrent must be in [0, 1), got {recurrent}")
+        if not 64 <= flow_width <= 8192:
+            raise ValueError(f"flow_width must be between 64 and 8192, got {flow_width}")
+        overlap = radius if propagate else 0
+        super().__init__(window_size=window_size or max(2 * overlap + 8, 2 * overlap + 1), overlap=overlap)
+        self.radius, self.method, self.propagate = radius, method, propagate
+        self.feather, self.consistency, self.photometric = feather, consistency, photometric
+        self.flow_width, self.flow_preset, self.recurrent = flow_width, flow_preset, recurrent
+        self._previous: tuple[int, np.ndarray] | None = None  # (seq, output) of the last filled frame
+        self.filler_path = filler
+        if filler:
+            from stages.inpaint_onnx import check_filler
+            check_filler(filler)
+        self.filler = None
+        self._dis = None
+        self._emitted = -1  # highest seq a window has emitted (filled) so far
+        self._flows: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (seq_a, seq_b, crop) → (flow, consistent)
+
+    def open(self, ctx: StageContext) -> None:
+        preset = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                  "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[self.flow_preset]
+        self._dis = cv2.DISOpticalFlow_create(preset)
+        if self.filler_path:
+            from stages.inpaint_onnx import OnnxImageFiller
+            self.filler = OnnxImageFiller(self.filler_path)
+
+    # ---- the window -----------------------------------------------------------------------
+
+    def process_window(self, frames: list[Frame]) -> list[np.ndarray]:
+        images = [f.data for f in frames]
+        masks = [f.meta.get("text_mask") for f in frames]
+        live = {f.seq for f in frames}
+        self._flows = {k: v for k, v in self._flows.items() if k[0] in live and k[1] in live}
+        # Fill only the frames this window emits (engine/stage.py): those not emitted by an
+        # earlier window, and not the trailing context, which the next window emits — unless
+        # this is the last window, which the runner always gives fewer than window_size frames.
+        last = len(frames) if len(frames) < self.window_size else len(frames) - self.overlap
+        emitted, self._emitted = self._emitted, max(self._emitted, frames[last - 1].seq)
+        if all(m is None for m in masks):
+            return images
+        h, w = images[0].shape[:2]
+        crop = _Crop(masks, h, w, self.flow_width) if self.propagate else None
+        out = []
+        for i, (image, mask) in enumerate(zip(images, masks)):
+            owned = frames[i].seq > emitted and i < last
+            if mask is None or not mask.any() or not owned:
+                out.append(image)
+                continue
+            out.append(self._fill(i, frames, images, masks, crop))
+        return out
+
+    def _fill(self, t: int, frames: list[Frame], images: list[np.ndarray],
+              masks: list[np.ndarray | None], crop: _Crop | None) -> np.ndarray:
+        image, mask = images[t], masks[t]
+        if crop is None:  # spatial only: on the mask's own bounding box plus a margin
+            crop = _Crop([mask], *image.shape[:2], self.flow_width)
+        target = crop.cut(image)
+        hole = crop.cut(mask) > 0
+        filled = target.copy()
+        todo = hole.copy()
+        if self.propagate:
+            self._propagate(t, frames, images, masks, crop, target, hole, filled, todo)
+        propagated = int(hole.sum() - todo.sum())
+        if todo.any():
+            todo8 = todo.astype(np.uint8) * 255
+            if self.filler is not None:
+                filled = self.filler(filled, todo8)
+            else:
+                filled = spatial_fill(filled, todo8, self.method)
+            if self.propagate and self.recurrent:
+                self._follow_previous(t, frames, images, masks, crop, filled, todo)
+        self.count("text_frames")
+        self.count("filled_pixels", int(hole.sum()))
+        self.count("propagated_pixels", propagated)
+        result = image.copy()
+        result[crop.y0:crop.y1, crop.x0:crop.x1] = composite(target, filled, crop.cut(mask), self.feather)
+        self._previous = (frames[t].seq, result)
+        return result
+
+    def _follow_previous(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list,
+                         crop: _Crop, filled: np.ndarray, todo: np.ndarray) -> None:
+        """Blend what no frame could give with the previous output warped along the flow, so a
+        spatial fill does not flicker from frame to frame (an average along motion paths)."""
+        previous = self._previous
+        if t == 0 or previous is None or previous[0] != frames[t - 1].seq:
+            return
+        flow_small, ok = self._pair(frames, images, masks, crop, t, t - 1)
+        flow = crop.full_flow(flow_small)
+        fx, fy = _grid(crop.h, crop.w)
+        mx, my = fx + flow[..., 0], fy + flow[..., 1]
+        warped = cv2.remap(crop.cut(previous[1]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        take = todo & (crop.full_mask(ok) > 0) & (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1)
+        blend = self.recurrent * warped[take].astype(np.float32) + (1 - self.recurrent) * filled[take]
+        filled[take] = np.rint(blend).astype(filled.dtype)
+
+    # ---- propagation ----------------------------------------------------------------------
+
+    def _pair(self, frames: list[Frame], images: list[np.ndarray], masks: list, crop: _Crop,
+              a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Flow a→b at flow resolution, completed under both masks, and where it passes the
+        forward-backward check (uint8, 1 = consistent)."""
+        key = (frames[a].seq, frames[b].seq, crop.key)
+        if key not in self._flows:
+            hole = np.zeros((crop.fh, crop.fw), np.uint8)
+            for i in (a, b):
+                if masks[i] is not None:
+                    hole |= crop.small(crop.cut(masks[i]), cv2.INTER_NEAREST)
+            # Static text pulls the flow of everything around it towards zero, through DIS's
+            # coarse scales too: the flow is computed on frames with the text smoothed away.
+            ga, gb = (np.rint(smooth_fill(crop.small(_gray(crop.cut(images[i]))).astype(np.float32), hole)
+                              ).astype(np.uint8) for i in (a, b))
+            # DIS patches are 8 px at the finest scale: the smoothed area influences flow that far out
+            hole = cv2.dilate(hole, np.ones((9, 9), np.uint8))
+            fwd = smooth_fill(self._dis.calc(ga, gb, None), hole)
+            bwd = smooth_fill(self._dis.calc(gb, ga, None), hole)
+            gx, gy = _grid(crop.fh, crop.fw)
+            back = cv2.remap(bwd, gx + fwd[..., 0], gy + fwd[..., 1], cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)
+            # Sundaram et al.'s occlusion test, in full-resolution px: |F + B∘F| small
+            # against the motion itself (fast motion is less exact), and absolutely.
+            error = np.linalg.norm(fwd + back, axis=2) / crop.scale
+            speed = np.linalg.norm(fwd, axis=2) / crop.scale
+            ok = (error < self.consistency + 0.05 * speed).astype(np.uint8)
+            self._flows[key] = (fwd, ok)
+        return self._flows[key]
+
+    def _propagate(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list,
+                   crop: _Crop, target: np.ndarray, hole: np.ndarray, filled: np.ndarray,
+                   todo: np.ndarray) -> None:
+        gx, gy = _grid(crop.fh, crop.fw)
+        fx, fy = _grid(crop.h, crop.w)
+        ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
+        # box size that reaches the ring from anywhere inside the mask
+        depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
+        box = 2 * int(depth + RING) + 1
+        chains = {}  # direction → (chained flow t→s, where every step is consistent), flow resolution
+        total = np.zeros(target.shape, np.float32)  # weighted sum of the accepted source pixels
+        weight = np.zeros(hole.shape, np.float32)
+        for k in range(1, self.radius + 1):
+            got = []
+            for d in (-1, 1):
+                s = t + d * k
+                if not 0 <= s < len(frames):
+                    continue
+                step, step_ok = self._pair(frames, images, masks, crop, s - d, s)
+                if d not in chains:
+                    chain, ok = step, step_ok
+                else:  # t→s = t→(s-d) followed by (s-d)→s; consistent only if every step is
+                    chain, ok = chains[d]
+                    mx, my = gx + chain[..., 0], gy + chain[..., 1]
+                    chain = chain + cv2.remap(step, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                    ok = ok & cv2.remap(step_ok, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+                chains[d] = (chain, ok)
+                flow = crop.full_flow(chain)
+                mx, my = fx + flow[..., 0], fy + flow[..., 1]
+                warped = cv2.remap(crop.cut(images[s]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                inside = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1)
+                valid = inside & (crop.full_mask(ok) > 0)
+                if masks[s] is not None:
+                    guard = cv2.dilate(crop.cut(masks[s]), np.ones((2 * SOURCE_GUARD + 1,) * 2, np.uint8))
+                    valid &= cv2.remap(guard, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                                       borderValue=255) == 0
+                valid &= self._photometric_ok(warped, target, ring & valid, box)
+                got.append((warped, valid & hole))
+            if not got:
+                break
+            for warped, valid in got:  # nearer frames weigh more
+                total[valid] += warped[valid].astype(np.float32) / k
+                weight[valid] += 1 / k
+        take = weight > 0
+        filled[take] = np.rint(total[take] / weight[take][:, None]).astype(filled.dtype)
+        todo &= ~take
+
+    def _photometric_ok(self, warped: np.ndarray, target: np.ndarray, ring: np.ndarray, box: int) -> np.ndarray:
+        """Where the local mean error of `warped` against `target` on the ring is under the threshold."""
+        scale = 257.0 if target.dtype == np.uint16 else 1.0
+        diff = np.abs(warped.astype(np.float32) - target.astype(np.float32)).mean(axis=2) / scale
+        ring32 = ring.astype(np.float32)
+        num = cv2.boxFilter(diff * ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        den = cv2.boxFilter(ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        return (den > 0.5) & (num < self.photometric * np.maximum(den, 1e-6))
+
+    def describe(self) -> dict[str, Any]:
+        return {"radius": self.radius if self.propagate else 0, "method": self.method,
+                "filler": self.filler_path or "spatial", "flow": self.flow_preset if self.propagate else "off",
+                "window": self.window_size}

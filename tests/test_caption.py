@@ -1,0 +1,458 @@
+"""Caption removal: text-detect, text-mask, inpaint, mask-preview and the caption-remove preset."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_engine
+from make_clip import add_side_streams, make_clip
+
+from engine.errors import UserError
+from engine.frame import Frame
+from engine.registry import parse_pipeline
+from engine.runner import Pipeline
+from engine.testing import CollectingSink
+from stages.inpaint import Inpaint, composite
+from stages.mask_preview import MaskPreview
+from stages.text_detect import TextDetect, box_filter, parse_areas
+from stages.text_mask import box_mask, glyph_mask, run_filter
+
+TB = Fraction(1, 24)
+
+
+def texture(seq: int, height: int, width: int, shift: int = 3, seed: int = 7) -> np.ndarray:
+    """A smooth random RGB texture that pans `shift` px per frame (a moving camera)."""
+    rng = np.random.default_rng(seed)
+    big = cv2.resize(rng.integers(0, 255, (height // 8 + 8, (width + shift * 400) // 8 + 8, 3), np.uint8),
+                     None, fx=8, fy=8, interpolation=cv2.INTER_CUBIC)
+    x = seq * shift
+    return np.ascontiguousarray(big[:height, x:x + width])
+
+
+def caption(image: np.ndarray, text: str = "Hello caption 42", scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """White text with a black outline in the bottom band; returns (image, true text pixels)."""
+    h, w = image.shape[:2]
+    org = (w // 8, h - h // 10)
+    truth = np.zeros((h, w), np.uint8)
+    cv2.putText(truth, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, 6, cv2.LINE_AA)
+    out = image.copy()
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 6, cv2.LINE_AA)
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2, cv2.LINE_AA)
+    return out, truth
+
+
+class FrameList:
+    """A source of prepared frames (with meta)."""
+
+    name = "decode"
+
+    def __init__(self, frames: list[Frame]):
+        self.items = frames
+        self.frames_total, self.frame_rate = len(frames), 24.0
+        self.height, self.width = frames[0].shape[:2]
+
+    def frames(self):
+        yield from self.items
+
+    def close(self):
+        pass
+
+
+def run(frames: list[Frame], spec: str) -> list[Frame]:
+    sink = CollectingSink()
+    Pipeline(FrameList(frames), parse_pipeline(spec), sink).run()
+    return sink.frames
+
+
+# ---- options and presets ------------------------------------------------------------------
+
+def test_area_fractions_pixels_and_several():
+    a, b = parse_areas("0/0.7/1/1+600/0/1280/100")
+    assert a.resolve(1280, 720) == (0, 504, 1280, 720)
+    assert b.resolve(1280, 720) == (600, 0, 1280, 100)
+    assert parse_areas("0/0/2000/2000")[0].resolve(640, 360) == (0, 0, 640, 360)  # clipped
+
+
+@pytest.mark.parametrize("bad", ["0,0.7,1,1", "0/0.7/1", "0/0.9/1/0.8", "a/b/c/d"])
+def test_bad_area_is_a_user_error(bad):
+    with pytest.raises(UserError, match="area"):
+        parse_pipeline(f"text-detect:area={bad}")
+
+
+def test_preset_expands_and_refuses_options():
+    assert [s.name for s in parse_pipeline("caption-remove")] == ["text-detect", "text-mask", "inpaint"]
+    assert [s.name for s in parse_pipeline("dedup,caption-preview")] == [
+        "dedup", "text-detect", "text-mask", "mask-preview"]
+    with pytest.raises(UserError, match="takes no options.*text-detect,text-mask,inpaint"):
+        parse_pipeline("caption-remove:every=3")
+    with pytest.raises(UserError, match="caption-remove"):
+        parse_pipeline("caption-removal")  # the unknown-name message lists presets too
+
+
+def test_preset_in_a_pipeline_file(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[[stage]]\nname = "caption-remove"\n')
+    assert [s.name for s in parse_pipeline(str(path))] == ["text-detect", "text-mask", "inpaint"]
+
+
+# ---- detection ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def detector():
+    stage = TextDetect()
+    stage.open(None)
+    return stage
+
+
+def test_detector_finds_drawn_text_in_the_band_only(detector):
+    image, truth = caption(texture(0, 240, 320))
+    # text outside the default bottom band is not looked at
+    cv2.putText(image, "TOP TEXT", (40, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+    boxes = detector.detect(image)
+    assert len(boxes) >= 1
+    found = box_mask(boxes, 240, 320, 0) > 0
+    text = truth > 0
+    assert (found & text).sum() / text.sum() > 0.9  # the caption is covered
+    assert not found[:120].any()
+
+
+def test_detector_finds_nothing_on_a_plain_texture(detector):
+    assert len(detector.detect(texture(0, 240, 320))) == 0
+
+
+def test_recogniser_check_keeps_text_and_drops_texture():
+    stage = TextDetect(verify=True)
+    stage.open(None)
+    image, truth = caption(texture(0, 240, 320))
+    assert len(stage.detect(image)) == 1
+    ys, xs = np.nonzero(truth)
+    box = np.array([[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.max(), ys.max()], [xs.min(), ys.max()]],
+                   np.float32)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    assert stage._reads_as_text(bgr, box)
+    assert not stage._reads_as_text(cv2.cvtColor(texture(3, 240, 320), cv2.COLOR_RGB2BGR), box)
+
+
+def test_detector_model_from_disk(tmp_path):
+    """A user's own PP-OCR-style detector (ONNX, N×3×H×W in [-1, 1] → N×1×H×W probability):
+    here a tiny one built by the test whose 'text probability' is the brightness."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("Add", ["m", "one"], ["p1"]),
+             helper.make_node("Mul", ["p1", "half"], ["prob"])]
+    graph = helper.make_graph(
+        nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]), helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    stage = TextDetect(model=str(tmp_path / "det.onnx"))
+    stage.open(None)
+    image = np.zeros((240, 320, 3), np.uint8)
+    image[200:220, 60:260] = 255  # one bright 'line'
+    boxes = stage.detect(image)
+    assert len(boxes) == 1
+    x0, y0 = boxes[0].min(axis=0)
+    x1, y1 = boxes[0].max(axis=0)
+    # DB unclips by area × 1.6 / perimeter ≈ 15 px around the 200×20 line
+    assert 40 <= x0 <= 60 and 260 <= x1 <= 280 and 180 <= y0 <= 200 and 220 <= y1 <= 240
+    with pytest.raises(UserError, match="detection model not found"):
+        parse_pipeline(f"text-detect:model={tmp_path / 'nope.onnx'}")
+
+
+def test_detection_every_other_frame_marks_meta():
+    frames = [Frame.from_array(i, i, TB, caption(texture(i, 96, 320), scale=0.7)[0]) for i in range(4)]
+    out = run(frames, "text-detect:area=0/0.5/1/1")
+    assert ["text_boxes" in f.meta for f in out] == [True, False, True, False]
+    assert all(len(f.meta["text_boxes"]) for f in out[::2])
+    assert all(f.meta["text_regions"] == [(0, 48, 320, 96)] for f in out)
+
+
+def test_box_filter_drops_band_filling_tiny_and_tall_boxes():
+    def box(x0, y0, x1, y1):
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+
+    boxes = np.stack([box(20, 20, 200, 50),   # a text line
+                      box(0, 0, 400, 90),     # the whole band
+                      box(10, 10, 13, 13),    # a speck
+                      box(50, 0, 60, 95)])    # a tall sliver
+    keep = box_filter(boxes, (0, 0, 400, 100), min_height=6, max_height=0.8, min_aspect=0.5, max_fill=0.5)
+    assert keep.tolist() == [True, False, False, False]
+
+
+# ---- masks --------------------------------------------------------------------------------
+
+def runs(bits: str, hold: int, min_duration: int) -> str:
+    a = np.array([c == "1" for c in bits])[:, None]
+    return "".join("1" if x else "0" for x in run_filter(a, hold, min_duration)[:, 0])
+
+
+def test_hysteresis_bridges_gaps_and_drops_blips():
+    assert runs("1110011100001", hold=2, min_duration=1) == "1111111100001"
+    assert runs("0000100000111111000", hold=2, min_duration=3) == "0000000000111111000"
+    assert runs("111000111", hold=3, min_duration=1) == "111111111"
+    assert runs("111000111", hold=2, min_duration=1) == "111000111"  # a gap longer than hold stays
+
+
+def test_glyph_masks_hold_the_strokes_not_the_box():
+    image, truth = caption(texture(0, 120, 320))
+    ys, xs = np.nonzero(truth)
+    box = np.array([[[xs.min() - 6, ys.min() - 6], [xs.max() + 6, ys.min() - 6],
+                     [xs.max() + 6, ys.max() + 6], [xs.min() - 6, ys.max() + 6]]], np.float32)
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    mask = glyph_mask(gray, box, dilate=1) > 0
+    whole = box_mask(box, 120, 320, 0) > 0
+    assert (mask & (truth > 0)).sum() / (truth > 0).sum() > 0.95
+    assert mask.sum() < 0.7 * whole.sum()
+    # a caption on a dark box: the box is removed with it
+    boxed_image = image.copy()
+    boxed_image[whole] = boxed_image[whole] // 3
+    assert (glyph_mask(cv2.cvtColor(boxed_image, cv2.COLOR_RGB2GRAY), box, dilate=0) > 0)[whole].all()
+
+
+def boxed(seq: int, image: np.ndarray, boxes: list | None) -> Frame:
+    meta = {}
+    if boxes is not None:
+        meta["text_boxes"] = np.array([[[x0, y0], [x1, y0], [x1, y1], [x0, y1]] for x0, y0, x1, y1 in boxes],
+                                      np.float32).reshape(-1, 4, 2)
+    return Frame.from_array(seq, seq, TB, image, meta)
+
+
+def test_masks_union_between_detections_bridge_misses_and_stop_at_cuts():
+    plain = np.full((60, 80, 3), 100, np.uint8)
+    other = np.full((60, 80, 3), 220, np.uint8)  # a new shot
+    frames = []
+    for i in range(24):
+        detected = i % 2 == 0
+        boxes = None
+        if detected:
+            boxes = [] if i in (6, 16) else [(10, 40, 50, 50)]   # a miss at 6; a blip-free gap at 16
+            if i == 2:
+                boxes.append((60, 5, 75, 15))                       # a one-off false box
+        frames.append(boxed(i, plain if i < 12 else other, boxes))
+    frames[12].meta["text_boxes"] = np.zeros((0, 4, 2), np.float32)
+    frames[14].meta["text_boxes"] = np.zeros((0, 4, 2), np.float32)
+    out = run(frames, "text-mask:shape=boxes:dilate=2:hold=4:min_duration=4")
+    masks = [f.meta.get("text_mask") for f in out]
+    for i in range(12):  # first shot: every frame masked, the miss at 6 bridged
+        assert masks[i] is not None and masks[i][45, 30] == 255, i
+        assert masks[i][10, 67] == 0, i  # the blip at 2 is gone
+        assert masks[i][45, 55] == 0  # dilated by 2 px, not more
+        assert masks[i][45, 51] == 255
+    # the cut at 12: frame 11 does not take 12's (empty) mask, 12-15 do not take 10's
+    assert all(m is None for m in masks[12:16])
+    assert all(m is not None for m in masks[17:])  # 16's miss is the start of the new run
+    assert all(np.array_equal(f.data, plain if f.seq < 12 else other) for f in out)
+
+
+def test_masks_do_not_depend_on_window_size():
+    rng = np.random.default_rng(3)
+    frames = [boxed(i, np.full((40, 60, 3), 90, np.uint8),
+                    ([(5, 20, 40, 30)] if rng.random() < 0.7 else []) if i % 2 == 0 else None)
+              for i in range(60)]
+    results = []
+    for window in (0, 29, 45):
+        copies = [Frame.from_array(f.seq, f.pts, TB, f.data, dict(f.meta)) for f in frames]
+        out = run(copies, "text-mask:shape=boxes" + (f":window_size={window}" if window else ""))
+        results.append([None if f.meta.get("text_mask") is None else f.meta["text_mask"].tobytes() for f in out])
+    assert results[0] == results[1] == results[2]
+
+
+# ---- inpainting ---------------------------------------------------------------------------
+
+def masked_stream(count: int, height: int = 72, width: int = 160, dtype=np.uint8):
+    """Captioned frames over a panning texture with their (dilated) true masks; and the clean frames."""
+    clean, frames = [], []
+    for i in range(count):
+        background = texture(i, height, width)
+        image, truth = caption(background, "Sub 7", scale=0.8)
+        mask = cv2.dilate(truth, np.ones((5, 5), np.uint8))
+        if dtype == np.uint16:
+            image, background = image.astype(np.uint16) * 257, background.astype(np.uint16) * 257
+        frames.append(Frame.from_array(i, i, TB, image, {"text_mask": mask}))
+        clean.append(background)
+    return frames, clean
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_inpaint_changes_only_masked_pixels(dtype):
+    frames, _ = masked_stream(14, dtype=dtype)
+    before = [f.data.copy() for f in frames]
+    out = run(frames, "inpaint:radius=3")
+    assert [f.seq for f in out] == list(range(14))
+    for f, original in zip(out, before):
+        mask = f.meta["text_mask"] > 0
+        assert f.data.dtype == dtype
+        assert np.array_equal(f.data[~mask], original[~mask])  # bit for bit outside the mask
+        assert not np.array_equal(f.data[mask], original[mask])
+    assert all(np.array_equal(f.data, b) for f, b in zip(frames, before))  # inputs untouched
+
+
+def test_flow_at_reduced_resolution_for_wide_masks():
+    frames, clean = masked_stream(12)
+    before = [f.data.copy() for f in frames]
+    out = run(frames, "inpaint:radius=3:flow_width=64")  # the 160 px crop's flow at 64 px
+    for f, original in zip(out, before):
+        mask = f.meta["text_mask"] > 0
+        assert np.array_equal(f.data[~mask], original[~mask])
+        assert not np.array_equal(f.data[mask], original[mask])
+
+
+def test_propagation_recovers_a_moving_background_better_than_spatial_fill():
+    def psnr(out, clean):
+        err = [np.mean((f.data[f.meta["text_mask"] > 0].astype(float) - c[f.meta["text_mask"] > 0]) ** 2)
+               for f, c in zip(out, clean)]
+        return 10 * np.log10(255 ** 2 / np.mean(err))
+
+    frames, clean = masked_stream(20)
+    flow = psnr(run(frames, "inpaint:radius=6:photometric=12"), clean)  # a sharp synthetic texture
+    spatial = psnr(run(frames, "inpaint:propagate=false"), clean)
+    assert flow > spatial + 3, (flow, spatial)
+
+
+@pytest.mark.parametrize("count,window", [(5, 0), (23, 0), (23, 17), (40, 15)])
+def test_window_fills_every_masked_frame_once(count, window):
+    frames, _ = masked_stream(count)
+    spec = "inpaint:radius=3" + (f":window_size={window}" if window else "")
+    out = run(frames, spec)
+    assert [f.seq for f in out] == list(range(count))
+    for f, original in zip(out, masked_stream(count)[0]):
+        assert not np.array_equal(f.data, original.data), f.seq  # each frame was filled
+
+
+def test_composite_feathers_inside_the_mask_only():
+    original = np.zeros((20, 20, 3), np.uint8)
+    filled = np.full((20, 20, 3), 200, np.uint8)
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 255
+    out = composite(original, filled, mask, feather=3)
+    assert (out[mask == 0] == 0).all()
+    assert out[10, 10, 0] == 200 and 0 < out[5, 10, 0] < 200
+
+
+def test_inpaint_options_are_checked():
+    for bad in ("inpaint:radius=0", "inpaint:method=lama", "inpaint:photometric=0", "text-mask:hold=-1"):
+        with pytest.raises(UserError):
+            parse_pipeline(bad)
+    assert Inpaint(propagate=False).overlap == 0
+
+
+def tiny_filler(path, size: int | None = None, uint8: bool = False, grey: float = 0.5):
+    """An ONNX 'inpainter' built here: output = image × (1 − mask) + grey × mask."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dims = [1, 3, size, size] if size else [1, 3, "h", "w"]
+    mdims = [1, 1, size, size] if size else [1, 1, "h", "w"]
+    kind = TensorProto.UINT8 if uint8 else TensorProto.FLOAT
+    nodes, inits = [], []
+    if uint8:
+        nodes += [helper.make_node("Cast", ["image"], ["img_f"], to=TensorProto.FLOAT),
+                  helper.make_node("Cast", ["mask"], ["mask_raw"], to=TensorProto.FLOAT),
+                  helper.make_node("Div", ["img_f", "k255"], ["img"]),
+                  helper.make_node("Div", ["mask_raw", "k255"], ["m"])]
+        inits.append(helper.make_tensor("k255", TensorProto.FLOAT, [], [255.0]))
+    else:
+        nodes += [helper.make_node("Identity", ["image"], ["img"]), helper.make_node("Identity", ["mask"], ["m"])]
+    nodes += [helper.make_node("Sub", ["one", "m"], ["keep"]),
+              helper.make_node("Mul", ["img", "keep"], ["kept"]),
+              helper.make_node("Mul", ["m", "grey"], ["fill"]),
+              helper.make_node("Add", ["kept", "fill"], ["output"])]
+    inits += [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+              helper.make_tensor("grey", TensorProto.FLOAT, [], [grey])]
+    graph = helper.make_graph(nodes, "filler", [helper.make_tensor_value_info("image", kind, dims),
+                                                helper.make_tensor_value_info("mask", kind, mdims)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, dims)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("size,uint8", [(None, False), (64, False), (None, True)])
+def test_onnx_filler_fills_what_propagation_left(tmp_path, size, uint8):
+    model = tiny_filler(tmp_path / "filler.onnx", size, uint8)
+    frames, _ = masked_stream(6)
+    before = [f.data.copy() for f in frames]
+    out = run(frames, f"inpaint:propagate=false:feather=0:filler={model}")
+    for f, original in zip(out, before):
+        mask = f.meta["text_mask"] > 0
+        assert np.array_equal(f.data[~mask], original[~mask])
+        off = np.abs(f.data[mask].astype(int) - 128)
+        if size is None:
+            assert off.max() <= 1  # the model's grey, nothing else
+        else:  # scaled to the model's fixed size and back: the hole's edge blends a little
+            assert np.median(off) <= 1 and np.percentile(off, 90) <= 12
+
+
+def test_onnx_filler_errors_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="filler model not found"):
+        parse_pipeline(f"inpaint:filler={tmp_path / 'missing.onnx'}")
+    (tmp_path / "m.pth").write_bytes(b"x")
+    with pytest.raises(UserError, match="ONNX file"):
+        parse_pipeline(f"inpaint:filler={tmp_path / 'm.pth'}")
+
+
+def test_mask_preview_tints_the_mask_and_writes_masks():
+    image = np.full((30, 40, 3), 50, np.uint8)
+    mask = np.zeros((30, 40), np.uint8)
+    mask[10:20, 5:35] = 255
+    frame = MaskPreview().process(Frame.from_array(0, 0, TB, image.copy(), {"text_mask": mask}))
+    assert (frame.data[15, 20] != image[15, 20]).any() and frame.data[15, 20, 0] > 100
+    assert np.array_equal(frame.data[0, 0], image[0, 0])
+    frame = MaskPreview(mode="mask").process(Frame.from_array(0, 0, TB, image.copy(), {"text_mask": mask}))
+    assert np.array_equal(frame.data[..., 0], mask)
+    assert MaskPreview(mode="mask").process(Frame.from_array(0, 0, TB, image.copy())).data.max() == 0
+    deep = MaskPreview().process(Frame.from_array(0, 0, TB, image.astype(np.uint16) * 257, {"text_mask": mask}))
+    assert deep.data.dtype == np.uint16 and deep.data[0, 0, 0] == 50 * 257  # 10-bit input stays 10-bit
+
+
+# ---- the whole job from the CLI -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory):
+    """24 frames, 320×180, a panning texture with a caption from frame 4 on, and an AAC track."""
+    d = tmp_path_factory.mktemp("caption")
+
+    def image(seq):
+        background = texture(seq, 180, 320)
+        return caption(background, scale=0.9)[0] if seq >= 4 else background
+
+    video = make_clip(d / "v.mkv", 24, 320, 180, codec="ffv1", pix_fmt="yuv444p", image=image)
+    return add_side_streams(video, d / "captioned.mkv", [("eng", 0.0, 1.0)])
+
+
+def decode(path):
+    with av.open(str(path)) as c:
+        frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        audio = sum(1 for p in c.demux(audio=0) if p.size) if c.streams.audio else 0
+    return frames, audio
+
+
+def test_caption_remove_cli_end_to_end(captioned, tmp_path):
+    removed, kept, masks = tmp_path / "removed.mkv", tmp_path / "kept.mkv", tmp_path / "masks.mkv"
+    for out, pipeline in ((removed, "caption-remove"), (kept, "text-detect,text-mask"),
+                          (masks, "text-detect,text-mask,mask-preview:mode=mask")):
+        r = run_engine("stream", captioned, out, "--pipeline", pipeline, "--encoder", "ffv1", "--quiet",
+                       timeout=300)
+        assert r.returncode == 0, r.stderr
+    (src, src_audio), (out, out_audio) = decode(captioned), decode(removed)
+    (ref, _), (mask_frames, _) = decode(kept), decode(masks)
+    assert [p for p, _ in out] == [p for p, _ in src]  # frame count and timestamps
+    assert out_audio == src_audio > 0
+    changed = 0
+    for (_, a), (_, b), (_, m) in zip(out, ref, mask_frames):
+        inside = m[..., 0] > 127
+        assert np.array_equal(a[~inside], b[~inside])  # the rest identical to the decoded input
+        changed += inside.any() and not np.array_equal(a[inside], b[inside])
+    assert not any(m.any() for _, m in mask_frames[:2])  # no caption there, no mask
+    assert changed >= 18  # the caption frames were filled
