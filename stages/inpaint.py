@@ -171,6 +171,9 @@ class Inpaint(WindowStage):
         self._emitted = -1  # highest seq a window has emitted (filled) so far
         self._flows: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (seq_a, seq_b, crop) → (flow, consistent)
 
+    def weight_files(self) -> list[str]:
+        return [self.filler_path] if self.filler_path else []
+
     def open(self, ctx: StageContext) -> None:
         preset = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[self.flow_preset]

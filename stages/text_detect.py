@@ -208,6 +208,9 @@ class TextDetect(MapStage):
         self.reader: TextReader | None = None
         self._regions: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
 
+    def weight_files(self) -> list[str]:
+        return [str(self.model)]  # the detector decides the masks (resume key)
+
     def open(self, ctx: StageContext) -> None:
         self.detector = TextDetector(self.model, **self.detector_options)
         if self.verify:
