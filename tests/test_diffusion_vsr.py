@@ -17,7 +17,8 @@ import torch
 from engine.errors import UserError
 from engine.models.diffusion_vsr import DiffusionSettings, StreamDiffVSR, check_flow
 from engine.models.diffusion_vsr_random import write_random_model
-from engine.models.flow import DisFlow, SpyNet, SpyNetFlow, upsample_flow, warp
+from engine.models.basicvsrpp import SPyNet
+from engine.models.flow import DisFlow, SpyNetFlow, upsample_flow, warp
 from engine.models.temporal_vae import TemporalAutoencoderTiny
 from engine.registry import make_spec
 from engine.runner import Pipeline, RunnerOptions
@@ -258,7 +259,7 @@ def test_dis_flow_finds_a_shift_and_upsampling_scales_vectors():
 
 
 def test_spynet_loads_basicvsrpp_checkpoint_layout(tmp_path):
-    net = SpyNet()
+    net = SPyNet()
     torch.manual_seed(0)
     state = {f"generator.spynet.{k}": v for k, v in net.state_dict().items()}
     state["generator.backbone.0.weight"] = torch.zeros(1)  # the rest of a BasicVSR++ checkpoint

@@ -90,65 +90,6 @@ class DisFlow:
 
 # ---- SPyNet ------------------------------------------------------------------------------
 
-class _SpyLevel(nn.Module):
-    """One pyramid level: five 7×7 convs (8→32→64→32→16→2), ReLU between."""
-
-    def __init__(self):
-        super().__init__()
-        widths = (8, 32, 64, 32, 16, 2)
-        self.basic_module = nn.Sequential(*[_ConvModule(a, b, relu=i < 4)
-                                            for i, (a, b) in enumerate(zip(widths, widths[1:]))])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.basic_module(x)
-
-
-class _ConvModule(nn.Module):
-    """mmcv's ConvModule as BasicVSR++ uses it: ``.conv`` then an optional ReLU."""
-
-    def __init__(self, cin: int, cout: int, relu: bool):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 7, padding=3)
-        self.relu = relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        return F.relu(x) if self.relu else x
-
-
-class SpyNet(nn.Module):
-    """SPyNet as in BasicVSR++ (mmagic): six levels, coarse to fine, on ImageNet-normalised RGB."""
-
-    def __init__(self):
-        super().__init__()
-        self.basic_module = nn.ModuleList([_SpyLevel() for _ in range(6)])
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
-
-    def _flow(self, ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:
-        refs, supps = [(ref - self.mean) / self.std], [(supp - self.mean) / self.std]
-        for _ in range(5):
-            refs.append(F.avg_pool2d(refs[-1], 2, 2, count_include_pad=False))
-            supps.append(F.avg_pool2d(supps[-1], 2, 2, count_include_pad=False))
-        refs, supps = refs[::-1], supps[::-1]
-        n, _, h, w = refs[0].shape
-        flow = ref.new_zeros(n, 2, h, w)
-        for level, module in enumerate(self.basic_module):
-            up = flow if level == 0 else F.interpolate(flow, scale_factor=2, mode="bilinear",
-                                                       align_corners=True) * 2.0
-            flow = up + module(torch.cat([refs[level], warp(supps[level], up), up], 1))
-        return flow
-
-    def forward(self, ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:
-        """Flow from `ref` to `supp` (warp(supp, flow) ≈ ref), any size (padded to ×32 inside)."""
-        h, w = ref.shape[-2:]
-        h32, w32 = -(-h // 32) * 32, -(-w // 32) * 32
-        ref = F.interpolate(ref, size=(h32, w32), mode="bilinear", align_corners=False)
-        supp = F.interpolate(supp, size=(h32, w32), mode="bilinear", align_corners=False)
-        flow = F.interpolate(self._flow(ref, supp), size=(h, w), mode="bilinear", align_corners=False)
-        return flow * torch.tensor([w / w32, h / h32], device=flow.device).view(1, 2, 1, 1)
-
-
 def spynet_state_dict(raw: dict) -> dict[str, torch.Tensor]:
     """The SPyNet weights out of a BasicVSR++ checkpoint (or a bare SPyNet one)."""
     raw = raw.get("state_dict", raw.get("params", raw))
@@ -168,8 +109,12 @@ class SpyNetFlow:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated or foreign file
             raise UserError(f"cannot read SPyNet weights {path}: {type(exc).__name__}: {exc}") from None
+        from engine.models.basicvsrpp import SPyNet  # the very module BasicVSR++ runs
+
         state = spynet_state_dict(raw if isinstance(raw, dict) else {})
-        net = SpyNet()
+        net = SPyNet()
+        # the normalisation buffers are constants; a bare SPyNet dict may leave them out
+        state = {**{k: v for k, v in net.state_dict().items() if k in ("mean", "std")}, **state}
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError:
