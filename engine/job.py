@@ -73,22 +73,12 @@ class Job:
     @classmethod
     def prepare(cls, config: JobConfig) -> Job:
         """Validate the whole configuration and open the input. Raises UserError, starts nothing."""
-        if config.max_frames is not None and config.max_frames < 1:
-            raise UserError(f"--frames must be >= 1, got {config.max_frames}")
         if config.segment is not None or config.work_dir is not None:
             raise UserError("--segment and --work-dir need --resume")
-        specs = parse_pipeline(config.pipeline)
+        specs = check_config(config)
         image_out = is_image_pattern(config.output)
         if not image_out:
             ext = container_for(config.output)
-        check_output_path(config.input, config.output)
-        if config.report:
-            parent = os.path.dirname(os.path.abspath(config.report))
-            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-                raise UserError(f"cannot write report {config.report}: directory not writable")
-        if config.timestamps not in TIMESTAMP_MODES:
-            raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
-                            f"{', '.join(TIMESTAMP_MODES)}")
         source = VideoSource(config.input, max_frames=config.max_frames, timestamps=config.timestamps,
                              allow_truncated=config.allow_truncated, decode=config.decode)
         try:
@@ -132,6 +122,24 @@ class Job:
         if config.report:
             write_report(config.report, report)
         return report
+
+
+def check_config(config: JobConfig) -> list[StageSpec]:
+    """The checks every job makes before opening anything: options, pipeline, output, report."""
+    if config.max_frames is not None and config.max_frames < 1:
+        raise UserError(f"--frames must be >= 1, got {config.max_frames}")
+    if config.timestamps not in TIMESTAMP_MODES:
+        raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
+                        f"{', '.join(TIMESTAMP_MODES)}")
+    specs = parse_pipeline(config.pipeline)
+    if not is_image_pattern(config.output):
+        container_for(config.output)
+    check_output_path(config.input, config.output)
+    if config.report:
+        parent = os.path.dirname(os.path.abspath(config.report))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise UserError(f"cannot write report {config.report}: directory not writable")
+    return specs
 
 
 def check_input(config: JobConfig, info: VideoInfo) -> list[str]:

@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from engine.crashpoints import crash_point
 from engine.encoders import CONTAINERS, choose_encoder, container_for, muxer_codecs
 from engine.errors import UserError
-from engine.job import check_input, check_output_path, environment, reporter_note, write_report
+from engine.job import check_config, check_input, environment, reporter_note, write_report
 from engine.join import JoinPart, join_segments
 from engine.manifest import Manifest, SegmentRecord, job_key, key_difference, load, save
 from engine.metrics import RunSnapshot, SegmentCounts
 from engine.progress import Reporter, make_reporter
-from engine.registry import parse_pipeline
 from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest
 from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
 from engine.sink import is_image_pattern, partial_path
@@ -90,15 +89,8 @@ class SegmentedJob:
     def prepare(cls, config) -> SegmentedJob:
         if is_image_pattern(config.output):
             raise UserError("--resume writes a video file, not an image sequence")
-        if config.max_frames is not None and config.max_frames < 1:
-            raise UserError(f"--frames must be >= 1, got {config.max_frames}")
-        specs = parse_pipeline(config.pipeline)
+        specs = check_config(config)
         ext = container_for(config.output)
-        check_output_path(config.input, config.output)
-        if config.report:
-            parent = os.path.dirname(os.path.abspath(config.report))
-            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-                raise UserError(f"cannot write report {config.report}: directory not writable")
         context = PipelineContext.of(specs)
         container = open_input(config.input)
         try:
