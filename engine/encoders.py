@@ -74,6 +74,11 @@ class EncoderChoice:
     def codec(self) -> str:
         return self.spec.codec
 
+    @property
+    def note(self) -> str:
+        """What the user is told about the encoder before the run."""
+        return f"encoder: {self.name} ({self.codec}, {self.pix_fmt}) — {self.reason}"
+
 
 def container_for(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()

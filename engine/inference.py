@@ -87,6 +87,15 @@ def autocast(device: torch.device, precision: str, cache: bool = True):
                           cache_enabled=cache)
 
 
+def halved_tile(tile: int, height: int, width: int) -> int | None:
+    """The next tile side after an out-of-memory error (half the current one, or half the
+    frame when untiled, a multiple of 8), or None when it would go under MIN_TILE."""
+    current = tile or max(height, width)
+    if current // 2 < MIN_TILE:
+        return None
+    return max(MIN_TILE, current // 2 // 8 * 8)
+
+
 def set_backends(cudnn_benchmark: bool, tf32: bool) -> None:
     torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -446,10 +455,10 @@ class InferenceRunner:
         if self.batch > 1:
             self.batch //= 2
             return True
-        current = self.tile or max(height, width)
-        if current // 2 < MIN_TILE:
+        tile = halved_tile(self.tile, height, width)
+        if tile is None:
             return False
-        self.tile = max(MIN_TILE, current // 2 // 8 * 8)
+        self.tile = tile
         return True
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:

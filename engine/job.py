@@ -96,7 +96,7 @@ class Job:
                 plan = plan_copy(source.container, video_index, muxer_codecs(ext), ext)
                 sink = VideoSink(config.output, choice, source.info, input_path=config.input,
                                  copy_plan=plan, stop_copy_with_video=config.max_frames is not None)
-                note = f"encoder: {choice.name} ({choice.codec}, {choice.pix_fmt}) — {choice.reason}"
+                note = choice.note
         except BaseException:
             source.close()
             raise

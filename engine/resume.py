@@ -83,7 +83,7 @@ class SegmentedJob:
         self.manifest = manifest
         self.reused = reused
         self.notes = notes
-        self.sink_note = f"encoder: {encoder.name} ({encoder.codec}, {encoder.pix_fmt}) — {encoder.reason}"
+        self.sink_note = encoder.note
 
     @classmethod
     def prepare(cls, config) -> SegmentedJob:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from engine.inference import (MIN_TILE, Precision, autocast, resolve_device, resolve_precision,
+from engine.inference import (Precision, halved_tile, autocast, resolve_device, resolve_precision,
                               set_backends, tiled_forward)
 
 
@@ -114,10 +114,10 @@ class WindowRunner:
         if self.window > shortest:
             self.window = max(shortest, self.window // 2)
             return True
-        current = self.tile or max(height, width)
-        if current // 2 < MIN_TILE:
+        tile = halved_tile(self.tile, height, width)
+        if tile is None:
             return False
-        self.tile = max(MIN_TILE, current // 2 // 8 * 8)
+        self.tile = tile
         return True
 
     def _windows(self, x: torch.Tensor) -> torch.Tensor:
