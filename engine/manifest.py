@@ -8,7 +8,8 @@ One JSON file, `manifest.json`, in the work directory:
   versions. A work directory whose key differs from the job's is refused, field named: a
   changed input or option never mixes with old segments.
 - `segments`: per finished segment, its frame range, frame count, file name, size and
-  sha256 (and the dedup context it hands to the next segment).
+  sha256 (and what it hands to the next segment: dedup's context, or the carried state file
+  of a stage that carries state, with its sha256).
 - `join_partial`: the temporary output of a join in progress, so that a join killed midway
   leaves nothing behind once the job resumes.
 
@@ -98,6 +99,8 @@ class SegmentRecord:
     size: int
     sha256: str
     tail_unique: list[int] = field(default_factory=list)
+    state_file: str = ""   # the carried state it ended with (stateful pipelines), and its digest
+    state_sha256: str = ""
 
 
 @dataclass

@@ -52,6 +52,10 @@ def segment_name(index: int, ext: str) -> str:
     return f"segment-{index:05d}{ext}"
 
 
+def state_name(index: int) -> str:
+    return f"segment-{index:05d}.state.npz"
+
+
 @dataclass
 class _Progress:
     """What the reporter thread reads; written only by the main thread."""
@@ -171,17 +175,25 @@ class SegmentedJob:
     # (issue: Ray) runs `task`s elsewhere and calls `record` and `join` here.
 
     def task(self, seg: Segment) -> SegmentTask:
-        """The description of segment `seg`'s run. With dedup in the pipeline, the segment
-        before must be recorded first (its last unique frames are this one's context)."""
+        """The description of segment `seg`'s run. With dedup or a stage that carries state
+        (`context.sequential`), the segment before must be recorded first: its last unique
+        frames are this one's context, its end state this one's start."""
         previous = self.manifest.segments.get(seg.index - 1)
         ext = os.path.splitext(self.config.output)[1].lower()
+        state_in = state_out = None
+        if self.context.stateful:
+            if seg.index > 0 and previous is None:
+                raise ValueError(f"segment {seg.index} needs the state the one before ended with")
+            state_in = os.path.join(self.work_dir, previous.state_file) if seg.index > 0 else None
+            state_out = os.path.join(self.work_dir, state_name(seg.index))
         return SegmentTask(
             input=self.config.input, segment=seg,
             decode_start=self.context.context_start(seg, previous.tail_unique if previous else None),
             decode_stop=self.context.context_stop(seg, len(self.table)),
             table=self.table, specs=self.specs, encoder=self.encoder,
             output=os.path.join(self.work_dir, segment_name(seg.index, ext)),
-            keep_unique=self.context.keep_unique, runner=self.config.runner)
+            keep_unique=self.context.keep_unique, runner=self.config.runner,
+            state_in=state_in, state_out=state_out)
 
     def record(self, seg: Segment, result: SegmentResult) -> None:
         """Note a finished segment in the manifest (atomically): from now on it is reused."""
@@ -189,7 +201,8 @@ class SegmentedJob:
         self.manifest.segments[seg.index] = SegmentRecord(
             seg.start, seg.end, result.frames,
             segment_name(seg.index, os.path.splitext(self.config.output)[1].lower()),
-            result.size, result.sha256, result.tail_unique)
+            result.size, result.sha256, result.tail_unique,
+            state_name(seg.index) if result.state_sha256 else "", result.state_sha256)
         save(self.work_dir, self.manifest)
 
     def join(self) -> None:
@@ -263,13 +276,15 @@ def _reuse(work_dir: str, manifest: Manifest, ext: str) -> set[int]:
     for index, rec in sorted(manifest.segments.items()):
         path = os.path.join(work_dir, rec.file)
         if (rec.file == segment_name(index, ext) and os.path.isfile(path)
-                and os.path.getsize(path) == rec.size and file_digest(path)[1] == rec.sha256):
+                and os.path.getsize(path) == rec.size and file_digest(path)[1] == rec.sha256
+                and _state_intact(work_dir, index, rec)):
             reused.add(index)
     manifest.segments = {i: r for i, r in manifest.segments.items() if i in reused}
     if manifest.join_partial and os.path.lexists(manifest.join_partial):
         os.unlink(manifest.join_partial)  # a join killed midway
     manifest.join_partial = None
-    keep = {"manifest.json", "lock", *(r.file for r in manifest.segments.values())}
+    keep = {"manifest.json", "lock", *(r.file for r in manifest.segments.values()),
+            *(r.state_file for r in manifest.segments.values() if r.state_file)}
     for name in os.listdir(work_dir):
         if name not in keep:
             path = os.path.join(work_dir, name)
@@ -278,3 +293,11 @@ def _reuse(work_dir: str, manifest: Manifest, ext: str) -> set[int]:
             else:
                 os.unlink(path)
     return reused
+
+
+def _state_intact(work_dir: str, index: int, rec: SegmentRecord) -> bool:
+    """A segment without carried state, or one whose state file still has its digest."""
+    if not rec.state_file:
+        return not rec.state_sha256
+    path = os.path.join(work_dir, rec.state_file)
+    return rec.state_file == state_name(index) and os.path.isfile(path) and file_digest(path)[1] == rec.state_sha256

@@ -25,6 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
+import numpy as np
+
 from engine.channel import EOS, CancelToken, Channel
 from engine.errors import Cancelled, EngineError, StageError
 from engine.frame import Frame
@@ -87,6 +89,8 @@ class RunResult:
     frames_out: int
     elapsed_s: float
     stages: list[StageSnapshot] = field(default_factory=list)
+    #: The end state of each stage that `carries_state`, by its index in the pipeline.
+    states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,9 +107,14 @@ class Pipeline:
     """Runs source → stages → sink on threads. One instance, one run."""
 
     def __init__(self, source: Source, specs: list[StageSpec], sink: Sink,
-                 options: RunnerOptions = RunnerOptions()):
+                 options: RunnerOptions = RunnerOptions(),
+                 states: dict[int, dict[str, np.ndarray]] | None = None):
         self.source = source
         self.specs = list(specs)
+        # stages that carry state start from these (by pipeline index): a segment continuing
+        # where the one before ended (see Stage.carries_state)
+        self._states_in = dict(states or {})
+        self._states_out: dict[int, dict[str, np.ndarray]] = {}
         self.sink = sink
         self.options = options
         self.first_seq = getattr(source, "first_seq", 0)  # a segment's source starts mid-video
@@ -199,20 +208,25 @@ class Pipeline:
         metrics = node.metrics[worker]
 
         def body() -> None:
+            index = [n is node for n in self._nodes].index(True) - 1  # the stage's place in the pipeline
             stage = spec.build()
             stage.counters = metrics.counters  # stage counters land straight in the metrics
             ctx = StageContext(worker=worker, workers=spec.workers, width=self.source.width,
                                height=self.source.height, frame_rate=self.source.frame_rate,
                                frames_total=self.source.frames_total, device=self.options.device,
-                               handoff=self._handoffs[[n is node for n in self._nodes].index(True) - 1],
+                               handoff=self._handoffs[index],
                                picture_format=getattr(self.sink, "picture_format", None))
             with metrics.busy(None):
                 stage.open(ctx)
-            metrics.settings = stage.describe()
             try:
+                if stage.carries_state and index in self._states_in:
+                    stage.import_state(self._states_in[index])
+                metrics.settings = stage.describe()
                 self._drive(stage, node.inbox, out, metrics)
                 with metrics.busy(None):
                     tail = stage.flush()
+                    if stage.carries_state:
+                        self._states_out[index] = stage.export_state()
                 metrics.settings = stage.describe()  # final values (a batch halved on OOM, ...)
                 for frame in tail:
                     self._emit(out, metrics, frame)
@@ -379,7 +393,7 @@ class Pipeline:
         self.sink.commit()
         snap = self.snapshot()
         return RunResult(frames_in=self._frames_in, frames_out=snap.frames_done,
-                         elapsed_s=snap.elapsed_s, stages=snap.stages)
+                         elapsed_s=snap.elapsed_s, stages=snap.stages, states=dict(self._states_out))
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
         def tracked() -> None:

@@ -23,16 +23,24 @@ The context rule, in one place (`context_start`, `context_stop`):
     hold at least O unique ones.
   Frames outside [s, e) are processed for context and dropped before the encoder.
 - dedup after a window stage would compare processed pixels that lack context at c: refused.
+- A stage that `carries_state` (a recurrent model's previous output) depends on every frame
+  before, which no context rebuilds. Its segments run in order, with no context (c = s,
+  R = 0), each starting from the state the one before ended with (`state_in`/`state_out`,
+  npz files next to the segments). Context frames would be processed twice, so such a stage
+  beside window overlap or dedup is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from engine.crashpoints import crash_point
-from engine.durable import fsync_file
+from engine.durable import fsync_dir, fsync_file
 from engine.encoders import EncoderChoice
 from engine.errors import UserError, ValidationError
 from engine.frame import Frame
@@ -52,11 +60,13 @@ class PipelineContext:
 
     overlap: int    # unique frames of context each side (sum of window stages' overlaps)
     dup_run: int    # longest duplicate run (dedup's max_run); 0 without dedup
+    stateful: tuple[int, ...] = ()  # pipeline indices of the stages that carry state
 
     @classmethod
     def of(cls, specs: list[StageSpec]) -> PipelineContext:
         overlap = dup_run = 0
-        for spec in specs:
+        stateful = []
+        for index, spec in enumerate(specs):
             stage = spec.build()  # constructors are cheap and validate
             if stage.dup_run and overlap:
                 raise UserError(f"--resume cannot cut a pipeline where '{spec.name}' (duplicate "
@@ -64,12 +74,24 @@ class PipelineContext:
             if isinstance(stage, WindowStage):
                 overlap += stage.overlap
             dup_run = max(dup_run, stage.dup_run)
-        return cls(overlap, dup_run)
+            if stage.carries_state:
+                stateful.append(index)
+        if stateful and (overlap or dup_run):
+            name = specs[stateful[0]].name
+            raise UserError(f"--resume cannot cut a pipeline where '{name}' (state carried from frame "
+                            f"to frame) runs beside window overlap or duplicate marking; run it without "
+                            f"--resume, or alone")
+        return cls(overlap, dup_run, tuple(stateful))
 
     @property
     def ordered(self) -> bool:
         """Whether a segment's context depends on the run of the segment before."""
         return self.dup_run > 0
+
+    @property
+    def sequential(self) -> bool:
+        """Whether segments must run in plan order, each after the one before is recorded."""
+        return self.ordered or bool(self.stateful)
 
     @property
     def keep_unique(self) -> int:
@@ -103,6 +125,8 @@ class SegmentTask:
     output: str             # the segment file, written as a partial and renamed when complete
     keep_unique: int = 0    # how many of the last unique frames to report (dedup context)
     runner: RunnerOptions = field(default_factory=RunnerOptions)
+    state_in: str | None = None   # the carried state the segment before ended with (npz)
+    state_out: str | None = None  # where this segment's end state goes (stateful pipelines)
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,7 @@ class SegmentResult:
     tail_unique: list[int]   # last unique frames up to the segment's end (context for the next)
     decoded: int             # frames decoded, context included
     elapsed_s: float
+    state_sha256: str = ""   # of `state_out`, when the pipeline carries state
 
 
 class TrimmingSink:
@@ -178,7 +203,8 @@ class SegmentRun:
             inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
                               copy_plan=CopyPlan())  # other streams: once, at the join
             self.sink = TrimmingSink(inner, seg.start, seg.end, task.keep_unique)
-            self.pipeline = Pipeline(self.source, task.specs, self.sink, task.runner)
+            states = load_states(task.state_in) if task.state_in else None
+            self.pipeline = Pipeline(self.source, task.specs, self.sink, task.runner, states)
         except BaseException:
             self.source.close()
             raise
@@ -194,7 +220,29 @@ class SegmentRun:
         result = self.pipeline.run()
         fsync_file(self.task.output)  # the manifest must never name a file the disk lost
         size, digest = file_digest(self.task.output)
+        state_digest = save_states(self.task.state_out, result.states) if self.task.state_out else ""
         seg = self.task.segment
         return SegmentResult(seg.index, seg.frames, size, digest,
                              list(self.sink.tail_unique) if self.task.keep_unique else [],
-                             result.frames_in, result.elapsed_s)
+                             result.frames_in, result.elapsed_s, state_digest)
+
+
+def save_states(path: str, states: dict[int, dict[str, np.ndarray]]) -> str:
+    """Write the stages' end states to `path` (npz, `INDEX/NAME` keys) durably; its sha256."""
+    tmp = f"{path}.partial"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **{f"{index}/{name}": array for index, state in sorted(states.items())
+                        for name, array in sorted(state.items())})
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+    return file_digest(path)[1]
+
+
+def load_states(path: str) -> dict[int, dict[str, np.ndarray]]:
+    states: dict[int, dict[str, np.ndarray]] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            index, name = key.split("/", 1)
+            states.setdefault(int(index), {})[name] = data[key]
+    return states

@@ -86,6 +86,12 @@ class Stage:
     #: True for model stages that take decoded planes and device tensors as input (through
     #: engine/inference.py); the runner then lets the stage before leave frames on the device.
     takes_device: ClassVar[bool] = False
+    #: True if the stage keeps state from frame to frame that no bounded stretch of earlier
+    #: frames rebuilds (a recurrent model's previous output). It runs with one worker and in
+    #: order; `--resume` runs segments in plan order and starts each where the one before
+    #: ended: `export_state` after the segment's last frame, `import_state` before the next
+    #: one's first (engine/segment_job.py).
+    carries_state: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
@@ -107,6 +113,15 @@ class Stage:
     def describe(self) -> dict[str, Any]:
         """Settings as resolved when the stage opened (device, precision, ...), for the report."""
         return {}
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """`carries_state` stages: the state after the last frame processed, as host arrays
+        that `import_state` restores exactly (bit for bit: resumed output must not change)."""
+        raise NotImplementedError
+
+    def import_state(self, state: dict[str, np.ndarray]) -> None:
+        """`carries_state` stages: continue from `export_state`'s result (after `open`)."""
+        raise NotImplementedError
 
     def weight_files(self) -> list[str]:
         """Files whose contents decide this stage's results (model weights). `--resume` hashes

@@ -5,7 +5,9 @@ diffusers layout (see engine/models/diffusion_vsr.py; nothing is downloaded). Fr
 through one at a time in seq order; the previous output is the only state, so memory is
 the same for ten frames or ten thousand. A window stage with no overlap: the runner keeps
 the order and a single worker, and the state simply carries from one window to the next
-(`group` only sets how many frames the runner hands over at once).
+(`group` only sets how many frames the runner hands over at once). Under `--resume` it
+carries across segments too (`carries_state`): each segment starts from the state the
+one before ended with, so a resumed or segmented job gives the single pass's frames.
 
 Options: ``flow=dis|spynet|raft`` (+ ``flow_weights=PATH`` for the last two), ``steps``,
 ``seed``, ``device``, ``precision``, ``vae_tile``/``unet_tile`` (latent pixels; 0 = whole
@@ -28,6 +30,8 @@ from engine.stage import StageContext, WindowStage
 @register_stage("diffusion-vsr")
 class DiffusionVSR(WindowStage):
     """Upscale ×4 with a diffusion UNet guided by the flow-warped previous output."""
+
+    carries_state = True  # the previous output: no stretch of earlier frames rebuilds it
 
     def __init__(self, model: str = "", flow: Literal["dis", "spynet", "raft"] = "dis", flow_weights: str = "",
                  steps: int = 4, seed: int = 0, device: str = "auto",
@@ -67,6 +71,12 @@ class DiffusionVSR(WindowStage):
         out = [self.model.step(f.data, f.seq) for f in frames]
         self.count("inferred", len(frames))
         return out
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        return self.model.export_state()
+
+    def import_state(self, state: dict[str, np.ndarray]) -> None:
+        self.model.import_state(state)
 
     def describe(self) -> dict[str, Any]:
         if self.model is None:

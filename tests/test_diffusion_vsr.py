@@ -446,3 +446,89 @@ def test_spynet_computes_mmagics_function(tmp_path):
     got = ours.estimate(ref_img.float(), supp_img.float())  # the provider itself: fp32 throughout
     assert got.dtype == torch.float32
     assert (got.double() - expected).abs().max() < 1e-3 * expected.abs().max()  # fp32 rounding only
+
+
+# ---- state across segments (--resume) -------------------------------------------------------
+
+def test_state_exported_and_imported_continues_bit_for_bit(model_dir):
+    """bf16 state widened to fp32 arrays and narrowed back: a second model that imports it
+    after frame 2 gives the continuous run's frames 3.. exactly."""
+    settings = DiffusionSettings(precision="bf16", **FAST)
+    frames = clip(5, seed=3)
+    whole = StreamDiffVSR(str(model_dir), settings)
+    expected = run(whole, frames)
+    first = StreamDiffVSR(str(model_dir), settings)
+    run(first, frames[:3])
+    state = first.export_state()
+    assert state["prev_out"].dtype == np.float32 and state["prev_out"].shape == (1, 3, 4 * H, 4 * W)
+    second = StreamDiffVSR(str(model_dir), settings)
+    second.import_state(state)
+    assert second.prev_out.dtype == torch.bfloat16
+    rest = [second.step(f, i) for i, f in enumerate(frames[3:], start=3)]
+    assert all(np.array_equal(a, b) for a, b in zip(rest, expected[3:]))
+    fresh = StreamDiffVSR(str(model_dir), settings)
+    fresh.import_state({})  # a segment that starts the video: no guidance
+    assert not np.array_equal(fresh.step(frames[3], 3), expected[3])
+
+
+GOP2 = {"g": "2", "keyint_min": "2", "bf": "0", "sc_threshold": "0"}  # cuts possible every 2 frames
+
+
+def _dvsr(model_dir) -> str:
+    return f"diffusion-vsr:model={model_dir}:steps=2:device=cpu"
+
+
+def test_resumed_segments_carry_the_state_and_equal_one_pass(model_dir, tmp_path):
+    """--resume cuts every 2 frames; the state crosses each cut, so the frames equal a single
+    pass's. A kill in the second segment, then resume: same frames, the first segment reused;
+    a damaged state file makes its segment run again."""
+    import av
+    from engine.testing import index_frame
+    src = make_clip(tmp_path / "in.mp4", frames=6, width=32, height=24, options=GOP2,
+                    image=lambda seq: np.roll(index_frame(0, 24, 32), seq, axis=1))
+    env = {"OMP_NUM_THREADS": "1"}
+    plain = tmp_path / "plain.mkv"
+    r = run_engine("stream", src, plain, "--quiet", "--encoder", "ffv1", "--pipeline", _dvsr(model_dir),
+                   timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+
+    def frames(path):
+        with av.open(str(path)) as container:
+            return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+    seg = tmp_path / "seg.mkv"
+    args = ("stream", src, seg, "--quiet", "--encoder", "ffv1", "--resume", "--segment", "2f",
+            "--pipeline", _dvsr(model_dir))
+    killed = run_engine(*args, timeout=300, env={**env, "ENGINE_CRASH_AT": "segment-frame:4"})
+    assert killed.returncode != 0 and not seg.exists()
+    work = tmp_path / ".seg.mkv.engine-work"
+    assert (work / "segment-00000.state.npz").is_file()
+    r = run_engine(*args, "--report", tmp_path / "r.json", timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    listed = json.loads((tmp_path / "r.json").read_text())["segments"]["list"]
+    assert len(listed) == 3 and [s["reused"] for s in listed] == [True, False, False]
+    expected = frames(plain)
+    assert len(expected) == 6
+    assert all(np.array_equal(a, b) for a, b in zip(frames(seg), expected))
+
+    # a damaged state file: its segment (and only it) runs again, same frames
+    killed = run_engine(*args, timeout=300, env={**env, "ENGINE_CRASH_AT": "join-packet:1"})
+    assert killed.returncode != 0
+    state = work / "segment-00001.state.npz"
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    state.write_bytes(bytes(data))
+    r = run_engine(*args, "--report", tmp_path / "r.json", timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    listed = json.loads((tmp_path / "r.json").read_text())["segments"]["list"]
+    assert [s["reused"] for s in listed] == [True, False, True]
+    assert all(np.array_equal(a, b) for a, b in zip(frames(seg), expected))
+
+
+def test_resume_refuses_carried_state_beside_window_context(model_dir, tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=4, width=32, height=24, options=GOP2)
+    r = run_engine("stream", src, tmp_path / "out.mkv", "--resume", "--segment", "2f", "--pipeline",
+                   f"temporal-denoise:radius=1,{_dvsr(model_dir)}", timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'diffusion-vsr' (state carried from frame to frame)" in r.stderr
+    assert not (tmp_path / "out.mkv").exists()

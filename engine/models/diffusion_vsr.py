@@ -207,6 +207,22 @@ class StreamDiffVSR:
         self.prev_lr = None    # 1×3×h×w fp32 in [0, 1]
         self.prev_out = None   # 1×3×H×W model dtype, about [-1, 1], unclamped (as upstream carries it)
 
+    def export_state(self) -> dict:
+        """The state as host fp32 arrays; empty before the first frame. fp16 and bf16 widen to
+        fp32 and narrow back exactly, so a resumed segment continues bit for bit."""
+        if self.prev_out is None or self.prev_lr is None:
+            return {}
+        return {"prev_lr": self.prev_lr.float().cpu().numpy(), "prev_out": self.prev_out.float().cpu().numpy()}
+
+    def import_state(self, state: dict) -> None:
+        import torch
+
+        if not state:
+            self.reset()
+            return
+        self.prev_lr = torch.from_numpy(state["prev_lr"]).to(self.device, torch.float32)
+        self.prev_out = torch.from_numpy(state["prev_out"]).to(self.device, self.dtype)
+
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.prev_lr, self.prev_out) if t is not None)
 
