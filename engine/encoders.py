@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Iterator
 
@@ -193,3 +193,41 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
     if name == "auto":
         raise UserError(f"no encoder could be opened for {output_ext}: {'; '.join(refusals)}")
     raise UserError(f"encoder '{name}' cannot be used: {refusals[0]}")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (what FFmpeg and x264 count for their auto threads)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def x265_frame_threads(cpus: int) -> int:
+    """About x265's automatic frame-thread count for `cpus` (its table moves between versions)."""
+    return 6 if cpus >= 32 else 5 if cpus >= 16 else 3 if cpus >= 8 else 2 if cpus >= 4 else 1
+
+
+def fixed_threads(choice: EncoderChoice, cpus: int) -> dict[str, str]:
+    """Options that write out the encoder's thread count instead of leaving it to each machine.
+
+    x264's and x265's bitstreams depend on their thread counts (frame threads change the
+    motion search's reach and the lookahead), which they derive from the CPUs they find. A
+    job cut into segments, resumed on another machine or spread over several, fixes the
+    counts once, on the machine that plans it first (engine/resume.py keeps them in the
+    manifest), so every segment is encoded alike wherever it runs. The counts are the
+    encoders' automatic ones for `cpus` (x264's exactly; x265's as its table stood). ProRes
+    and FFV1 give the same bytes with any thread count (checked on 24 frames with 1–16
+    threads); NVENC has none.
+    """
+    if choice.codec == "libx264":
+        return {"threads": str(max(1, cpus * 3 // 2))}  # x264's auto with frame threads
+    if choice.codec == "libx265":
+        params = [p for p in choice.options.get("x265-params", "").split(":") if p]
+        params = [p for p in params if p.split("=")[0] not in ("pools", "frame-threads")]
+        return {"x265-params": ":".join([*params, f"pools={cpus}", f"frame-threads={x265_frame_threads(cpus)}"])}
+    return {}
+
+
+def with_options(choice: EncoderChoice, extra: dict[str, str]) -> EncoderChoice:
+    return replace(choice, options={**choice.options, **extra}) if extra else choice

@@ -7,6 +7,8 @@ One JSON file, `manifest.json`, in the work directory:
   encoder and its options, the output container, the segment plan, and the engine and FFmpeg
   versions. A work directory whose key differs from the job's is refused, field named: a
   changed input or option never mixes with old segments.
+  It also keeps `encoder_threads`, the thread options fixed when the job was first
+  planned (engine/encoders.py `fixed_threads`); not compared, adopted by every later run.
 - `segments`: per finished segment, its frame range, frame count, file name, size and
   sha256 (and what it hands to the next segment: dedup's context, or the carried state file
   of a stage that carries state, with its sha256).

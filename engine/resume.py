@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 
 from engine.crashpoints import crash_point
-from engine.encoders import CONTAINERS, choose_encoder, container_for, muxer_codecs
+from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, container_for, fixed_threads,
+                             muxer_codecs, with_options)
 from engine.errors import UserError
 from engine.job import check_config, check_input, environment, reporter_note, write_report
 from engine.join import JoinPart, join_segments
@@ -124,6 +125,11 @@ class SegmentedJob:
                                     f"delete it to start afresh, or resume with the same input and options")
             else:
                 manifest = Manifest(key)
+            # Encoder threads are fixed when the job is first planned and kept in the manifest:
+            # x264/x265 bytes depend on them, and a resume may run on another machine (or Ray
+            # on several). Not part of the compared key: where the job finishes does not matter.
+            threads = manifest.key.setdefault("encoder_threads", fixed_threads(encoder, available_cpus()))
+            encoder = with_options(encoder, threads)
             reused = _reuse(work_dir, manifest, ext)
             save(work_dir, manifest)
         except BaseException:

@@ -382,3 +382,33 @@ def test_progress_counts_segments(media, tmp_path):
     r = run_engine("stream", media["video"], out, "--resume", "--segment", "12f")
     assert r.returncode == 0, r.stderr
     assert "done: segments 3/3 (1 reused, 0 pending)  32 frames" in r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs to change the count between runs")
+def test_resumed_on_fewer_cpus_gives_the_same_bytes(media, tmp_path):
+    """x264's bitstream depends on its thread count, which it takes from the CPUs it finds.
+    The job fixes the count when it is planned (engine/encoders.py `with_fixed_threads`), so a
+    job killed on this machine and finished with one CPU equals the uninterrupted run."""
+    from engine.sink import encoder_settings
+    rng = np.random.default_rng(3)
+    texture = rng.integers(0, 256, size=(192, 512, 3), dtype=np.uint8)
+    clip = make_clip(media["dir"] / "wide.mp4", 36, width=256, height=192, options=GOP,
+                     image=lambda seq: np.ascontiguousarray(texture[:, seq * 4: seq * 4 + 256]))
+    args = ["--resume", "--segment", "16f", "--encoder", "x264", "--pipeline", "none"]
+    whole = tmp_path / "whole.mp4"
+    r = stream(clip, whole, *args)
+    assert r.returncode == 0, r.stderr
+    with av.open(str(whole)) as c:
+        threads = encoder_settings(bytes(next(c.demux(video=0))))["threads"]
+    assert int(threads) == len(os.sched_getaffinity(0)) * 3 // 2 > 1  # x264's own count here
+
+    out = tmp_path / "out.mp4"
+    killed = stream(clip, out, *args, env={"ENGINE_CRASH_AT": "segment-frame:20"})
+    assert killed.returncode == -signal.SIGKILL
+    one_cpu = subprocess.run([sys.executable, "-m", "engine", "stream", str(clip), str(out), "--quiet",
+                              *args, "--report", str(tmp_path / "r.json")], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    assert one_cpu.returncode == 0, one_cpu.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["segments"]["reused"] == 1
+    assert sha256(out) == sha256(whole)
