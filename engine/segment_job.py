@@ -24,10 +24,11 @@ The context rule, in one place (`context_start`, `context_stop`):
   Frames outside [s, e) are processed for context and dropped before the encoder.
 - dedup after a window stage would compare processed pixels that lack context at c: refused.
 - A stage that `carries_state` (a recurrent model's previous output) depends on every frame
-  before, which no context rebuilds. Its segments run in order, with no context (c = s,
-  R = 0), each starting from the state the one before ended with (`state_in`/`state_out`,
-  npz files next to the segments). Context frames would be processed twice, so such a stage
-  beside window overlap or dedup is refused.
+  before, which no context rebuilds. Its segments run in order, each starting from the state
+  the one before ended with (`state_in`/`state_out`, npz files next to the segments). Without
+  dedup there is no context (c = s, R = 0). With dedup (O = 0) the one context frame is the
+  last unique frame before s: the last frame the state saw, whose result the stage gives
+  again without stepping. Window overlap would feed it frames twice: refused.
 """
 
 from __future__ import annotations
@@ -76,11 +77,10 @@ class PipelineContext:
             dup_run = max(dup_run, stage.dup_run)
             if stage.carries_state:
                 stateful.append(index)
-        if stateful and (overlap or dup_run):
+        if stateful and overlap:
             name = specs[stateful[0]].name
             raise UserError(f"--resume cannot cut a pipeline where '{name}' (state carried from frame "
-                            f"to frame) runs beside window overlap or duplicate marking; run it without "
-                            f"--resume, or alone")
+                            f"to frame) runs beside window stages with overlap; run it without --resume")
         return cls(overlap, dup_run, tuple(stateful))
 
     @property

@@ -68,8 +68,18 @@ class DiffusionVSR(WindowStage):
         self.model = StreamDiffVSR(self.model_dir, DiffusionSettings(**self.options))
 
     def process_window(self, frames: list[Frame]) -> list[np.ndarray]:
-        out = [self.model.step(f.data, f.seq) for f in frames]
-        self.count("inferred", len(frames))
+        out = []
+        for f in frames:
+            done = self.model.prev_index
+            if done is not None and f.seq <= done:
+                # a segment after dedup opens on the previous segment's last unique frame, the
+                # one this state ended with: its result again, the state untouched
+                if f.seq != done:
+                    raise RuntimeError(f"frame {f.seq} is before frame {done}, where the carried state stands")
+                out.append(self.model.previous_image(f.data.dtype))
+                continue
+            out.append(self.model.step(f.data, f.seq))
+            self.count("inferred")
         return out
 
     def export_state(self) -> dict[str, np.ndarray]:

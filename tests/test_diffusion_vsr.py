@@ -532,3 +532,37 @@ def test_resume_refuses_carried_state_beside_window_context(model_dir, tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "'diffusion-vsr' (state carried from frame to frame)" in r.stderr
     assert not (tmp_path / "out.mkv").exists()
+
+
+def test_resumed_after_dedup_opens_on_the_frame_the_state_ended_with(model_dir, tmp_path):
+    """dedup,diffusion-vsr cut every 2 frames inside runs of held drawings: each segment opens on
+    the last unique frame before it, which the carried state already holds. Same frames as one pass."""
+    import av
+    from engine.testing import index_frame
+    rng = np.random.default_rng(5)
+
+    def held(seq: int) -> np.ndarray:  # drawings held for 3 frames, moving between them, ±1 noise
+        base = np.roll(index_frame(0, 24, 32), 3 * (seq // 3), axis=1).astype(np.int16)
+        return np.clip(base + rng.integers(-1, 2, size=base.shape), 0, 255).astype(np.uint8)
+
+    src = make_clip(tmp_path / "held.mp4", frames=9, width=32, height=24, crf=0, options=GOP2, image=held)
+    pipeline = f"dedup,{_dvsr(model_dir)}"
+    env = {"OMP_NUM_THREADS": "1"}
+    plain, seg = tmp_path / "plain.mkv", tmp_path / "seg.mkv"
+    r = run_engine("stream", src, plain, "--quiet", "--encoder", "ffv1", "--pipeline", pipeline,
+                   "--report", tmp_path / "p.json", timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    inferred = [s for s in json.loads((tmp_path / "p.json").read_text())["stages"] if s["name"] == "diffusion-vsr"]
+    assert inferred[0]["counters"]["inferred"] == 3  # one per drawing: the clip exercises dedup
+    r = run_engine("stream", src, seg, "--quiet", "--encoder", "ffv1", "--resume", "--segment", "2f",
+                   "--pipeline", pipeline, "--report", tmp_path / "r.json", timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["segments"]["total"] >= 4
+
+    def frames(path):
+        with av.open(str(path)) as container:
+            return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+    a, b = frames(seg), frames(plain)
+    assert len(a) == len(b) == 9
+    assert [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)] == []

@@ -206,13 +206,17 @@ class StreamDiffVSR:
         """Forget the previous frame: the next one starts a new shot without guidance."""
         self.prev_lr = None    # 1×3×h×w fp32 in [0, 1]
         self.prev_out = None   # 1×3×H×W model dtype, about [-1, 1], unclamped (as upstream carries it)
+        self.prev_index = None  # the frame index prev_out belongs to
 
     def export_state(self) -> dict:
         """The state as host fp32 arrays; empty before the first frame. fp16 and bf16 widen to
         fp32 and narrow back exactly, so a resumed segment continues bit for bit."""
+        import numpy as np
+
         if self.prev_out is None or self.prev_lr is None:
             return {}
-        return {"prev_lr": self.prev_lr.float().cpu().numpy(), "prev_out": self.prev_out.float().cpu().numpy()}
+        return {"prev_lr": self.prev_lr.float().cpu().numpy(), "prev_out": self.prev_out.float().cpu().numpy(),
+                "prev_index": np.array(self.prev_index, dtype=np.int64)}
 
     def import_state(self, state: dict) -> None:
         import torch
@@ -222,6 +226,7 @@ class StreamDiffVSR:
             return
         self.prev_lr = torch.from_numpy(state["prev_lr"]).to(self.device, torch.float32)
         self.prev_out = torch.from_numpy(state["prev_out"]).to(self.device, self.dtype)
+        self.prev_index = int(state["prev_index"])
 
     def state_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.prev_lr, self.prev_out) if t is not None)
@@ -243,10 +248,22 @@ class StreamDiffVSR:
             except torch.OutOfMemoryError:
                 if not self._shrink(*lr.shape[-2:]):
                     raise
-        self.prev_lr, self.prev_out = lr, out
+        self.prev_lr, self.prev_out, self.prev_index = lr, out, index
         self.frames += 1
+        return self._image(out, frame.dtype)
+
+    def previous_image(self, dtype):
+        """The last frame's result again (a frame met a second time as a segment's context)."""
+        return self._image(self.prev_out, dtype)
+
+    @staticmethod
+    def _image(out, dtype):
+        import numpy as np
+        import torch
+
+        top = 255.0 if dtype == np.uint8 else 65535.0
         image = ((out.float() / 2 + 0.5).clamp_(0, 1) * top).round_()
-        return image[0].permute(1, 2, 0).to(torch.uint8 if top == 255.0 else torch.int32).cpu().numpy().astype(frame.dtype)
+        return image[0].permute(1, 2, 0).to(torch.uint8 if top == 255.0 else torch.int32).cpu().numpy().astype(dtype)
 
     def _shrink(self, h: int, w: int) -> bool:
         """After an out-of-memory error: tile the UNet, then the VAE, then halve both. False if at the floor."""
