@@ -108,7 +108,8 @@ def connect(ray, address: str | None) -> str:
     common = dict(log_to_driver=False, logging_level="ERROR",
                   runtime_env={"env_vars": env} if env else None)
     if address is None:
-        ray.init(object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, **common)
+        # "local": a new Ray of our own, even where `ray start` left one running
+        ray.init(address="local", object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, **common)
         return "a local Ray"
     _check_reachable(address)
     try:
@@ -158,7 +159,7 @@ class _Input:
     table_ref: object = None
     running: int = 0
     results: dict[int, SegmentResult] = field(default_factory=dict)
-    workers: dict[int, str] = field(default_factory=dict)
+    workers: dict[int, dict] = field(default_factory=dict)  # who ran each segment (last attempt)
     frames_done: int = 0
     report: dict | None = None
 
@@ -184,7 +185,7 @@ class RayDriver:
         self.cpus = options.cpus
         self.gpus = max(gpus_per_segment(job.specs, options, resources.get("GPU", 0)) for job in jobs)
         self._check_fits(resources)
-        self.in_flight: dict[object, tuple[_Input, Segment]] = {}
+        self.in_flight: dict[object, tuple[_Input, Segment, str]] = {}  # ref → input, segment, file
         self.live: dict[str, WorkerSnapshot] = {}   # replaced whole: the reporter thread reads it
         self.started = time.perf_counter()
         self.frames_total = sum(s.frames for inp in self.inputs for s in inp.todo)
@@ -252,11 +253,11 @@ class RayDriver:
                 task = dataclasses.replace(inp.job.task(seg), table=None)  # the table travels once
                 ref = self.remote.remote(task, inp.table_ref, self.board, inp.key(seg),
                                          f"{inp.name} #{seg.index}", versions())
-                self.in_flight[ref] = (inp, seg)
+                self.in_flight[ref] = (inp, seg, task.output)
                 inp.running += 1
 
     def _finished(self, ref) -> None:
-        inp, seg = self.in_flight.pop(ref)
+        inp, seg, path = self.in_flight.pop(ref)
         inp.running -= 1
         try:
             outcome = self.ray.get(ref)
@@ -266,13 +267,12 @@ class RayDriver:
         if outcome.get("error"):
             raise SegmentFailed(outcome["error"], outcome["exit_code"])
         result: SegmentResult = outcome["result"]
-        path = inp.job.task(seg).output
         if not os.path.isfile(path) or file_digest(path) != (result.size, result.sha256):
             raise UserError(f"segment file {path} written by {outcome['worker']} does not reach the driver "
                             f"intact: the work directory must be on a filesystem every node shares")
         inp.job.record(seg, result)  # the one writer of the manifest
         inp.results[seg.index] = result
-        inp.workers[seg.index] = outcome["worker"]
+        inp.workers[seg.index] = {k: outcome[k] for k in ("worker", "node", "gpu_ids")}
         inp.frames_done += seg.frames
 
     def _join_complete(self) -> None:
@@ -302,7 +302,7 @@ class RayDriver:
             if not ready:
                 return
             live, _ = self.ray.get(self._board_read)
-            keys = {inp.key(seg) for inp, seg in self.in_flight.values()}
+            keys = {inp.key(seg) for inp, seg, _ in self.in_flight.values()}
             self.live = {k: v for k, v in live.items() if k in keys}
         self._board_read = self.board.read.remote()
 
@@ -343,16 +343,18 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
     """A Ray task: one segment with the one-machine runner. Failures come back as values."""
     import ray
 
+    context = ray.get_runtime_context()
     name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
+    where = {"worker": name, "node": context.get_node_id()[:12], "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
     board.started.remote(key, WorkerSnapshot(name, label, 0, 0.0))
     mine = versions()
     if mine != expected:  # x264's bytes, the manifest key: every node must run the same build
         return {"error": f"{name} runs {mine}, the driver {expected}: install the same engine, "
-                         f"PyAV and FFmpeg on every node", "exit_code": 2, "worker": name}
+                         f"PyAV and FFmpeg on every node", "exit_code": 2, **where}
     try:
         run = SegmentRun(dataclasses.replace(task, table=table))
     except BaseException as exc:  # noqa: BLE001 - reported to the driver, which fails the job
-        return _failure(exc, name)
+        return {**_failure(exc), **where}
     stop = threading.Event()
     started = time.perf_counter()
 
@@ -371,14 +373,14 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
     try:
         result = run.run()
     except BaseException as exc:  # noqa: BLE001
-        return _failure(exc, name)
+        return {**_failure(exc), **where}
     finally:
         stop.set()
         reporter.join()
-    return {"result": result, "worker": name}
+    return {"result": result, **where}
 
 
-def _failure(exc: BaseException, worker: str) -> dict:
+def _failure(exc: BaseException) -> dict:
     """An exception as plain data (StageError does not pickle): message and exit code."""
     if isinstance(exc, StageError) and isinstance(exc.cause, UserError):
         message, code = str(exc.cause), exc.exit_code
@@ -386,4 +388,4 @@ def _failure(exc: BaseException, worker: str) -> dict:
         message, code = str(exc), exc.exit_code
     else:
         message, code = f"{type(exc).__name__}: {exc}", 1
-    return {"error": message, "exit_code": code, "worker": worker}
+    return {"error": message, "exit_code": code}
