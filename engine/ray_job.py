@@ -181,22 +181,24 @@ class RayDriver:
         self.startup_s = startup_s
         self.inputs = [_Input(i, job, deque(s for s in job.plan.segments if s.index not in job.reused))
                        for i, job in enumerate(jobs)]
-        resources = ray.cluster_resources()
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         self.cpus = options.cpus
-        self.gpus = max(gpus_per_segment(job.specs, options, resources.get("GPU", 0)) for job in jobs)
-        self._check_fits(resources)
+        self.gpus = max(gpus_per_segment(job.specs, options, max((n.get("GPU", 0) for n in nodes), default=0))
+                        for job in jobs)
+        self._check_fits(nodes)
         self.in_flight: dict[object, tuple[_Input, Segment, str]] = {}  # ref → input, segment, file
         self.live: dict[str, WorkerSnapshot] = {}   # replaced whole: the reporter thread reads it
         self.started = time.perf_counter()
         self.frames_total = sum(s.frames for inp in self.inputs for s in inp.todo)
 
-    def _check_fits(self, resources: dict) -> None:
-        """A task no node can hold would wait forever: refuse it."""
+    def _check_fits(self, nodes: list[dict]) -> None:
+        """A task that no node can hold would wait forever: refuse it."""
         for name, need in (("CPU", self.cpus), ("GPU", self.gpus)):
-            if need > 0 and resources.get(name, 0) < need:
-                have = resources.get(name, 0)
+            most = max((n.get(name, 0) for n in nodes), default=0)
+            if need > 0 and most < need:
                 hint = " (--ray-gpus 0 runs segments on CPUs)" if name == "GPU" else ""
-                raise UserError(f"each segment needs {need:g} {name} but {self.where} has {have:g}{hint}")
+                raise UserError(f"each segment needs {need:g} {name} but no node of {self.where} has "
+                                f"that many (the most is {most:g}){hint}")
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -208,7 +210,9 @@ class RayDriver:
             reporter_note(reporter, self._notes())
         node = ray.get_runtime_context().get_node_id()  # the board stays with the driver's node
         affinity = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node, soft=True)
-        self.board = ray.remote(num_cpus=0, scheduling_strategy=affinity)(ProgressBoard).remote()
+        # progress only: restarted elsewhere if its node goes (then attempts counted before are lost)
+        self.board = ray.remote(num_cpus=0, scheduling_strategy=affinity, max_restarts=-1,
+                                max_task_retries=-1)(ProgressBoard).remote()
         self.remote = ray.remote(run_segment).options(
             num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.options.max_retries,
             retry_exceptions=False)  # failures come back as values; only lost workers are retried
@@ -301,13 +305,19 @@ class RayDriver:
             ready, _ = self.ray.wait([self._board_read], timeout=0)
             if not ready:
                 return
-            live, _ = self.ray.get(self._board_read)
+            try:
+                live, _ = self.ray.get(self._board_read)
+            except self.ray.exceptions.RayError:  # the board's node went: progress, never the job
+                live = {}
             keys = {inp.key(seg) for inp, seg, _ in self.in_flight.values()}
             self.live = {k: v for k, v in live.items() if k in keys}
         self._board_read = self.board.read.remote()
 
     def _attempts(self) -> dict[str, int]:
-        return self.ray.get(self.board.read.remote(), timeout=30)[1]
+        try:
+            return self.ray.get(self.board.read.remote(), timeout=30)[1]
+        except self.ray.exceptions.RayError:
+            return {}
 
     def snapshot(self) -> RunSnapshot:
         live = list(self.live.values())
