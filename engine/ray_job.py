@@ -81,12 +81,14 @@ def run_on_ray(configs: list[JobConfig], options: RayOptions) -> list[dict]:
     ray = import_ray()
     jobs: list[SegmentedJob] = []
     try:
+        started = time.perf_counter()
         for config in configs:  # every check before Ray starts: a bad option costs no start-up
             jobs.append(SegmentedJob.prepare(_absolute(config)))
+        plan_s = time.perf_counter() - started
         started = time.perf_counter()
         where = connect(ray, options.address)
         try:
-            driver = RayDriver(ray, jobs, options, where, time.perf_counter() - started)
+            driver = RayDriver(ray, jobs, options, where, time.perf_counter() - started, plan_s)
             return driver.run()
         finally:
             ray.shutdown()
@@ -174,8 +176,10 @@ class _Input:
 class RayDriver:
     """Submits tasks, records results as they come, joins each input when it is complete."""
 
-    def __init__(self, ray, jobs: list[SegmentedJob], options: RayOptions, where: str, startup_s: float):
+    def __init__(self, ray, jobs: list[SegmentedJob], options: RayOptions, where: str, startup_s: float,
+                 plan_s: float = 0.0):
         self.ray = ray
+        self.plan_s = plan_s
         self.options = options
         self.where = where
         self.startup_s = startup_s
@@ -276,7 +280,7 @@ class RayDriver:
                             f"intact: the work directory must be on a filesystem every node shares")
         inp.job.record(seg, result)  # the one writer of the manifest
         inp.results[seg.index] = result
-        inp.workers[seg.index] = {k: outcome[k] for k in ("worker", "node", "gpu_ids")}
+        inp.workers[seg.index] = {k: outcome[k] for k in ("worker", "node", "gpu_ids", "cpu_s")}
         inp.frames_done += seg.frames
 
     def _join_complete(self) -> None:
@@ -289,7 +293,8 @@ class RayDriver:
             inp.job.release()
             attempts = self._attempts()
             extra = {"ray": {
-                "where": self.where, "startup_s": round(self.startup_s, 3),
+                "where": self.where, "startup_s": round(self.startup_s, 3), "plan_s": round(self.plan_s, 3),
+                "join_s": round(join_s, 3),
                 "cpus_per_segment": self.cpus, "gpus_per_segment": self.gpus,
                 "sequential": inp.job.context.sequential,
                 "workers": {str(i): w for i, w in sorted(inp.workers.items())},
@@ -380,6 +385,7 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
 
     reporter = threading.Thread(target=report, name="engine-ray-progress", daemon=True)
     reporter.start()
+    cpu = time.process_time()  # the worker process runs one task at a time: its CPU is this segment's
     try:
         result = run.run()
     except BaseException as exc:  # noqa: BLE001
@@ -387,7 +393,7 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
     finally:
         stop.set()
         reporter.join()
-    return {"result": result, **where}
+    return {"result": result, **where, "cpu_s": round(time.process_time() - cpu, 3)}
 
 
 def _failure(exc: BaseException) -> dict:
