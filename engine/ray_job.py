@@ -106,16 +106,16 @@ def _absolute(config: JobConfig) -> JobConfig:
 
 def connect(ray, address: str | None) -> str:
     """Start a local Ray (no address) or join a cluster; a one-line error if that fails."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    common = dict(log_to_driver=False, logging_level="ERROR",
-                  runtime_env={"env_vars": env} if env else None)
+    common = dict(log_to_driver=False, logging_level="ERROR")
     if address is None:
-        # "local": a new Ray of our own, even where `ray start` left one running
+        # "local": a new Ray of our own, even where `ray start` left one running. Its workers
+        # inherit this environment; a runtime_env would cost a fresh worker start (seconds).
         ray.init(address="local", object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, **common)
         return "a local Ray"
     _check_reachable(address)
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     try:
-        ray.init(address=address, **common)
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot connect to Ray at {address}: {first}") from None
