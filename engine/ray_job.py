@@ -31,11 +31,12 @@ import socket
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engine.errors import EngineError, StageError, UserError
 from engine.gpu import GpuMonitor
-from engine.job import JobConfig, reporter_note
+from engine.job import JobConfig, check_config, reporter_note
 from engine.manifest import versions
 from engine.metrics import RunSnapshot, SegmentCounts, WorkerSnapshot
 from engine.progress import make_reporter
@@ -79,22 +80,36 @@ def import_ray():
 def run_on_ray(configs: list[JobConfig], options: RayOptions) -> list[dict]:
     """Run every input's job on Ray; one report per input, in the order given."""
     ray = import_ray()
+    configs = [_absolute(c) for c in configs]
+    for config in configs:  # the cheap checks first: a bad option costs no start-up
+        check_config(config)
     jobs: list[SegmentedJob] = []
     try:
-        started = time.perf_counter()
-        for config in configs:  # every check before Ray starts: a bad option costs no start-up
-            jobs.append(SegmentedJob.prepare(_absolute(config)))
-        plan_s = time.perf_counter() - started
-        started = time.perf_counter()
-        where = connect(ray, options.address)
+        # Plan (packet scan, cut checks, manifests) while Ray starts: both are serial parts.
+        with ThreadPoolExecutor(1, thread_name_prefix="engine-plan") as pool:
+            planned = pool.submit(_prepare, configs, jobs)
+            started = time.perf_counter()
+            try:
+                where = connect(ray, options.address)
+            finally:
+                startup_s = time.perf_counter() - started
+                planned.exception()  # wait for the plan either way: it holds the work directories
         try:
-            driver = RayDriver(ray, jobs, options, where, time.perf_counter() - started, plan_s)
+            plan_s = planned.result()
+            driver = RayDriver(ray, jobs, options, where, startup_s, plan_s)
             return driver.run()
         finally:
             ray.shutdown()
     finally:
         for job in jobs:
             job.release()
+
+
+def _prepare(configs: list[JobConfig], jobs: list[SegmentedJob]) -> float:
+    started = time.perf_counter()
+    for config in configs:
+        jobs.append(SegmentedJob.prepare(config))
+    return time.perf_counter() - started
 
 
 def _absolute(config: JobConfig) -> JobConfig:
@@ -110,16 +125,23 @@ def connect(ray, address: str | None) -> str:
     if address is None:
         # "local": a new Ray of our own, even where `ray start` left one running. Its workers
         # inherit this environment; a runtime_env would cost a fresh worker start (seconds).
-        ray.init(address="local", object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, **common)
+        try:
+            ray.init(address="local", object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
+                     **common)
+        except Exception as exc:  # noqa: BLE001 - no room in /tmp, ports taken, ...
+            raise UserError(f"cannot start a local Ray: {_first_line(exc)}") from None
         return "a local Ray"
     _check_reachable(address)
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     try:
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot connect to Ray at {address}: {first}") from None
+        raise UserError(f"cannot connect to Ray at {address}: {_first_line(exc)}") from None
     return f"Ray at {address}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _check_reachable(address: str) -> None:
@@ -361,7 +383,10 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
     context = ray.get_runtime_context()
     name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
     where = {"worker": name, "node": context.get_node_id()[:12], "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
-    board.started.remote(key, WorkerSnapshot(name, label, 0, 0.0))
+    try:  # acknowledged: a worker killed right after still counts as an attempt
+        ray.get(board.started.remote(key, WorkerSnapshot(name, label, 0, 0.0)), timeout=10)
+    except ray.exceptions.RayError:  # includes GetTimeoutError: progress never holds up work
+        pass
     mine = versions()
     if mine != expected:  # x264's bytes, the manifest key: every node must run the same build
         return {"error": f"{name} runs {mine}, the driver {expected}: install the same engine, "

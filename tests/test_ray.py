@@ -153,6 +153,18 @@ def test_restarted_driver_reuses_recorded_segments(cluster, media, reference, tm
     assert r["segments"]["reused"] == 2 and r["segments"]["done"] == 4
 
 
+def test_a_failing_segment_fails_the_job_with_the_one_machine_error(cluster, media, tmp_path):
+    c, _ = cluster
+    out = tmp_path / "o.mkv"
+    args = ("--encoder", "ffv1", "--segment", "8f", "--pipeline", "test.fail-map:at=20")
+    local = stream(media["video"], tmp_path / "local.mkv", "--resume", *args)
+    r = stream(media["video"], out, "--ray", c.address, *args)
+    assert r.returncode == local.returncode == 1
+    assert r.stderr.strip().splitlines() == local.stderr.strip().splitlines()  # one line, the same
+    assert "stage 'test.fail-map' at frame seq 20 failed" in r.stderr
+    assert not out.exists()
+
+
 # ---- errors, local Ray, batch ----------------------------------------------------------------
 
 def test_without_ray_installed_is_one_line_error(media, tmp_path):
