@@ -49,6 +49,7 @@ OBJECT_STORE_BYTES = 128 << 20   # only descriptions and results travel; Ray's d
 MAX_RETRIES = 3                  # runs of a segment after its worker or node died
 CONNECT_TIMEOUT_S = 5.0          # Ray itself retries an unreachable address for minutes
 REPORT_EVERY_S = 1.0             # a worker's progress snapshot to the driver
+NODE_CHECK_S = 5.0               # how often the driver looks for a node that can run a segment
 FORWARDED_ENV = "ENGINE_"        # variables the workers get (ENGINE_STAGE_MODULES, crash points)
 
 
@@ -215,6 +216,9 @@ class RayDriver:
         self.in_flight: dict[object, tuple[_Input, Segment, str]] = {}  # ref → input, segment, file
         self.live: dict[str, WorkerSnapshot] = {}   # replaced whole: the reporter thread reads it
         self.started = time.perf_counter()
+        self.stall_timeout_s = max(job.config.runner.stall_timeout_s for job in jobs)
+        self._nodes_checked = time.monotonic()
+        self._no_node_since: float | None = None
         self.frames_total = sum(s.frames for inp in self.inputs for s in inp.todo)
 
     def _check_fits(self, nodes: list[dict]) -> None:
@@ -257,12 +261,30 @@ class RayDriver:
                     self._finished(ref)
                 self._submit_ready()
                 self._join_complete()
+                self._check_nodes()
             ok = True
         finally:
             for ref in self.in_flight:  # a failure: stop the other segments (their partials are strays)
                 ray.cancel(ref, force=True)
             reporter.stop(self.snapshot() if ok else None)
         return [inp.report for inp in self.inputs]
+
+    def _check_nodes(self) -> None:
+        """Ray waits for ever for a node that can hold a task: give up after the stall timeout."""
+        now = time.monotonic()
+        if now - self._nodes_checked < NODE_CHECK_S:
+            return
+        self._nodes_checked = now
+        fits = any(n.get("Alive") and all(n["Resources"].get(name, 0) >= need for name, need
+                                           in (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0)
+                   for n in self.ray.nodes())
+        if fits:
+            self._no_node_since = None
+        elif self._no_node_since is None:
+            self._no_node_since = now
+        elif now - self._no_node_since > self.stall_timeout_s:
+            raise EngineError(f"no node of {self.where} has been able to run a segment for "
+                              f"{self.stall_timeout_s:g} s (nodes lost?); run the same command again to resume")
 
     def _notes(self) -> list[str]:
         notes = [f"ray: {self.where}, each segment reserves {self.cpus:g} CPU"
