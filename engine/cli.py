@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="segment length for --resume: seconds (default 60) or frames (500f)")
     s.add_argument("--work-dir", default=None, metavar="DIR",
                    help="where --resume keeps segments and its manifest (default: .OUT.engine-work beside OUT)")
+    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the segments as Ray tasks (implies --resume): on a local Ray, or on the "
+                        "cluster at ADDRESS (HOST:PORT or auto); needs the ray extra. IN may also be a "
+                        "directory or a .txt list of videos, OUT then a directory")
+    s.add_argument("--ray-cpus", type=float, default=None, metavar="N",
+                   help="CPUs each segment task reserves (default 1)")
+    s.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                   help="GPUs each segment task reserves (default: 1 when a model stage runs on CUDA)")
 
     pr = sub.add_parser("probe", help="print streams, codecs, frame count and duration")
     pr.add_argument("file")
@@ -74,7 +82,22 @@ def _stream(args: argparse.Namespace) -> int:
                        report=args.report, quiet=args.quiet,
                        runner=RunnerOptions(stall_timeout_s=args.stall_timeout),
                        resume=args.resume, segment=args.segment, work_dir=args.work_dir)
-    if config.resume:
+    ray = None
+    if args.ray is not None:
+        from engine.ray_job import RayOptions
+
+        ray = RayOptions(address=args.ray or None, cpus=args.ray_cpus or 1.0, gpus=args.ray_gpus)
+    elif args.ray_cpus is not None or args.ray_gpus is not None:
+        raise UserError("--ray-cpus and --ray-gpus need --ray")
+    from engine.batch import is_batch, run_batch
+
+    if is_batch(config.input):
+        run_batch(config, ray)
+    elif ray is not None:
+        from engine.ray_job import run_on_ray
+
+        run_on_ray([config], ray)
+    elif config.resume:
         from engine.resume import SegmentedJob
 
         SegmentedJob.prepare(config).run()

@@ -5,6 +5,10 @@ Real code paths stop exactly where a power cut or `kill -9` could stop them (hal
 written, a segment renamed but not recorded, the join half muxed); the tests then resume
 and compare. Unset (always, outside tests), a crash point costs one string comparison.
 The variable is read when the module is imported: set it for the process, not mid-run.
+
+`ENGINE_CRASH_ONCE=FILE` makes the kill happen once across processes: only the process that
+creates FILE (exclusively) dies, so a retried Ray task (a new worker process, counting from
+zero again) runs through.
 """
 
 from __future__ import annotations
@@ -16,11 +20,22 @@ from collections import Counter
 _passed: Counter[str] = Counter()
 # read once: crash points sit on per-packet paths, and os.environ lookups are not free
 _TARGET, _, _NTH = os.environ.get("ENGINE_CRASH_AT", "").partition(":")
+_ONCE = os.environ.get("ENGINE_CRASH_ONCE", "")
 
 
 def crash_point(name: str) -> None:
     if name != _TARGET:
         return
     _passed[name] += 1
-    if _passed[name] == int(_NTH or 1):
+    if _passed[name] == int(_NTH or 1) and _first_to_crash():
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_to_crash() -> bool:
+    if not _ONCE:
+        return True
+    try:
+        os.close(os.open(_ONCE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True

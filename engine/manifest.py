@@ -69,11 +69,15 @@ def _plain(value: Any) -> Any:
 
 def job_key(*, input_path: str, specs: list[StageSpec], encoder: dict[str, Any], container: str,
             plan: dict[str, Any]) -> dict[str, Any]:
-    ffmpeg = av.ffmpeg_version_info
     return {"input": input_identity(input_path), "pipeline": pipeline_identity(specs),
-            "encoder": encoder, "container": container, "plan": plan,
-            "versions": {"engine": __version__, "av": av.__version__,
-                         "ffmpeg": ".".join(map(str, ffmpeg)) if isinstance(ffmpeg, tuple) else str(ffmpeg)}}
+            "encoder": encoder, "container": container, "plan": plan, "versions": versions()}
+
+
+def versions() -> dict[str, str]:
+    """What decides the bytes besides the options: the engine's, PyAV's and FFmpeg's versions."""
+    ffmpeg = av.ffmpeg_version_info
+    return {"engine": __version__, "av": av.__version__,
+            "ffmpeg": ".".join(map(str, ffmpeg)) if isinstance(ffmpeg, tuple) else str(ffmpeg)}
 
 
 def key_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:

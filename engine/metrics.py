@@ -106,11 +106,23 @@ class SegmentCounts:
 
     done: int
     reused: int
-    pending: int
+    pending: int       # still to finish this run, `running` included
+    running: int = 0   # in flight on Ray workers (engine/ray_job.py)
 
     @property
     def total(self) -> int:
         return self.done + self.reused + self.pending
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """A Ray worker running a segment, as it last reported (engine/ray_job.py)."""
+
+    name: str          # node address and process id
+    segment: str       # which input and segment
+    frames: int        # frames of the segment encoded so far
+    fps: float
+    gpus: list = field(default_factory=list)  # GpuSample of the worker's node (NVML), if any
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,7 @@ class RunSnapshot:
     frames_total: int | None  # best estimate of the input's frame count, None if unknown
     stages: list[StageSnapshot]
     segments: SegmentCounts | None = None  # frames then count this run's work only
+    workers: list[WorkerSnapshot] = field(default_factory=list)  # --ray: one per segment in flight
 
     @property
     def fps(self) -> float:

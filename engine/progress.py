@@ -30,7 +30,9 @@ def _segments(snap: RunSnapshot) -> str:
     seg = snap.segments
     if seg is None:
         return ""
-    return f"segments {seg.done + seg.reused}/{seg.total} ({seg.reused} reused, {seg.pending} pending)  "
+    running = f"{seg.running} running, " if seg.running else ""
+    return (f"segments {seg.done + seg.reused}/{seg.total} ({seg.reused} reused, {running}"
+            f"{seg.pending} pending)  ")
 
 
 def _done(snap: RunSnapshot) -> str:
@@ -120,8 +122,9 @@ class LogReporter(Reporter):
     def draw(self, snap: RunSnapshot, gpus: list[GpuSample]) -> None:
         busiest = max(snap.stages, key=lambda s: s.busy_s, default=None)
         gpu = "".join(f" gpu{g.index} {g.utilization_pct}% {g.memory_used_mib}MiB" for g in gpus)
+        workers = "".join(f" [{w.name} {w.fps:.1f} fps]" for w in snap.workers)
         print(f"[engine] {_done(snap)} frames  {snap.fps:.1f} fps  eta {_eta(snap.eta_s)}"
-              f"  busiest {busiest.name if busiest else '-'}{gpu}", file=self.stream, flush=True)
+              f"  busiest {busiest.name if busiest else '-'}{gpu}{workers}", file=self.stream, flush=True)
 
     def summary(self, snap: RunSnapshot) -> None:
         print(f"[engine] done: {_segments(snap)}{snap.frames_done} frames in {snap.elapsed_s:.2f} s "
@@ -162,6 +165,14 @@ class RichReporter(Reporter):
         for g in gpus:
             table.add_row(f"gpu{g.index}", "", "", "", f"{g.utilization_pct}%", "",
                           f"{g.memory_used_mib}/{g.memory_total_mib} MiB", g.name)
+        nodes = {}  # --ray: each worker's segment, then each node's GPUs once
+        for w in snap.workers:
+            table.add_row(w.name, "1", str(w.frames), f"{w.fps:.1f}", "", "", "", w.segment)
+            nodes.setdefault(w.name.rsplit(":", 1)[0], w.gpus)
+        for node, samples in nodes.items():
+            for g in samples:
+                table.add_row(f"{node} gpu{g.index}", "", "", "", f"{g.utilization_pct}%", "",
+                              f"{g.memory_used_mib}/{g.memory_total_mib} MiB", g.name)
         return table
 
     def draw(self, snap: RunSnapshot, gpus: list[GpuSample]) -> None:

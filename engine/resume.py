@@ -170,11 +170,23 @@ class SegmentedJob:
             ok = True
         finally:
             reporter.stop(_snapshot(progress) if ok else None)
+            self.release()
+        return self.finish(results, progress.started, progress.frames_before, join_s)
+
+    def release(self) -> None:
+        """Unlock the work directory (safe to repeat: failure paths and the driver both call it)."""
+        if self._lock_fd is not None:
             os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def finish(self, results: dict[int, SegmentResult], started: float, frames_encoded: int,
+               join_s: float, extra: dict | None = None) -> dict:
+        """After the join: remove the spent work directory, build and write the report."""
         shutil.rmtree(self.work_dir, ignore_errors=True)  # the output is in place: parts are spent
-        report = self._report(results, progress, join_s)
-        if config.report:
-            write_report(config.report, report)
+        report = self._report(results, started, frames_encoded, join_s)
+        report.update(extra or {})
+        if self.config.report:
+            write_report(self.config.report, report)
         return report
 
     # The three steps a driver needs, here run in order on this machine; a distributed driver
@@ -225,8 +237,9 @@ class SegmentedJob:
         join_segments(parts, self.config.output, input_path=self.config.input, copy_plan=self.copy_plan,
                       copy_until_s=copy_until, partial=self.manifest.join_partial)
 
-    def _report(self, results: dict[int, SegmentResult], progress: _Progress, join_s: float) -> dict:
-        elapsed = time.perf_counter() - progress.started
+    def _report(self, results: dict[int, SegmentResult], started: float, frames_encoded: int,
+                join_s: float) -> dict:
+        elapsed = time.perf_counter() - started
         segments = []
         for seg in self.plan.segments:
             rec = self.manifest.segments[seg.index]
@@ -240,7 +253,7 @@ class SegmentedJob:
                          for s in self.specs],
             "sink": self.sink_note,
             "frames_out": self.plan.frames,
-            "frames_encoded": progress.frames_before,
+            "frames_encoded": frames_encoded,
             "wall_s": round(elapsed, 4),
             "join_s": round(join_s, 4),
             "segments": {"total": len(segments), "reused": len(self.reused), "done": len(results),

@@ -23,6 +23,8 @@ plan: it depends on the pipeline (`engine/segment_job.py`).
 from __future__ import annotations
 
 import bisect
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -33,6 +35,7 @@ from engine.source import open_input
 # frames checked after a cut: more than any decoder's reorder delay, and a small cost per cut
 # (a whole GOP each would add a sixth of a decode at 60 s segments and 10 s GOPs)
 VERIFY_FRAMES = 32
+VERIFY_THREADS = min(8, os.cpu_count() or 1)  # cut checks side by side
 
 
 @dataclass(frozen=True)
@@ -132,14 +135,30 @@ def length_in_frames(length: str, frame_rate: Fraction | None) -> int:
     return frames
 
 
-def plan_segments(path: str, table: FrameTable, length_frames: int, *, verify: bool = True) -> SegmentPlan:
+def plan_segments(path: str, table: FrameTable, length_frames: int, *, verify: bool = True,
+                  workers: int | None = None) -> SegmentPlan:
     """Cut at keyframes `length_frames` or more apart; a cut that does not verify moves to the
-    next keyframe."""
+    next keyframe.
+
+    The cuts that follow if every one verifies come from the table alone, so they are checked
+    side by side (`workers` threads; PyAV decodes without the GIL): a serial part of a job
+    spread over many GPUs. A cut that fails sends the walk off that chain, checked one by one.
+    """
+    chain: list[int] = []
+    cut = table.keyframe_at_or_after(length_frames)
+    while cut is not None:
+        chain.append(cut)
+        cut = table.keyframe_at_or_after(cut + length_frames)
+    checked: dict[int, str | None] = {}
+    if verify and chain:
+        threads = max(1, min(workers or VERIFY_THREADS, len(chain)))
+        with ThreadPoolExecutor(threads, thread_name_prefix="engine-verify-cut") as pool:
+            checked = dict(zip(chain, pool.map(lambda c: verify_cut(path, table, c), chain)))
     cuts: list[int] = []
     merged: list[str] = []
     cut = table.keyframe_at_or_after(length_frames)
     while cut is not None:
-        why = verify_cut(path, table, cut) if verify else None
+        why = (checked[cut] if cut in checked else verify_cut(path, table, cut)) if verify else None
         if why is None:
             cuts.append(cut)
             cut = table.keyframe_at_or_after(cut + length_frames)

@@ -1,0 +1,80 @@
+"""Many inputs in one command: `engine stream DIR OUT_DIR` or `engine stream LIST.txt OUT_DIR`.
+
+IN is a directory (its video files, sorted by name; not recursive) or a list file (`.txt`,
+one path per line, relative to the list's own directory; blank lines and `#` comments
+skipped). Each input gets its own output `OUT_DIR/<input's file name>` and, under
+`--resume`/`--ray`, its own work directory (beside its output, or `--work-dir DIR/<name>`).
+Every input is checked before any is started; with `--ray` all of their segments share the
+cluster (engine/ray_job.py), else the inputs run one after another on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from engine.errors import UserError
+from engine.job import JobConfig, write_report
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mxf")
+LIST_EXTENSIONS = (".txt", ".list")
+
+
+def is_batch(input_path: str) -> bool:
+    return os.path.isdir(input_path) or input_path.lower().endswith(LIST_EXTENSIONS)
+
+
+def batch_inputs(input_path: str) -> list[str]:
+    if os.path.isdir(input_path):
+        names = sorted(n for n in os.listdir(input_path) if n.lower().endswith(VIDEO_EXTENSIONS)
+                       and os.path.isfile(os.path.join(input_path, n)))
+        paths = [os.path.join(input_path, n) for n in names]
+    else:
+        try:
+            with open(input_path) as fh:
+                lines = [line.strip() for line in fh]
+        except OSError as exc:
+            raise UserError(f"cannot read input list {input_path}: {exc.strerror}") from None
+        base = os.path.dirname(os.path.abspath(input_path))
+        paths = [os.path.join(base, line) for line in lines if line and not line.startswith("#")]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"input list {input_path} names a file that does not exist: {missing[0]}")
+    if not paths:
+        raise UserError(f"no video files in {input_path} (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    return paths
+
+
+def batch_configs(config: JobConfig) -> list[JobConfig]:
+    """One config per input: its own output and work directory; the rest as given."""
+    out_dir = config.output
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"with many inputs OUT must be a directory: {out_dir} is a file")
+    os.makedirs(out_dir, exist_ok=True)
+    configs, seen = [], {}
+    for path in batch_inputs(config.input):
+        name = os.path.basename(path)
+        if name in seen:
+            raise UserError(f"two inputs would write {os.path.join(out_dir, name)}: {seen[name]} and {path}")
+        seen[name] = path
+        configs.append(dataclasses.replace(
+            config, input=path, output=os.path.join(out_dir, name), report=None,
+            work_dir=os.path.join(config.work_dir, name) if config.work_dir else None))
+    return configs
+
+
+def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
+    """Every input of a batch; `--report FILE` gets one JSON with a report per input."""
+    configs = batch_configs(config)
+    if ray_options is not None:
+        from engine.ray_job import run_on_ray
+
+        reports = run_on_ray(configs, ray_options)
+    else:
+        from engine.job import Job
+        from engine.resume import SegmentedJob
+
+        reports = [(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run()) for c in configs]
+    if config.report:
+        write_report(config.report, {"inputs": reports})
+    return reports

@@ -1,0 +1,454 @@
+"""`engine stream IN OUT --ray [ADDRESS]`: the segments of one video, or of many, as Ray tasks.
+
+The driver is this process. For each input it prepares the ordinary resumable job
+(engine/resume.py: plan, key, manifest, reuse), then hands each missing segment to Ray as a
+task that carries only a description (`SegmentTask`: paths, frame range, context, pipeline,
+encoder), never frames. A worker decodes its own range from the input, runs the one-machine
+runner (engine/segment_job.py) and writes the segment file into the job's work directory
+(a partial file, fsynced, renamed only when complete). The driver alone records finished
+segments in the manifest (one writer, atomic rewrites) and joins them in plan order: the
+output is the one `--resume` gives with the same plan, whichever task finished first.
+
+- Resources: a task reserves `cpus` CPUs and, when a model stage runs on CUDA, one GPU
+  (`gpus`), so each GPU runs one segment at a time; Ray sets CUDA_VISIBLE_DEVICES for it.
+- Order where it matters: when a segment depends on the run of the one before
+  (`PipelineContext.sequential`: dedup's anchors, a stage that carries state), that input's
+  segments run as a chain, one after another; chains of different inputs run side by side.
+- Faults: a worker process or a node that dies costs its segments in flight, which Ray runs
+  again elsewhere (`max_retries`); a restarted driver reuses every recorded segment.
+- Failures are values: a segment that fails (bad input, a stage error) returns its message,
+  and the job fails with the one-line error it would give on one machine.
+- Every node reads the input and writes the work directory at the same absolute paths (a
+  shared filesystem), and runs the same engine, PyAV and FFmpeg (checked per task).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError, StageError, UserError
+from engine.gpu import GpuMonitor
+from engine.job import JobConfig, check_config, reporter_note
+from engine.manifest import versions
+from engine.metrics import RunSnapshot, SegmentCounts, WorkerSnapshot
+from engine.progress import make_reporter
+from engine.registry import StageSpec, stage_class
+from engine.resume import SegmentedJob
+from engine.segment_job import SegmentResult, SegmentRun, SegmentTask, file_digest
+from engine.segments import Segment
+
+OBJECT_STORE_BYTES = 128 << 20   # only descriptions and results travel; Ray's default is 30 % of RAM
+MAX_RETRIES = 3                  # runs of a segment after its worker or node died
+CONNECT_TIMEOUT_S = 5.0          # Ray itself retries an unreachable address for minutes
+REPORT_EVERY_S = 1.0             # a worker's progress snapshot to the driver
+NODE_CHECK_S = 5.0               # how often the driver looks for a node that can run a segment
+FORWARDED_ENV = "ENGINE_"        # variables the workers get (ENGINE_STAGE_MODULES, crash points)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None   # None: start a local Ray on this machine
+    cpus: float = 1.0            # CPUs one segment task reserves
+    gpus: float | None = None    # GPUs one segment task reserves; None: 1 if a model stage runs on CUDA
+    max_retries: int = MAX_RETRIES
+
+
+class SegmentFailed(EngineError):
+    """A segment failed on a worker: its message and exit code, as on one machine."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def import_ray():
+    """Ray, imported only for `--ray`: an optional extra."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray, an optional extra: pip install 'engine[ray]'") from None
+    return ray
+
+
+def run_on_ray(configs: list[JobConfig], options: RayOptions) -> list[dict]:
+    """Run every input's job on Ray; one report per input, in the order given."""
+    ray = import_ray()
+    configs = [_absolute(c) for c in configs]
+    for config in configs:  # the cheap checks first: a bad option costs no start-up
+        check_config(config)
+    jobs: list[SegmentedJob] = []
+    try:
+        # Plan (packet scan, cut checks, manifests) while Ray starts: both are serial parts.
+        with ThreadPoolExecutor(1, thread_name_prefix="engine-plan") as pool:
+            planned = pool.submit(_prepare, configs, jobs)
+            started = time.perf_counter()
+            try:
+                where = connect(ray, options.address)
+            finally:
+                startup_s = time.perf_counter() - started
+                planned.exception()  # wait for the plan either way: it holds the work directories
+        try:
+            plan_s = planned.result()
+            driver = RayDriver(ray, jobs, options, where, startup_s, plan_s)
+            return driver.run()
+        finally:
+            ray.shutdown()
+    finally:
+        for job in jobs:
+            job.release()
+
+
+def _prepare(configs: list[JobConfig], jobs: list[SegmentedJob]) -> float:
+    started = time.perf_counter()
+    for config in configs:
+        jobs.append(SegmentedJob.prepare(config))
+    return time.perf_counter() - started
+
+
+def _absolute(config: JobConfig) -> JobConfig:
+    """Workers run elsewhere, in other directories: every path they see is absolute."""
+    ab = os.path.abspath
+    return dataclasses.replace(config, input=ab(config.input), output=ab(config.output), resume=True,
+                               work_dir=ab(config.work_dir) if config.work_dir else None)
+
+
+def connect(ray, address: str | None) -> str:
+    """Start a local Ray (no address) or join a cluster; a one-line error if that fails."""
+    common = dict(log_to_driver=False, logging_level="ERROR")
+    if address is None:
+        # "local": a new Ray of our own, even where `ray start` left one running. Its workers
+        # inherit this environment; a runtime_env would cost a fresh worker start (seconds).
+        try:
+            ray.init(address="local", object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
+                     **common)
+        except Exception as exc:  # noqa: BLE001 - no room in /tmp, ports taken, ...
+            raise UserError(f"cannot start a local Ray: {_first_line(exc)}") from None
+        return "a local Ray"
+    _check_reachable(address)
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    try:
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+        raise UserError(f"cannot connect to Ray at {address}: {_first_line(exc)}") from None
+    return f"Ray at {address}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an address that does not answer for minutes: refuse it at once."""
+    if address == "auto":  # Ray finds a local cluster itself, or says at once that there is none
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"invalid Ray address '{address}'; expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UserError(f"cannot reach Ray at {address}: {why} (is `ray start --head` running there?)") \
+            from None
+
+
+def gpus_per_segment(specs: list[StageSpec], options: RayOptions, cluster_gpus: float) -> float:
+    """The option if given; else one GPU when a model stage may run on CUDA and there are GPUs."""
+    if options.gpus is not None:
+        return options.gpus
+    for spec in specs:
+        params = inspect.signature(stage_class(spec.name).__init__).parameters
+        if "device" in params:
+            device = str(spec.options.get("device", params["device"].default))
+            if not device.startswith("cpu") and cluster_gpus > 0:
+                return 1.0
+    return 0.0
+
+
+@dataclass
+class _Input:
+    """One input's job, as the driver tracks it."""
+
+    number: int
+    job: SegmentedJob
+    todo: deque[Segment]
+    table_ref: object = None
+    running: int = 0
+    results: dict[int, SegmentResult] = field(default_factory=dict)
+    workers: dict[int, dict] = field(default_factory=dict)  # who ran each segment (last attempt)
+    frames_done: int = 0
+    report: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.job.config.input)
+
+    def key(self, seg: Segment) -> str:
+        return f"{self.number}/{seg.index}"
+
+
+class RayDriver:
+    """Submits tasks, records results as they come, joins each input when it is complete."""
+
+    def __init__(self, ray, jobs: list[SegmentedJob], options: RayOptions, where: str, startup_s: float,
+                 plan_s: float = 0.0):
+        self.ray = ray
+        self.plan_s = plan_s
+        self.options = options
+        self.where = where
+        self.startup_s = startup_s
+        self.inputs = [_Input(i, job, deque(s for s in job.plan.segments if s.index not in job.reused))
+                       for i, job in enumerate(jobs)]
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        self.cpus = options.cpus
+        self.gpus = max(gpus_per_segment(job.specs, options, max((n.get("GPU", 0) for n in nodes), default=0))
+                        for job in jobs)
+        self._check_fits(nodes)
+        self.in_flight: dict[object, tuple[_Input, Segment, str]] = {}  # ref → input, segment, file
+        self.live: dict[str, WorkerSnapshot] = {}   # replaced whole: the reporter thread reads it
+        self.started = time.perf_counter()
+        self.stall_timeout_s = max(job.config.runner.stall_timeout_s for job in jobs)
+        self._nodes_checked = time.monotonic()
+        self._no_node_since: float | None = None
+        self.frames_total = sum(s.frames for inp in self.inputs for s in inp.todo)
+
+    def _check_fits(self, nodes: list[dict]) -> None:
+        """A task that no node can hold would wait forever: refuse it."""
+        for name, need in (("CPU", self.cpus), ("GPU", self.gpus)):
+            most = max((n.get(name, 0) for n in nodes), default=0)
+            if need > 0 and most < need:
+                hint = " (--ray-gpus 0 runs segments on CPUs)" if name == "GPU" else ""
+                raise UserError(f"each segment needs {need:g} {name} but no node of {self.where} has "
+                                f"that many (the most is {most:g}){hint}")
+
+    # ---- the run --------------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        ray = self.ray
+        quiet = all(inp.job.config.quiet for inp in self.inputs)
+        reporter = make_reporter(quiet)
+        if not quiet:
+            reporter_note(reporter, self._notes())
+        node = ray.get_runtime_context().get_node_id()  # the board stays with the driver's node
+        affinity = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node, soft=True)
+        # progress only: restarted elsewhere if its node goes (then attempts counted before are lost)
+        self.board = ray.remote(num_cpus=0, scheduling_strategy=affinity, max_restarts=-1,
+                                max_task_retries=-1)(ProgressBoard).remote()
+        self.remote = ray.remote(run_segment).options(
+            num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.options.max_retries,
+            retry_exceptions=False)  # failures come back as values; only lost workers are retried
+        for inp in self.inputs:
+            inp.table_ref = ray.put(inp.job.table)  # once per input, not once per task
+        self._board_read = None
+        reporter.start(self.snapshot)
+        ok = False
+        try:
+            self._submit_ready()
+            self._join_complete()  # inputs whose segments were all reused
+            while self.in_flight:
+                ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
+                self._poll_board()
+                for ref in ready:
+                    self._finished(ref)
+                self._submit_ready()
+                self._join_complete()
+                self._check_nodes()
+            ok = True
+        finally:
+            for ref in self.in_flight:  # a failure: stop the other segments (their partials are strays)
+                ray.cancel(ref, force=True)
+            reporter.stop(self.snapshot() if ok else None)
+        return [inp.report for inp in self.inputs]
+
+    def _check_nodes(self) -> None:
+        """Ray waits for ever for a node that can hold a task: give up after the stall timeout."""
+        now = time.monotonic()
+        if now - self._nodes_checked < NODE_CHECK_S:
+            return
+        self._nodes_checked = now
+        fits = any(n.get("Alive") and all(n["Resources"].get(name, 0) >= need for name, need
+                                           in (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0)
+                   for n in self.ray.nodes())
+        if fits:
+            self._no_node_since = None
+        elif self._no_node_since is None:
+            self._no_node_since = now
+        elif now - self._no_node_since > self.stall_timeout_s:
+            raise EngineError(f"no node of {self.where} has been able to run a segment for "
+                              f"{self.stall_timeout_s:g} s (nodes lost?); run the same command again to resume")
+
+    def _notes(self) -> list[str]:
+        notes = [f"ray: {self.where}, each segment reserves {self.cpus:g} CPU"
+                 + (f" and {self.gpus:g} GPU" if self.gpus else "")]
+        for inp in self.inputs:
+            job = inp.job
+            prefix = f"{inp.name}: " if len(self.inputs) > 1 else ""
+            notes += [prefix + line for line in (job.sink_note, *job.notes)]
+            if job.context.sequential and len(inp.todo) > 1:
+                why = "carried state" if job.context.stateful else "dedup's context"
+                notes.append(f"{prefix}segments run in order, one at a time ({why} comes from the segment before)")
+        return notes
+
+    def _submit_ready(self) -> None:
+        for inp in self.inputs:
+            while inp.todo and not (inp.job.context.sequential and inp.running):
+                seg = inp.todo.popleft()
+                task = dataclasses.replace(inp.job.task(seg), table=None)  # the table travels once
+                ref = self.remote.remote(task, inp.table_ref, self.board, inp.key(seg),
+                                         f"{inp.name} #{seg.index}", versions())
+                self.in_flight[ref] = (inp, seg, task.output)
+                inp.running += 1
+
+    def _finished(self, ref) -> None:
+        inp, seg, path = self.in_flight.pop(ref)
+        inp.running -= 1
+        try:
+            outcome = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:  # retries spent: workers or nodes kept dying
+            raise EngineError(f"{inp.name} segment {seg.index}: Ray gave up after "
+                              f"{self.options.max_retries} retries: {type(exc).__name__}") from None
+        if outcome.get("error"):
+            raise SegmentFailed(outcome["error"], outcome["exit_code"])
+        result: SegmentResult = outcome["result"]
+        if not os.path.isfile(path) or file_digest(path) != (result.size, result.sha256):
+            raise UserError(f"segment file {path} written by {outcome['worker']} does not reach the driver "
+                            f"intact: the work directory must be on a filesystem every node shares")
+        inp.job.record(seg, result)  # the one writer of the manifest
+        inp.results[seg.index] = result
+        inp.workers[seg.index] = {k: outcome[k] for k in ("worker", "node", "gpu_ids", "cpu_s")}
+        inp.frames_done += seg.frames
+
+    def _join_complete(self) -> None:
+        for inp in self.inputs:
+            if inp.report is not None or inp.todo or inp.running:
+                continue
+            started = time.perf_counter()
+            inp.job.join()
+            join_s = time.perf_counter() - started
+            inp.job.release()
+            attempts = self._attempts()
+            extra = {"ray": {
+                "where": self.where, "startup_s": round(self.startup_s, 3), "plan_s": round(self.plan_s, 3),
+                "join_s": round(join_s, 3),
+                "cpus_per_segment": self.cpus, "gpus_per_segment": self.gpus,
+                "sequential": inp.job.context.sequential,
+                "workers": {str(i): w for i, w in sorted(inp.workers.items())},
+                "attempts": {str(s.index): attempts.get(inp.key(s), 0) for s in inp.job.plan.segments
+                             if s.index in inp.results}}}
+            inp.report = inp.job.finish(inp.results, self.started, inp.frames_done, join_s, extra)
+
+    # ---- progress -------------------------------------------------------------------------
+
+    def _poll_board(self) -> None:
+        """Take the workers' latest snapshots without waiting for them."""
+        if self._board_read is not None:
+            ready, _ = self.ray.wait([self._board_read], timeout=0)
+            if not ready:
+                return
+            try:
+                live, _ = self.ray.get(self._board_read)
+            except self.ray.exceptions.RayError:  # the board's node went: progress, never the job
+                live = {}
+            keys = {inp.key(seg) for inp, seg, _ in self.in_flight.values()}
+            self.live = {k: v for k, v in live.items() if k in keys}
+        self._board_read = self.board.read.remote()
+
+    def _attempts(self) -> dict[str, int]:
+        try:
+            return self.ray.get(self.board.read.remote(), timeout=30)[1]
+        except self.ray.exceptions.RayError:
+            return {}
+
+    def snapshot(self) -> RunSnapshot:
+        live = list(self.live.values())
+        done = sum(len(inp.results) for inp in self.inputs)
+        reused = sum(len(inp.job.reused) for inp in self.inputs)
+        pending = sum(len(inp.todo) + inp.running for inp in self.inputs)
+        running = sum(inp.running for inp in self.inputs)
+        frames = sum(inp.frames_done for inp in self.inputs) + sum(w.frames for w in live)
+        return RunSnapshot(elapsed_s=time.perf_counter() - self.started, frames_done=frames,
+                           frames_total=self.frames_total, stages=[],
+                           segments=SegmentCounts(done, reused, pending, running), workers=live)
+
+
+class ProgressBoard:
+    """A Ray actor on the driver's node: workers post snapshots, the driver reads them all."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, WorkerSnapshot] = {}
+        self.attempts: dict[str, int] = {}
+
+    def started(self, key: str, snap: WorkerSnapshot) -> None:
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        self.live[key] = snap
+
+    def update(self, key: str, snap: WorkerSnapshot) -> None:
+        self.live[key] = snap
+
+    def read(self) -> tuple[dict[str, WorkerSnapshot], dict[str, int]]:
+        return dict(self.live), dict(self.attempts)
+
+
+def run_segment(task: SegmentTask, table, board, key: str, label: str, expected: dict) -> dict:
+    """A Ray task: one segment with the one-machine runner. Failures come back as values."""
+    import ray
+
+    context = ray.get_runtime_context()
+    name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
+    where = {"worker": name, "node": context.get_node_id()[:12], "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    try:  # acknowledged: a worker killed right after still counts as an attempt
+        ray.get(board.started.remote(key, WorkerSnapshot(name, label, 0, 0.0)), timeout=10)
+    except ray.exceptions.RayError:  # includes GetTimeoutError: progress never holds up work
+        pass
+    mine = versions()
+    if mine != expected:  # x264's bytes, the manifest key: every node must run the same build
+        return {"error": f"{name} runs {mine}, the driver {expected}: install the same engine, "
+                         f"PyAV and FFmpeg on every node", "exit_code": 2, **where}
+    try:
+        run = SegmentRun(dataclasses.replace(task, table=table))
+    except BaseException as exc:  # noqa: BLE001 - reported to the driver, which fails the job
+        return {**_failure(exc), **where}
+    stop = threading.Event()
+    started = time.perf_counter()
+
+    def report() -> None:
+        gpu = GpuMonitor()  # no NVML here: no telemetry, never an error
+        try:
+            while not stop.wait(REPORT_EVERY_S):
+                frames = run.frames_written
+                fps = frames / (time.perf_counter() - started)
+                board.update.remote(key, WorkerSnapshot(name, label, frames, fps, gpu.sample()))
+        finally:
+            gpu.close()
+
+    reporter = threading.Thread(target=report, name="engine-ray-progress", daemon=True)
+    reporter.start()
+    cpu = time.process_time()  # the worker process runs one task at a time: its CPU is this segment's
+    try:
+        result = run.run()
+    except BaseException as exc:  # noqa: BLE001
+        return {**_failure(exc), **where}
+    finally:
+        stop.set()
+        reporter.join()
+    return {"result": result, **where, "cpu_s": round(time.process_time() - cpu, 3)}
+
+
+def _failure(exc: BaseException) -> dict:
+    """An exception as plain data (StageError does not pickle): message and exit code."""
+    if isinstance(exc, StageError) and isinstance(exc.cause, UserError):
+        message, code = str(exc.cause), exc.exit_code
+    elif isinstance(exc, EngineError):
+        message, code = str(exc), exc.exit_code
+    else:
+        message, code = f"{type(exc).__name__}: {exc}", 1
+    return {"error": message, "exit_code": code}

@@ -1,0 +1,303 @@
+"""`--ray`: segments as Ray tasks on a two-node local cluster, output identical to `--resume`.
+
+One `ray.cluster_utils.Cluster` for the module: a head node with no CPUs (the drivers'
+node, where the progress board lives) and two worker nodes with one CPU and one fake GPU
+each, so at most two segments run at once, in two worker processes. Each test runs the
+real CLI as a driver against it. Faults: a worker SIGKILLed in its first attempt, the
+driver SIGKILLed before recording a segment, a node removed while it runs a segment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from conftest import ROOT, run_engine, sha256
+from make_clip import add_side_streams, make_clip
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+
+GOP = {"g": "8", "keyint_min": "8", "bf": "2", "sc_threshold": "0"}  # keyframes at 0, 8, 16, ...
+STORE = 80 << 20  # object store per node: tasks carry descriptions only
+TEST_STAGES = {"ENGINE_STAGE_MODULES": "engine.testing"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE,
+                                                       "include_dashboard": False})
+    try:
+        nodes = [c.add_node(num_cpus=1, num_gpus=1, object_store_memory=STORE) for _ in range(2)]
+        c.wait_for_nodes()
+        yield c, nodes
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ray-media")
+    video = make_clip(d / "video.mp4", 48, options=GOP)
+    return {"video": video, "av": add_side_streams(video, d / "av.mp4", [("eng", 0.0, 2.0)]),
+            "long": make_clip(d / "long.mp4", 96, options=GOP), "dir": d}
+
+
+def stream(inp, out, *extra, env=None, timeout=150):
+    return run_engine("stream", inp, out, "--quiet", *extra, env={**TEST_STAGES, **(env or {})},
+                      timeout=timeout)
+
+
+def framemd5(path: Path) -> list[str]:
+    import hashlib
+
+    with av.open(str(path)) as c:
+        return [hashlib.md5(f.to_ndarray(format="rgb24").tobytes()).hexdigest() for f in c.decode(video=0)]
+
+
+def audio_packets(path: Path) -> list[tuple]:
+    with av.open(str(path)) as c:
+        return [(p.pts * p.time_base, bytes(p)) for p in c.demux(audio=0) if p.size]
+
+
+def ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def reference(media, tmp_path_factory):
+    """`--resume` on one machine, same plans: the outputs `--ray` must give."""
+    d = tmp_path_factory.mktemp("ray-reference")
+    refs = {}
+    for name, inp, out, extra in (
+            ("x264", media["av"], "av.mp4", ("--encoder", "x264", "--segment", "8f")),
+            ("ffv1", media["av"], "av.mkv", ("--encoder", "ffv1", "--segment", "8f")),
+            ("dedup", media["video"], "dedup.mkv", ("--encoder", "ffv1", "--segment", "8f",
+                                                    "--pipeline", "test.mark-dups:every=3,test.window-sum")),
+            ("long", media["long"], "long.mkv", ("--encoder", "ffv1", "--segment", "16f"))):
+        ok(stream(inp, d / out, "--resume", *extra))
+        refs[name] = d / out
+    return refs
+
+
+def report(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ---- identical output ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoder, ext", [("x264", "mp4"), ("ffv1", "mkv")])
+def test_ray_output_is_identical_to_resume(cluster, media, reference, tmp_path, encoder, ext):
+    c, _ = cluster
+    out = tmp_path / f"out.{ext}"
+    ok(stream(media["av"], out, "--ray", c.address, "--ray-gpus", "1", "--encoder", encoder,
+              "--segment", "8f", "--report", tmp_path / "r.json"))
+    assert sha256(out) == sha256(reference[encoder])  # byte-identical: deterministic encoders
+    assert framemd5(out) == framemd5(reference[encoder])
+    audio, source_audio = audio_packets(out), audio_packets(media["av"])
+    assert [b for _, b in audio] == [b for _, b in source_audio]  # copied once, every packet
+    if ext == "mp4":  # same container: the input's own timestamps (Matroska has no negative priming pts)
+        assert audio == source_audio
+    r = report(tmp_path / "r.json")
+    assert r["segments"]["total"] == 6 and r["segments"]["done"] == 6
+    assert r["ray"]["gpus_per_segment"] == 1
+    assert all(len(w["gpu_ids"]) == 1 for w in r["ray"]["workers"].values())  # one (fake) GPU each
+    assert not os.path.exists(tmp_path / f".out.{ext}.engine-work")
+
+
+def test_segments_that_depend_on_the_one_before_run_in_order(cluster, media, reference, tmp_path):
+    """Duplicate marking + a window stage: each segment's context comes from the one before."""
+    c, _ = cluster
+    out = tmp_path / "dedup.mkv"
+    ok(stream(media["video"], out, "--ray", c.address, "--encoder", "ffv1", "--segment", "8f",
+              "--pipeline", "test.mark-dups:every=3,test.window-sum", "--report", tmp_path / "r.json"))
+    assert sha256(out) == sha256(reference["dedup"])
+    r = report(tmp_path / "r.json")
+    assert r["ray"]["sequential"] is True and r["segments"]["done"] == 6
+
+
+# ---- faults --------------------------------------------------------------------------------
+
+def test_worker_killed_in_its_first_attempt_is_run_again(cluster, media, reference, tmp_path):
+    c, _ = cluster
+    out = tmp_path / "out.mkv"
+    env = {"ENGINE_CRASH_AT": "segment-frame:3", "ENGINE_CRASH_ONCE": str(tmp_path / "crashed")}
+    ok(stream(media["av"], out, "--ray", c.address, "--encoder", "ffv1", "--segment", "8f",
+              "--report", tmp_path / "r.json", env=env))
+    assert (tmp_path / "crashed").exists()  # a worker really died, SIGKILL mid-segment
+    assert sha256(out) == sha256(reference["ffv1"])
+    attempts = report(tmp_path / "r.json")["ray"]["attempts"]
+    assert sorted(attempts.values()) == [1, 1, 1, 1, 1, 2]  # only the killed segment ran twice
+
+
+def test_restarted_driver_reuses_recorded_segments(cluster, media, reference, tmp_path):
+    c, _ = cluster
+    out = tmp_path / "out.mkv"
+    args = ("--ray", c.address, "--encoder", "ffv1", "--segment", "8f")
+    killed = stream(media["av"], out, *args, env={"ENGINE_CRASH_AT": "segment-done:3"})
+    assert killed.returncode == -9 and not out.exists()
+    manifest = json.loads((tmp_path / ".out.mkv.engine-work" / "manifest.json").read_text())
+    assert len(manifest["segments"]) == 2  # the third was complete but not yet recorded
+    ok(stream(media["av"], out, *args, "--report", tmp_path / "r.json"))
+    assert sha256(out) == sha256(reference["ffv1"])
+    r = report(tmp_path / "r.json")
+    assert r["segments"]["reused"] == 2 and r["segments"]["done"] == 4
+
+
+def test_a_failing_segment_fails_the_job_with_the_one_machine_error(cluster, media, tmp_path):
+    c, _ = cluster
+    out = tmp_path / "o.mkv"
+    args = ("--encoder", "ffv1", "--segment", "8f", "--pipeline", "test.fail-map:at=20")
+    local = stream(media["video"], tmp_path / "local.mkv", "--resume", *args)
+    r = stream(media["video"], out, "--ray", c.address, *args)
+    assert r.returncode == local.returncode == 1
+    assert r.stderr.strip().splitlines() == local.stderr.strip().splitlines()  # one line, the same
+    assert "stage 'test.fail-map' at frame seq 20 failed" in r.stderr
+    assert not out.exists()
+
+
+# ---- errors, local Ray, batch ----------------------------------------------------------------
+
+def test_without_ray_installed_is_one_line_error(media, tmp_path):
+    fake = tmp_path / "no-ray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    r = stream(media["video"], tmp_path / "o.mkv", "--ray", env={"PYTHONPATH": str(fake.parent)})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["engine: error: --ray needs Ray, an optional extra: "
+                                             "pip install 'engine[ray]'"]
+
+
+def test_unreachable_address_is_one_line_error_without_a_hang(media, tmp_path):
+    started = time.monotonic()
+    r = stream(media["video"], tmp_path / "o.mkv", "--ray", "127.0.0.1:1", timeout=60)
+    assert r.returncode == 2 and time.monotonic() - started < 45
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("engine: error: cannot reach Ray at 127.0.0.1:1")
+    assert not (tmp_path / "o.mkv").exists()
+
+
+def test_more_gpus_than_the_cluster_has_is_refused(cluster, media, tmp_path):
+    c, _ = cluster
+    r = stream(media["video"], tmp_path / "o.mkv", "--ray", c.address, "--ray-gpus", "3")
+    assert r.returncode == 2
+    assert r.stderr.startswith("engine: error: each segment needs 3 GPU but no node of Ray at")
+    assert "(the most is 1)" in r.stderr
+
+
+def test_batch_on_a_local_ray(media, reference, tmp_path):
+    """No address: the driver starts its own Ray. Two inputs share it; each gets its output."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.mkv").symlink_to(media["av"])  # a.mkv's output: same name, in OUT_DIR
+    os.symlink(media["long"], inputs / "b.mkv")
+    (inputs / "notes.md").write_text("not a video\n")
+    out = tmp_path / "out"
+    ok(stream(inputs, out, "--ray", "--encoder", "ffv1", "--segment", "8f", "--report", tmp_path / "r.json",
+              timeout=200))
+    assert sorted(p.name for p in out.iterdir()) == ["a.mkv", "b.mkv"]
+    assert sha256(out / "a.mkv") == sha256(reference["ffv1"])
+    assert framemd5(out / "b.mkv") == framemd5(media["long"])  # FFV1 is lossless: the input's frames
+    reports = report(tmp_path / "r.json")["inputs"]
+    assert [r["segments"]["total"] for r in reports] == [6, 12]
+    assert reports[0]["ray"]["where"] == "a local Ray"
+
+
+def test_batch_list_file_gives_each_input_its_output_and_work_dir(media, tmp_path):
+    from engine.batch import batch_configs
+    from engine.errors import UserError
+    from engine.job import JobConfig
+
+    listing = tmp_path / "films.txt"
+    listing.write_text(f"# two films\n{media['video']}\n\n{os.path.relpath(media['long'], tmp_path)}\n")
+    configs = batch_configs(JobConfig(input=str(listing), output=str(tmp_path / "out"), work_dir="/w",
+                                      report="r.json"))
+    assert [(c.input, c.output, c.work_dir, c.report) for c in configs] == [
+        (str(media["video"]), str(tmp_path / "out" / "video.mp4"), "/w/video.mp4", None),
+        (os.path.join(str(tmp_path), os.path.relpath(media["long"], tmp_path)),
+         str(tmp_path / "out" / "long.mp4"), "/w/long.mp4", None)]
+    listing.write_text(f"{media['video']}\n{media['dir'] / 'missing.mp4'}\n")
+    with pytest.raises(UserError, match="does not exist: .*missing.mp4"):
+        batch_configs(JobConfig(input=str(listing), output=str(tmp_path / "out")))
+    listing.write_text(f"{media['video']}\n{media['video']}\n")
+    with pytest.raises(UserError, match="two inputs would write"):
+        batch_configs(JobConfig(input=str(listing), output=str(tmp_path / "out")))
+
+
+def test_progress_shows_workers_and_their_gpus():
+    import io
+
+    from rich.console import Console
+
+    from engine.gpu import GpuSample
+    from engine.metrics import RunSnapshot, SegmentCounts, WorkerSnapshot
+    from engine.progress import LogReporter, RichReporter
+
+    gpu = GpuSample(0, "H200", 87, 40000, 143000)
+    snap = RunSnapshot(elapsed_s=10.0, frames_done=500, frames_total=1000, stages=[],
+                       segments=SegmentCounts(3, 1, 4, running=2),
+                       workers=[WorkerSnapshot("10.0.0.2:411", "film.mkv #4", 120, 24.5, [gpu]),
+                                WorkerSnapshot("10.0.0.3:97", "film.mkv #5", 80, 19.0, [])])
+    log = io.StringIO()
+    LogReporter(log).draw(snap, [])
+    line = log.getvalue()
+    assert "segments 4/8 (1 reused, 2 running, 4 pending)" in line
+    assert "[10.0.0.2:411 24.5 fps]" in line and "[10.0.0.3:97 19.0 fps]" in line
+    rich = RichReporter()
+    rich.console = Console(file=io.StringIO(), width=200)
+    rich.console.print(rich._table(snap, [], "t"))
+    text = rich.console.file.getvalue()
+    assert "film.mkv #4" in text and "24.5" in text and "10.0.0.2 gpu0" in text and "87%" in text
+
+
+# ---- last: a node taken away from the module's cluster -----------------------------------
+
+def _writer_node(work: Path, raylets: dict[int, object]):
+    """The node whose worker is writing a segment now: partial files are `.NAME.partial-PID.EXT`."""
+    for p in work.glob(".segment-*.partial-*"):
+        pid = int(p.name.rsplit("partial-", 1)[1].split(".")[0])
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid in raylets:
+            return raylets[ppid], p.name
+    return None, None
+
+
+def test_node_removed_mid_run_costs_only_its_segment(cluster, media, reference, tmp_path):
+    """Runs last: it takes a node away from the module's cluster."""
+    c, nodes = cluster
+    out = tmp_path / "long.mkv"
+    cmd = [sys.executable, "-m", "engine", "stream", str(media["long"]), str(out), "--quiet",
+           "--ray", c.address, "--encoder", "ffv1", "--segment", "16f",
+           "--pipeline", "test.jitter:max_ms=120", "--report", str(tmp_path / "r.json")]
+    driver = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **TEST_STAGES},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        raylets = {n.all_processes["raylet"][0].process.pid: n for n in nodes}
+        work = tmp_path / ".long.mkv.engine-work"
+        deadline = time.monotonic() + 120
+        victim = None
+        while victim is None and driver.poll() is None and time.monotonic() < deadline:
+            victim, partial = _writer_node(work, raylets)
+            time.sleep(0.02)
+        assert victim is not None, "no segment seen running on a worker node"
+        c.remove_node(victim)  # raylet and its workers gone, mid-segment
+        _, err = driver.communicate(timeout=150)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, err
+    assert sha256(out) == sha256(reference["long"])  # jitter only delays: same frames, same bytes
+    workers = report(tmp_path / "r.json")["ray"]["workers"]
+    lost = str(int(partial.split("-")[1].split(".")[0]))  # .segment-00003.partial-PID.mkv
+    assert len(workers) == 6 and workers[lost]["node"] != victim.node_id[:12], (partial, workers)
