@@ -17,17 +17,28 @@ frames share and grow with their contrast, so each pixel's |difference| is reduc
 `RINGING_GAIN` (0.15) × the local contrast the two frames share (the smaller of the two
 3×3 max − min ranges): max(0, |a − b| − 0.15·min(range_a, range_b)). A streak or line that
 appears or moves has no shared contrast where it is new, so it keeps its full difference.
+The full gain holds from twice `analysis_width` (1920 px) up; it falls linearly to none at
+`analysis_width` (960 px) and below. In a small picture a 3×3 neighbourhood covers the
+feature itself: a soft blink or mouth movement lies inside the range of the eye's or mouth's
+own outline. (Found on the generalisation set: with the full gain the 1080p clip downscaled
+to 640 and 480 px lost 2–16 such changes, with a gain in proportion to width/1920 still 1–4.)
 
-The line threshold adapts to each pair's codec noise: the pair's noise level `N` is the
-90th percentile of the excess difference over the pixels on strong shared edges (shared
-range >= 32, at least 256 of them), where the codec's noise is and a small real change
-covers few pixels; the threshold is (4.5 + 2·N) / caution. The block threshold is
-4.0 / caution. Everything is decided from the reference and the frame alone: no look-ahead,
-no history (live streams and `--resume` cuts need nothing carried), memory of one frame.
-`caution` (default 1) is the one knob: 2 halves both thresholds (fewer skips, safer), 0.5
-doubles them. An explicit `threshold` / `line_threshold` fixes that threshold (no caution,
-no adaptation). The report gives the estimated noise (median, 90th percentile, largest)
-over the pairs that reached test 2.
+The thresholds are 4.0 / caution (test 1) and 4.5 / caution (test 2). `caution` (default
+1) is the one knob: 2 halves both thresholds (fewer skips, safer), 0.5 doubles them; an
+explicit `threshold` / `line_threshold` fixes that threshold. Everything is decided from the
+reference and the frame alone: no look-ahead, no history (live streams and `--resume` cuts
+need nothing carried), memory of one frame. The report gives each pair's estimated noise
+level `N` (median, 90th percentile, largest over the pairs that reached test 2): the 90th
+percentile of the excess difference over the pixels on strong shared edges (shared range
+>= 32, at least 256 of them), where the codec's noise is and a small real change covers few
+pixels.
+
+N does not move the threshold. Tried: (4.5 + 2·N) / caution. On the 1080p clip and its
+full-size re-encodes N stayed 0 (the discount removes the edge noise), so it changed
+nothing; on the 640 and 480 px variants, where nothing is discounted, N reached 1–3 and the
+raised threshold let an eye blink and rain over a still character through (false
+duplicates). A quantile of the last 24 scores (an earlier attempt) never rose above its
+floor on the same set. The adaptation that does hold is the per-pixel discount above.
 
 Calibration, on the hand labels in tests/data/dedup_labels/ (320×240 clip, 240 frames;
 1080p anime clip with animated rain, 456 frames) and checked on a generalisation set made
@@ -37,10 +48,7 @@ change has an excess statistic of 5.5 (1080p #432), the largest repeat 10.1 (108
 subtitle glyph flicker; was 13.4 on the plain difference) and 4.6 on 320×240 (was 8.1).
 4.5 keeps a margin of 1/255 under the faintest change; there is still no clean separation on
 the 1080p clip, so some of its repeats are kept (a false duplicate is worse than a missed
-repeat). On every pair of the labelled clips and their re-encodes N stayed near 0 (their
-noise is not along edges, or it is removed by the discount), so the threshold there is the
-floor; N rises where ringing covers the drawn lines (tests/test_dedup.py, heavily compressed
-line art). A 4×4 dot moving one pixel scores about 5 in test 1.
+repeat). A 4×4 dot moving one pixel scores about 5 in test 1.
 
 The reference is the last unique frame, not the previous frame, so a slow fade cannot
 creep past the threshold a little at a time.
@@ -199,7 +207,6 @@ RINGING_GAIN = 0.15  # codec ringing along a shared edge, per unit of its contra
 EDGE_RANGE = 32       # a pixel is on a strong edge when its 3×3 range (max − min) reaches this
 EDGE_PIXELS = 256     # fewer strong-edge pixels than this: too few to estimate noise, N = 0
 NOISE_QUANTILE = 90   # percentile of the excess on strong edges: robust to a change on a few
-NOISE_GAIN = 2.0      # line threshold = (floor + NOISE_GAIN · N) / caution
 _NOISE_BINS = 512     # histogram of N in steps of 1/16 (bounded memory, for the report)
 _KERNEL = np.ones((3, 3), np.uint8)
 
@@ -209,11 +216,17 @@ def local_range(y: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
     return cv2.subtract(cv2.dilate(y, _KERNEL), cv2.erode(y, _KERNEL), dst=dst)
 
 
+def ringing_gain(width: int, analysis_width: int = 960) -> float:
+    """RINGING_GAIN from twice the analysis width up, none up to it, linear between
+    (module docstring)."""
+    return RINGING_GAIN * min(1.0, max(0.0, width / analysis_width - 1))
+
+
 def excess_difference(a: np.ndarray, b: np.ndarray, range_a: np.ndarray, range_b: np.ndarray,
-                      dst: np.ndarray | None = None) -> np.ndarray:
-    """max(0, |a − b| − RINGING_GAIN · min(range_a, range_b)), uint8 (module docstring)."""
+                      gain: float = RINGING_GAIN, dst: np.ndarray | None = None) -> np.ndarray:
+    """max(0, |a − b| − gain · min(range_a, range_b)), uint8 (module docstring)."""
     shared = cv2.min(range_a, range_b)
-    discount = cv2.convertScaleAbs(shared, alpha=RINGING_GAIN)
+    discount = cv2.convertScaleAbs(shared, alpha=gain)
     return cv2.subtract(cv2.absdiff(a, b, dst=dst), discount, dst=dst)
 
 
@@ -229,7 +242,7 @@ def edge_noise(excess: np.ndarray, range_a: np.ndarray, range_b: np.ndarray) -> 
 @register_stage("dedup")
 class Dedup(MapStage):
     """Mark exact (xxh3) and near (block-wise, then edge-discounted thin-window luma)
-    duplicates, with the line threshold adapted to each pair's codec noise."""
+    duplicates; report each pair's edge noise."""
 
     needs_order = True  # compares each frame with the last unique one before it
 
@@ -270,11 +283,12 @@ class Dedup(MapStage):
         self._mask: np.ndarray | None = None
         self._noise = np.zeros(_NOISE_BINS, np.int64)  # histogram of N over tested pairs
 
-    def line_threshold(self, noise: float) -> float:
-        """The thin-window threshold for a pair whose noise level is `noise`."""
+    @property
+    def line_threshold(self) -> float:
+        """The thin-window threshold (explicit, else 4.5 / caution)."""
         if self.fixed_line_threshold is not None:
             return self.fixed_line_threshold
-        return (4.5 + NOISE_GAIN * noise) / self.caution
+        return 4.5 / self.caution
 
     def analysis(self, y: np.ndarray) -> tuple[np.ndarray, int]:
         """Luma at analysis size (averaging away some codec noise) and the matching block."""
@@ -289,13 +303,14 @@ class Dedup(MapStage):
     def scores(self, small: np.ndarray, reference: np.ndarray, block: int,
                full: np.ndarray, full_reference: np.ndarray) -> dict[str, float]:
         """The statistics that decide near-duplicates, on whole images: `block` (test 1),
-        `line` (test 2's excess statistic), `noise` (N) and `line_threshold` (from N)."""
+        `line` (test 2's excess statistic) and `noise` (N, reported only)."""
         ra, rb = local_range(full_reference), local_range(full)
-        excess = excess_difference(full_reference, full, ra, rb)
+        excess = excess_difference(full_reference, full, ra, rb,
+                                   ringing_gain(full.shape[1], self.analysis_width))
         noise = edge_noise(excess, ra, rb)
         return {"block": block_difference(small, reference, block),
                 "line": line_difference(excess, np.zeros_like(excess), self.line_length),
-                "noise": noise, "line_threshold": self.line_threshold(noise)}
+                "noise": noise}
 
     def _is_near(self, small: np.ndarray, block: int, full: np.ndarray) -> bool:
         """Both tests of the module docstring: the same decisions as `scores` against the
@@ -324,10 +339,11 @@ class Dedup(MapStage):
             self._ref_range = local_range(self._ref_full)
         cur_range = local_range(full, dst=self._range)
         excess = excess_difference(self._ref_full, full, self._ref_range, cur_range,
+                                   ringing_gain(full.shape[1], self.analysis_width),
                                    dst=self._diff_full)
         noise = edge_noise(excess, self._ref_range, cur_range)
         self._noise[min(_NOISE_BINS - 1, int(noise * 16))] += 1
-        return not line_reaches(excess, self.line_length, self.line_threshold(noise), self._mask)
+        return not line_reaches(excess, self.line_length, self.line_threshold, self._mask)
 
     def noise_summary(self) -> dict[str, float | int]:
         """The estimated noise N over the pairs tested so far (histogram, 1/16 steps)."""
@@ -340,10 +356,8 @@ class Dedup(MapStage):
                 "max": float(np.flatnonzero(self._noise)[-1]) / 16}
 
     def describe(self) -> dict:
-        line = (self.fixed_line_threshold if self.fixed_line_threshold is not None
-                else f"(4.5 + {NOISE_GAIN:g}·N) / {self.caution:g}")
         return {"caution": self.caution, "threshold": round(self.threshold, 4),
-                "line_threshold": line, "noise": self.noise_summary()}
+                "line_threshold": round(self.line_threshold, 4), "noise": self.noise_summary()}
 
     def process(self, frame: Frame) -> Frame:
         digest = content_hash(frame)

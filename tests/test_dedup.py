@@ -192,7 +192,7 @@ def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_w
         small, block = stage.analysis(cur)
         stage._ref_range = None
         s = stage.scores(small, stage._ref_luma, block, cur, ref)
-        expected = s["block"] < stage.threshold and s["line"] < s["line_threshold"]
+        expected = s["block"] < stage.threshold and s["line"] < stage.line_threshold
         assert stage._is_near(small, block, cur) == expected, s
         decisions.add((s["block"] < stage.threshold, expected))
     assert decisions == {(False, False), (True, False), (True, True)}  # every path was taken
@@ -219,7 +219,7 @@ def test_flicker_along_shared_edges_is_discounted_but_a_new_faint_line_is_not():
     from stages.dedup import Dedup
 
     stage = Dedup()
-    ref = _drawing()
+    ref = _drawing(96, 1920)  # the full discount holds from twice the analysis width
     small, block = stage.analysis(ref)
     flicker = ref.copy()  # the edge pixels beside the line move by 12: codec ringing
     flicker[:, 39] -= 12
@@ -227,11 +227,23 @@ def test_flicker_along_shared_edges_is_discounted_but_a_new_faint_line_is_not():
     s = stage.scores(small, small, block, flicker, ref)
     assert s["line"] <= 1  # 12 < 0.15 × the shared contrast (170): discounted (but where lines cross)
     plain = line_difference_of(flicker, ref)
-    assert plain >= 6 > s["line_threshold"]  # the plain difference (12 on 2 px of 2x12) keeps it
+    assert plain >= 6 > stage.line_threshold  # the plain difference (12 on 2 px of 2x12) keeps it
     streak = ref.copy()  # a new one-pixel streak of 12/255 over a flat area: a real change
     streak[5:60, 90] += 12
     s = stage.scores(small, small, block, streak, ref)
-    assert s["line"] == 6 > 4.5 == s["line_threshold"]
+    assert s["line"] == 6 > 4.5 == stage.line_threshold
+    small_ref = _drawing()  # at 128 px wide (under the analysis width) nothing is discounted
+    small_flicker = small_ref.copy()
+    small_flicker[:, 39] -= 12
+    sm, block = stage.analysis(small_ref)
+    assert stage.scores(sm, sm, block, small_flicker, small_ref)["line"] == 6
+
+
+def test_ringing_gain_ramps_from_the_analysis_width_to_twice_it():
+    from stages.dedup import RINGING_GAIN, ringing_gain
+
+    assert [ringing_gain(w) for w in (320, 960, 1440, 1920, 3840)] == \
+        [0, 0, RINGING_GAIN / 2, RINGING_GAIN, RINGING_GAIN]
 
 
 def line_difference_of(a: np.ndarray, b: np.ndarray) -> float:
@@ -244,12 +256,25 @@ def test_caution_scales_the_thresholds_and_explicit_ones_override():
     from stages.dedup import Dedup
 
     default, careful, bold = Dedup(), Dedup(caution=2), Dedup(caution=0.5)
-    assert (default.threshold, default.line_threshold(0)) == (4.0, 4.5)
-    assert (careful.threshold, careful.line_threshold(0)) == (2.0, 2.25)
-    assert (bold.threshold, bold.line_threshold(1)) == (8.0, 13.0)
-    assert default.line_threshold(1.5) == 7.5  # (4.5 + 2 · N) / caution
+    assert (default.threshold, default.line_threshold) == (4.0, 4.5)
+    assert (careful.threshold, careful.line_threshold) == (2.0, 2.25)
+    assert (bold.threshold, bold.line_threshold) == (8.0, 9.0)
     fixed = Dedup(caution=2, threshold=5, line_threshold=6)
-    assert (fixed.threshold, fixed.line_threshold(0), fixed.line_threshold(3)) == (5, 6, 6)
+    assert (fixed.threshold, fixed.line_threshold) == (5, 6)
+
+
+def test_caution_changes_the_decisions(tmp_path):
+    content = held((3,), 36)
+    path = make_clip(tmp_path / "threes.mp4", 36, 128, 96, crf=30,
+                     image=lambda seq: np.repeat(_drawing()[..., None], 3, axis=2) // (1 + content[seq] % 2))
+    skipped = {c: sum(r is not None for r in run_dedup_of(path, caution=c)) for c in (0.5, 1, 4)}
+    assert skipped[0.5] >= skipped[1] > skipped[4]
+
+
+def run_dedup_of(path, **options):
+    from label_transitions import run_dedup
+
+    return run_dedup(path, **options)
 
 
 def test_edge_noise_follows_ringing_on_the_edges_and_ignores_a_small_change():
