@@ -27,18 +27,19 @@ The thresholds are 4.0 / caution (test 1) and 4.5 / caution (test 2). `caution` 
 1) is the one knob: 2 halves both thresholds (fewer skips, safer), 0.5 doubles them; an
 explicit `threshold` / `line_threshold` fixes that threshold. Everything is decided from the
 reference and the frame alone: no look-ahead, no history (live streams and `--resume` cuts
-need nothing carried), memory of one frame. The report gives each pair's estimated noise
-level `N` (median, 90th percentile, largest over the pairs that reached test 2): the 90th
-percentile of the excess difference over the pixels on strong shared edges (shared range
->= 32, at least 256 of them), where the codec's noise is and a small real change covers few
-pixels.
+need nothing carried), memory of one frame. The report gives the codec noise it measured
+on edges, `N` (median, 90th percentile, largest over the pairs that reached test 2): the
+90th percentile of |a − b| at analysis size over the pixels on strong shared edges (shared
+range >= 32, at least 256 of them), where the codec's noise is and a small real change
+covers few pixels.
 
-N does not move the threshold. Tried: (4.5 + 2·N) / caution. On the 1080p clip and its
-full-size re-encodes N stayed 0 (the discount removes the edge noise), so it changed
-nothing; on the 640 and 480 px variants, where nothing is discounted, N reached 1–3 and the
-raised threshold let an eye blink and rain over a still character through (false
-duplicates). A quantile of the last 24 scores (an earlier attempt) never rose above its
-floor on the same set. The adaptation that does hold is the per-pixel discount above.
+N does not move the thresholds. Tried: line threshold (4.5 + 2·N′) / caution, N′ the same
+percentile of the excess difference at full size. On the 1080p clip and its full-size
+re-encodes N′ stayed 0 (the discount removes the edge noise), so it changed nothing; on the
+640 and 480 px variants, where nothing is discounted, N′ reached 1–3 and the raised threshold
+let an eye blink and rain over a still character through (false duplicates). A quantile of
+the last 24 scores (an earlier attempt) never rose above its floor on the same set. The
+adaptation that holds is the per-pixel discount above: it follows each video's edges.
 
 Calibration, on the hand labels in tests/data/dedup_labels/ (320×240 clip, 240 frames;
 1080p anime clip with animated rain, 456 frames) and checked on a generalisation set made
@@ -141,7 +142,7 @@ def line_difference(a: np.ndarray, b: np.ndarray, length: int) -> float:
 
 
 def _region_max(diff: np.ndarray, y0: int, y1: int, x0: int, x1: int, reach: int,
-                filters) -> float:
+                filters, crop_of=None) -> float:
     """Largest output of the sliding-window `filters` at anchors within `reach` px of rows
     y0:y1, cols x0:x1 — the very values the filters give on the whole image.
 
@@ -154,7 +155,7 @@ def _region_max(diff: np.ndarray, y0: int, y1: int, x0: int, x1: int, reach: int
     ix0, ix1 = max(0, x0 - 2 * reach), min(w, x1 + 2 * reach)
     oy0, oy1 = max(0, y0 - reach) - iy0, min(h, y1 + reach) - iy0
     ox0, ox1 = max(0, x0 - reach) - ix0, min(w, x1 + reach) - ix0
-    crop = diff[iy0:iy1, ix0:ix1]
+    crop = diff[iy0:iy1, ix0:ix1] if crop_of is None else crop_of(iy0, iy1, ix0, ix1)
     return max(float(out[oy0:oy1, ox0:ox1].max()) for out in filters(crop))
 
 
@@ -167,13 +168,16 @@ def _tile_mask(shape: tuple[int, int]) -> np.ndarray:
 
 
 def line_reaches(diff: np.ndarray, length: int, threshold: float,
-                 mask: np.ndarray | None = None) -> bool:
+                 mask: np.ndarray | None = None, crop_of=None) -> bool:
     """Whether `line_difference` of two images with absdiff `diff` is >= `threshold`.
 
     The same answer, much cheaper: a window whose pixels are all under `threshold` has a mean
     under it, so the box sums are computed only around the 64×64 tiles holding a pixel that
     reaches it (codec noise leaves few: 0–1,700 of 2 M pixels at 1080p), and stop at the first
     window that reaches it. `mask`: scratch from `_tile_mask(diff.shape)`, kept between calls.
+    `crop_of(y0, y1, x0, x1)`: the image whose windows are judged, on that region, when it is
+    not `diff` itself but never larger than it (dedup's excess difference): `diff` then only
+    says where that image cannot reach the threshold.
     """
     if threshold <= 0:
         return True
@@ -197,7 +201,8 @@ def line_reaches(diff: np.ndarray, length: int, threshold: float,
         edges = np.flatnonzero(np.diff(tiles[ty], prepend=False, append=False))
         y0, y1 = ty * _TILE, min(h, (ty + 1) * _TILE)
         for start, stop in zip(edges[::2], edges[1::2]):
-            best = _region_max(diff, y0, y1, start * _TILE, min(w, stop * _TILE), length, sums)
+            best = _region_max(diff, y0, y1, start * _TILE, min(w, stop * _TILE), length, sums,
+                               crop_of)
             if best / (2 * length) >= threshold:
                 return True
     return False
@@ -213,7 +218,7 @@ _KERNEL = np.ones((3, 3), np.uint8)
 
 def local_range(y: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
     """Each pixel's 3×3 max − min: the contrast of the edge it sits on (0 in flat areas)."""
-    return cv2.subtract(cv2.dilate(y, _KERNEL), cv2.erode(y, _KERNEL), dst=dst)
+    return cv2.morphologyEx(y, cv2.MORPH_GRADIENT, _KERNEL, dst=dst)
 
 
 def ringing_gain(width: int, analysis_width: int = 960) -> float:
@@ -222,21 +227,33 @@ def ringing_gain(width: int, analysis_width: int = 960) -> float:
     return RINGING_GAIN * min(1.0, max(0.0, width / analysis_width - 1))
 
 
+def _excess(a: np.ndarray, b: np.ndarray, shared: np.ndarray, gain: float,
+            dst: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
+    diff = cv2.absdiff(a, b, dst=dst)
+    if gain <= 0:
+        return diff
+    return cv2.subtract(diff, cv2.convertScaleAbs(shared, dst=scratch, alpha=gain), dst=diff)
+
+
+def _edge_noise(excess: np.ndarray, shared: np.ndarray, scratch: np.ndarray | None = None) -> float:
+    edges = cv2.threshold(shared, EDGE_RANGE - 1, 255, cv2.THRESH_BINARY, dst=scratch)[1]
+    hist = cv2.calcHist([excess], [0], edges, [256], [0, 256]).ravel()
+    n = int(hist.sum())
+    if n < EDGE_PIXELS:
+        return 0.0
+    k = (n - 1) * NOISE_QUANTILE // 100  # the k-th smallest value, from the histogram
+    return float(np.searchsorted(np.cumsum(hist), k + 1))
+
+
 def excess_difference(a: np.ndarray, b: np.ndarray, range_a: np.ndarray, range_b: np.ndarray,
                       gain: float = RINGING_GAIN, dst: np.ndarray | None = None) -> np.ndarray:
     """max(0, |a − b| − gain · min(range_a, range_b)), uint8 (module docstring)."""
-    shared = cv2.min(range_a, range_b)
-    discount = cv2.convertScaleAbs(shared, alpha=gain)
-    return cv2.subtract(cv2.absdiff(a, b, dst=dst), discount, dst=dst)
+    return _excess(a, b, cv2.min(range_a, range_b), gain, dst)
 
 
 def edge_noise(excess: np.ndarray, range_a: np.ndarray, range_b: np.ndarray) -> float:
     """The pair's noise level N: a high percentile of the excess on strong shared edges."""
-    edges = excess[cv2.min(range_a, range_b) >= EDGE_RANGE]
-    if edges.size < EDGE_PIXELS:
-        return 0.0
-    k = (edges.size - 1) * NOISE_QUANTILE // 100
-    return float(np.partition(edges, k)[k])
+    return _edge_noise(excess, cv2.min(range_a, range_b))
 
 
 @register_stage("dedup")
@@ -275,11 +292,9 @@ class Dedup(MapStage):
         self._ref_hash = 0
         self._ref_luma: np.ndarray | None = None  # analysis size
         self._ref_full: np.ndarray | None = None  # full resolution, for the thin-window test
-        self._ref_range: np.ndarray | None = None  # its local_range, made on first need
         self._run = 0
         self._diff_small: np.ndarray | None = None  # scratch, reused: no per-frame allocations
         self._diff_full: np.ndarray | None = None
-        self._range: np.ndarray | None = None
         self._mask: np.ndarray | None = None
         self._noise = np.zeros(_NOISE_BINS, np.int64)  # histogram of N over tested pairs
 
@@ -304,13 +319,17 @@ class Dedup(MapStage):
                full: np.ndarray, full_reference: np.ndarray) -> dict[str, float]:
         """The statistics that decide near-duplicates, on whole images: `block` (test 1),
         `line` (test 2's excess statistic) and `noise` (N, reported only)."""
-        ra, rb = local_range(full_reference), local_range(full)
-        excess = excess_difference(full_reference, full, ra, rb,
-                                   ringing_gain(full.shape[1], self.analysis_width))
-        noise = edge_noise(excess, ra, rb)
+        excess = excess_difference(full_reference, full, local_range(full_reference),
+                                   local_range(full), ringing_gain(full.shape[1], self.analysis_width))
         return {"block": block_difference(small, reference, block),
                 "line": line_difference(excess, np.zeros_like(excess), self.line_length),
-                "noise": noise}
+                "noise": self.noise(small, reference)}
+
+    @staticmethod
+    def noise(small: np.ndarray, reference: np.ndarray) -> float:
+        """N of the module docstring (analysis-size lumas; report only)."""
+        ra, rb = local_range(reference), local_range(small)
+        return edge_noise(cv2.absdiff(reference, small), ra, rb)
 
     def _is_near(self, small: np.ndarray, block: int, full: np.ndarray) -> bool:
         """Both tests of the module docstring: the same decisions as `scores` against the
@@ -331,19 +350,26 @@ class Dedup(MapStage):
         if float(_block_means(diff, block).max()) >= self.threshold:
             return False
         # Only candidates pay for the full-resolution test (most changes fail the first one).
+        self._noise[min(_NOISE_BINS - 1, int(self.noise(small, self._ref_luma) * 16))] += 1
         if self._diff_full is None or self._diff_full.shape != full.shape:
             self._diff_full = np.empty_like(full)
-            self._range = np.empty_like(full)
             self._mask = _tile_mask(full.shape)
-        if self._ref_range is None:
-            self._ref_range = local_range(self._ref_full)
-        cur_range = local_range(full, dst=self._range)
-        excess = excess_difference(self._ref_full, full, self._ref_range, cur_range,
-                                   ringing_gain(full.shape[1], self.analysis_width),
-                                   dst=self._diff_full)
-        noise = edge_noise(excess, self._ref_range, cur_range)
-        self._noise[min(_NOISE_BINS - 1, int(noise * 16))] += 1
-        return not line_reaches(excess, self.line_length, self.line_threshold, self._mask)
+        diff = cv2.absdiff(full, self._ref_full, dst=self._diff_full)
+        gain = ringing_gain(full.shape[1], self.analysis_width)
+        if gain <= 0:
+            return not line_reaches(diff, self.line_length, self.line_threshold, self._mask)
+        ref = self._ref_full
+        h, w = full.shape
+
+        def excess(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            # the 3×3 ranges need one pixel more on each side (inside the image) to be exact
+            ey0, ey1, ex0, ex1 = max(0, y0 - 1), min(h, y1 + 1), max(0, x0 - 1), min(w, x1 + 1)
+            shared = cv2.min(local_range(ref[ey0:ey1, ex0:ex1]), local_range(full[ey0:ey1, ex0:ex1]))
+            shared = shared[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+            return _excess(ref[y0:y1, x0:x1], full[y0:y1, x0:x1], shared, gain)
+
+        # the excess is never above the plain difference: its hot tiles say where to look
+        return not line_reaches(diff, self.line_length, self.line_threshold, self._mask, excess)
 
     def noise_summary(self) -> dict[str, float | int]:
         """The estimated noise N over the pairs tested so far (histogram, 1/16 steps)."""
@@ -377,7 +403,6 @@ class Dedup(MapStage):
                 self._ref_full = np.empty_like(full)
             np.copyto(self._ref_full, full)
             self._ref_luma = self._ref_full if small is full else small
-            self._ref_range = None
             self._ref_seq, self._ref_hash, self._run = frame.seq, digest, 0
             self.count("unique")
             return frame

@@ -190,7 +190,6 @@ def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_w
         cur = cur.clip(0, 255).astype(np.uint8)
         stage._ref_full, (stage._ref_luma, _) = ref, stage.analysis(ref)
         small, block = stage.analysis(cur)
-        stage._ref_range = None
         s = stage.scores(small, stage._ref_luma, block, cur, ref)
         expected = s["block"] < stage.threshold and s["line"] < stage.line_threshold
         assert stage._is_near(small, block, cur) == expected, s
