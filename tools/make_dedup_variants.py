@@ -14,9 +14,9 @@ which less than 3/255 survives `invisible` (neither change nor repeat). Variants
 - each clip wider than 640 / 480 px downscaled to that width (area filter) and encoded with
   x264 and x265 at CRF 28 (the heavily compressed small video a user brings).
 
-Presets are the fast ones (x264 veryfast, x265 ultrafast) so the set builds in CI in about a
-minute and a half on 2 cores; they compress worse than the slow presets, which only makes the
-codec noise harder for dedup. Files are written under a temporary name and renamed when
+Presets are the fast ones (x264 veryfast, x265 ultrafast) so the set builds in about 155 s of
+CPU time (3.3–4.1 min wall on 2 cores shared with other jobs, load 4–11; 7.5 MB); they
+compress worse than the slow presets, which only makes the codec noise harder for dedup. Files are written under a temporary name and renamed when
 complete, so an interrupted build never leaves a variant that looks finished.
 """
 
