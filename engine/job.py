@@ -189,12 +189,14 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    dedup = [s.counters for s in result.stages if "unique" in s.counters]
+    dedup = [s for s in result.stages if "unique" in s.counters]
     if dedup:
-        c = dedup[0]
+        c = dedup[0].counters
         report["dedup"] = {"exact_duplicates": c.get("exact_duplicates", 0),
                            "near_duplicates": c.get("near_duplicates", 0),
-                           "frames_processed": c["unique"], "frames": result.frames_out}
+                           "frames_processed": c["unique"], "frames": result.frames_out,
+                           **({"noise": dedup[0].settings["noise"]}
+                              if "noise" in (dedup[0].settings or {}) else {})}
     repair = job.source.repair
     report["timestamps"] = {
         "mode": job.config.timestamps,

@@ -127,6 +127,7 @@ def test_dedup_end_to_end_report_counts(tmp_path):
                    tmp_path / "r.json", "--quiet")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "r.json").read_text())
+    assert report["dedup"].pop("noise")["pairs"] == report["dedup"]["near_duplicates"]
     assert report["dedup"] == {"exact_duplicates": report["dedup"]["exact_duplicates"],
                                "near_duplicates": 12 - report["dedup"]["exact_duplicates"],
                                "frames_processed": 12, "frames": 24}
@@ -196,10 +197,116 @@ def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_w
     assert decisions == {(False, False), (True, False), (True, True)}  # every path was taken
 
 
-@pytest.mark.parametrize("options", [{"line_length": 129}, {"line_length": 1}, {"threshold": -1}, {"max_run": 0}])
+@pytest.mark.parametrize("options", [{"line_length": 129}, {"line_length": 1}, {"threshold": -1},
+                                     {"max_run": 0}, {"caution": 0}, {"caution": 11}])
 def test_options_outside_what_the_statistic_supports_are_refused(options):
     from stages.dedup import Dedup
 
     with pytest.raises(ValueError):
         Dedup(**options)
     Dedup(line_length=128)  # uint16 window sums still hold 255 × 2 × 128
+
+
+def _drawing(h: int = 96, w: int = 128) -> np.ndarray:
+    img = np.full((h, w), 200, np.uint8)
+    img[:, 40:43] = 30   # drawn lines of contrast 170
+    img[50:53, :] = 30
+    return img
+
+
+def test_flicker_along_shared_edges_is_discounted_but_a_new_faint_line_is_not():
+    from stages.dedup import Dedup
+
+    stage = Dedup()
+    ref = _drawing(96, 1920)  # the full discount holds from twice the analysis width
+    small, block = stage.analysis(ref)
+    flicker = ref.copy()  # the edge pixels beside the line move by 12: codec ringing
+    flicker[:, 39] -= 12
+    flicker[:, 43] -= 12
+    s = stage.scores(small, small, block, flicker, ref)
+    assert s["line"] <= 1  # 12 < 0.15 × the shared contrast (170): discounted (but where lines cross)
+    plain = line_difference_of(flicker, ref)
+    assert plain >= 6 > stage.line_threshold  # the plain difference (12 on 2 px of 2x12) keeps it
+    streak = ref.copy()  # a new one-pixel streak of 12/255 over a flat area: a real change
+    streak[5:60, 90] += 12
+    s = stage.scores(small, small, block, streak, ref)
+    assert s["line"] == 6 > 4.5 == stage.line_threshold
+    small_ref = _drawing()  # at 128 px wide (under the analysis width) nothing is discounted
+    small_flicker = small_ref.copy()
+    small_flicker[:, 39] -= 12
+    sm, block = stage.analysis(small_ref)
+    assert stage.scores(sm, sm, block, small_flicker, small_ref)["line"] == 6
+
+
+def test_ringing_gain_ramps_from_the_analysis_width_to_twice_it():
+    from stages.dedup import RINGING_GAIN, ringing_gain
+
+    assert [ringing_gain(w) for w in (320, 960, 1440, 1920, 3840)] == \
+        [0, 0, RINGING_GAIN / 2, RINGING_GAIN, RINGING_GAIN]
+
+
+def line_difference_of(a: np.ndarray, b: np.ndarray) -> float:
+    from stages.dedup import line_difference
+
+    return line_difference(a, b, 12)
+
+
+def test_caution_scales_the_thresholds_and_explicit_ones_override():
+    from stages.dedup import Dedup
+
+    default, careful, bold = Dedup(), Dedup(caution=2), Dedup(caution=0.5)
+    assert (default.threshold, default.line_threshold) == (4.0, 4.5)
+    assert (careful.threshold, careful.line_threshold) == (2.0, 2.25)
+    assert (bold.threshold, bold.line_threshold) == (8.0, 9.0)
+    fixed = Dedup(caution=2, threshold=5, line_threshold=6)
+    assert (fixed.threshold, fixed.line_threshold) == (5, 6)
+
+
+def test_caution_changes_the_decisions(tmp_path):
+    content = held((3,), 36)
+    path = make_clip(tmp_path / "threes.mp4", 36, 128, 96, crf=30,
+                     image=lambda seq: np.repeat(_drawing()[..., None], 3, axis=2) // (1 + content[seq] % 2))
+    skipped = {c: sum(r is not None for r in run_dedup_of(path, caution=c)) for c in (0.5, 1, 4)}
+    assert skipped[0.5] >= skipped[1] > skipped[4]
+
+
+def run_dedup_of(path, **options):
+    from label_transitions import run_dedup
+
+    return run_dedup(path, **options)
+
+
+def test_edge_noise_follows_ringing_on_the_edges_and_ignores_a_small_change():
+    from stages.dedup import edge_noise, excess_difference, local_range
+
+    rng = np.random.default_rng(5)
+    ref = np.full((120, 160), 180, np.uint8)
+    ref[:, ::8] = 20  # many drawn lines: edges all over the frame
+    cur = ref.astype(np.int16)
+    edges = local_range(ref) >= 32
+    cur[edges] += rng.integers(-40, 41, int(edges.sum()))  # strong ringing on every edge
+    cur = cur.clip(0, 255).astype(np.uint8)
+    ra, rb = local_range(ref), local_range(cur)
+    noisy = edge_noise(excess_difference(ref, cur, ra, rb), ra, rb)
+    assert noisy > 2
+    small = ref.copy()
+    small[10:20, 30:34] = 255  # a small real change crossing two lines
+    ra, rb = local_range(ref), local_range(small)
+    assert edge_noise(excess_difference(ref, small, ra, rb), ra, rb) == 0
+
+
+def test_report_gives_the_estimated_noise(tmp_path):
+    from conftest import run_engine
+    import json
+
+    content = held((3,), 24)
+    path = make_clip(tmp_path / "threes.mp4", 24, 128, 96, crf=30,
+                     image=lambda seq: np.repeat(_drawing()[..., None], 3, axis=2) // (1 + content[seq] % 2))
+    r = run_engine("stream", path, tmp_path / "out.mp4", "--pipeline", "dedup", "--report",
+                   tmp_path / "r.json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    noise = report["dedup"]["noise"]
+    assert noise["pairs"] >= 1 and 0 <= noise["median"] <= noise["p90"] <= noise["max"]
+    settings = [s["settings"] for s in report["stages"] if s["name"] == "dedup"][0]
+    assert settings["caution"] == 1.0 and settings["noise"] == noise

@@ -19,7 +19,7 @@ LABELS = Path(__file__).resolve().parent / "data" / "dedup_labels"
 # so that a regression in repeat skipping fails.
 CASES = [
     pytest.param("anime-320x240", 0.95, id="320x240"),  # measured 52/53 detectable = 98.1 %
-    pytest.param("anime-1080p", 0.30, id="1080p"),  # measured 26/75 = 34.7 %
+    pytest.param("anime-1080p", 0.44, id="1080p"),  # measured 35/75 = 46.7 %
 ]
 
 

@@ -141,6 +141,55 @@ def evaluate(dup_of: list[int | None], labels: dict[int, tuple[str, str]],
                       sum(r is not None for r in dup_of))
 
 
+# --- labels carried to a re-encoded or downscaled variant -----------------------------------
+
+#: A labelled change is invisible in a variant when less than this survives there (/255, mean
+#: over the best 2×12 window): half the faintest streak seen on inspection (6/255, "just
+#: visible at 2× zoom", dedup_labels/README.md).
+VISIBLE_LEVEL = 3.0
+
+
+def surviving_change(src_prev: np.ndarray, src_cur: np.ndarray, var_prev: np.ndarray,
+                     var_cur: np.ndarray) -> float:
+    """How much of the source's change i-1 -> i a variant still shows (/255), from pixels only.
+
+    S: the source's signed difference, at the variant's size (area filter); V: the variant's.
+    The share that survives is the least-squares gain g of V on S over the change's pixels
+    (|S| >= 1), clipped to [0, 1] (codec noise is not correlated with the change, a change
+    that survives is); the result is g × the largest mean of |S| over a 2×12 or 12×2 window.
+    """
+    h, w = var_cur.shape
+    if src_cur.shape != (h, w):
+        src_prev, src_cur = (cv2.resize(y, (w, h), interpolation=cv2.INTER_AREA) for y in (src_prev, src_cur))
+    s = src_cur.astype(np.float32) - src_prev.astype(np.float32)
+    v = var_cur.astype(np.float32) - var_prev.astype(np.float32)
+    m = np.abs(s) >= 1
+    if not m.any():
+        return 0.0
+    gain = float(np.clip((v[m] * s[m]).sum() / (s[m] ** 2).sum(), 0, 1))
+    a = np.abs(s)
+    thin = max(float(cv2.boxFilter(a, -1, size, borderType=cv2.BORDER_REFLECT).max())
+               for size in ((2, 12), (12, 2)))
+    return gain * thin
+
+
+def carry_labels(source: str | Path, variant: str | Path,
+                 labels: dict[int, tuple[str, str]]) -> dict[int, tuple[str, str]]:
+    """The source's labels for a variant: each `change` less than VISIBLE_LEVEL of which
+    survives in the variant (`surviving_change`) becomes `invisible` (neither a change nor a
+    repeat: `evaluate` counts it as neither), with the measurement in its note."""
+    src, var = read_lumas(source), read_lumas(variant)
+    if len(src) != len(var):
+        raise ValueError(f"{variant}: {len(var)} frames, its source {len(src)}")
+    out = dict(labels)
+    for i, (label, _) in labels.items():
+        if label == "change":
+            left = surviving_change(src[i - 1], src[i], var[i - 1], var[i])
+            if left < VISIBLE_LEVEL:
+                out[i] = ("invisible", f"{left:.2f}/255 of the change survives")
+    return out
+
+
 # --- contact sheets ---------------------------------------------------------------------
 
 def _max_pool(img: np.ndarray, width: int) -> np.ndarray:

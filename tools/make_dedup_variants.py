@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Make dedup's generalisation set: the two labelled clips re-encoded and downscaled.
+
+    python tools/make_dedup_variants.py OUT_DIR [--only NAME ...]   # prints each file made
+    python tools/make_dedup_variants.py OUT_DIR --table              # dedup vs labels, markdown
+
+Each variant holds the same pictures as its clip, frame for frame (same count, same order),
+so the clip's labels (tests/data/dedup_labels/) carry over, except where re-encoding or
+downscaling wipes a change out: `label_transitions.carry_labels` measures, from the pixels
+alone, how much of each labelled change survives in the variant, and marks the changes of
+which less than 3/255 survives `invisible` (neither change nor repeat). Variants:
+
+- each clip re-encoded at its own size with x264 and x265, CRF 18, 28 and 35;
+- each clip wider than 640 / 480 px downscaled to that width (area filter) and encoded with
+  x264 and x265 at CRF 28 (the heavily compressed small video a user brings).
+
+Presets are the fast ones (x264 veryfast, x265 ultrafast) so the set builds in about 155 s of
+CPU time (3.3–4.1 min wall on 2 cores shared with other jobs, load 4–11; 7.5 MB); they
+compress worse than the slow presets, which only makes the codec noise harder for dedup. Files are written under a temporary name and renamed when
+complete, so an interrupted build never leaves a variant that looks finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from label_transitions import carry_labels, evaluate, read_labels, run_dedup, write_labels  # noqa: E402
+
+CLIPS = ("anime-320x240", "anime-1080p")
+CRFS = (18, 28, 35)
+WIDTHS = (640, 480)
+DOWNSCALED_CRF = 28
+PRESETS = {"libx264": "veryfast", "libx265": "ultrafast"}
+#: Bumped whenever the recipe changes, so cached sets are rebuilt (tests/conftest.py keys on it).
+RECIPE = 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    clip: str       # stem of the source clip in tests/media/
+    codec: str      # libx264 / libx265
+    crf: int
+    width: int | None = None  # None: the clip's own size
+
+    @property
+    def name(self) -> str:
+        size = f"w{self.width}" if self.width else "native"
+        return f"{self.clip}.{self.codec[3:]}.crf{self.crf}.{size}.mp4"
+
+
+def variants(source_widths: dict[str, int]) -> list[Variant]:
+    out = []
+    for clip in CLIPS:
+        out += [Variant(clip, codec, crf) for codec in PRESETS for crf in CRFS]
+        out += [Variant(clip, codec, DOWNSCALED_CRF, width)
+                for width in WIDTHS if width < source_widths[clip] for codec in PRESETS]
+    return out
+
+
+def make_variant(source: Path, variant: Variant, path: Path) -> Path:
+    """Decode `source`, scale it if asked, encode it to `path` (atomically). Returns `path`."""
+    partial = path.with_name(path.name + ".partial.mp4")
+    with av.open(str(source)) as src, av.open(str(partial), mode="w") as dst:
+        inp = src.streams.video[0]
+        width, height = inp.codec_context.width, inp.codec_context.height
+        if variant.width:  # even sizes for 4:2:0
+            height = round(height * variant.width / width / 2) * 2
+            width = variant.width
+        out = dst.add_stream(variant.codec, rate=inp.average_rate)
+        out.width, out.height, out.pix_fmt = width, height, "yuv420p"
+        out.time_base = inp.time_base
+        options = {"crf": str(variant.crf), "preset": PRESETS[variant.codec]}
+        if variant.codec == "libx265":
+            options["x265-params"] = "log-level=error"
+        out.codec_context.options = options
+        for frame in src.decode(inp):
+            if variant.width:
+                frame = frame.reformat(width=width, height=height, format="yuv420p",
+                                       interpolation="AREA")
+            frame.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose
+            dst.mux(out.encode(frame))
+        dst.mux(out.encode(None))
+    os.replace(partial, path)
+    return path
+
+
+def build(media: Path, out_dir: Path, only: set[str] | None = None) -> list[Path]:
+    """Make every variant missing from `out_dir` (all of them, or those named in `only`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    widths = {}
+    for clip in CLIPS:
+        with av.open(str(media / f"{clip}.mp4")) as c:
+            widths[clip] = c.streams.video[0].codec_context.width
+    paths = []
+    for v in variants(widths):
+        if only and v.name not in only:
+            continue
+        path = out_dir / v.name
+        if not path.exists():
+            make_variant(media / f"{v.clip}.mp4", v, path)
+        paths.append(path)
+    return paths
+
+
+def variant_labels(media: Path, labels_dir: Path, path: Path) -> dict[int, tuple[str, str]]:
+    """The clip's labels carried to the variant at `path` (cached next to it as CSV)."""
+    cached = path.with_name(path.name + ".labels.csv")
+    if cached.exists():
+        return read_labels(cached)
+    clip = path.name.split(".")[0]
+    labels = carry_labels(media / f"{clip}.mp4", path, read_labels(labels_dir / f"{clip}.csv"))
+    partial = cached.with_name(cached.name + ".partial")
+    write_labels(partial, labels)
+    os.replace(partial, cached)
+    return labels
+
+
+def table(media: Path, labels_dir: Path, paths: list[Path]) -> list[str]:
+    """Markdown rows: dedup with default settings on each clip and variant, against its labels."""
+    rows = ["| video | changes (invisible) | repeats | false duplicates | repeats skipped | frames skipped |",
+            "|---|---|---|---|---|---|"]
+    for path in [media / f"{clip}.mp4" for clip in CLIPS] + paths:
+        if path.parent == media:
+            labels = read_labels(labels_dir / f"{path.stem}.csv")
+        else:
+            labels = variant_labels(media, labels_dir, path)
+        e = evaluate(run_dedup(path), labels)
+        invisible = sum(label == "invisible" for label, _ in labels.values())
+        rows.append(f"| {path.name} | {e.changes} ({invisible}) | {e.repeats} | {len(e.false_duplicates)} "
+                    f"| {e.repeats_skipped}/{e.repeats - e.repeats_capped} = {e.repeat_skip_rate:.1%} "
+                    f"| {e.frames_skipped}/{e.transitions + 1} = {e.frames_skipped_rate:.1%} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--media", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "media")
+    p.add_argument("--only", nargs="*", help="variant file names to make (default: all)")
+    p.add_argument("--labels", type=Path,
+                   default=Path(__file__).resolve().parent.parent / "tests" / "data" / "dedup_labels")
+    p.add_argument("--table", action="store_true", help="evaluate dedup on each, print a markdown table")
+    args = p.parse_args(argv)
+    paths = build(args.media, args.out_dir, set(args.only) if args.only else None)
+    if args.table:
+        for row in table(args.media, args.labels, paths):
+            print(row, flush=True)
+    else:
+        for path in paths:
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
