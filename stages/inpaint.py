@@ -105,17 +105,28 @@ def composite(original: np.ndarray, filled: np.ndarray, mask: np.ndarray, feathe
     return out
 
 
-class _Crop:
-    """The part of a window's frames that any mask touches, with the flow-resolution view of it."""
+def bounds(masks: list[np.ndarray | None]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the nonzero pixels of all `masks` (None = empty), as plain ints;
+    cv2.boundingRect per mask (a full-frame union and np.nonzero cost ten times more)."""
+    rects = [cv2.boundingRect(m) for m in masks if m is not None]
+    rects = [(y, y + h, x, x + w) for x, y, w, h in rects if w and h]
+    if not rects:
+        raise ValueError("no mask has any pixel set")
+    return (min(r[0] for r in rects), max(r[1] for r in rects), min(r[2] for r in rects), max(r[3] for r in rects))
 
-    def __init__(self, masks: list[np.ndarray | None], height: int, width: int, flow_width: int):
-        union = np.maximum.reduce([m for m in masks if m is not None])
-        ys, xs = np.nonzero(union)
+
+class _Crop:
+    """The part of a window's frames that any mask touches, with the flow-resolution view of it:
+    at most `flow_width` px wide, and scaled as a frame at most `flow_height` px high would be."""
+
+    def __init__(self, masks: list[np.ndarray | None], height: int, width: int, flow_width: int,
+                 flow_height: int = 8192):
+        y0, y1, x0, x1 = bounds(masks)
         # plain ints: a NumPy scalar here would turn the flow float64 (NEP 50) and cv2.remap refuses it
-        self.y0, self.y1 = max(0, int(ys.min()) - MARGIN), min(height, int(ys.max()) + 1 + MARGIN)
-        self.x0, self.x1 = max(0, int(xs.min()) - MARGIN), min(width, int(xs.max()) + 1 + MARGIN)
+        self.y0, self.y1 = max(0, y0 - MARGIN), min(height, y1 + MARGIN)
+        self.x0, self.x1 = max(0, x0 - MARGIN), min(width, x1 + MARGIN)
         self.h, self.w = self.y1 - self.y0, self.x1 - self.x0
-        self.scale = min(1.0, flow_width / self.w)
+        self.scale = min(1.0, flow_width / self.w, flow_height / height)
         self.fh, self.fw = max(8, round(self.h * self.scale)), max(8, round(self.w * self.scale))
         self.key = (self.y0, self.y1, self.x0, self.x1, self.fw, self.fh)
 
@@ -145,7 +156,7 @@ class Inpaint(WindowStage):
     def __init__(self, radius: int = 8, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
                  feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
                  flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",
-                 recurrent: float = 0.6, filler: str = "", window_size: int = 0):
+                 flow_height: int = 360, recurrent: float = 0.6, filler: str = "", window_size: int = 0):
         if not 1 <= radius <= 30:
             raise ValueError(f"radius must be between 1 and 30 frames, got {radius}")
         if not 0 <= feather <= 50:
@@ -156,11 +167,14 @@ class Inpaint(WindowStage):
             raise ValueError(f"recurrent must be in [0, 1), got {recurrent}")
         if not 64 <= flow_width <= 8192:
             raise ValueError(f"flow_width must be between 64 and 8192, got {flow_width}")
+        if not 64 <= flow_height <= 8192:
+            raise ValueError(f"flow_height must be between 64 and 8192, got {flow_height}")
         overlap = radius if propagate else 0
         super().__init__(window_size=window_size or max(2 * overlap + 8, 2 * overlap + 1), overlap=overlap)
         self.radius, self.method, self.propagate = radius, method, propagate
         self.feather, self.consistency, self.photometric = feather, consistency, photometric
-        self.flow_width, self.flow_preset, self.recurrent = flow_width, flow_preset, recurrent
+        self.flow_width, self.flow_height = flow_width, flow_height
+        self.flow_preset, self.recurrent = flow_preset, recurrent
         self._previous: tuple[int, np.ndarray] | None = None  # (seq, output) of the last filled frame
         self.filler_path = filler
         if filler:
@@ -170,6 +184,7 @@ class Inpaint(WindowStage):
         self._dis = None
         self._emitted = -1  # highest seq a window has emitted (filled) so far
         self._flows: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (seq_a, seq_b, crop) → (flow, consistent)
+        self._guards: dict[tuple, np.ndarray] = {}  # (seq, crop) → grown source mask
 
     def weight_files(self) -> list[str]:
         return [self.filler_path] if self.filler_path else []
@@ -189,6 +204,7 @@ class Inpaint(WindowStage):
         masks = [f.meta.get("text_mask") for f in frames]
         live = {f.seq for f in frames}
         self._flows = {k: v for k, v in self._flows.items() if k[0] in live and k[1] in live}
+        self._guards = {k: v for k, v in self._guards.items() if k[0] in live}
         # Fill only the frames this window emits (engine/stage.py): those not emitted by an
         # earlier window, and not the trailing context, which the next window emits — unless
         # this is the last window, which the runner always gives fewer than window_size frames.
@@ -197,7 +213,7 @@ class Inpaint(WindowStage):
         if all(m is None for m in masks):
             return images
         h, w = images[0].shape[:2]
-        crop = _Crop(masks, h, w, self.flow_width) if self.propagate else None
+        crop = _Crop(masks, h, w, self.flow_width, self.flow_height) if self.propagate else None
         out = []
         for i, (image, mask) in enumerate(zip(images, masks)):
             owned = frames[i].seq > emitted and i < last
@@ -211,7 +227,7 @@ class Inpaint(WindowStage):
               masks: list[np.ndarray | None], crop: _Crop | None) -> np.ndarray:
         image, mask = images[t], masks[t]
         if crop is None:  # spatial only: on the mask's own bounding box plus a margin
-            crop = _Crop([mask], *image.shape[:2], self.flow_width)
+            crop = _Crop([mask], *image.shape[:2], self.flow_width, self.flow_height)
         target = crop.cut(image)
         hole = crop.cut(mask) > 0
         filled = target.copy()
@@ -224,7 +240,7 @@ class Inpaint(WindowStage):
             if self.filler is not None:
                 filled = self.filler(filled, todo8)
             else:
-                filled = spatial_fill(filled, todo8, self.method)
+                filled = self._spatial(filled, todo8, crop)
             if self.propagate and self.recurrent:
                 self._follow_previous(t, frames, images, masks, crop, filled, todo)
         self.count("text_frames")
@@ -234,6 +250,19 @@ class Inpaint(WindowStage):
         result[crop.y0:crop.y1, crop.x0:crop.x1] = composite(target, filled, crop.cut(mask), self.feather)
         self._previous = (frames[t].seq, result)
         return result
+
+    def _spatial(self, filled: np.ndarray, todo8: np.ndarray, crop: _Crop) -> np.ndarray:
+        """`spatial_fill` at the flow's resolution (its cost grows with the hole's pixels × the
+        radius²; the fill is smooth, so a 720p crop filled at half size loses nothing visible):
+        a small pixel is unknown if any pixel under it is, and only `todo8`'s pixels change."""
+        if crop.scale == 1.0:
+            return spatial_fill(filled, todo8, self.method)
+        hole = (crop.small(todo8) > 0).astype(np.uint8) * 255
+        small = spatial_fill(crop.small(filled), hole, self.method, max(2, int(5 * crop.scale + 0.5)))
+        big = cv2.resize(small, (crop.w, crop.h), interpolation=cv2.INTER_LINEAR)
+        out = filled.copy()
+        out[todo8 > 0] = big[todo8 > 0]
+        return out
 
     def _follow_previous(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list,
                          crop: _Crop, filled: np.ndarray, todo: np.ndarray) -> None:
@@ -286,19 +315,27 @@ class Inpaint(WindowStage):
                    crop: _Crop, target: np.ndarray, hole: np.ndarray, filled: np.ndarray,
                    todo: np.ndarray) -> None:
         gx, gy = _grid(crop.fh, crop.fw)
-        fx, fy = _grid(crop.h, crop.w)
+        # Full-resolution work happens on this frame's own hole and the ring around it (the
+        # window's crop is the union over all its frames, and has the flow's margin)
+        bx, by, bw, bh = cv2.boundingRect(hole.astype(np.uint8))
+        sy0, sy1 = max(0, by - RING - 1), min(crop.h, by + bh + RING + 1)
+        sx0, sx1 = max(0, bx - RING - 1), min(crop.w, bx + bw + RING + 1)
+        sub = (slice(sy0, sy1), slice(sx0, sx1))
+        fx, fy = np.meshgrid(np.arange(sx0, sx1, dtype=np.float32), np.arange(sy0, sy1, dtype=np.float32))
+        target, hole_full, hole = target[sub], hole, hole[sub]
         ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
         # box size that reaches the ring from anywhere inside the mask
         depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
         box = 2 * int(depth + RING) + 1
         chains = {}  # direction → (chained flow t→s, where every step is consistent), flow resolution
+        hole_small = crop.small(hole_full.astype(np.uint8), cv2.INTER_NEAREST) > 0
         total = np.zeros(target.shape, np.float32)  # weighted sum of the accepted source pixels
         weight = np.zeros(hole.shape, np.float32)
         for k in range(1, self.radius + 1):
             got = []
             for d in (-1, 1):
                 s = t + d * k
-                if not 0 <= s < len(frames):
+                if not 0 <= s < len(frames) or chains.get(d, ()) is None:
                     continue
                 step, step_ok = self._pair(frames, images, masks, crop, s - d, s)
                 if d not in chains:
@@ -308,31 +345,43 @@ class Inpaint(WindowStage):
                     mx, my = gx + chain[..., 0], gy + chain[..., 1]
                     chain = chain + cv2.remap(step, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                     ok = ok & cv2.remap(step_ok, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+                if not ok[hole_small].any():  # the chain only loses consistency further out
+                    chains[d] = None
+                    continue
                 chains[d] = (chain, ok)
-                flow = crop.full_flow(chain)
+                flow = crop.full_flow(chain)[sub]
                 mx, my = fx + flow[..., 0], fy + flow[..., 1]
                 warped = cv2.remap(crop.cut(images[s]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                 inside = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1)
-                valid = inside & (crop.full_mask(ok) > 0)
+                valid = inside & (crop.full_mask(ok)[sub] > 0)
                 if masks[s] is not None:
-                    guard = cv2.dilate(crop.cut(masks[s]), np.ones((2 * SOURCE_GUARD + 1,) * 2, np.uint8))
-                    valid &= cv2.remap(guard, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                                       borderValue=255) == 0
+                    valid &= cv2.remap(self._guard(frames[s].seq, masks[s], crop), mx, my, cv2.INTER_NEAREST,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=255) == 0
                 valid &= self._photometric_ok(warped, target, ring & valid, box)
                 got.append((warped, valid & hole))
             if not got:
-                break
+                if all(chains.get(d, ()) is None for d in (-1, 1)):
+                    break
+                continue
             for warped, valid in got:  # nearer frames weigh more
-                total[valid] += warped[valid].astype(np.float32) / k
-                weight[valid] += 1 / k
+                w = valid.astype(np.float32) * (1 / k)
+                total += warped * w[..., None]
+                weight += w
         take = weight > 0
-        filled[take] = np.rint(total[take] / weight[take][:, None]).astype(filled.dtype)
-        todo &= ~take
+        filled[sub][take] = np.rint(total[take] / weight[take][:, None]).astype(filled.dtype)
+        todo[sub] &= ~take
+
+    def _guard(self, seq: int, mask: np.ndarray, crop: _Crop) -> np.ndarray:
+        """The source's mask grown by SOURCE_GUARD px (its own text's soft edge), cached."""
+        key = (seq, crop.key)
+        if key not in self._guards:
+            self._guards[key] = cv2.dilate(crop.cut(mask), np.ones((2 * SOURCE_GUARD + 1,) * 2, np.uint8))
+        return self._guards[key]
 
     def _photometric_ok(self, warped: np.ndarray, target: np.ndarray, ring: np.ndarray, box: int) -> np.ndarray:
         """Where the local mean error of `warped` against `target` on the ring is under the threshold."""
         scale = 257.0 if target.dtype == np.uint16 else 1.0
-        diff = np.abs(warped.astype(np.float32) - target.astype(np.float32)).mean(axis=2) / scale
+        diff = cv2.transform(cv2.absdiff(warped, target).astype(np.float32), np.full((1, 3), 1 / (3 * scale), np.float32))
         ring32 = ring.astype(np.float32)
         num = cv2.boxFilter(diff * ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)
         den = cv2.boxFilter(ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)

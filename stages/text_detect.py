@@ -168,7 +168,7 @@ def box_filter(boxes: np.ndarray, region: tuple[int, int, int, int], min_height:
 class TextDetect(MapStage):
     """Find text boxes (PP-OCR detector) in regions of every `every`-th frame."""
 
-    def __init__(self, area: str = DEFAULT_AREA, every: int = 2, model: str = "", max_side: int = 960,
+    def __init__(self, area: str = DEFAULT_AREA, every: int = 2, model: str = "", max_side: int = 640,
                  thresh: float = 0.3, box_thresh: float = 0.5, unclip_ratio: float = 1.6,
                  min_height: int = 6, max_height: float = 0.8, min_aspect: float = 0.5,
                  max_fill: float = 0.8, verify: bool = False, verify_score: float = 0.5,
