@@ -153,10 +153,11 @@ class _Crop:
 class Inpaint(WindowStage):
     """Fill text masks from neighbouring frames along DIS optical flow, the rest spatially."""
 
-    def __init__(self, radius: int = 8, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
+    def __init__(self, radius: int = 12, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
                  feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
                  flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",
-                 flow_height: int = 360, recurrent: float = 0.6, filler: str = "", window_size: int = 0):
+                 flow_height: int = 360, recurrent: float = 0.6, colour_match: bool = False, dense: int = 4,
+                 filler: str = "", window_size: int = 0):
         if not 1 <= radius <= 30:
             raise ValueError(f"radius must be between 1 and 30 frames, got {radius}")
         if not 0 <= feather <= 50:
@@ -174,7 +175,10 @@ class Inpaint(WindowStage):
         self.radius, self.method, self.propagate = radius, method, propagate
         self.feather, self.consistency, self.photometric = feather, consistency, photometric
         self.flow_width, self.flow_height = flow_width, flow_height
-        self.flow_preset, self.recurrent = flow_preset, recurrent
+        self.flow_preset, self.recurrent, self.colour_match = flow_preset, recurrent, colour_match
+        if not 1 <= dense <= 30:
+            raise ValueError(f"dense must be between 1 and 30 frames, got {dense}")
+        self.dense = dense
         self._previous: tuple[int, np.ndarray] | None = None  # (seq, output) of the last filled frame
         self.filler_path = filler
         if filler:
@@ -322,6 +326,8 @@ class Inpaint(WindowStage):
         sx0, sx1 = max(0, bx - RING - 1), min(crop.w, bx + bw + RING + 1)
         sub = (slice(sy0, sy1), slice(sx0, sx1))
         fx, fy = np.meshgrid(np.arange(sx0, sx1, dtype=np.float32), np.arange(sy0, sy1, dtype=np.float32))
+        # where the sub-crop's pixels sit in the flow-resolution crop (cv2.resize's pixel centres)
+        ux, uy = (fx + 0.5) * (crop.fw / crop.w) - 0.5, (fy + 0.5) * (crop.fh / crop.h) - 0.5
         target, hole_full, hole = target[sub], hole, hole[sub]
         ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
         # box size that reaches the ring from anywhere inside the mask
@@ -349,16 +355,22 @@ class Inpaint(WindowStage):
                     chains[d] = None
                     continue
                 chains[d] = (chain, ok)
-                flow = crop.full_flow(chain)[sub]
+                if k > self.dense and (k - self.dense) % 2:
+                    continue  # beyond `dense` frames every second source is enough (the chain goes on)
+                if crop.scale == 1.0:
+                    flow, ok_full = chain[sub], ok[sub]
+                else:  # upsampled for the sub-crop only
+                    flow = cv2.remap(chain, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / crop.scale
+                    ok_full = cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
                 mx, my = fx + flow[..., 0], fy + flow[..., 1]
                 warped = cv2.remap(crop.cut(images[s]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                inside = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1)
-                valid = inside & (crop.full_mask(ok)[sub] > 0)
+                valid = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1) & (ok_full > 0)
                 if masks[s] is not None:
                     valid &= cv2.remap(self._guard(frames[s].seq, masks[s], crop), mx, my, cv2.INTER_NEAREST,
                                        borderMode=cv2.BORDER_CONSTANT, borderValue=255) == 0
-                valid &= self._photometric_ok(warped, target, ring & valid, box)
-                got.append((warped, valid & hole))
+                matches, offset = self._photometric(warped, target, ring & valid, box)
+                valid &= matches
+                got.append((warped if offset is None else warped + offset, valid & hole))
             if not got:
                 if all(chains.get(d, ()) is None for d in (-1, 1)):
                     break
@@ -368,7 +380,8 @@ class Inpaint(WindowStage):
                 total += warped * w[..., None]
                 weight += w
         take = weight > 0
-        filled[sub][take] = np.rint(total[take] / weight[take][:, None]).astype(filled.dtype)
+        top = np.iinfo(filled.dtype).max
+        filled[sub][take] = np.clip(np.rint(total[take] / weight[take][:, None]), 0, top).astype(filled.dtype)
         todo[sub] &= ~take
 
     def _guard(self, seq: int, mask: np.ndarray, crop: _Crop) -> np.ndarray:
@@ -378,14 +391,28 @@ class Inpaint(WindowStage):
             self._guards[key] = cv2.dilate(crop.cut(mask), np.ones((2 * SOURCE_GUARD + 1,) * 2, np.uint8))
         return self._guards[key]
 
-    def _photometric_ok(self, warped: np.ndarray, target: np.ndarray, ring: np.ndarray, box: int) -> np.ndarray:
-        """Where the local mean error of `warped` against `target` on the ring is under the threshold."""
+    def _photometric(self, warped: np.ndarray, target: np.ndarray, ring: np.ndarray,
+                     box: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Where `warped` matches `target` on the ring around the mask: the local mean error there
+        is under `photometric`. With `colour_match`, also the local mean colour offset target −
+        warped on the ring (per channel, spread over the mask like the error): a source taken a
+        few frames away differs by exposure and shading, which would show as a seam at the mask's
+        edge (a membrane correction; cheap kin of Poisson blending). The error is then measured
+        after that offset."""
         scale = 257.0 if target.dtype == np.uint16 else 1.0
-        diff = cv2.transform(cv2.absdiff(warped, target).astype(np.float32), np.full((1, 3), 1 / (3 * scale), np.float32))
         ring32 = ring.astype(np.float32)
-        num = cv2.boxFilter(diff * ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)
         den = cv2.boxFilter(ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)
-        return (den > 0.5) & (num < self.photometric * np.maximum(den, 1e-6))
+        if self.colour_match:
+            diff = target.astype(np.float32) - warped.astype(np.float32)
+            offset = cv2.boxFilter(diff * ring32[..., None], -1, (box, box), normalize=False,
+                                   borderType=cv2.BORDER_CONSTANT) / np.maximum(den, 1e-6)[..., None]
+            error = cv2.transform(np.abs(diff - offset), np.full((1, 3), 1 / (3 * scale), np.float32))
+        else:
+            offset = None
+            error = cv2.transform(cv2.absdiff(warped, target).astype(np.float32),
+                                  np.full((1, 3), 1 / (3 * scale), np.float32))
+        num = cv2.boxFilter(error * ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        return (den > 0.5) & (num < self.photometric * np.maximum(den, 1e-6)), offset
 
     def describe(self) -> dict[str, Any]:
         return {"radius": self.radius if self.propagate else 0, "method": self.method,
