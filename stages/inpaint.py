@@ -1,22 +1,29 @@
 """`inpaint`: fill each frame's `meta["text_mask"]` from other frames, then spatially.
 
-A window stage: every frame sees `radius` frames on each side. For a frame with a mask:
+A window stage: every frame sees `radius` (12) frames on each side. A window without any mask
+is passed through at once (no flow, no copies). For a frame with a mask:
 
 1. **Flow.** OpenCV DIS optical flow between consecutive frames, on the rows and columns the
-   window's masks touch (plus a margin), at most `flow_width` px wide. Flow under a mask is
-   the text's, not the background's, so there it is replaced by a smooth fill from around
-   the mask (normalised box filters), and the frames are smoothed there before DIS runs.
-   Flows are cached between windows.
-2. **Propagation.** Flows are chained outwards, nearest frames first, up to `radius` frames
-   each way. A source pixel is taken only where all hold:
+   window's masks touch (plus a margin), scaled as a frame at most `flow_height` (360) px high
+   would be and at most `flow_width` px wide (a 720p crop's flow runs at half size, vectors
+   scaled back). Flow under a mask is the text's, not the background's, so there it is
+   replaced by a smooth fill from around the mask (normalised box filters), and the frames are
+   smoothed there before DIS runs. Flows are cached between windows.
+2. **Propagation.** Flows are chained outwards, up to `radius` frames each way; every frame up
+   to `dense` (4) away is a source, beyond that every second one (the chain goes on through
+   all). A source pixel is taken only where all hold:
    - it is inside the frame and outside the source's own mask;
    - forward-backward consistency: every step of the chain passes |F + B∘F| < `consistency`
      px + 5 % of the motion (Sundaram et al.'s occlusion test);
    - photometric check: outside the mask, the warped source must match the target; the
      mean error on a ring around the mask, spread over the mask by a normalised box filter,
-     must stay under `photometric` (0..255).
-   Nearest frames win; equally near frames before and after are averaged.
+     must stay under `photometric` (0..255). `colour_match=true` first removes the local mean
+     colour offset measured on that ring (exposure changes; off: it measured neutral here).
+   Accepted sources are averaged, weighted by 1 / their distance in frames. A direction stops
+   as soon as its chain is inconsistent everywhere under the mask. Full-resolution work
+   (warps, checks) runs on the frame's own hole and ring only, not the window's crop.
 3. **Spatial fill.** What no frame could give is filled by `cv2.inpaint` (`method` ns or telea)
+   at the flow's resolution (its cost grows with hole pixels × radius²; the fill is smooth)
    from everything around it, the propagated pixels included, then blended (`recurrent`, 0.6)
    with the previous output frame warped along the flow, where the flow is consistent: a
    spatial fill on its own changes from frame to frame (flicker).
