@@ -223,13 +223,14 @@ METHODS = {  # name → pipeline; all three fill the same detected masks
 }
 
 
-def score_case(name: str, clean: list[np.ndarray], fps: float) -> dict:
+def score_case(name: str, clean: list[np.ndarray], fps: float, variants: list[str] = ()) -> dict:
     captioned, truth = render(clean, fps)
     flows = clean_flows(clean)
     result = {"case": name, "frames": len(clean), "size": f"{clean[0].shape[1]}x{clean[0].shape[0]}",
               "methods": {}}
     masks = None
-    for method, spec in METHODS.items():
+    methods = {**METHODS, **{v: "text-detect,text-mask," + v for v in variants}}
+    for method, spec in methods.items():
         out, seconds, counters = run(captioned, fps, spec)
         if masks is None:
             masks = [f.meta.get("text_mask") for f in out]
@@ -268,7 +269,7 @@ def quality(args) -> int:
     ]
     results = []
     for name, clean, fps in cases:
-        r = score_case(name, clean, fps)
+        r = score_case(name, clean, fps, args.variant)
         results.append(r)
         m = r["methods"]
         print(f"{name} ({r['frames']} frames): mask precision {r['mask']['precision']:.2f} "
@@ -331,6 +332,8 @@ def main() -> int:
     q = sub.add_parser("quality", help="synthetic captions over clean footage, scored against it")
     q.add_argument("--frames", type=int, default=216, help="216 at 30 fps: all six caption styles")
     q.add_argument("--json")
+    q.add_argument("--variant", action="append", default=[], metavar="SPEC",
+                   help="also score this inpaint spec on the same masks, e.g. inpaint:radius=16 (repeatable)")
     r = sub.add_parser("real", help="caption-remove on a clip with real subtitles: OCR re-detection")
     r.add_argument("input")
     r.add_argument("output")
