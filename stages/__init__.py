@@ -5,6 +5,6 @@ from stages import (basicvsrpp, dedup, diffusion_vsr, inpaint, mask_preview, res
                     temporal_denoise, text_detect, text_mask, upscale)
 
 # Burned-in caption removal, the whole job: `--pipeline caption-remove`.
-register_preset("caption-remove", "text-detect,text-mask,inpaint")
+register_preset("caption-remove", "text-detect:workers=2,text-mask,inpaint")
 # What caption-remove would remove, drawn over the video (no inpainting): choose the area first.
-register_preset("caption-preview", "text-detect,text-mask,mask-preview")
+register_preset("caption-preview", "text-detect:workers=2,text-mask,mask-preview")

@@ -1,22 +1,29 @@
 """`inpaint`: fill each frame's `meta["text_mask"]` from other frames, then spatially.
 
-A window stage: every frame sees `radius` frames on each side. For a frame with a mask:
+A window stage: every frame sees `radius` (12) frames on each side. A window without any mask
+is passed through at once (no flow, no copies). For a frame with a mask:
 
 1. **Flow.** OpenCV DIS optical flow between consecutive frames, on the rows and columns the
-   window's masks touch (plus a margin), at most `flow_width` px wide. Flow under a mask is
-   the text's, not the background's, so there it is replaced by a smooth fill from around
-   the mask (normalised box filters), and the frames are smoothed there before DIS runs.
-   Flows are cached between windows.
-2. **Propagation.** Flows are chained outwards, nearest frames first, up to `radius` frames
-   each way. A source pixel is taken only where all hold:
+   window's masks touch (plus a margin), scaled as a frame at most `flow_height` (360) px high
+   would be and at most `flow_width` px wide (a 720p crop's flow runs at half size, vectors
+   scaled back). Flow under a mask is the text's, not the background's, so there it is
+   replaced by a smooth fill from around the mask (normalised box filters), and the frames are
+   smoothed there before DIS runs. Flows are cached between windows.
+2. **Propagation.** Flows are chained outwards, up to `radius` frames each way; every frame up
+   to `dense` (4) away is a source, beyond that every second one (the chain goes on through
+   all). A source pixel is taken only where all hold:
    - it is inside the frame and outside the source's own mask;
    - forward-backward consistency: every step of the chain passes |F + B∘F| < `consistency`
      px + 5 % of the motion (Sundaram et al.'s occlusion test);
    - photometric check: outside the mask, the warped source must match the target; the
      mean error on a ring around the mask, spread over the mask by a normalised box filter,
-     must stay under `photometric` (0..255).
-   Nearest frames win; equally near frames before and after are averaged.
+     must stay under `photometric` (0..255). `colour_match=true` first removes the local mean
+     colour offset measured on that ring (exposure changes; off: it measured neutral here).
+   Accepted sources are averaged, weighted by 1 / their distance in frames. A direction stops
+   as soon as its chain is inconsistent everywhere under the mask. Full-resolution work
+   (warps, checks) runs on the frame's own hole and ring only, not the window's crop.
 3. **Spatial fill.** What no frame could give is filled by `cv2.inpaint` (`method` ns or telea)
+   at the flow's resolution (its cost grows with hole pixels × radius²; the fill is smooth)
    from everything around it, the propagated pixels included, then blended (`recurrent`, 0.6)
    with the previous output frame warped along the flow, where the flow is consistent: a
    spatial fill on its own changes from frame to frame (flicker).
@@ -105,17 +112,28 @@ def composite(original: np.ndarray, filled: np.ndarray, mask: np.ndarray, feathe
     return out
 
 
-class _Crop:
-    """The part of a window's frames that any mask touches, with the flow-resolution view of it."""
+def bounds(masks: list[np.ndarray | None]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the nonzero pixels of all `masks` (None = empty), as plain ints;
+    cv2.boundingRect per mask (a full-frame union and np.nonzero cost ten times more)."""
+    rects = [cv2.boundingRect(m) for m in masks if m is not None]
+    rects = [(y, y + h, x, x + w) for x, y, w, h in rects if w and h]
+    if not rects:
+        raise ValueError("no mask has any pixel set")
+    return (min(r[0] for r in rects), max(r[1] for r in rects), min(r[2] for r in rects), max(r[3] for r in rects))
 
-    def __init__(self, masks: list[np.ndarray | None], height: int, width: int, flow_width: int):
-        union = np.maximum.reduce([m for m in masks if m is not None])
-        ys, xs = np.nonzero(union)
+
+class _Crop:
+    """The part of a window's frames that any mask touches, with the flow-resolution view of it:
+    at most `flow_width` px wide, and scaled as a frame at most `flow_height` px high would be."""
+
+    def __init__(self, masks: list[np.ndarray | None], height: int, width: int, flow_width: int,
+                 flow_height: int = 8192):
+        y0, y1, x0, x1 = bounds(masks)
         # plain ints: a NumPy scalar here would turn the flow float64 (NEP 50) and cv2.remap refuses it
-        self.y0, self.y1 = max(0, int(ys.min()) - MARGIN), min(height, int(ys.max()) + 1 + MARGIN)
-        self.x0, self.x1 = max(0, int(xs.min()) - MARGIN), min(width, int(xs.max()) + 1 + MARGIN)
+        self.y0, self.y1 = max(0, y0 - MARGIN), min(height, y1 + MARGIN)
+        self.x0, self.x1 = max(0, x0 - MARGIN), min(width, x1 + MARGIN)
         self.h, self.w = self.y1 - self.y0, self.x1 - self.x0
-        self.scale = min(1.0, flow_width / self.w)
+        self.scale = min(1.0, flow_width / self.w, flow_height / height)
         self.fh, self.fw = max(8, round(self.h * self.scale)), max(8, round(self.w * self.scale))
         self.key = (self.y0, self.y1, self.x0, self.x1, self.fw, self.fh)
 
@@ -142,10 +160,11 @@ class _Crop:
 class Inpaint(WindowStage):
     """Fill text masks from neighbouring frames along DIS optical flow, the rest spatially."""
 
-    def __init__(self, radius: int = 8, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
+    def __init__(self, radius: int = 12, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
                  feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
                  flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",
-                 recurrent: float = 0.6, filler: str = "", window_size: int = 0):
+                 flow_height: int = 360, recurrent: float = 0.6, colour_match: bool = False, dense: int = 4,
+                 filler: str = "", window_size: int = 0):
         if not 1 <= radius <= 30:
             raise ValueError(f"radius must be between 1 and 30 frames, got {radius}")
         if not 0 <= feather <= 50:
@@ -156,11 +175,17 @@ class Inpaint(WindowStage):
             raise ValueError(f"recurrent must be in [0, 1), got {recurrent}")
         if not 64 <= flow_width <= 8192:
             raise ValueError(f"flow_width must be between 64 and 8192, got {flow_width}")
+        if not 64 <= flow_height <= 8192:
+            raise ValueError(f"flow_height must be between 64 and 8192, got {flow_height}")
         overlap = radius if propagate else 0
         super().__init__(window_size=window_size or max(2 * overlap + 8, 2 * overlap + 1), overlap=overlap)
         self.radius, self.method, self.propagate = radius, method, propagate
         self.feather, self.consistency, self.photometric = feather, consistency, photometric
-        self.flow_width, self.flow_preset, self.recurrent = flow_width, flow_preset, recurrent
+        self.flow_width, self.flow_height = flow_width, flow_height
+        self.flow_preset, self.recurrent, self.colour_match = flow_preset, recurrent, colour_match
+        if not 1 <= dense <= 30:
+            raise ValueError(f"dense must be between 1 and 30 frames, got {dense}")
+        self.dense = dense
         self._previous: tuple[int, np.ndarray] | None = None  # (seq, output) of the last filled frame
         self.filler_path = filler
         if filler:
@@ -170,6 +195,7 @@ class Inpaint(WindowStage):
         self._dis = None
         self._emitted = -1  # highest seq a window has emitted (filled) so far
         self._flows: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (seq_a, seq_b, crop) → (flow, consistent)
+        self._guards: dict[tuple, np.ndarray] = {}  # (seq, crop) → grown source mask
 
     def weight_files(self) -> list[str]:
         return [self.filler_path] if self.filler_path else []
@@ -189,6 +215,7 @@ class Inpaint(WindowStage):
         masks = [f.meta.get("text_mask") for f in frames]
         live = {f.seq for f in frames}
         self._flows = {k: v for k, v in self._flows.items() if k[0] in live and k[1] in live}
+        self._guards = {k: v for k, v in self._guards.items() if k[0] in live}
         # Fill only the frames this window emits (engine/stage.py): those not emitted by an
         # earlier window, and not the trailing context, which the next window emits — unless
         # this is the last window, which the runner always gives fewer than window_size frames.
@@ -197,7 +224,7 @@ class Inpaint(WindowStage):
         if all(m is None for m in masks):
             return images
         h, w = images[0].shape[:2]
-        crop = _Crop(masks, h, w, self.flow_width) if self.propagate else None
+        crop = _Crop(masks, h, w, self.flow_width, self.flow_height) if self.propagate else None
         out = []
         for i, (image, mask) in enumerate(zip(images, masks)):
             owned = frames[i].seq > emitted and i < last
@@ -211,7 +238,7 @@ class Inpaint(WindowStage):
               masks: list[np.ndarray | None], crop: _Crop | None) -> np.ndarray:
         image, mask = images[t], masks[t]
         if crop is None:  # spatial only: on the mask's own bounding box plus a margin
-            crop = _Crop([mask], *image.shape[:2], self.flow_width)
+            crop = _Crop([mask], *image.shape[:2], self.flow_width, self.flow_height)
         target = crop.cut(image)
         hole = crop.cut(mask) > 0
         filled = target.copy()
@@ -224,7 +251,7 @@ class Inpaint(WindowStage):
             if self.filler is not None:
                 filled = self.filler(filled, todo8)
             else:
-                filled = spatial_fill(filled, todo8, self.method)
+                filled = self._spatial(filled, todo8, crop)
             if self.propagate and self.recurrent:
                 self._follow_previous(t, frames, images, masks, crop, filled, todo)
         self.count("text_frames")
@@ -234,6 +261,19 @@ class Inpaint(WindowStage):
         result[crop.y0:crop.y1, crop.x0:crop.x1] = composite(target, filled, crop.cut(mask), self.feather)
         self._previous = (frames[t].seq, result)
         return result
+
+    def _spatial(self, filled: np.ndarray, todo8: np.ndarray, crop: _Crop) -> np.ndarray:
+        """`spatial_fill` at the flow's resolution (its cost grows with the hole's pixels × the
+        radius²; the fill is smooth, so a 720p crop filled at half size loses nothing visible):
+        a small pixel is unknown if any pixel under it is, and only `todo8`'s pixels change."""
+        if crop.scale == 1.0:
+            return spatial_fill(filled, todo8, self.method)
+        hole = (crop.small(todo8) > 0).astype(np.uint8) * 255
+        small = spatial_fill(crop.small(filled), hole, self.method, max(2, int(5 * crop.scale + 0.5)))
+        big = cv2.resize(small, (crop.w, crop.h), interpolation=cv2.INTER_LINEAR)
+        out = filled.copy()
+        out[todo8 > 0] = big[todo8 > 0]
+        return out
 
     def _follow_previous(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list,
                          crop: _Crop, filled: np.ndarray, todo: np.ndarray) -> None:
@@ -286,19 +326,29 @@ class Inpaint(WindowStage):
                    crop: _Crop, target: np.ndarray, hole: np.ndarray, filled: np.ndarray,
                    todo: np.ndarray) -> None:
         gx, gy = _grid(crop.fh, crop.fw)
-        fx, fy = _grid(crop.h, crop.w)
+        # Full-resolution work happens on this frame's own hole and the ring around it (the
+        # window's crop is the union over all its frames, and has the flow's margin)
+        bx, by, bw, bh = cv2.boundingRect(hole.astype(np.uint8))
+        sy0, sy1 = max(0, by - RING - 1), min(crop.h, by + bh + RING + 1)
+        sx0, sx1 = max(0, bx - RING - 1), min(crop.w, bx + bw + RING + 1)
+        sub = (slice(sy0, sy1), slice(sx0, sx1))
+        fx, fy = np.meshgrid(np.arange(sx0, sx1, dtype=np.float32), np.arange(sy0, sy1, dtype=np.float32))
+        # where the sub-crop's pixels sit in the flow-resolution crop (cv2.resize's pixel centres)
+        ux, uy = (fx + 0.5) * (crop.fw / crop.w) - 0.5, (fy + 0.5) * (crop.fh / crop.h) - 0.5
+        target, hole_full, hole = target[sub], hole, hole[sub]
         ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
         # box size that reaches the ring from anywhere inside the mask
         depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
         box = 2 * int(depth + RING) + 1
         chains = {}  # direction → (chained flow t→s, where every step is consistent), flow resolution
+        hole_small = crop.small(hole_full.astype(np.uint8), cv2.INTER_NEAREST) > 0
         total = np.zeros(target.shape, np.float32)  # weighted sum of the accepted source pixels
         weight = np.zeros(hole.shape, np.float32)
         for k in range(1, self.radius + 1):
             got = []
             for d in (-1, 1):
                 s = t + d * k
-                if not 0 <= s < len(frames):
+                if not 0 <= s < len(frames) or chains.get(d, ()) is None:
                     continue
                 step, step_ok = self._pair(frames, images, masks, crop, s - d, s)
                 if d not in chains:
@@ -308,35 +358,68 @@ class Inpaint(WindowStage):
                     mx, my = gx + chain[..., 0], gy + chain[..., 1]
                     chain = chain + cv2.remap(step, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                     ok = ok & cv2.remap(step_ok, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+                if not ok[hole_small].any():  # the chain only loses consistency further out
+                    chains[d] = None
+                    continue
                 chains[d] = (chain, ok)
-                flow = crop.full_flow(chain)
+                if k > self.dense and (k - self.dense) % 2:
+                    continue  # beyond `dense` frames every second source is enough (the chain goes on)
+                if crop.scale == 1.0:
+                    flow, ok_full = chain[sub], ok[sub]
+                else:  # upsampled for the sub-crop only
+                    flow = cv2.remap(chain, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / crop.scale
+                    ok_full = cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
                 mx, my = fx + flow[..., 0], fy + flow[..., 1]
                 warped = cv2.remap(crop.cut(images[s]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                inside = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1)
-                valid = inside & (crop.full_mask(ok) > 0)
+                valid = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1) & (ok_full > 0)
                 if masks[s] is not None:
-                    guard = cv2.dilate(crop.cut(masks[s]), np.ones((2 * SOURCE_GUARD + 1,) * 2, np.uint8))
-                    valid &= cv2.remap(guard, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                                       borderValue=255) == 0
-                valid &= self._photometric_ok(warped, target, ring & valid, box)
-                got.append((warped, valid & hole))
+                    valid &= cv2.remap(self._guard(frames[s].seq, masks[s], crop), mx, my, cv2.INTER_NEAREST,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=255) == 0
+                matches, offset = self._photometric(warped, target, ring & valid, box)
+                valid &= matches
+                got.append((warped if offset is None else warped + offset, valid & hole))
             if not got:
-                break
+                if all(chains.get(d, ()) is None for d in (-1, 1)):
+                    break
+                continue
             for warped, valid in got:  # nearer frames weigh more
-                total[valid] += warped[valid].astype(np.float32) / k
-                weight[valid] += 1 / k
+                w = valid.astype(np.float32) * (1 / k)
+                total += warped * w[..., None]
+                weight += w
         take = weight > 0
-        filled[take] = np.rint(total[take] / weight[take][:, None]).astype(filled.dtype)
-        todo &= ~take
+        top = np.iinfo(filled.dtype).max
+        filled[sub][take] = np.clip(np.rint(total[take] / weight[take][:, None]), 0, top).astype(filled.dtype)
+        todo[sub] &= ~take
 
-    def _photometric_ok(self, warped: np.ndarray, target: np.ndarray, ring: np.ndarray, box: int) -> np.ndarray:
-        """Where the local mean error of `warped` against `target` on the ring is under the threshold."""
+    def _guard(self, seq: int, mask: np.ndarray, crop: _Crop) -> np.ndarray:
+        """The source's mask grown by SOURCE_GUARD px (its own text's soft edge), cached."""
+        key = (seq, crop.key)
+        if key not in self._guards:
+            self._guards[key] = cv2.dilate(crop.cut(mask), np.ones((2 * SOURCE_GUARD + 1,) * 2, np.uint8))
+        return self._guards[key]
+
+    def _photometric(self, warped: np.ndarray, target: np.ndarray, ring: np.ndarray,
+                     box: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Where `warped` matches `target` on the ring around the mask: the local mean error there
+        is under `photometric`. With `colour_match`, also the local mean colour offset target −
+        warped on the ring (per channel, spread over the mask like the error): a source taken a
+        few frames away differs by exposure and shading, which would show as a seam at the mask's
+        edge (a membrane correction; cheap kin of Poisson blending). The error is then measured
+        after that offset."""
         scale = 257.0 if target.dtype == np.uint16 else 1.0
-        diff = np.abs(warped.astype(np.float32) - target.astype(np.float32)).mean(axis=2) / scale
         ring32 = ring.astype(np.float32)
-        num = cv2.boxFilter(diff * ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)
         den = cv2.boxFilter(ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)
-        return (den > 0.5) & (num < self.photometric * np.maximum(den, 1e-6))
+        if self.colour_match:
+            diff = target.astype(np.float32) - warped.astype(np.float32)
+            offset = cv2.boxFilter(diff * ring32[..., None], -1, (box, box), normalize=False,
+                                   borderType=cv2.BORDER_CONSTANT) / np.maximum(den, 1e-6)[..., None]
+            error = cv2.transform(np.abs(diff - offset), np.full((1, 3), 1 / (3 * scale), np.float32))
+        else:
+            offset = None
+            error = cv2.transform(cv2.absdiff(warped, target).astype(np.float32),
+                                  np.full((1, 3), 1 / (3 * scale), np.float32))
+        num = cv2.boxFilter(error * ring32, -1, (box, box), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        return (den > 0.5) & (num < self.photometric * np.maximum(den, 1e-6)), offset
 
     def describe(self) -> dict[str, Any]:
         return {"radius": self.radius if self.propagate else 0, "method": self.method,

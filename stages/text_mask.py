@@ -30,6 +30,7 @@ from engine.frame import Frame
 from engine.registry import register_stage
 from engine.stage import WindowStage
 from stages.dedup import luma
+from stages.inpaint import bounds
 
 THUMB = (32, 18)
 
@@ -93,12 +94,19 @@ def glyph_mask(gray: np.ndarray, boxes: np.ndarray, dilate: int, box_contrast: f
 
 def _sweep(a: np.ndarray, before: int, after: int, everywhere: bool) -> np.ndarray:
     """Per pixel over frames [t-before, t+after] of a T×… bool stack: all of them when
-    `everywhere` (erosion), else any (dilation); the end frames repeat beyond the ends."""
-    padded = np.concatenate([np.repeat(a[:1], before, axis=0), a, np.repeat(a[-1:], after, axis=0)])
-    counts = np.concatenate([np.zeros((1,) + a.shape[1:], np.int32), padded.astype(np.int32).cumsum(axis=0)])
-    span = before + after + 1
-    inside = counts[span:span + len(a)] - counts[:len(a)]
-    return inside == span if everywhere else inside > 0
+    `everywhere` (erosion), else any (dilation); the end frames repeat beyond the ends.
+
+    One OpenCV erosion/dilation of the stack seen as a T × pixels image, with a
+    (before+after+1)×1 kernel anchored `before` rows down (SIMD; a NumPy running sum over
+    the same stack cost 4× more)."""
+    flat = np.ascontiguousarray(a.reshape(len(a), -1), dtype=np.uint8)
+    kernel = np.ones((before + after + 1, 1), np.uint8)
+    op = cv2.erode if everywhere else cv2.dilate
+    out = np.empty_like(flat)
+    step = 1 << 15  # columns per call: OpenCV images are limited to 2^31 bytes and short rows are cache-friendly
+    for c in range(0, flat.shape[1], step):
+        out[:, c:c + step] = op(flat[:, c:c + step], kernel, anchor=(0, before), borderType=cv2.BORDER_REPLICATE)
+    return out.reshape(a.shape).astype(bool)
 
 
 def run_filter(stack: np.ndarray, hold: int, min_duration: int) -> np.ndarray:
@@ -213,9 +221,7 @@ class TextMask(WindowStage):
             parts = [masks[d] for d in (before, after) if d is not None and masks[d] is not None]
             raw.append(np.maximum.reduce(parts) if len(parts) > 1 else parts[0] if parts else None)
         # the temporal filter runs on the rows and columns any mask touches
-        union = np.maximum.reduce([m for m in raw if m is not None])
-        ys, xs = np.nonzero(union)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        y0, y1, x0, x1 = bounds(raw)
         stack = np.stack([m[y0:y1, x0:x1] > 0 if m is not None else np.zeros((y1 - y0, x1 - x0), bool)
                           for m in raw])
         steady = run_filter(stack, self.hold, self.min_duration)

@@ -88,7 +88,8 @@ def test_preset_expands_and_refuses_options():
     assert [s.name for s in parse_pipeline("caption-remove")] == ["text-detect", "text-mask", "inpaint"]
     assert [s.name for s in parse_pipeline("dedup,caption-preview")] == [
         "dedup", "text-detect", "text-mask", "mask-preview"]
-    with pytest.raises(UserError, match="takes no options.*text-detect,text-mask,inpaint"):
+    assert [s.workers for s in parse_pipeline("caption-remove")] == [2, 1, 1]  # the detector runs twice over
+    with pytest.raises(UserError, match="takes no options.*text-detect:workers=2,text-mask,inpaint"):
         parse_pipeline("caption-remove:every=3")
     with pytest.raises(UserError, match="caption-remove"):
         parse_pipeline("caption-removal")  # the unknown-name message lists presets too
@@ -456,3 +457,98 @@ def test_caption_remove_cli_end_to_end(captioned, tmp_path):
         changed += inside.any() and not np.array_equal(a[inside], b[inside])
     assert not any(m.any() for _, m in mask_frames[:2])  # no caption there, no mask
     assert changed >= 18  # the caption frames were filled
+
+
+# ---- crop-limited work (speed) ------------------------------------------------------------
+
+def test_inpaint_work_is_limited_to_the_crop_around_the_masks():
+    """What lies beyond the masks' bounding box + margin changes nothing: the same stream inside
+    a bigger frame (other content above and to the right) gives the same pixels."""
+    frames, _ = masked_stream(12, height=120, width=240)
+    for f in frames:  # masks away from the edges, so the crop's margin fits inside the small frame
+        f.meta["text_mask"] = np.roll(f.meta["text_mask"], (-30, 0), axis=(0, 1))
+    small = run(frames, "inpaint:radius=3:flow_height=4096")
+    rng = np.random.default_rng(1)
+    big_frames = []
+    for f in frames:
+        image = rng.integers(0, 255, (200, 330, 3), np.uint8)
+        image[50:170, 10:250] = f.data
+        mask = np.zeros((200, 330), np.uint8)
+        mask[50:170, 10:250] = f.meta["text_mask"]
+        big_frames.append(Frame.from_array(f.seq, f.pts, TB, image, {"text_mask": mask}))
+    before = [f.data.copy() for f in big_frames]
+    big = run(big_frames, "inpaint:radius=3:flow_height=4096")
+    for s, b, original in zip(small, big, before):
+        assert np.array_equal(b.data[50:170, 10:250], s.data)
+        outside = np.ones((200, 330), bool)
+        outside[50:170, 10:250] = False
+        assert np.array_equal(b.data[outside], original[outside])
+
+
+def test_frames_without_masks_pass_through_and_cost_no_flow(monkeypatch):
+    frames, _ = masked_stream(40)
+    for f in frames:
+        if not 14 <= f.seq <= 18:
+            del f.meta["text_mask"]
+    before = [f.data.copy() for f in frames]
+    pairs = []
+    original_pair = Inpaint._pair
+
+    def recording(self, frames, images, masks, crop, a, b):
+        pairs.append((frames[a].seq, frames[b].seq))
+        return original_pair(self, frames, images, masks, crop, a, b)
+
+    monkeypatch.setattr(Inpaint, "_pair", recording)
+    out = run(frames, "inpaint:radius=3")
+    for f, original in zip(out, before):
+        if 14 <= f.seq <= 18:
+            assert not np.array_equal(f.data, original)
+        else:
+            assert np.array_equal(f.data, original), f.seq
+    assert pairs and all(11 <= a <= 21 and 11 <= b <= 21 for a, b in pairs)  # within radius of a mask
+
+
+def test_flow_and_spatial_fill_at_reduced_scale_change_only_the_mask():
+    frames, clean = masked_stream(14)
+    before = [f.data.copy() for f in frames]
+
+    def error(out):
+        return np.mean([np.abs(f.data[f.meta["text_mask"] > 0].astype(int) - c[f.meta["text_mask"] > 0]).mean()
+                        for f, c in zip(out, clean)])
+
+    full = run(frames, "inpaint:radius=3:photometric=12")
+    out = run(frames, "inpaint:radius=3:flow_height=64:photometric=12")  # 72 px frames: flow at 0.89
+    for f, original in zip(out, before):
+        mask = f.meta["text_mask"] > 0
+        assert np.array_equal(f.data[~mask], original[~mask])
+    assert error(out) < 1.3 * error(full), (error(out), error(full))
+    assert error(out) < error([Frame.from_array(i, i, TB, b, f.meta) for i, (b, f) in enumerate(zip(before, frames))]) / 1.5
+
+
+def test_run_filter_matches_a_per_pixel_reference():
+    def reference(column: np.ndarray, hold: int, min_duration: int) -> np.ndarray:
+        x = list(column)
+        n = len(x)
+        pad = hold + min_duration
+        ext = [x[0]] * pad + x + [x[-1]] * pad
+
+        def sweep(a, before, after, everywhere):
+            get = lambda i: a[min(max(i, 0), len(a) - 1)]  # noqa: E731
+            vals = [[get(j) for j in range(i - before, i + after + 1)] for i in range(len(a))]
+            return [all(v) if everywhere else any(v) for v in vals]
+
+        if hold:
+            b, a = hold // 2, hold - hold // 2
+            ext = sweep(sweep(ext, b, a, False), a, b, True)
+        if min_duration > 1:
+            b, a = (min_duration - 1) // 2, min_duration - 1 - (min_duration - 1) // 2
+            ext = sweep(sweep(ext, b, a, True), a, b, False)
+        return np.array(ext[pad:pad + n])
+
+    rng = np.random.default_rng(3)
+    stack = rng.random((37, 3, 5)) > 0.55
+    for hold, min_duration in ((6, 4), (0, 3), (3, 1), (1, 7)):
+        got = run_filter(stack, hold, min_duration)
+        for y in range(3):
+            for x in range(5):
+                assert np.array_equal(got[:, y, x], reference(stack[:, y, x], hold, min_duration))
