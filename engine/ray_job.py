@@ -192,6 +192,7 @@ class _Input:
     held: dict[int, tuple[dict, str]] = field(default_factory=dict)  # finished, not yet checked
     hits: int = 0      # speculated context starts found right
     misses: int = 0    # ... found wrong: the segment ran again
+    prescan_s: float = 0.0  # wall time of the pre-scans of checked segments, hits and misses
     workers: dict[int, dict] = field(default_factory=dict)  # who ran each segment (last attempt)
     frames_done: int = 0
     report: dict | None = None
@@ -357,6 +358,8 @@ class RayDriver:
             if seg.index not in inp.held:
                 return
             outcome, path = inp.held.pop(seg.index)
+            if outcome.get("result") is not None:
+                inp.prescan_s += outcome["result"].prescan_s
             if outcome.get("speculated"):
                 if outcome.get("decode_start") != job.task(seg).decode_start:
                     inp.misses += 1
@@ -394,7 +397,8 @@ class RayDriver:
                 "cpus_per_segment": self.cpus, "gpus_per_segment": self.gpus,
                 "sequential": inp.job.context.sequential and not inp.job.context.speculative,
                 "speculation": {"frames": inp.job.context.speculation_frames if inp.job.context.speculative
-                                else 0, "hits": inp.hits, "misses": inp.misses},
+                                else 0, "hits": inp.hits, "misses": inp.misses,
+                                "prescan_s": round(inp.prescan_s, 3)},
                 "workers": {str(i): w for i, w in sorted(inp.workers.items())},
                 "attempts": {str(s.index): attempts.get(inp.key(s), 0) for s in inp.job.plan.segments
                              if s.index in inp.results}}}

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -177,6 +178,7 @@ class SegmentResult:
     state_sha256: str = ""   # of `state_out`, when the pipeline carries state
     decode_start: int = 0    # the context start the run used (speculated or given)
     speculated: bool = False  # decode_start was guessed by a pre-scan: the driver checks it
+    prescan_s: float = 0.0   # the pre-scan's wall time (the cost of speculating)
 
 
 class TrimmingSink:
@@ -279,7 +281,9 @@ class SegmentRun:
 
     def __init__(self, task: SegmentTask):
         self.speculated = task.decode_start is None
+        started = time.perf_counter()
         self.decode_start = speculative_start(task) if self.speculated else task.decode_start
+        self.prescan_s = time.perf_counter() - started if self.speculated else 0.0
         self.task = task
         seg = task.segment
         self.source = RangeSource(task.input, task.table.frame_range(self.decode_start, task.decode_stop))
@@ -309,7 +313,7 @@ class SegmentRun:
         return SegmentResult(seg.index, seg.frames, size, digest,
                              list(self.sink.tail_unique) if self.task.keep_unique else [],
                              result.frames_in, result.elapsed_s, state_digest, self.decode_start,
-                             self.speculated)
+                             self.speculated, self.prescan_s)
 
 
 def save_states(path: str, states: dict[int, dict[str, np.ndarray]]) -> str:
