@@ -222,6 +222,7 @@ class RayDriver:
         self.gpus = max(gpus_per_segment(job.specs, options, max((n.get("GPU", 0) for n in nodes), default=0))
                         for job in jobs)
         self._check_fits(nodes)
+        self.slots = self._count_slots(nodes)
         self.in_flight: dict[object, tuple[_Input, Segment, str]] = {}  # ref → input, segment, file
         self.live: dict[str, WorkerSnapshot] = {}   # replaced whole: the reporter thread reads it
         self.started = time.perf_counter()
@@ -229,6 +230,14 @@ class RayDriver:
         self._nodes_checked = time.monotonic()
         self._no_node_since: float | None = None
         self.frames_total = sum(s.frames for inp in self.inputs for s in inp.todo)
+
+    def _count_slots(self, nodes: list[dict]) -> int:
+        """How many segments the cluster's nodes run at once (their CPUs and GPUs)."""
+        total = 0
+        for n in nodes:
+            fits = [int(n.get(name, 0) // need) for name, need in (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0]
+            total += min(fits) if fits else 0
+        return max(1, total)
 
     def _check_fits(self, nodes: list[dict]) -> None:
         """A task that no node can hold would wait forever: refuse it."""
@@ -286,9 +295,11 @@ class RayDriver:
         if now - self._nodes_checked < NODE_CHECK_S:
             return
         self._nodes_checked = now
+        nodes = self.ray.nodes()
         fits = any(n.get("Alive") and all(n["Resources"].get(name, 0) >= need for name, need
                                            in (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0)
-                   for n in self.ray.nodes())
+                   for n in nodes)
+        self.slots = self._count_slots([n["Resources"] for n in nodes if n.get("Alive")])
         if fits:
             self._no_node_since = None
         elif self._no_node_since is None:
@@ -324,6 +335,9 @@ class RayDriver:
             context = inp.job.context
             chain = context.sequential and not context.speculative  # carried state: one at a time
             while inp.todo and not (chain and inp.running):
+                if context.speculative and len(self.in_flight) >= self.slots:
+                    break  # held back, not queued in Ray: a rerun after a miss goes first, and a
+                    # segment whose predecessor is recorded by then needs no guess
                 seg = inp.todo.popleft()
                 # guess only what is not known: segment 0, or one whose predecessor is recorded, is not
                 speculate = context.speculative and seg.index > 0 \
