@@ -11,9 +11,14 @@ output is the one `--resume` gives with the same plan, whichever task finished f
 
 - Resources: a task reserves `cpus` CPUs and, when a model stage runs on CUDA, one GPU
   (`gpus`), so each GPU runs one segment at a time; Ray sets CUDA_VISIBLE_DEVICES for it.
-- Order where it matters: when a segment depends on the run of the one before
-  (`PipelineContext.sequential`: dedup's anchors, a stage that carries state), that input's
-  segments run as a chain, one after another; chains of different inputs run side by side.
+- Order where it matters: a segment whose context comes from the run of the one before
+  (dedup's anchors) is still submitted at once, speculatively: its worker guesses the context
+  start from a short pre-scan (engine/segment_job.py, `speculative_start`). The driver checks
+  each guess in plan order, once the segment before is accepted: a hit is recorded, a miss
+  is deleted and run again with the true context. Only accepted segments are recorded, each
+  after the one before, so the manifest never holds a guess. A stage that carries state
+  cannot be guessed: those segments run as a chain, one after another; chains of different
+  inputs run side by side.
 - Faults: a worker process or a node that dies costs its segments in flight, which Ray runs
   again elsewhere (`max_retries`); a restarted driver reuses every recorded segment.
 - Failures are values: a segment that fails (bad input, a stage error) returns its message,
@@ -184,6 +189,10 @@ class _Input:
     table_ref: object = None
     running: int = 0
     results: dict[int, SegmentResult] = field(default_factory=dict)
+    held: dict[int, tuple[dict, str]] = field(default_factory=dict)  # finished, not yet checked
+    hits: int = 0      # speculated context starts found right
+    misses: int = 0    # ... found wrong: the segment ran again
+    prescan_s: float = 0.0  # wall time of the pre-scans of checked segments, hits and misses
     workers: dict[int, dict] = field(default_factory=dict)  # who ran each segment (last attempt)
     frames_done: int = 0
     report: dict | None = None
@@ -213,6 +222,7 @@ class RayDriver:
         self.gpus = max(gpus_per_segment(job.specs, options, max((n.get("GPU", 0) for n in nodes), default=0))
                         for job in jobs)
         self._check_fits(nodes)
+        self.slots = self._count_slots(nodes)
         self.in_flight: dict[object, tuple[_Input, Segment, str]] = {}  # ref → input, segment, file
         self.live: dict[str, WorkerSnapshot] = {}   # replaced whole: the reporter thread reads it
         self.started = time.perf_counter()
@@ -220,6 +230,14 @@ class RayDriver:
         self._nodes_checked = time.monotonic()
         self._no_node_since: float | None = None
         self.frames_total = sum(s.frames for inp in self.inputs for s in inp.todo)
+
+    def _count_slots(self, nodes: list[dict]) -> int:
+        """How many segments the cluster's nodes run at once (their CPUs and GPUs)."""
+        total = 0
+        for n in nodes:
+            fits = [int(n.get(name, 0) // need) for name, need in (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0]
+            total += min(fits) if fits else 0
+        return max(1, total)
 
     def _check_fits(self, nodes: list[dict]) -> None:
         """A task that no node can hold would wait forever: refuse it."""
@@ -267,6 +285,8 @@ class RayDriver:
             for ref in self.in_flight:  # a failure: stop the other segments (their partials are strays)
                 ray.cancel(ref, force=True)
             reporter.stop(self.snapshot() if ok else None)
+        if not quiet:
+            reporter_note(reporter, [n for inp in self.inputs for n in self._speculation_notes(inp)])
         return [inp.report for inp in self.inputs]
 
     def _check_nodes(self) -> None:
@@ -275,9 +295,11 @@ class RayDriver:
         if now - self._nodes_checked < NODE_CHECK_S:
             return
         self._nodes_checked = now
+        nodes = self.ray.nodes()
         fits = any(n.get("Alive") and all(n["Resources"].get(name, 0) >= need for name, need
                                            in (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0)
-                   for n in self.ray.nodes())
+                   for n in nodes)
+        self.slots = self._count_slots([n["Resources"] for n in nodes if n.get("Alive")])
         if fits:
             self._no_node_since = None
         elif self._no_node_since is None:
@@ -293,16 +315,34 @@ class RayDriver:
             job = inp.job
             prefix = f"{inp.name}: " if len(self.inputs) > 1 else ""
             notes += [prefix + line for line in (job.sink_note, *job.notes)]
-            if job.context.sequential and len(inp.todo) > 1:
-                why = "carried state" if job.context.stateful else "dedup's context"
-                notes.append(f"{prefix}segments run in order, one at a time ({why} comes from the segment before)")
+            if job.context.speculative and len(inp.todo) > 1:
+                notes.append(f"{prefix}segments run side by side: each guesses dedup's context from the "
+                             f"{job.context.speculation_frames} frames before it; guesses are checked in plan order")
+            elif job.context.sequential and len(inp.todo) > 1:
+                notes.append(f"{prefix}segments run in order, one at a time (carried state comes from the "
+                             f"segment before)")
         return notes
+
+    def _speculation_notes(self, inp: _Input) -> list[str]:
+        if not inp.hits + inp.misses:
+            return []
+        prefix = f"{inp.name}: " if len(self.inputs) > 1 else ""
+        return [f"{prefix}speculation: {inp.hits} of {inp.hits + inp.misses} guessed contexts right, "
+                f"{inp.misses} segment(s) run again"]
 
     def _submit_ready(self) -> None:
         for inp in self.inputs:
-            while inp.todo and not (inp.job.context.sequential and inp.running):
+            context = inp.job.context
+            chain = context.sequential and not context.speculative  # carried state: one at a time
+            while inp.todo and not (chain and inp.running):
+                if context.speculative and len(self.in_flight) >= self.slots:
+                    break  # held back, not queued in Ray: a rerun after a miss goes first, and a
+                    # segment whose predecessor is recorded by then needs no guess
                 seg = inp.todo.popleft()
-                task = dataclasses.replace(inp.job.task(seg), table=None)  # the table travels once
+                # guess only what is not known: segment 0, or one whose predecessor is recorded, is not
+                speculate = context.speculative and seg.index > 0 \
+                    and seg.index - 1 not in inp.job.manifest.segments
+                task = dataclasses.replace(inp.job.task(seg, speculate), table=None)  # the table travels once
                 ref = self.remote.remote(task, inp.table_ref, self.board, inp.key(seg),
                                          f"{inp.name} #{seg.index}", versions())
                 self.in_flight[ref] = (inp, seg, task.output)
@@ -316,6 +356,34 @@ class RayDriver:
         except self.ray.exceptions.RayError as exc:  # retries spent: workers or nodes kept dying
             raise EngineError(f"{inp.name} segment {seg.index}: Ray gave up after "
                               f"{self.options.max_retries} retries: {type(exc).__name__}") from None
+        if not inp.job.context.ordered:
+            self._accept(inp, seg, outcome, path)
+            return
+        inp.held[seg.index] = (outcome, path)  # even a failure: with a wrong guess it may not be real
+        self._check_in_order(inp)
+
+    def _check_in_order(self, inp: _Input) -> None:
+        """Accept held results in plan order while the next one's context start is the true one
+        (c_true from the accepted segment before); a wrong guess is deleted and run again."""
+        job = inp.job
+        for seg in job.plan.segments:
+            if seg.index in job.manifest.segments:
+                continue
+            if seg.index not in inp.held:
+                return
+            outcome, path = inp.held.pop(seg.index)
+            if outcome.get("result") is not None:
+                inp.prescan_s += outcome["result"].prescan_s
+            if outcome.get("speculated"):
+                if outcome.get("decode_start") != job.task(seg).decode_start:
+                    inp.misses += 1
+                    _remove(path)
+                    inp.todo.appendleft(seg)  # its predecessor is recorded: it runs with the true context
+                    return
+                inp.hits += 1
+            self._accept(inp, seg, outcome, path)
+
+    def _accept(self, inp: _Input, seg: Segment, outcome: dict, path: str) -> None:
         if outcome.get("error"):
             raise SegmentFailed(outcome["error"], outcome["exit_code"])
         result: SegmentResult = outcome["result"]
@@ -324,12 +392,13 @@ class RayDriver:
                             f"intact: the work directory must be on a filesystem every node shares")
         inp.job.record(seg, result)  # the one writer of the manifest
         inp.results[seg.index] = result
-        inp.workers[seg.index] = {k: outcome[k] for k in ("worker", "node", "gpu_ids", "cpu_s")}
+        inp.workers[seg.index] = {k: outcome[k] for k in ("worker", "node", "gpu_ids", "cpu_s", "began", "ended",
+                                                          "decode_start", "speculated")}
         inp.frames_done += seg.frames
 
     def _join_complete(self) -> None:
         for inp in self.inputs:
-            if inp.report is not None or inp.todo or inp.running:
+            if inp.report is not None or inp.todo or inp.running or inp.held:
                 continue
             started = time.perf_counter()
             inp.job.join()
@@ -340,10 +409,14 @@ class RayDriver:
                 "where": self.where, "startup_s": round(self.startup_s, 3), "plan_s": round(self.plan_s, 3),
                 "join_s": round(join_s, 3),
                 "cpus_per_segment": self.cpus, "gpus_per_segment": self.gpus,
-                "sequential": inp.job.context.sequential,
+                "sequential": inp.job.context.sequential and not inp.job.context.speculative,
+                "speculation": {"frames": inp.job.context.speculation_frames if inp.job.context.speculative
+                                else 0, "hits": inp.hits, "misses": inp.misses,
+                                "prescan_s": round(inp.prescan_s, 3)},
                 "workers": {str(i): w for i, w in sorted(inp.workers.items())},
                 "attempts": {str(s.index): attempts.get(inp.key(s), 0) for s in inp.job.plan.segments
                              if s.index in inp.results}}}
+            inp.job.notes.extend(self._speculation_notes(inp))
             inp.report = inp.job.finish(inp.results, self.started, inp.frames_done, join_s, extra)
 
     # ---- progress -------------------------------------------------------------------------
@@ -372,7 +445,7 @@ class RayDriver:
         live = list(self.live.values())
         done = sum(len(inp.results) for inp in self.inputs)
         reused = sum(len(inp.job.reused) for inp in self.inputs)
-        pending = sum(len(inp.todo) + inp.running for inp in self.inputs)
+        pending = sum(len(inp.todo) + inp.running + len(inp.held) for inp in self.inputs)
         running = sum(inp.running for inp in self.inputs)
         frames = sum(inp.frames_done for inp in self.inputs) + sum(w.frames for w in live)
         return RunSnapshot(elapsed_s=time.perf_counter() - self.started, frames_done=frames,
@@ -404,7 +477,8 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
 
     context = ray.get_runtime_context()
     name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
-    where = {"worker": name, "node": context.get_node_id()[:12], "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+    where = {"worker": name, "node": context.get_node_id()[:12], "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+             "began": time.time()}  # wall clock: when segments ran side by side, across nodes
     try:  # acknowledged: a worker killed right after still counts as an attempt
         ray.get(board.started.remote(key, WorkerSnapshot(name, label, 0, 0.0)), timeout=10)
     except ray.exceptions.RayError:  # includes GetTimeoutError: progress never holds up work
@@ -413,10 +487,12 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
     if mine != expected:  # x264's bytes, the manifest key: every node must run the same build
         return {"error": f"{name} runs {mine}, the driver {expected}: install the same engine, "
                          f"PyAV and FFmpeg on every node", "exit_code": 2, **where}
+    where.update(speculated=task.decode_start is None, decode_start=task.decode_start)
     try:
-        run = SegmentRun(dataclasses.replace(task, table=table))
+        run = SegmentRun(dataclasses.replace(task, table=table))  # a speculative one pre-scans here
     except BaseException as exc:  # noqa: BLE001 - reported to the driver, which fails the job
         return {**_failure(exc), **where}
+    where["decode_start"] = run.decode_start
     stop = threading.Event()
     started = time.perf_counter()
 
@@ -440,7 +516,14 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
     finally:
         stop.set()
         reporter.join()
-    return {"result": result, **where, "cpu_s": round(time.process_time() - cpu, 3)}
+    return {"result": result, **where, "cpu_s": round(time.process_time() - cpu, 3), "ended": time.time()}
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:  # a failed run leaves no file
+        pass
 
 
 def _failure(exc: BaseException) -> dict:

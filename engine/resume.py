@@ -192,11 +192,15 @@ class SegmentedJob:
     # The three steps a driver needs, here run in order on this machine; a distributed driver
     # (issue: Ray) runs `task`s elsewhere and calls `record` and `join` here.
 
-    def task(self, seg: Segment) -> SegmentTask:
+    def task(self, seg: Segment, speculate: bool = False) -> SegmentTask:
         """The description of segment `seg`'s run. With dedup or a stage that carries state
         (`context.sequential`), the segment before must be recorded first: its last unique
-        frames are this one's context, its end state this one's start."""
+        frames are this one's context, its end state this one's start. `speculate` (dedup
+        only, `context.speculative`): the worker guesses the context start instead, and
+        whoever records the result checks it first (engine/segment_job.py)."""
         previous = self.manifest.segments.get(seg.index - 1)
+        if speculate and not self.context.speculative:
+            raise ValueError(f"segment {seg.index}: this pipeline's context cannot be speculated")
         ext = os.path.splitext(self.config.output)[1].lower()
         state_in = state_out = None
         if self.context.stateful:
@@ -206,12 +210,13 @@ class SegmentedJob:
             state_out = os.path.join(self.work_dir, state_name(seg.index))
         return SegmentTask(
             input=self.config.input, segment=seg,
-            decode_start=self.context.context_start(seg, previous.tail_unique if previous else None),
+            decode_start=None if speculate else
+            self.context.context_start(seg, previous.tail_unique if previous else None),
             decode_stop=self.context.context_stop(seg, len(self.table)),
             table=self.table, specs=self.specs, encoder=self.encoder,
             output=os.path.join(self.work_dir, segment_name(seg.index, ext)),
             keep_unique=self.context.keep_unique, runner=self.config.runner,
-            state_in=state_in, state_out=state_out)
+            state_in=state_in, state_out=state_out, context=self.context)
 
     def record(self, seg: Segment, result: SegmentResult) -> None:
         """Note a finished segment in the manifest (atomically): from now on it is reused."""

@@ -22,6 +22,24 @@ The context rule, in one place (`context_start`, `context_stop`):
   - R = O × (1 + dup_run): duplicate runs are at most dup_run long, so R frames after e
     hold at least O unique ones.
   Frames outside [s, e) are processed for context and dropped before the encoder.
+- Speculative context (`--ray`: segments with dedup side by side). A segment whose c is not
+  known yet (the one before has not run) guesses it: a pre-scan decodes [max(0, s − L), s)
+  through the stages up to the last duplicate-marking one only (non-window stages: dedup
+  comes first), dedup starting fresh at s − L, and records which frames are unique, no
+  pixels. Its last U unique frames before s give c_spec by the same rule; the segment then
+  runs exactly as above with decode_start = c_spec, and its `SegmentResult` says which c it
+  used. L = SPECULATE_RUNS × U × (1 + dup_run): [s − L, s) holds at least SPECULATE_RUNS × U
+  unique frames of the whole-video run, so a fresh chain that starts out of phase (a hold
+  longer than dup_run) has that many changes to fall back into step before the U frames
+  that decide c. If s − L <= 0 the pre-scan is the whole-video run itself: c_spec is c.
+  Why a check of c alone suffices: the driver, once segment k − 1's accepted result is known,
+  computes c_true = context_start(seg_k, tail_{k−1}) and accepts k iff c_true == c_spec
+  (else deletes k's file and runs k again with c_true). c_true is unique in the whole-video
+  run, so a fresh dedup from c_spec = c_true makes the whole-video decisions (the dedup rule
+  above), and the decode starts at the frame the sequential rule starts at: same frames,
+  same decisions, same windows, same bytes. Only accepted segments are recorded, in plan
+  order, so a restarted driver reuses exactly what is proven. A guess is never trusted:
+  a wrong one costs a rerun of that segment, never a wrong frame.
 - dedup after a window stage would compare processed pixels that lack context at c: refused.
 - A stage that `carries_state` (a recurrent model's previous output) depends on every frame
   before, which no context rebuilds. Its segments run in order, each starting from the state
@@ -35,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -52,6 +71,10 @@ from engine.runner import Pipeline, RunnerOptions
 from engine.segments import FrameTable, Segment
 from engine.sink import VideoSink
 from engine.stage import WindowStage
+
+#: Unique frames (in units of U) a speculative pre-scan covers before a segment (see the
+#: module docstring): L = SPECULATE_RUNS × U × (1 + dup_run) frames.
+SPECULATE_RUNS = 4
 from engine.streamcopy import CopyPlan
 
 
@@ -62,13 +85,16 @@ class PipelineContext:
     overlap: int    # unique frames of context each side (sum of window stages' overlaps)
     dup_run: int    # longest duplicate run (dedup's max_run); 0 without dedup
     stateful: tuple[int, ...] = ()  # pipeline indices of the stages that carry state
+    marking: int = 0  # stages up to and including the last duplicate-marking one (pre-scan)
 
     @classmethod
     def of(cls, specs: list[StageSpec]) -> PipelineContext:
-        overlap = dup_run = 0
+        overlap = dup_run = marking = 0
         stateful = []
         for index, spec in enumerate(specs):
             stage = spec.build()  # constructors are cheap and validate
+            if stage.dup_run:
+                marking = index + 1
             if stage.dup_run and overlap:
                 raise UserError(f"--resume cannot cut a pipeline where '{spec.name}' (duplicate "
                                 f"marking) follows a window stage; put it first")
@@ -81,7 +107,7 @@ class PipelineContext:
             name = specs[stateful[0]].name
             raise UserError(f"--resume cannot cut a pipeline where '{name}' (state carried from frame "
                             f"to frame) runs beside window stages with overlap; run it without --resume")
-        return cls(overlap, dup_run, tuple(stateful))
+        return cls(overlap, dup_run, tuple(stateful), marking)
 
     @property
     def ordered(self) -> bool:
@@ -94,8 +120,18 @@ class PipelineContext:
         return self.ordered or bool(self.stateful)
 
     @property
+    def speculative(self) -> bool:
+        """Whether a segment's context can be guessed and checked (dedup without carried state)."""
+        return self.ordered and not self.stateful
+
+    @property
     def keep_unique(self) -> int:
         return self.overlap + 1 if self.ordered else 0
+
+    @property
+    def speculation_frames(self) -> int:
+        """L: frames a speculative pre-scan decodes before a segment's start."""
+        return SPECULATE_RUNS * self.keep_unique * (1 + self.dup_run)
 
     def context_start(self, segment: Segment, previous_tail: list[int] | None) -> int:
         if not self.ordered:
@@ -117,7 +153,7 @@ class SegmentTask:
 
     input: str
     segment: Segment
-    decode_start: int       # first frame decoded (<= segment.start): context
+    decode_start: int | None  # first frame decoded (<= segment.start): context; None: speculate
     decode_stop: int        # one past the last frame decoded (>= segment.end)
     table: FrameTable
     specs: list[StageSpec]
@@ -127,6 +163,7 @@ class SegmentTask:
     runner: RunnerOptions = field(default_factory=RunnerOptions)
     state_in: str | None = None   # the carried state the segment before ended with (npz)
     state_out: str | None = None  # where this segment's end state goes (stateful pipelines)
+    context: PipelineContext | None = None  # with decode_start None: how to guess it
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,9 @@ class SegmentResult:
     decoded: int             # frames decoded, context included
     elapsed_s: float
     state_sha256: str = ""   # of `state_out`, when the pipeline carries state
+    decode_start: int = 0    # the context start the run used (speculated or given)
+    speculated: bool = False  # decode_start was guessed by a pre-scan: the driver checks it
+    prescan_s: float = 0.0   # the pre-scan's wall time (the cost of speculating)
 
 
 class TrimmingSink:
@@ -192,13 +232,61 @@ def file_digest(path: str) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+class UniqueRecorder:
+    """The pre-scan's sink: keeps the seqs of the last unique frames; no pixels, no file."""
+
+    name = "uniques"
+
+    def __init__(self, keep: int):
+        self.tail_unique: deque[int] = deque(maxlen=max(keep, 1))
+
+    def write(self, frame: Frame) -> None:
+        if frame.meta.get("dup_of") is None:
+            self.tail_unique.append(frame.seq)
+        crash_point("speculate-frame")
+
+    def finish(self, frames: int) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    notes: list[str] = []
+
+
+def speculative_start(task: SegmentTask) -> int:
+    """c_spec: the context start guessed from a pre-scan of [max(0, s − L), s) with a fresh
+    dedup (see the module docstring). The caller's driver checks it against the true one."""
+    context, seg = task.context, task.segment
+    if context is None or not context.speculative:
+        raise ValueError(f"segment {seg.index}: no context start, and the pipeline's cannot be guessed")
+    if seg.start == 0:
+        return 0
+    first = max(0, seg.start - context.speculation_frames)
+    source = RangeSource(task.input, task.table.frame_range(first, seg.start))
+    try:
+        recorder = UniqueRecorder(context.keep_unique)
+        Pipeline(source, task.specs[:context.marking], recorder, task.runner).run()
+    finally:
+        source.close()
+    return context.context_start(seg, list(recorder.tail_unique))
+
+
 class SegmentRun:
-    """Runs one `SegmentTask` with the ordinary one-machine runner. One instance, one run."""
+    """Runs one `SegmentTask` with the ordinary one-machine runner. One instance, one run.
+    A task without a context start first guesses it (`speculative_start`)."""
 
     def __init__(self, task: SegmentTask):
+        self.speculated = task.decode_start is None
+        started = time.perf_counter()
+        self.decode_start = speculative_start(task) if self.speculated else task.decode_start
+        self.prescan_s = time.perf_counter() - started if self.speculated else 0.0
         self.task = task
         seg = task.segment
-        self.source = RangeSource(task.input, task.table.frame_range(task.decode_start, task.decode_stop))
+        self.source = RangeSource(task.input, task.table.frame_range(self.decode_start, task.decode_stop))
         try:
             inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
                               copy_plan=CopyPlan())  # other streams: once, at the join
@@ -224,7 +312,8 @@ class SegmentRun:
         seg = self.task.segment
         return SegmentResult(seg.index, seg.frames, size, digest,
                              list(self.sink.tail_unique) if self.task.keep_unique else [],
-                             result.frames_in, result.elapsed_s, state_digest)
+                             result.frames_in, result.elapsed_s, state_digest, self.decode_start,
+                             self.speculated, self.prescan_s)
 
 
 def save_states(path: str, states: dict[int, dict[str, np.ndarray]]) -> str:

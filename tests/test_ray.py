@@ -5,6 +5,8 @@ node, where the progress board lives) and two worker nodes with one CPU and one 
 each, so at most two segments run at once, in two worker processes. Each test runs the
 real CLI as a driver against it. Faults: a worker SIGKILLed in its first attempt, the
 driver SIGKILLed before recording a segment, a node removed while it runs a segment.
+Dedup's segments run side by side on speculated contexts: clips with exact duplicates
+(lossless x264) whose true and guessed contexts are known by construction.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import pytest
 from conftest import ROOT, run_engine, sha256
 from make_clip import add_side_streams, make_clip
 
+from engine.testing import index_frame
+
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -30,6 +34,11 @@ pytestmark = pytest.mark.timeout(240)
 GOP = {"g": "8", "keyint_min": "8", "bf": "2", "sc_threshold": "0"}  # keyframes at 0, 8, 16, ...
 STORE = 80 << 20  # object store per node: tasks carry descriptions only
 TEST_STAGES = {"ENGINE_STAGE_MODULES": "engine.testing"}
+LOSSLESS = {**GOP, "qp": "0"}  # repeated pictures decode to identical frames: dedup's exact test
+# max_run 3: in a hold, every 4th frame is unique; U = 1 (dedup) or 2 (+ window-sum, overlap 1),
+# so the pre-scan covers L = 4 × U × 4 = 16 or 32 frames before each 16-frame segment.
+DEDUP = "dedup:max_run=3"
+DEDUP_WINDOW = "dedup:max_run=3,test.window-sum"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +58,12 @@ def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("ray-media")
     video = make_clip(d / "video.mp4", 48, options=GOP)
     return {"video": video, "av": add_side_streams(video, d / "av.mp4", [("eng", 0.0, 2.0)]),
-            "long": make_clip(d / "long.mp4", 96, options=GOP), "dir": d}
+            "long": make_clip(d / "long.mp4", 96, options=GOP), "dir": d,
+            # each picture twice: frames 2k unique, 2k + 1 its duplicate
+            "pairs": make_clip(d / "pairs.mp4", 96, image=lambda seq: index_frame(seq // 2), options=LOSSLESS),
+            # frames 10..50 one picture: the true chain marks 10, 14, ..., 50 unique
+            "hold": make_clip(d / "hold.mp4", 64, image=lambda seq: index_frame(10 if 10 <= seq <= 50 else seq),
+                              options=LOSSLESS)}
 
 
 def stream(inp, out, *extra, env=None, timeout=150):
@@ -81,8 +95,10 @@ def reference(media, tmp_path_factory):
     for name, inp, out, extra in (
             ("x264", media["av"], "av.mp4", ("--encoder", "x264", "--segment", "8f")),
             ("ffv1", media["av"], "av.mkv", ("--encoder", "ffv1", "--segment", "8f")),
-            ("dedup", media["video"], "dedup.mkv", ("--encoder", "ffv1", "--segment", "8f",
-                                                    "--pipeline", "test.mark-dups:every=3,test.window-sum")),
+            ("pairs-dedup", media["pairs"], "pd.mkv", ("--encoder", "ffv1", "--segment", "16f", "--pipeline", DEDUP)),
+            ("pairs-window", media["pairs"], "pw.mkv", ("--encoder", "ffv1", "--segment", "16f",
+                                                       "--pipeline", DEDUP_WINDOW)),
+            ("hold", media["hold"], "hold.mkv", ("--encoder", "ffv1", "--segment", "16f", "--pipeline", DEDUP)),
             ("long", media["long"], "long.mkv", ("--encoder", "ffv1", "--segment", "16f"))):
         ok(stream(inp, d / out, "--resume", *extra))
         refs[name] = d / out
@@ -114,15 +130,81 @@ def test_ray_output_is_identical_to_resume(cluster, media, reference, tmp_path, 
     assert not os.path.exists(tmp_path / f".out.{ext}.engine-work")
 
 
-def test_segments_that_depend_on_the_one_before_run_in_order(cluster, media, reference, tmp_path):
-    """Duplicate marking + a window stage: each segment's context comes from the one before."""
+def overlapped(workers: dict) -> bool:
+    """Whether two segments ran at the same time (wall clock of their workers)."""
+    spans = sorted((w["began"], w["ended"]) for w in workers.values())
+    return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+@pytest.mark.parametrize("pipeline, ref", [(DEDUP, "pairs-dedup"), (DEDUP_WINDOW, "pairs-window")])
+def test_dedup_segments_run_side_by_side_on_speculated_contexts(cluster, media, reference, tmp_path,
+                                                                pipeline, ref):
+    """Each segment's context is guessed by a pre-scan with a fresh dedup; in step with the true
+    chain here (s − L is even), so every guess is right, and the segments overlap in time.
+    (test.jitter only delays frames, ~0.3 s a segment, so that two segments meet in time.)"""
     c, _ = cluster
-    out = tmp_path / "dedup.mkv"
-    ok(stream(media["video"], out, "--ray", c.address, "--encoder", "ffv1", "--segment", "8f",
-              "--pipeline", "test.mark-dups:every=3,test.window-sum", "--report", tmp_path / "r.json"))
-    assert sha256(out) == sha256(reference["dedup"])
+    out = tmp_path / "o.mkv"
+    ok(stream(media["pairs"], out, "--ray", c.address, "--encoder", "ffv1", "--segment", "16f",
+              "--pipeline", f"{pipeline},test.jitter:max_ms=40", "--report", tmp_path / "r.json"))
+    assert sha256(out) == sha256(reference[ref])
+    r = report(tmp_path / "r.json")["ray"]
+    assert r["sequential"] is False
+    workers = r["workers"]
+    guessed = sum(w["speculated"] for w in workers.values())  # those whose predecessor was not recorded yet
+    assert not workers["0"]["speculated"] and guessed >= 1
+    assert r["speculation"]["hits"] == guessed and r["speculation"]["misses"] == 0
+    assert overlapped(workers), workers
+
+
+def test_a_wrong_guess_is_run_again_with_the_true_context(cluster, media, reference, tmp_path):
+    """A hold (frames 10..50) spans the cuts at 32 and 48: the true chain marks 10, 14, ..., 50
+    unique, a fresh one started at s − 16 marks 16, 20, ... (out of step), so segments 2 and 3
+    guess 28 and 44 where the true contexts are 30 and 46; segment 1's pre-scan starts at 0."""
+    c, _ = cluster
+    out = tmp_path / "o.mkv"
+    ok(stream(media["hold"], out, "--ray", c.address, "--encoder", "ffv1", "--segment", "16f",
+              "--pipeline", DEDUP, "--report", tmp_path / "r.json"))
+    assert sha256(out) == sha256(reference["hold"])
     r = report(tmp_path / "r.json")
-    assert r["ray"]["sequential"] is True and r["segments"]["done"] == 6
+    speculation = r["ray"]["speculation"]
+    assert (speculation["frames"], speculation["hits"], speculation["misses"]) == (16, 1, 2)
+    assert speculation["prescan_s"] > 0
+    runs = {int(k): (w["speculated"], w["decode_start"]) for k, w in r["ray"]["workers"].items()}
+    assert runs[2] == (False, 30) and runs[3] == (False, 46)  # the accepted runs: true contexts
+    assert r["ray"]["attempts"] == {"0": 1, "1": 1, "2": 2, "3": 2}
+    assert "speculation: 1 of 3 guessed contexts right, 2 segment(s) run again" in r["notes"]
+
+
+def test_worker_killed_mid_speculation_is_run_again(cluster, media, reference, tmp_path):
+    c, _ = cluster
+    out = tmp_path / "o.mkv"
+    env = {"ENGINE_CRASH_AT": "speculate-frame:5", "ENGINE_CRASH_ONCE": str(tmp_path / "crashed")}
+    ok(stream(media["pairs"], out, "--ray", c.address, "--encoder", "ffv1", "--segment", "16f",
+              "--pipeline", DEDUP, "--report", tmp_path / "r.json", env=env))
+    assert (tmp_path / "crashed").exists()  # a worker died in a speculative segment's pre-scan
+    assert sha256(out) == sha256(reference["pairs-dedup"])
+    r = report(tmp_path / "r.json")["ray"]
+    assert sorted(r["attempts"].values()) == [1, 1, 1, 1, 1, 2]
+    assert r["speculation"]["misses"] == 0
+
+
+def test_only_checked_segments_are_recorded_in_plan_order(cluster, media, reference, tmp_path):
+    """The driver killed as it records its third segment: the manifest holds segments 0 and 1
+    (never a later one whose guess was not checked), and a restarted driver finishes the job."""
+    c, _ = cluster
+    out = tmp_path / "o.mkv"
+    args = ("--ray", c.address, "--encoder", "ffv1", "--segment", "16f", "--pipeline", DEDUP)
+    killed = stream(media["hold"], out, *args, env={"ENGINE_CRASH_AT": "segment-done:3"})
+    assert killed.returncode == -9 and not out.exists()
+    manifest = json.loads((tmp_path / ".o.mkv.engine-work" / "manifest.json").read_text())
+    assert sorted(manifest["segments"]) == ["0", "1"]
+    ok(stream(media["hold"], out, *args, "--report", tmp_path / "r.json"))
+    assert sha256(out) == sha256(reference["hold"])
+    r = report(tmp_path / "r.json")
+    assert r["segments"]["reused"] == 2
+    # segment 2 runs on the known context (1 is recorded); 3 guesses again, wrongly, as before
+    speculation = r["ray"]["speculation"]
+    assert (speculation["frames"], speculation["hits"], speculation["misses"]) == (16, 0, 1)
 
 
 # ---- faults --------------------------------------------------------------------------------
