@@ -268,6 +268,40 @@ def test_unreachable_address_is_one_line_error_without_a_hang(media, tmp_path):
     assert not (tmp_path / "o.mkv").exists()
 
 
+def test_ctrl_c_stops_the_driver_and_its_segments(cluster, media, tmp_path):
+    """SIGINT mid-run (Ctrl-C): exit 130 with one line, in seconds; no output; the work
+    directory stays for a resume; the segments in flight are cancelled, so the cluster is free."""
+    c, _ = cluster
+    out = tmp_path / "o.mkv"
+    cmd = [sys.executable, "-m", "engine", "stream", str(media["long"]), str(out), "--quiet", "--ray",
+           c.address, "--encoder", "ffv1", "--segment", "16f", "--pipeline", "test.jitter:max_ms=400"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **TEST_STAGES}, stderr=subprocess.PIPE, text=True)
+    work = tmp_path / ".o.mkv.engine-work"
+    deadline = time.monotonic() + 60
+    while not any(work.glob("*segment-*")) and time.monotonic() < deadline:  # segments are being written
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(2)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the driver did not stop within 30 s of SIGINT")
+    assert proc.returncode == 130 and err.strip().splitlines() == ["engine: error: interrupted"]
+    assert not out.exists() and (work / "manifest.json").exists()
+    deadline = time.monotonic() + 30  # cancelled tasks give their CPUs back
+    while ray_free_cpus(c) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_free_cpus(c) == 2
+
+
+def ray_free_cpus(c) -> float:
+    probe = subprocess.run([sys.executable, "-c", "import ray; ray.init(address=%r, logging_level='ERROR'); "
+                            "print(ray.available_resources().get('CPU', 0))" % c.address],
+                           capture_output=True, text=True, timeout=60)
+    return float(probe.stdout.strip().splitlines()[-1])
+
+
 def test_more_gpus_than_the_cluster_has_is_refused(cluster, media, tmp_path):
     c, _ = cluster
     r = stream(media["video"], tmp_path / "o.mkv", "--ray", c.address, "--ray-gpus", "3")
