@@ -231,13 +231,15 @@ class RayDriver:
         self._no_node_since: float | None = None
         self.frames_total = sum(s.frames for inp in self.inputs for s in inp.todo)
 
+    def _slots_on(self, resources: dict) -> int:
+        """How many segments one node runs at once (its CPUs and GPUs)."""
+        fits = [int(resources.get(name, 0) // need) for name, need in (("CPU", self.cpus), ("GPU", self.gpus))
+                if need > 0]
+        return min(fits) if fits else 0
+
     def _count_slots(self, nodes: list[dict]) -> int:
-        """How many segments the cluster's nodes run at once (their CPUs and GPUs)."""
-        total = 0
-        for n in nodes:
-            fits = [int(n.get(name, 0) // need) for name, need in (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0]
-            total += min(fits) if fits else 0
-        return max(1, total)
+        """How many segments the cluster's nodes run at once."""
+        return max(1, sum(self._slots_on(n) for n in nodes))
 
     def _check_fits(self, nodes: list[dict]) -> None:
         """A task that no node can hold would wait forever: refuse it."""
@@ -295,11 +297,9 @@ class RayDriver:
         if now - self._nodes_checked < NODE_CHECK_S:
             return
         self._nodes_checked = now
-        nodes = self.ray.nodes()
-        fits = any(n.get("Alive") and all(n["Resources"].get(name, 0) >= need for name, need
-                                           in (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0)
-                   for n in nodes)
-        self.slots = self._count_slots([n["Resources"] for n in nodes if n.get("Alive")])
+        alive = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        fits = any(self._slots_on(n) for n in alive)  # some node can hold a segment
+        self.slots = self._count_slots(alive)
         if fits:
             self._no_node_since = None
         elif self._no_node_since is None:
