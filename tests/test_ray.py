@@ -375,6 +375,41 @@ def test_progress_shows_workers_and_their_gpus():
     assert "film.mkv #4" in text and "24.5" in text and "10.0.0.2 gpu0" in text and "87%" in text
 
 
+def test_stall_timeout_gives_up_only_after_no_node_could_run_a_segment_that_long(monkeypatch):
+    """Ray waits for ever for a node that fits: the driver's clock, not Ray's, ends the job.
+    A fake cluster whose nodes come and go, and a fake clock (the real check, no Ray)."""
+    from types import SimpleNamespace
+
+    from engine import ray_job
+    from engine.errors import EngineError
+
+    clock = [1000.0]
+    monkeypatch.setattr(ray_job, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}}]
+    driver = object.__new__(ray_job.RayDriver)
+    driver.ray = SimpleNamespace(nodes=lambda: nodes)
+    driver.cpus, driver.gpus, driver.where, driver.stall_timeout_s = 1.0, 1.0, "the cluster", 30.0
+    driver._nodes_checked, driver._no_node_since, driver.slots = clock[0], None, 1
+
+    def check_after(seconds):
+        clock[0] += seconds
+        driver._check_nodes()
+
+    check_after(ray_job.NODE_CHECK_S)
+    assert driver.slots == 1 and driver._no_node_since is None
+    nodes[:] = [{"Alive": True, "Resources": {"CPU": 8.0}}, {"Alive": False, "Resources": {"CPU": 2, "GPU": 1}}]
+    check_after(ray_job.NODE_CHECK_S)  # no live node has a GPU: the stall clock starts
+    check_after(25)
+    nodes[:] = [{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 2.0}}]
+    check_after(10)  # 35 s since it started, but a node came back: the clock is reset
+    assert driver._no_node_since is None and driver.slots == 2
+    nodes[:] = []
+    check_after(ray_job.NODE_CHECK_S)
+    check_after(24)  # 24 s without a node: still waiting
+    with pytest.raises(EngineError, match=r"no node of the cluster has been able to run a segment for 30 s"):
+        check_after(ray_job.NODE_CHECK_S + 2)
+
+
 # ---- last: a node taken away from the module's cluster -----------------------------------
 
 def _writer_node(work: Path, raylets: dict[int, object]):
