@@ -20,7 +20,7 @@ from engine.testing import CollectingSink
 from stages.inpaint import Inpaint, composite
 from stages.mask_preview import MaskPreview
 from stages.text_detect import TextDetect, box_filter, parse_areas
-from stages.text_mask import box_mask, glyph_mask, run_filter
+from stages.text_mask import box_mask, fill_holes, glyph_mask, run_filter
 
 TB = Fraction(1, 24)
 
@@ -217,6 +217,38 @@ def test_glyph_masks_hold_the_strokes_not_the_box():
     boxed_image = image.copy()
     boxed_image[whole] = boxed_image[whole] // 3
     assert (glyph_mask(cv2.cvtColor(boxed_image, cv2.COLOR_RGB2GRAY), box, dilate=0) > 0)[whole].all()
+
+
+def outlined_dense_glyph() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(luma, true text pixels, box): outlined "ab" and a dense glyph whose strokes have blurred
+    into a grey plateau wider than the top-hats see (as a grey CJK glyph of the 1080p clip)."""
+    image = np.full((120, 320), 90, np.uint8)
+    cv2.putText(image, "ab", (40, 95), cv2.FONT_HERSHEY_SIMPLEX, 1.6, 0, 7, cv2.LINE_AA)
+    cv2.putText(image, "ab", (40, 95), cv2.FONT_HERSHEY_SIMPLEX, 1.6, 240, 3, cv2.LINE_AA)
+    cv2.rectangle(image, (146, 46), (204, 100), 0, -1)  # the glyph's dark outline
+    cv2.rectangle(image, (150, 50), (200, 96), 170, -1)  # its plateau: 51×47 px, the line 64 px high
+    box = np.array([[[34, 40], [210, 40], [210, 104], [34, 104]]], np.float32)
+    return image, image != 90, box
+
+
+def test_glyph_mask_covers_a_dense_glyph_whole():
+    image, truth, box = outlined_dense_glyph()
+    mask = glyph_mask(image, box, dilate=0, grow=0.15) > 0  # text-mask's default grow
+    assert not (truth & ~mask).any()  # without the pocket filled, 837 of its pixels stayed
+    assert mask.sum() < 0.8 * (box_mask(box, 120, 320, 0) > 0).sum()  # still strokes, not the box
+
+
+def test_fill_holes_fills_small_enclosed_pockets_only():
+    mask = np.zeros((60, 200), np.uint8)
+    cv2.rectangle(mask, (10, 10), (40, 40), 255, 4)  # a 27×27 pocket inside
+    cv2.rectangle(mask, (50, 5), (190, 55), 255, 4)  # a 137×47 pocket: more than max_area
+    cv2.rectangle(mask, (-10, 45), (8, 70), 255, 2)  # open to the array's edge
+    before = mask.copy()
+    fill_holes(mask, max_area=40 * 40)
+    assert (mask[14:37, 14:37] == 255).all()
+    assert (mask[10:51, 55:186] == before[10:51, 55:186]).all() and mask[30, 120] == 0
+    assert mask[50, 4] == 0
+    assert ((mask > 0) >= (before > 0)).all()  # only ever adds
 
 
 def boxed(seq: int, image: np.ndarray, boxes: list | None) -> Frame:
