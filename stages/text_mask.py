@@ -4,7 +4,8 @@ Rule, for each frame (a window stage: every frame sees `overlap` frames on both 
 
 1. A detection frame's mask is the strokes inside its boxes (`shape=glyphs`, see `glyph_mask`;
    a boxed caption is taken whole), grown by `grow` (0.15) × the line's height for soft shadows
-   and outlines, or the boxes themselves (`shape=boxes`); then dilated by `dilate` px. Strokes rather than boxes: inpainting a whole box
+   and outlines, with the pockets that mask encloses (at most the line's height squared)
+   filled, or the boxes themselves (`shape=boxes`); then dilated by `dilate` px. Strokes rather than boxes: inpainting a whole box
    replaces background that was never covered, and a source frame's box hides background
    that propagation could have used.
 2. A frame without detection (`every` > 1) takes the union of the masks of the nearest
@@ -75,7 +76,9 @@ def glyph_mask(gray: np.ndarray, boxes: np.ndarray, dilate: int, box_contrast: f
     white and black top-hats (structuring element about a third of the line height) find
     them, and Otsu's threshold over the box separates them from the background's texture.
     A box whose non-stroke pixels differ from a ring just outside it by more than
-    `box_contrast` (a boxed caption, a banner) is taken whole.
+    `box_contrast` (a boxed caption, a banner) is taken whole. Pockets the grown strokes
+    enclose, up to the box's height squared (a glyph's inside, not a frame around a scene),
+    are filled (`fill_holes`).
     """
     h, w = gray.shape
     mask = np.zeros((h, w), np.uint8)
