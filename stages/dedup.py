@@ -171,7 +171,7 @@ def _tile_mask(shape: tuple[int, int]) -> np.ndarray:
 
 
 def line_reaches(diff: np.ndarray, length: int, threshold: float,
-                 mask: np.ndarray | None = None, crop_of=None) -> bool:
+                 mask: np.ndarray | None = None, crop_of=None, sums=None) -> bool:
     """Whether `line_difference` of two images with absdiff `diff` is >= `threshold`.
 
     The same answer, much cheaper: a window whose pixels are all under `threshold` has a mean
@@ -180,7 +180,9 @@ def line_reaches(diff: np.ndarray, length: int, threshold: float,
     window that reaches it. `mask`: scratch from `_tile_mask(diff.shape)`, kept between calls.
     `crop_of(y0, y1, x0, x1)`: the image whose windows are judged, on that region, when it is
     not `diff` itself but never larger than it (dedup's excess difference): `diff` then only
-    says where that image cannot reach the threshold.
+    says where that image cannot reach the threshold. `sums(crop)`: the thin-window sums of
+    what `crop_of` returns, when they are not `_line_sums` of it (the signed test), each never
+    above the sum of `diff` over the same window.
     """
     if threshold <= 0:
         return True
@@ -196,8 +198,9 @@ def line_reaches(diff: np.ndarray, length: int, threshold: float,
     words = mask.view(np.uint64).reshape(rows, _TILE, -1).max(axis=1)
     tiles = words.reshape(rows, -1, _TILE // 8).max(axis=2) != 0
 
-    def sums(crop: np.ndarray) -> list[np.ndarray]:
-        return _line_sums(crop, length)
+    if sums is None:
+        def sums(crop: np.ndarray) -> list[np.ndarray]:
+            return _line_sums(crop, length)
 
     for ty in np.flatnonzero(tiles.any(axis=1)):
         # runs of adjacent hot tiles in this row of tiles, each one crop
@@ -211,6 +214,7 @@ def line_reaches(diff: np.ndarray, length: int, threshold: float,
     return False
 
 
+SIGNED_SHARE = 2 / 3  # signed thin-window threshold, as a share of the line threshold
 RINGING_GAIN = 0.15  # codec ringing along a shared edge, per unit of its contrast (see above)
 EDGE_RANGE = 32       # a pixel is on a strong edge when its 3×3 range (max − min) reaches this
 EDGE_PIXELS = 256     # fewer strong-edge pixels than this: too few to estimate noise, N = 0
@@ -246,6 +250,30 @@ def _edge_noise(excess: np.ndarray, shared: np.ndarray, scratch: np.ndarray | No
         return 0.0
     k = (n - 1) * NOISE_QUANTILE // 100  # the k-th smallest value, from the histogram
     return float(np.searchsorted(np.cumsum(hist), k + 1))
+
+
+def _signed_excess(a: np.ndarray, b: np.ndarray, shared: np.ndarray, gain: float) -> np.ndarray:
+    """sign(b − a) · max(0, |b − a| − gain · shared), int16 (saturating uint8 steps)."""
+    up, down = cv2.subtract(b, a), cv2.subtract(a, b)  # one of the two is 0 at each pixel
+    if gain > 0:
+        discount = cv2.convertScaleAbs(shared, alpha=gain)
+        up, down = cv2.subtract(up, discount), cv2.subtract(down, discount)
+    return cv2.subtract(up, down, dtype=cv2.CV_16S)
+
+
+def _signed_sums(signed: np.ndarray, length: int) -> list[np.ndarray]:
+    # |sum| of the signed excess over each thin window; float32 sums of integers < 2^24: exact
+    return [np.abs(cv2.boxFilter(signed, cv2.CV_32F, size, normalize=False,
+                                 borderType=cv2.BORDER_REFLECT))
+            for size in ((2, length), (length, 2))]
+
+
+def signed_line_difference(a: np.ndarray, b: np.ndarray, range_a: np.ndarray,
+                           range_b: np.ndarray, length: int, gain: float = RINGING_GAIN) -> float:
+    """Largest |mean| over any 2×`length` or `length`×2 window of the signed excess
+    difference (module docstring): codec noise whose sign alternates cancels, a streak does not."""
+    signed = _signed_excess(a, b, cv2.min(range_a, range_b), gain)
+    return max(float(s.max()) for s in _signed_sums(signed, length)) / (2 * length)
 
 
 def excess_difference(a: np.ndarray, b: np.ndarray, range_a: np.ndarray, range_b: np.ndarray,
@@ -308,6 +336,11 @@ class Dedup(MapStage):
             return self.fixed_line_threshold
         return 4.5 / self.caution
 
+    @property
+    def signed_line_threshold(self) -> float:
+        """The signed thin-window threshold: SIGNED_SHARE × the line threshold."""
+        return SIGNED_SHARE * self.line_threshold
+
     def analysis(self, y: np.ndarray) -> tuple[np.ndarray, int]:
         """Luma at analysis size (averaging away some codec noise) and the matching block."""
         h, w = y.shape
@@ -322,11 +355,18 @@ class Dedup(MapStage):
                full: np.ndarray, full_reference: np.ndarray) -> dict[str, float]:
         """The statistics that decide near-duplicates, on whole images: `block` (test 1),
         `line` (test 2's excess statistic) and `noise` (N, reported only)."""
-        excess = excess_difference(full_reference, full, local_range(full_reference),
-                                   local_range(full), ringing_gain(full.shape[1], self.analysis_width))
+        ra, rb, gain = local_range(full_reference), local_range(full), \
+            ringing_gain(full.shape[1], self.analysis_width)
+        excess = excess_difference(full_reference, full, ra, rb, gain)
         return {"block": block_difference(small, reference, block),
                 "line": line_difference(excess, np.zeros_like(excess), self.line_length),
+                "signed": signed_line_difference(full_reference, full, ra, rb, self.line_length, gain),
                 "noise": self.noise(small, reference)}
+
+    def near_by_scores(self, s: dict[str, float]) -> bool:
+        """The rule of the module docstring on `scores`' statistics."""
+        return s["block"] < self.threshold and (
+            s["line"] < self.line_threshold or s["signed"] < self.signed_line_threshold)
 
     @staticmethod
     def noise(small: np.ndarray, reference: np.ndarray) -> float:
@@ -359,20 +399,30 @@ class Dedup(MapStage):
             self._mask = _tile_mask(full.shape)
         diff = cv2.absdiff(full, self._ref_full, dst=self._diff_full)
         gain = ringing_gain(full.shape[1], self.analysis_width)
-        if gain <= 0:
-            return not line_reaches(diff, self.line_length, self.line_threshold, self._mask)
         ref = self._ref_full
         h, w = full.shape
 
-        def excess(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        def shared(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
             # the 3×3 ranges need one pixel more on each side (inside the image) to be exact
             ey0, ey1, ex0, ex1 = max(0, y0 - 1), min(h, y1 + 1), max(0, x0 - 1), min(w, x1 + 1)
-            shared = cv2.min(local_range(ref[ey0:ey1, ex0:ex1]), local_range(full[ey0:ey1, ex0:ex1]))
-            shared = shared[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
-            return _excess(ref[y0:y1, x0:x1], full[y0:y1, x0:x1], shared, gain)
+            both = cv2.min(local_range(ref[ey0:ey1, ex0:ex1]), local_range(full[ey0:ey1, ex0:ex1]))
+            return both[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+
+        def excess(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            return _excess(ref[y0:y1, x0:x1], full[y0:y1, x0:x1], shared(y0, y1, x0, x1), gain)
 
         # the excess is never above the plain difference: its hot tiles say where to look
-        return not line_reaches(diff, self.line_length, self.line_threshold, self._mask, excess)
+        if not line_reaches(diff, self.line_length, self.line_threshold, self._mask,
+                            excess if gain > 0 else None):
+            return True
+
+        def signed(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            part = shared(y0, y1, x0, x1) if gain > 0 else None
+            return _signed_excess(ref[y0:y1, x0:x1], full[y0:y1, x0:x1], part, gain)
+
+        # |sum of the signed excess| <= sum of the excess <= sum of the plain difference
+        return not line_reaches(diff, self.line_length, self.signed_line_threshold, self._mask,
+                                signed, lambda crop: _signed_sums(crop, self.line_length))
 
     def noise_summary(self) -> dict[str, float | int]:
         """The estimated noise N over the pairs tested so far (histogram, 1/16 steps)."""
