@@ -88,12 +88,12 @@ changes show there); test 2 runs only for frames that pass test 1, and computes 
 and the thin-window sums only around the 64×64 tiles holding a pixel of the plain difference
 >= the line threshold (`line_reaches`: a window of smaller pixels has a smaller mean, and the
 excess is never above the plain difference). The signed test runs only for frames the
-unsigned one keeps, the same way around the tiles holding a pixel >= the signed threshold
-(|sum of the signed excess| <= sum of the excess), and stops at the first window that
-reaches it. At 1080p the stage took 0.41 of decode's CPU time before the signed test (the
-plain-difference stage before that 0.31); the signed test adds about 7 % to the stage
-(68 of the 1080p clip's 456 frames reach it, 1.2 ms each); figures in
-tests/data/dedup_labels/RESULTS.md.
+unsigned one keeps: first over the windows where the unsigned test reached its threshold (a
+real change is usually of one sign there), then, if none reaches the signed threshold there,
+around every tile holding a pixel >= it (|sum of the signed excess| <= sum of the excess),
+stopping at the first window that reaches it. At 1080p the stage took 0.41 of decode's CPU
+time before the signed test (the plain-difference stage before that 0.31); figures for the
+signed test in tests/data/dedup_labels/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -203,7 +203,8 @@ def _tile_mask(shape: tuple[int, int]) -> np.ndarray:
 
 
 def line_reaches(diff: np.ndarray, length: int, threshold: float,
-                 mask: np.ndarray | None = None, crop_of=None, sums=None) -> bool:
+                 mask: np.ndarray | None = None, crop_of=None, sums=None,
+                 where: list | None = None) -> bool:
     """Whether `line_difference` of two images with absdiff `diff` is >= `threshold`.
 
     The same answer, much cheaper: a window whose pixels are all under `threshold` has a mean
@@ -214,7 +215,8 @@ def line_reaches(diff: np.ndarray, length: int, threshold: float,
     not `diff` itself but never larger than it (dedup's excess difference): `diff` then only
     says where that image cannot reach the threshold. `sums(crop)`: the thin-window sums of
     what `crop_of` returns, when they are not `_line_sums` of it (the signed test), each never
-    above the sum of `diff` over the same window.
+    above the sum of `diff` over the same window. `where`: a list; the region (y0, y1, x0, x1)
+    whose windows reached the threshold is appended to it.
     """
     if threshold <= 0:
         return True
@@ -239,9 +241,10 @@ def line_reaches(diff: np.ndarray, length: int, threshold: float,
         edges = np.flatnonzero(np.diff(tiles[ty], prepend=False, append=False))
         y0, y1 = ty * _TILE, min(h, (ty + 1) * _TILE)
         for start, stop in zip(edges[::2], edges[1::2]):
-            best = _region_max(diff, y0, y1, start * _TILE, min(w, stop * _TILE), length, sums,
-                               crop_of)
-            if best / (2 * length) >= threshold:
+            x0, x1 = start * _TILE, min(w, stop * _TILE)
+            if _region_max(diff, y0, y1, x0, x1, length, sums, crop_of) / (2 * length) >= threshold:
+                if where is not None:
+                    where.append((y0, y1, x0, x1))
                 return True
     return False
 
@@ -444,17 +447,26 @@ class Dedup(MapStage):
             return _excess(ref[y0:y1, x0:x1], full[y0:y1, x0:x1], shared(y0, y1, x0, x1), gain)
 
         # the excess is never above the plain difference: its hot tiles say where to look
+        hit: list = []
         if not line_reaches(diff, self.line_length, self.line_threshold, self._mask,
-                            excess if gain > 0 else None):
+                            excess if gain > 0 else None, where=hit):
             return True
 
         def signed(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
             part = shared(y0, y1, x0, x1) if gain > 0 else None
             return _signed_excess(ref[y0:y1, x0:x1], full[y0:y1, x0:x1], part, gain)
 
-        # |sum of the signed excess| <= sum of the excess <= sum of the plain difference
+        def signed_sums(crop: np.ndarray) -> list[np.ndarray]:
+            return _signed_sums(crop, self.line_length)
+
+        # A real change is usually of one sign where the unsigned test found it: look there
+        # first (a subset of the windows below, so the same answer), then everywhere it can be:
+        # |sum of the signed excess| <= sum of the excess <= sum of the plain difference.
+        if hit and _region_max(diff, *hit[0], self.line_length, signed_sums, signed) \
+                / (2 * self.line_length) >= self.signed_line_threshold:
+            return False
         return not line_reaches(diff, self.line_length, self.signed_line_threshold, self._mask,
-                                signed, lambda crop: _signed_sums(crop, self.line_length))
+                                signed, signed_sums)
 
     def noise_summary(self) -> dict[str, float | int]:
         """The estimated noise N over the pairs tested so far (histogram, 1/16 steps)."""

@@ -178,11 +178,11 @@ def test_region_max_is_the_whole_image_filter_there(block):
                 (whole if exact else pytest.approx(whole, rel=2 ** -21))
 
 
-@pytest.mark.parametrize("analysis_width", [960, 150])  # 150: 12×12 windows after resizing
-def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_width):
-    from stages.dedup import Dedup
+@pytest.mark.parametrize("analysis_width, line_threshold", [(960, None), (150, None), (960, 0)])
+def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_width, line_threshold):
+    from stages.dedup import Dedup  # 150: 12×12 windows after resizing; 0: every frame a change
 
-    stage = Dedup(analysis_width=analysis_width)
+    stage = Dedup(analysis_width=analysis_width, line_threshold=line_threshold)
     decisions = set()
     for rng, diff in _sparse_diffs(3, 600):
         ref = rng.integers(0, 256, diff.shape).astype(np.uint8)
@@ -196,6 +196,9 @@ def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_w
             s["line"] < stage.line_threshold or s["signed"] < stage.line_threshold * 2 / 3))
         assert stage._is_near(small, block, cur) == expected, s
         decisions.add((s["block"] < stage.threshold, s["line"] < stage.line_threshold, expected))
+    if line_threshold == 0:
+        assert {near for _, _, near in decisions} == {False}
+        return
     # every path was taken: test 1 fails; test 2 fails both ways; the unsigned or the signed passes
     assert decisions >= {(False, False, False), (True, False, False), (True, False, True),
                          (True, True, True)}
