@@ -73,8 +73,9 @@ subtitle glyph flicker; was 13.4 on the plain difference); 8.1 on 320×240 (#66;
 discount under 960 px).
 4.5 keeps a margin of 1/255 under the faintest change on the clip, but none on the set: on
 the x265 CRF 18 and 28 re-encodes the faintest changes that pass test 1 (#302, #78) score
-exactly 4.50 (caught: the test is `< 4.5`), on the 640 and 480 px ones 4.92; there is still no clean separation on the 1080p clip, so some of its
-repeats are kept (a false duplicate is worse than a missed repeat). The signed statistic of
+exactly 4.50 (caught: the test is `< 4.5`), on the 640 and 480 px ones 4.92; there is still
+no clean separation on the 1080p clip, so some of its repeats are kept (a false duplicate is
+worse than a missed repeat). The signed statistic of
 the changes that pass test 1 is 3.75 and up over the clips and the whole set (the 480 px
 eye blink above; 4.12 for #288 on the x264 CRF 18 re-encode, 4.58 on the clip): 3.0 keeps
 0.75/255 under it. A 4×4 dot moving one pixel scores about 5 in test 1.
@@ -389,7 +390,8 @@ class Dedup(MapStage):
     def scores(self, small: np.ndarray, reference: np.ndarray, block: int,
                full: np.ndarray, full_reference: np.ndarray) -> dict[str, float]:
         """The statistics that decide near-duplicates, on whole images: `block` (test 1),
-        `line` (test 2's excess statistic) and `noise` (N, reported only)."""
+        `line` and `signed` (test 2's excess statistic and its signed alternative) and `noise`
+        (N, reported only)."""
         ra, rb, gain = local_range(full_reference), local_range(full), \
             ringing_gain(full.shape[1], self.analysis_width)
         excess = excess_difference(full_reference, full, ra, rb, gain)
@@ -480,7 +482,9 @@ class Dedup(MapStage):
 
     def describe(self) -> dict:
         return {"caution": self.caution, "threshold": round(self.threshold, 4),
-                "line_threshold": round(self.line_threshold, 4), "noise": self.noise_summary()}
+                "line_threshold": round(self.line_threshold, 4),
+                "signed_line_threshold": round(self.signed_line_threshold, 4),
+                "noise": self.noise_summary()}
 
     def process(self, frame: Frame) -> Frame:
         digest = content_hash(frame)
