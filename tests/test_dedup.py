@@ -178,11 +178,11 @@ def test_region_max_is_the_whole_image_filter_there(block):
                 (whole if exact else pytest.approx(whole, rel=2 ** -21))
 
 
-@pytest.mark.parametrize("analysis_width", [960, 150])  # 150: 12×12 windows after resizing
-def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_width):
-    from stages.dedup import Dedup
+@pytest.mark.parametrize("analysis_width, line_threshold", [(960, None), (150, None), (960, 0)])
+def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_width, line_threshold):
+    from stages.dedup import Dedup  # 150: 12×12 windows after resizing; 0: every frame a change
 
-    stage = Dedup(analysis_width=analysis_width)
+    stage = Dedup(analysis_width=analysis_width, line_threshold=line_threshold)
     decisions = set()
     for rng, diff in _sparse_diffs(3, 600):
         ref = rng.integers(0, 256, diff.shape).astype(np.uint8)
@@ -191,10 +191,17 @@ def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_w
         stage._ref_full, (stage._ref_luma, _) = ref, stage.analysis(ref)
         small, block = stage.analysis(cur)
         s = stage.scores(small, stage._ref_luma, block, cur, ref)
-        expected = s["block"] < stage.threshold and s["line"] < stage.line_threshold
+        expected = stage.near_by_scores(s)
+        assert expected == (s["block"] < stage.threshold and (
+            s["line"] < stage.line_threshold or s["signed"] < stage.line_threshold * 2 / 3))
         assert stage._is_near(small, block, cur) == expected, s
-        decisions.add((s["block"] < stage.threshold, expected))
-    assert decisions == {(False, False), (True, False), (True, True)}  # every path was taken
+        decisions.add((s["block"] < stage.threshold, s["line"] < stage.line_threshold, expected))
+    if line_threshold == 0:
+        assert {near for _, _, near in decisions} == {False}
+        return
+    # every path was taken: test 1 fails; test 2 fails both ways; the unsigned or the signed passes
+    assert decisions >= {(False, False, False), (True, False, False), (True, False, True),
+                         (True, True, True)}
 
 
 @pytest.mark.parametrize("options", [{"line_length": 129}, {"line_length": 1}, {"threshold": -1},
@@ -238,6 +245,24 @@ def test_flicker_along_shared_edges_is_discounted_but_a_new_faint_line_is_not():
     assert stage.scores(sm, sm, block, small_flicker, small_ref)["line"] == 6
 
 
+def test_signed_windows_keep_a_streak_and_cancel_noise_that_alternates_in_sign():
+    from stages.dedup import Dedup
+
+    stage = Dedup()
+    ref = np.full((96, 128), 100, np.uint8)
+    streak, noise = ref.copy(), ref.copy()
+    streak[20:60, 50] = 110  # one pixel wide, +10: 2×12 windows along it average 5
+    noise[20:60, 50] = np.where(np.arange(40) % 2, 110, 90)  # ±10 every other pixel
+    small, block = stage.analysis(ref)
+    stage._ref_full, stage._ref_luma = ref, small
+    for cur, near in ((streak, False), (noise, True)):
+        s = stage.scores(small, small, block, cur, ref)
+        assert s["line"] == 5 and (s["signed"] == 5 if cur is streak else s["signed"] < 0.5)  # ends: ±10/24
+        assert stage.near_by_scores(s) == near == stage._is_near(stage.analysis(cur)[0], block, cur)
+    # both tests must fail for a change: the unsigned one alone keeps the streak a change too
+    assert Dedup(line_threshold=6).near_by_scores(stage.scores(small, small, block, streak, ref))
+
+
 def test_ringing_gain_ramps_from_the_analysis_width_to_twice_it():
     from stages.dedup import RINGING_GAIN, ringing_gain
 
@@ -256,6 +281,7 @@ def test_caution_scales_the_thresholds_and_explicit_ones_override():
 
     default, careful, bold = Dedup(), Dedup(caution=2), Dedup(caution=0.5)
     assert (default.threshold, default.line_threshold) == (4.0, 4.5)
+    assert default.signed_line_threshold == 3.0 and careful.signed_line_threshold == 1.5
     assert (careful.threshold, careful.line_threshold) == (2.0, 2.25)
     assert (bold.threshold, bold.line_threshold) == (8.0, 9.0)
     fixed = Dedup(caution=2, threshold=5, line_threshold=6)

@@ -28,6 +28,9 @@ LABELS = Path(__file__).resolve().parent / "data" / "dedup_labels"
 # issue's goals (0.90 on the 320x240 family, 0.60 on the 1080p family) are not all met: the
 # lowest are 83.3 % (320x240 x265 CRF 35) and 18.7 % (1080p x265 CRF 35).
 FLOORS = {"anime-320x240": (0.82, 0.18), "anime-1080p": (0.17, 0.07)}
+# Variants over their family's floor by what the signed thin-window test saves (measured 46.7 %,
+# 36.0 % without it): a regression there fails too.
+VARIANT_FLOORS = {"anime-1080p.x265.crf28.w640.mp4": 0.45}
 
 
 def cache_dir() -> Path:
@@ -73,6 +76,7 @@ def test_no_false_duplicates(results, name):
 def test_skip_rates_stay_over_their_floors(results, name):
     e, _ = results[name]
     repeats_floor, frames_floor = FLOORS[name.split(".")[0]]
+    repeats_floor = max(repeats_floor, VARIANT_FLOORS.get(name, 0))
     print(f"{name}: repeats skipped {e.repeat_skip_rate:.1%}, frames skipped {e.frames_skipped_rate:.1%}")
     assert e.repeat_skip_rate >= repeats_floor
     assert e.frames_skipped_rate >= frames_floor
