@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures in one command: CUDA tests, the model-only sweep, then end-to-end runs.
-#   bash tools/bench_gpu.sh [OUT_DIR] [model-only|e2e|options|decode|cpu|vsr|all|diffusion]
+#   bash tools/bench_gpu.sh [OUT_DIR] [model-only|e2e|options|decode|cpu|vsr|all|diffusion|caption]
 # Issue 13's figures: model-only fps and TFLOPS against the device's peak (ratio
 # model_tflops_share_of_peak), end to end against the slower of model-only and io-floor at
 # 720p x2, 1080p x2, 1080p x4 (upscale_vs_slower_of_model_and_io), the upscale stage's
@@ -128,4 +128,14 @@ if [[ $part == all || $part == cpu ]]; then
   # the CPU path must not regress: old (convert=host) and new path interleaved in one run
   python -m bench model-only upscale upscale-host --input anime-320x240.mp4 --device cpu --repeats 3 \
     --warmup 0 --no-plots --out "$out/cpu.json" 2>/dev/null | grep -vE "^results"
+fi
+
+# caption-remove (not in `all`): issue 10's 55 s 720p job on the GPU machine. Its stages run on the CPU
+# (ONNX Runtime detector, OpenCV flow and fills), so this reports what the machine's cores give; needs
+# rapidocr and its needs (colorlog, omegaconf, antlr4-python3-runtime, pyclipper, shapely) carried as wheels.
+if [[ $part == caption ]]; then
+  nproc
+  python -m pytest -q -p no:cacheprovider tests/test_caption.py 2>&1 | tail -3 || true
+  python -m bench pipeline --pipeline caption-remove --input anime-720p-x3 --repeats 1 --warmup 0 --no-plots \
+    --out "$out/caption-720p-x3.json" 2>/dev/null | grep -vE "^results"
 fi
