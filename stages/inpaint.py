@@ -122,6 +122,25 @@ def bounds(masks: list[np.ndarray | None]) -> tuple[int, int, int, int]:
     return (min(r[0] for r in rects), max(r[1] for r in rects), min(r[2] for r in rects), max(r[3] for r in rects))
 
 
+def _is_cut(a: np.ndarray, b: np.ndarray, threshold: float = 30.0) -> bool:
+    """A scene cut between two frames: mean absolute luma difference of 32×18 thumbnails above
+    `threshold` (text-mask's rule and default); the memory does not cross one."""
+    ta, tb = (cv2.resize(_gray(x), (32, 18), interpolation=cv2.INTER_AREA).astype(np.float32) for x in (a, b))
+    return float(np.abs(ta - tb).mean()) > threshold
+
+
+def _sub_crop(hole: np.ndarray, crop: "_Crop"):
+    """The part of the crop around `hole` (its bounding box + the ring), as slices, its
+    full-resolution pixel grid and where those pixels sit in the flow-resolution crop."""
+    bx, by, bw, bh = cv2.boundingRect(hole.astype(np.uint8))
+    sy0, sy1 = max(0, by - RING - 1), min(crop.h, by + bh + RING + 1)
+    sx0, sx1 = max(0, bx - RING - 1), min(crop.w, bx + bw + RING + 1)
+    fx, fy = np.meshgrid(np.arange(sx0, sx1, dtype=np.float32), np.arange(sy0, sy1, dtype=np.float32))
+    # cv2.resize's pixel centres
+    ux, uy = (fx + 0.5) * (crop.fw / crop.w) - 0.5, (fy + 0.5) * (crop.fh / crop.h) - 0.5
+    return (slice(sy0, sy1), slice(sx0, sx1)), fx, fy, ux, uy
+
+
 class _Crop:
     """The part of a window's frames that any mask touches, with the flow-resolution view of it:
     at most `flow_width` px wide, and scaled as a frame at most `flow_height` px high would be."""
@@ -164,7 +183,7 @@ class Inpaint(WindowStage):
                  feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
                  flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",
                  flow_height: int = 360, recurrent: float = 0.6, colour_match: bool = False, dense: int = 4,
-                 filler: str = "", window_size: int = 0):
+                 memory: bool = True, filler: str = "", window_size: int = 0):
         if not 1 <= radius <= 30:
             raise ValueError(f"radius must be between 1 and 30 frames, got {radius}")
         if not 0 <= feather <= 50:
@@ -185,8 +204,11 @@ class Inpaint(WindowStage):
         self.flow_preset, self.recurrent, self.colour_match = flow_preset, recurrent, colour_match
         if not 1 <= dense <= 30:
             raise ValueError(f"dense must be between 1 and 30 frames, got {dense}")
-        self.dense = dense
+        self.dense, self.memory = dense, memory
         self._previous: tuple[int, np.ndarray] | None = None  # (seq, output) of the last filled frame
+        # (seq, output, genuine) of the last filled frame: genuine (H×W uint8, 1 = real background:
+        # decoded outside the mask, or propagated / remembered from a real source inside it)
+        self._memory: tuple[int, np.ndarray, np.ndarray] | None = None
         self.filler_path = filler
         if filler:
             from stages.inpaint_onnx import check_filler
@@ -246,6 +268,10 @@ class Inpaint(WindowStage):
         if self.propagate:
             self._propagate(t, frames, images, masks, crop, target, hole, filled, todo)
         propagated = int(hole.sum() - todo.sum())
+        if self.propagate and self.memory and todo.any():
+            self._recall(t, frames, images, masks, crop, target, filled, todo)
+        remembered = int(hole.sum() - todo.sum()) - propagated
+        genuine = hole & ~todo if self.propagate and self.memory else None
         if todo.any():
             todo8 = todo.astype(np.uint8) * 255
             if self.filler is not None:
@@ -257,9 +283,14 @@ class Inpaint(WindowStage):
         self.count("text_frames")
         self.count("filled_pixels", int(hole.sum()))
         self.count("propagated_pixels", propagated)
+        self.count("remembered_pixels", remembered)
         result = image.copy()
         result[crop.y0:crop.y1, crop.x0:crop.x1] = composite(target, filled, crop.cut(mask), self.feather)
         self._previous = (frames[t].seq, result)
+        if genuine is not None:
+            known = (mask == 0).astype(np.uint8)
+            crop.cut(known)[genuine] = 1
+            self._memory = (frames[t].seq, result, known)
         return result
 
     def _spatial(self, filled: np.ndarray, todo8: np.ndarray, crop: _Crop) -> np.ndarray:
@@ -274,6 +305,44 @@ class Inpaint(WindowStage):
         out = filled.copy()
         out[todo8 > 0] = big[todo8 > 0]
         return out
+
+    def _recall(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list, crop: _Crop,
+                target: np.ndarray, filled: np.ndarray, todo: np.ndarray) -> None:
+        """Fill what the window could not from the memory: the previous output frame, warped along
+        the flow t→t-1, where its pixel was genuine background (decoded, or itself propagated or
+        remembered), the flow is consistent and the ring around the mask matches. Through this,
+        background seen any number of frames before reaches the frame, one frame at a time."""
+        memory = self._memory
+        if t == 0 or memory is None or memory[0] != frames[t - 1].seq:
+            return  # a segment's start, a frame after a frame without mask (the window has it)
+        if _is_cut(crop.cut(images[t - 1]), crop.cut(images[t])):
+            self._memory = None
+            return
+        hole_crop = crop.cut(masks[t]) > 0
+        sub, fx, fy, ux, uy = _sub_crop(hole_crop, crop)
+        flow_small, ok = self._pair(frames, images, masks, crop, t, t - 1)
+        if crop.scale == 1.0:
+            flow, ok_full = flow_small[sub], ok[sub]
+        else:
+            flow = cv2.remap(flow_small, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / crop.scale
+            ok_full = cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        mx, my = fx + flow[..., 0], fy + flow[..., 1]
+        warped = cv2.remap(crop.cut(memory[1]), mx, my, self._memory_interpolation, borderMode=cv2.BORDER_REPLICATE)
+        # genuine only where all four pixels the bilinear sample reads are
+        known = cv2.remap(crop.cut(memory[2]).astype(np.float32), mx, my, cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.999
+        valid = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1) & (ok_full > 0) & known
+        hole = hole_crop[sub]
+        ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
+        depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
+        matches, offset = self._photometric(warped, target[sub], ring & valid, 2 * int(depth + RING) + 1)
+        take = valid & matches & todo[sub]
+        if offset is not None:
+            warped = np.clip(np.rint(warped + offset), 0, np.iinfo(filled.dtype).max).astype(filled.dtype)
+        filled[sub][take] = warped[take]
+        todo[sub] &= ~take
+
+    _memory_interpolation = cv2.INTER_LINEAR
 
     def _follow_previous(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list,
                          crop: _Crop, filled: np.ndarray, todo: np.ndarray) -> None:
@@ -328,13 +397,7 @@ class Inpaint(WindowStage):
         gx, gy = _grid(crop.fh, crop.fw)
         # Full-resolution work happens on this frame's own hole and the ring around it (the
         # window's crop is the union over all its frames, and has the flow's margin)
-        bx, by, bw, bh = cv2.boundingRect(hole.astype(np.uint8))
-        sy0, sy1 = max(0, by - RING - 1), min(crop.h, by + bh + RING + 1)
-        sx0, sx1 = max(0, bx - RING - 1), min(crop.w, bx + bw + RING + 1)
-        sub = (slice(sy0, sy1), slice(sx0, sx1))
-        fx, fy = np.meshgrid(np.arange(sx0, sx1, dtype=np.float32), np.arange(sy0, sy1, dtype=np.float32))
-        # where the sub-crop's pixels sit in the flow-resolution crop (cv2.resize's pixel centres)
-        ux, uy = (fx + 0.5) * (crop.fw / crop.w) - 0.5, (fy + 0.5) * (crop.fh / crop.h) - 0.5
+        sub, fx, fy, ux, uy = _sub_crop(hole, crop)
         target, hole_full, hole = target[sub], hole, hole[sub]
         ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
         # box size that reaches the ring from anywhere inside the mask
