@@ -205,10 +205,10 @@ class Inpaint(WindowStage):
         if not 1 <= dense <= 30:
             raise ValueError(f"dense must be between 1 and 30 frames, got {dense}")
         self.dense, self.memory = dense, memory
-        self._previous: tuple[int, np.ndarray] | None = None  # (seq, output) of the last filled frame
-        # (seq, output, genuine) of the last filled frame: genuine (H×W uint8, 1 = real background:
-        # decoded outside the mask, or propagated / remembered from a real source inside it)
-        self._memory: tuple[int, np.ndarray, np.ndarray] | None = None
+        # The memory: (seq, output, genuine) of the last filled frame; genuine is H×W uint8, 1 where
+        # the output is real background (decoded outside the mask, or propagated / remembered
+        # inside it), 0 where it was filled spatially; None when the memory is off.
+        self._previous: tuple[int, np.ndarray, np.ndarray | None] | None = None
         self.filler_path = filler
         if filler:
             from stages.inpaint_onnx import check_filler
@@ -265,6 +265,11 @@ class Inpaint(WindowStage):
         hole = crop.cut(mask) > 0
         filled = target.copy()
         todo = hole.copy()
+        if self._previous is not None and (t == 0 or self._previous[0] != frames[t - 1].seq or _is_cut(
+                crop.cut(images[t - 1]), crop.cut(image))):
+            # a segment's start, a frame after one without a mask (the window has that one as a
+            # source), or a scene cut: nothing of the previous output may reach this frame
+            self._previous = None
         if self.propagate:
             self._propagate(t, frames, images, masks, crop, target, hole, filled, todo)
         propagated = int(hole.sum() - todo.sum())
@@ -286,11 +291,11 @@ class Inpaint(WindowStage):
         self.count("remembered_pixels", remembered)
         result = image.copy()
         result[crop.y0:crop.y1, crop.x0:crop.x1] = composite(target, filled, crop.cut(mask), self.feather)
-        self._previous = (frames[t].seq, result)
         if genuine is not None:
             known = (mask == 0).astype(np.uint8)
             crop.cut(known)[genuine] = 1
-            self._memory = (frames[t].seq, result, known)
+            genuine = known
+        self._previous = (frames[t].seq, result, genuine)
         return result
 
     def _spatial(self, filled: np.ndarray, todo8: np.ndarray, crop: _Crop) -> np.ndarray:
@@ -312,11 +317,8 @@ class Inpaint(WindowStage):
         the flow t→t-1, where its pixel was genuine background (decoded, or itself propagated or
         remembered), the flow is consistent and the ring around the mask matches. Through this,
         background seen any number of frames before reaches the frame, one frame at a time."""
-        memory = self._memory
-        if t == 0 or memory is None or memory[0] != frames[t - 1].seq:
-            return  # a segment's start, a frame after a frame without mask (the window has it)
-        if _is_cut(crop.cut(images[t - 1]), crop.cut(images[t])):
-            self._memory = None
+        memory = self._previous  # the output of frames[t - 1] (checked in _fill), or None
+        if memory is None or memory[2] is None:
             return
         hole_crop = crop.cut(masks[t]) > 0
         sub, fx, fy, ux, uy = _sub_crop(hole_crop, crop)
@@ -327,7 +329,7 @@ class Inpaint(WindowStage):
             flow = cv2.remap(flow_small, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / crop.scale
             ok_full = cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
         mx, my = fx + flow[..., 0], fy + flow[..., 1]
-        warped = cv2.remap(crop.cut(memory[1]), mx, my, self._memory_interpolation, borderMode=cv2.BORDER_REPLICATE)
+        warped = cv2.remap(crop.cut(memory[1]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         # genuine only where all four pixels the bilinear sample reads are
         known = cv2.remap(crop.cut(memory[2]).astype(np.float32), mx, my, cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.999
@@ -342,14 +344,12 @@ class Inpaint(WindowStage):
         filled[sub][take] = warped[take]
         todo[sub] &= ~take
 
-    _memory_interpolation = cv2.INTER_LINEAR
-
     def _follow_previous(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list,
                          crop: _Crop, filled: np.ndarray, todo: np.ndarray) -> None:
         """Blend what no frame could give with the previous output warped along the flow, so a
         spatial fill does not flicker from frame to frame (an average along motion paths)."""
-        previous = self._previous
-        if t == 0 or previous is None or previous[0] != frames[t - 1].seq:
+        previous = self._previous  # the output of frames[t - 1] (checked in _fill), or None
+        if previous is None:
             return
         flow_small, ok = self._pair(frames, images, masks, crop, t, t - 1)
         flow = crop.full_flow(flow_small)
