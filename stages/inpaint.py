@@ -183,7 +183,8 @@ class Inpaint(WindowStage):
                  feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
                  flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",
                  flow_height: int = 360, recurrent: float = 0.6, colour_match: bool = False, dense: int = 4,
-                 memory: bool = True, filler: str = "", window_size: int = 0):
+                 memory: bool = True, carry: Literal["linear", "nearest"] = "linear", filler: str = "",
+                 window_size: int = 0):
         if not 1 <= radius <= 30:
             raise ValueError(f"radius must be between 1 and 30 frames, got {radius}")
         if not 0 <= feather <= 50:
@@ -204,11 +205,11 @@ class Inpaint(WindowStage):
         self.flow_preset, self.recurrent, self.colour_match = flow_preset, recurrent, colour_match
         if not 1 <= dense <= 30:
             raise ValueError(f"dense must be between 1 and 30 frames, got {dense}")
-        self.dense, self.memory = dense, memory
-        # The memory: (seq, output, genuine) of the last filled frame; genuine is H×W uint8, 1 where
-        # the output is real background (decoded outside the mask, or propagated / remembered
-        # inside it), 0 where it was filled spatially; None when the memory is off.
-        self._previous: tuple[int, np.ndarray, np.ndarray | None] | None = None
+        self.dense, self.memory, self.carry = dense, memory, carry
+        # (seq, output, memory) of the last filled frame; memory (None when off): its crop box,
+        # and on it the fill before feathering, where that is genuine background (uint8: decoded,
+        # propagated or remembered; 0 = filled spatially) and remembered pixels' residuals (px)
+        self._previous: tuple[int, np.ndarray, tuple | None] | None = None
         self.filler_path = filler
         if filler:
             from stages.inpaint_onnx import check_filler
@@ -273,10 +274,15 @@ class Inpaint(WindowStage):
         if self.propagate:
             self._propagate(t, frames, images, masks, crop, target, hole, filled, todo)
         propagated = int(hole.sum() - todo.sum())
+        offsets = np.zeros((crop.h, crop.w, 2), np.float32)  # sub-pixel residuals of remembered pixels
         if self.propagate and self.memory and todo.any():
-            self._recall(t, frames, images, masks, crop, target, filled, todo)
+            self._recall(t, frames, images, masks, crop, target, filled, todo, offsets)
         remembered = int(hole.sum() - todo.sum()) - propagated
-        genuine = hole & ~todo if self.propagate and self.memory else None
+        # what the next frame may remember: the fill before feathering (at the mask's edge the
+        # composite mixes in the decoded pixel, text halo included), genuine where it is real
+        memory = None
+        if self.propagate and self.memory:
+            memory = ((crop.y0, crop.y1, crop.x0, crop.x1), filled.copy(), (~todo).astype(np.uint8), offsets)
         if todo.any():
             todo8 = todo.astype(np.uint8) * 255
             if self.filler is not None:
@@ -291,11 +297,7 @@ class Inpaint(WindowStage):
         self.count("remembered_pixels", remembered)
         result = image.copy()
         result[crop.y0:crop.y1, crop.x0:crop.x1] = composite(target, filled, crop.cut(mask), self.feather)
-        if genuine is not None:
-            known = (mask == 0).astype(np.uint8)
-            crop.cut(known)[genuine] = 1
-            genuine = known
-        self._previous = (frames[t].seq, result, genuine)
+        self._previous = (frames[t].seq, result, memory)
         return result
 
     def _spatial(self, filled: np.ndarray, todo8: np.ndarray, crop: _Crop) -> np.ndarray:
@@ -312,14 +314,19 @@ class Inpaint(WindowStage):
         return out
 
     def _recall(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list, crop: _Crop,
-                target: np.ndarray, filled: np.ndarray, todo: np.ndarray) -> None:
-        """Fill what the window could not from the memory: the previous output frame, warped along
-        the flow t→t-1, where its pixel was genuine background (decoded, or itself propagated or
-        remembered), the flow is consistent and the ring around the mask matches. Through this,
-        background seen any number of frames before reaches the frame, one frame at a time."""
-        memory = self._previous  # the output of frames[t - 1] (checked in _fill), or None
+                target: np.ndarray, filled: np.ndarray, todo: np.ndarray, offsets: np.ndarray) -> None:
+        """Fill what the window could not from the memory of frames[t - 1] (kept by `_fill`),
+        warped along the flow t→t-1: where its pixel is genuine background, the flow is
+        consistent and the ring around the mask matches. Through this, background seen any
+        number of frames before reaches the frame, one frame at a time.
+
+        `carry=linear` warps bilinearly (it blurs a little more every frame, and averages flow
+        noise); `carry=nearest` takes the nearest pixel and keeps each pixel's sub-pixel residual
+        (where its colour truly sits, `offsets`, px) for the next step, so nothing blurs."""
+        memory = self._previous  # frames[t - 1]'s (checked in _fill), or None
         if memory is None or memory[2] is None:
             return
+        colour, known, residual = self._memory_view(memory[2], crop, images[t - 1])
         hole_crop = crop.cut(masks[t]) > 0
         sub, fx, fy, ux, uy = _sub_crop(hole_crop, crop)
         flow_small, ok = self._pair(frames, images, masks, crop, t, t - 1)
@@ -328,21 +335,47 @@ class Inpaint(WindowStage):
         else:
             flow = cv2.remap(flow_small, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / crop.scale
             ok_full = cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-        mx, my = fx + flow[..., 0], fy + flow[..., 1]
-        warped = cv2.remap(crop.cut(memory[1]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        # genuine only where all four pixels the bilinear sample reads are
-        known = cv2.remap(crop.cut(memory[2]).astype(np.float32), mx, my, cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.999
-        valid = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1) & (ok_full > 0) & known
+        qx, qy = fx + flow[..., 0], fy + flow[..., 1]  # where each pixel sits in frames[t - 1]
+        # the carried pixel whose colour truly sits nearest q: n + residual(n) ≈ q
+        nx, ny = (np.clip(np.rint(q), 0, n - 1).astype(np.intp) for q, n in ((qx, crop.w), (qy, crop.h)))
+        nx = np.clip(np.rint(qx - residual[ny, nx, 0]), 0, crop.w - 1).astype(np.intp)
+        ny = np.clip(np.rint(qy - residual[ny, nx, 1]), 0, crop.h - 1).astype(np.intp)
+        ex, ey = nx + residual[ny, nx, 0] - qx, ny + residual[ny, nx, 1] - qy
+        valid = (qx >= 0) & (qx <= crop.w - 1) & (qy >= 0) & (qy <= crop.h - 1) & (ok_full > 0)
+        # the bilinear warp: the values (carry=linear), and the ring check (the decoded frame there)
+        warped = cv2.remap(colour, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if self.carry == "nearest":
+            valid &= (known[ny, nx] > 0) & (np.abs(ex) <= 1) & (np.abs(ey) <= 1)
+        else:  # genuine only where all four pixels the bilinear sample reads are
+            valid &= cv2.remap(known.astype(np.float32), qx, qy, cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.999
         hole = hole_crop[sub]
         ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
         depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
         matches, offset = self._photometric(warped, target[sub], ring & valid, 2 * int(depth + RING) + 1)
         take = valid & matches & todo[sub]
+        carried = colour[ny, nx] if self.carry == "nearest" else warped
         if offset is not None:
-            warped = np.clip(np.rint(warped + offset), 0, np.iinfo(filled.dtype).max).astype(filled.dtype)
-        filled[sub][take] = warped[take]
+            carried = np.clip(np.rint(carried + offset), 0, np.iinfo(filled.dtype).max).astype(filled.dtype)
+        filled[sub][take] = carried[take]
+        if self.carry == "nearest":
+            offsets[sub][take] = np.stack([ex, ey], axis=-1)[take]
         todo[sub] &= ~take
+
+    @staticmethod
+    def _memory_view(memory: tuple, crop: _Crop, previous: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The memory on this window's crop: (colour, genuine, residual); beyond the remembered
+        box, frames[t - 1] as decoded (genuine, no residual)."""
+        (y0, y1, x0, x1), image, known, residual = memory
+        colour = crop.cut(previous).copy()
+        genuine = np.ones((crop.h, crop.w), np.uint8)
+        carried = np.zeros((crop.h, crop.w, 2), np.float32)
+        oy0, oy1, ox0, ox1 = max(y0, crop.y0), min(y1, crop.y1), max(x0, crop.x0), min(x1, crop.x1)
+        if oy0 < oy1 and ox0 < ox1:
+            dst = (slice(oy0 - crop.y0, oy1 - crop.y0), slice(ox0 - crop.x0, ox1 - crop.x0))
+            src = (slice(oy0 - y0, oy1 - y0), slice(ox0 - x0, ox1 - x0))
+            colour[dst], genuine[dst], carried[dst] = image[src], known[src], residual[src]
+        return colour, genuine, carried
 
     def _follow_previous(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list,
                          crop: _Crop, filled: np.ndarray, todo: np.ndarray) -> None:
