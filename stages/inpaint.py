@@ -123,9 +123,9 @@ def bounds(masks: list[np.ndarray | None]) -> tuple[int, int, int, int]:
 
 
 def _is_cut(a: np.ndarray, b: np.ndarray, threshold: float = 30.0) -> bool:
-    """A scene cut between two frames: mean absolute luma difference of 32×18 thumbnails above
-    `threshold` (text-mask's rule and default); the memory does not cross one."""
-    ta, tb = (cv2.resize(_gray(x), (32, 18), interpolation=cv2.INTER_AREA).astype(np.float32) for x in (a, b))
+    """A scene cut between two whole frames: mean absolute luma difference of 32×18 thumbnails
+    above `threshold` (text-mask's rule and default)."""
+    ta, tb = (_gray(cv2.resize(x, (32, 18), interpolation=cv2.INTER_AREA)).astype(np.float32) for x in (a, b))
     return float(np.abs(ta - tb).mean()) > threshold
 
 
@@ -266,8 +266,8 @@ class Inpaint(WindowStage):
         hole = crop.cut(mask) > 0
         filled = target.copy()
         todo = hole.copy()
-        if self._previous is not None and (t == 0 or self._previous[0] != frames[t - 1].seq or _is_cut(
-                crop.cut(images[t - 1]), crop.cut(image))):
+        if self._previous is not None and (t == 0 or self._previous[0] != frames[t - 1].seq
+                                           or _is_cut(images[t - 1], image)):
             # a segment's start, a frame after one without a mask (the window has that one as a
             # source), or a scene cut: nothing of the previous output may reach this frame
             self._previous = None
@@ -421,6 +421,8 @@ class Inpaint(WindowStage):
             error = np.linalg.norm(fwd + back, axis=2) / crop.scale
             speed = np.linalg.norm(fwd, axis=2) / crop.scale
             ok = (error < self.consistency + 0.05 * speed).astype(np.uint8)
+            if _is_cut(images[a], images[b]):
+                ok[:] = 0  # no flow across a scene cut: neither a source nor the memory crosses it
             self._flows[key] = (fwd, ok)
         return self._flows[key]
 

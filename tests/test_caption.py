@@ -557,13 +557,20 @@ def test_run_filter_matches_a_per_pixel_reference():
 # ---- the memory: background seen long before --------------------------------------------
 
 def boxed_stream(count: int, start: int, shift: int = 1, seed: int = 7, first_seq: int = 0,
-                 cut: int | None = None, cut_seed: int = 11):
+                 cut: int | None = None, cut_seed: int = 11, grey_ring: bool = False):
     """A slow pan (`shift` px a frame) with a wide opaque caption box from frame `start` on: the
     background under the box's middle shows `radius` frames away only at its edges, but it was
-    in view before the caption came. From frame `cut` on, another scene (texture `cut_seed`)."""
+    in view before the caption came. From frame `cut` on, another scene (texture `cut_seed`).
+    `grey_ring`: a flat grey band around the box in every frame (any source matches there)."""
     clean, frames = [], []
     for i in range(first_seq, first_seq + count):
         background = texture(i, 72, 160, shift=shift, seed=seed if cut is None or i < cut else cut_seed)
+        if cut is not None and i >= cut:
+            background = 255 - background  # a plain cut: another shot, another brightness
+        if grey_ring:
+            inside = background[44:64, 40:120].copy()
+            background[34:72, 30:130] = 128
+            background[44:64, 40:120] = inside
         image = background.copy()
         meta = {}
         if i >= start:
@@ -635,11 +642,14 @@ def test_memory_is_deterministic_and_starts_empty_at_a_segment():
 
 
 def test_memory_does_not_cross_a_scene_cut_or_a_gap_without_masks():
-    # after a cut at 24 (the caption goes on), the frames do not depend on the shot before it
-    one = run(boxed_stream(40, start=8, cut=24)[0], "inpaint:radius=3")
-    other = run(boxed_stream(40, start=8, cut=24, seed=3)[0], "inpaint:radius=3")
-    assert all(np.array_equal(x.data, y.data) for x, y in zip(one[24:], other[24:]))
-    assert not np.array_equal(one[20].data, other[20].data)  # before it they do
+    # after a cut at 24 (the caption goes on), the frames do not depend on the shot before it;
+    # with a flat grey band around the box the ring check cannot tell the shots apart there,
+    # so the cut itself must end the memory
+    for grey in (False, True):
+        one = run(boxed_stream(40, start=8, cut=24, grey_ring=grey)[0], "inpaint:radius=3")
+        other = run(boxed_stream(40, start=8, cut=24, seed=3, grey_ring=grey)[0], "inpaint:radius=3")
+        assert all(np.array_equal(x.data, y.data) for x, y in zip(one[24:], other[24:])), grey
+        assert not np.array_equal(one[20].data, other[20].data)  # before it they do
     # a stretch without masks longer than the window ends the memory: frames 10-17 captioned
     # or not, the caption from 40 on fills the same
     captioned, plain = boxed_stream(60, start=10)[0], boxed_stream(60, start=40)[0]
