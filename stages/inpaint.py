@@ -134,11 +134,12 @@ def bounds(masks: list[np.ndarray | None]) -> tuple[int, int, int, int]:
     return (min(r[0] for r in rects), max(r[1] for r in rects), min(r[2] for r in rects), max(r[3] for r in rects))
 
 
-def _is_cut(a: np.ndarray, b: np.ndarray, threshold: float = 30.0) -> bool:
-    """A scene cut between two whole frames: mean absolute luma difference of 32×18 thumbnails
-    above `threshold` (text-mask's rule and default)."""
-    ta, tb = (_gray(cv2.resize(x, (32, 18), interpolation=cv2.INTER_AREA)).astype(np.float32) for x in (a, b))
-    return float(np.abs(ta - tb).mean()) > threshold
+CUT_THRESHOLD = 30.0  # mean absolute luma difference of 32×18 thumbnails: text-mask's rule and default
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """The whole frame's 32×18 luma thumbnail (0..255 float32), for the scene-cut test."""
+    return _gray(cv2.resize(image, (32, 18), interpolation=cv2.INTER_AREA)).astype(np.float32)
 
 
 def _sub_crop(hole: np.ndarray, crop: "_Crop"):
@@ -231,6 +232,7 @@ class Inpaint(WindowStage):
         self._emitted = -1  # highest seq a window has emitted (filled) so far
         self._flows: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (seq_a, seq_b, crop) → (flow, consistent)
         self._guards: dict[tuple, np.ndarray] = {}  # (seq, crop) → grown source mask
+        self._thumbs: dict[int, np.ndarray] = {}  # seq → thumbnail (scene cuts)
 
     def weight_files(self) -> list[str]:
         return [self.filler_path] if self.filler_path else []
@@ -251,6 +253,7 @@ class Inpaint(WindowStage):
         live = {f.seq for f in frames}
         self._flows = {k: v for k, v in self._flows.items() if k[0] in live and k[1] in live}
         self._guards = {k: v for k, v in self._guards.items() if k[0] in live}
+        self._thumbs = {k: v for k, v in self._thumbs.items() if k in live}
         # Fill only the frames this window emits (engine/stage.py): those not emitted by an
         # earlier window, and not the trailing context, which the next window emits — unless
         # this is the last window, which the runner always gives fewer than window_size frames.
@@ -279,7 +282,7 @@ class Inpaint(WindowStage):
         filled = target.copy()
         todo = hole.copy()
         if self._previous is not None and (t == 0 or self._previous[0] != frames[t - 1].seq
-                                           or _is_cut(images[t - 1], image)):
+                                           or self._cut(frames, images, t - 1, t)):
             # a segment's start, a frame after one without a mask (the window has that one as a
             # source), or a scene cut: nothing of the previous output may reach this frame
             self._previous = None
@@ -433,7 +436,7 @@ class Inpaint(WindowStage):
             error = np.linalg.norm(fwd + back, axis=2) / crop.scale
             speed = np.linalg.norm(fwd, axis=2) / crop.scale
             ok = (error < self.consistency + 0.05 * speed).astype(np.uint8)
-            if _is_cut(images[a], images[b]):
+            if self._cut(frames, images, a, b):
                 ok[:] = 0  # no flow across a scene cut: neither a source nor the memory crosses it
             self._flows[key] = (fwd, ok)
         return self._flows[key]
@@ -500,6 +503,13 @@ class Inpaint(WindowStage):
         top = np.iinfo(filled.dtype).max
         filled[sub][take] = np.clip(np.rint(total[take] / weight[take][:, None]), 0, top).astype(filled.dtype)
         todo[sub] &= ~take
+
+    def _cut(self, frames: list[Frame], images: list[np.ndarray], a: int, b: int) -> bool:
+        """Whether frames a and b lie on two sides of a scene cut."""
+        for i in (a, b):
+            if frames[i].seq not in self._thumbs:
+                self._thumbs[frames[i].seq] = thumbnail(images[i])
+        return float(np.abs(self._thumbs[frames[a].seq] - self._thumbs[frames[b].seq]).mean()) > CUT_THRESHOLD
 
     def _guard(self, seq: int, mask: np.ndarray, crop: _Crop) -> np.ndarray:
         """The source's mask grown by SOURCE_GUARD px (its own text's soft edge), cached."""
