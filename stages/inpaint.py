@@ -22,14 +22,14 @@ is passed through at once (no flow, no copies). For a frame with a mask:
    Accepted sources are averaged, weighted by 1 / their distance in frames. A direction stops
    as soon as its chain is inconsistent everywhere under the mask. Full-resolution work
    (warps, checks) runs on the frame's own hole and ring only, not the window's crop.
-3. **Memory.** What the window could not give is taken from the previous frame's fill (before
-   feathering) warped along the flow t→t-1 — only where that pixel is genuine background (decoded outside
-   its mask, or itself propagated or remembered inside it: a validity map kept with it), the
-   flow is consistent and the ring around the mask matches (the photometric check). One
-   frame's fill, its validity and crop box are all it keeps (flat memory), yet background seen
-   any number of frames before (a caption fades in over a background already in view) keeps
-   coming forward, one frame at a time. `carry=linear` warps bilinearly; `carry=nearest`
-   takes the nearest pixel and keeps each pixel's sub-pixel residual, so nothing blurs over
+3. **Memory.** What the window could not give is taken from the previous frame's fill
+   (before feathering) warped along the flow t→t-1 — only where that pixel is genuine
+   background (decoded outside its mask, or itself propagated or remembered inside it: a
+   validity map kept with it), the flow is consistent and the ring around the mask matches
+   (the photometric check). One frame's fill, its validity and crop box are all it keeps
+   (flat memory), yet background seen any number of frames before (a caption fades in over a
+   background already in view) keeps coming forward, one frame at a time. `carry=linear`
+   warps bilinearly; `carry=nearest` takes the nearest pixel and keeps each pixel's sub-pixel residual, so nothing blurs over
    many frames (sharper with exact flow; on the hand-held clip linear averages flow noise and
    wins). It starts empty at a segment's start and after a frame without mask (the window has
    that frame itself), and no flow, source or memory crosses a scene cut (mean absolute luma
@@ -351,25 +351,26 @@ class Inpaint(WindowStage):
             flow = cv2.remap(flow_small, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / crop.scale
             ok_full = cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
         qx, qy = fx + flow[..., 0], fy + flow[..., 1]  # where each pixel sits in frames[t - 1]
-        # the carried pixel whose colour truly sits nearest q: n + residual(n) ≈ q
-        nx, ny = (np.clip(np.rint(q), 0, n - 1).astype(np.intp) for q, n in ((qx, crop.w), (qy, crop.h)))
-        nx = np.clip(np.rint(qx - residual[ny, nx, 0]), 0, crop.w - 1).astype(np.intp)
-        ny = np.clip(np.rint(qy - residual[ny, nx, 1]), 0, crop.h - 1).astype(np.intp)
-        ex, ey = nx + residual[ny, nx, 0] - qx, ny + residual[ny, nx, 1] - qy
         valid = (qx >= 0) & (qx <= crop.w - 1) & (qy >= 0) & (qy <= crop.h - 1) & (ok_full > 0)
         # the bilinear warp: the values (carry=linear), and the ring check (the decoded frame there)
         warped = cv2.remap(colour, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if self.carry == "nearest":
+            # the carried pixel n whose colour truly sits nearest q: n + residual(n) ≈ q
+            nx, ny = (np.clip(np.rint(q), 0, n - 1).astype(np.intp) for q, n in ((qx, crop.w), (qy, crop.h)))
+            nx = np.clip(np.rint(qx - residual[ny, nx, 0]), 0, crop.w - 1).astype(np.intp)
+            ny = np.clip(np.rint(qy - residual[ny, nx, 1]), 0, crop.h - 1).astype(np.intp)
+            ex, ey = nx + residual[ny, nx, 0] - qx, ny + residual[ny, nx, 1] - qy
             valid &= (known[ny, nx] > 0) & (np.abs(ex) <= 1) & (np.abs(ey) <= 1)
+            carried = colour[ny, nx]
         else:  # genuine only where all four pixels the bilinear sample reads are
             valid &= cv2.remap(known.astype(np.float32), qx, qy, cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.999
+            carried = warped
         hole = hole_crop[sub]
         ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
         depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
         matches, offset = self._photometric(warped, target[sub], ring & valid, 2 * int(depth + RING) + 1)
         take = valid & matches & todo[sub]
-        carried = colour[ny, nx] if self.carry == "nearest" else warped
         if offset is not None:
             carried = np.clip(np.rint(carried + offset), 0, np.iinfo(filled.dtype).max).astype(filled.dtype)
         filled[sub][take] = carried[take]
