@@ -31,9 +31,10 @@ is passed through at once (no flow, no copies). For a frame with a mask:
    background already in view) keeps coming forward, one frame at a time. `carry=linear`
    warps bilinearly; `carry=nearest` takes the nearest pixel and keeps each pixel's sub-pixel
    residual, so nothing blurs over many frames (sharper with exact flow; on the hand-held clip
-   linear averages flow noise and wins). It starts empty at a segment's start and after a frame without mask (the window has
-   that frame itself), and no flow, source or memory crosses a scene cut (mean absolute luma
-   difference of 32×18 thumbnails above 30, text-mask's rule). `memory=false`: the window only.
+   linear averages flow noise and wins). It starts empty at a segment's start and after a
+   frame without mask (the window has that frame itself), and no flow, source or memory
+   crosses a scene cut (mean absolute luma difference of 32×18 thumbnails above 30,
+   text-mask's rule). `memory=false`: the window only.
 4. **Spatial fill.** What is still unknown is filled by `cv2.inpaint` (`method` ns or telea)
    at the flow's resolution (its cost grows with hole pixels × radius²; the fill is smooth)
    from everything around it, the propagated pixels included, then blended (`recurrent`, 0.6)
