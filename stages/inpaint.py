@@ -22,17 +22,30 @@ is passed through at once (no flow, no copies). For a frame with a mask:
    Accepted sources are averaged, weighted by 1 / their distance in frames. A direction stops
    as soon as its chain is inconsistent everywhere under the mask. Full-resolution work
    (warps, checks) runs on the frame's own hole and ring only, not the window's crop.
-3. **Spatial fill.** What no frame could give is filled by `cv2.inpaint` (`method` ns or telea)
+3. **Memory.** What the window could not give is taken from the previous frame's fill
+   (before feathering) warped along the flow t→t-1 — only where that pixel is genuine
+   background (decoded outside its mask, or itself propagated or remembered inside it: a
+   validity map kept with it), the flow is consistent and the ring around the mask matches
+   (the photometric check). One frame's fill, its validity and crop box are all it keeps
+   (flat memory), yet background seen any number of frames before (a caption fades in over a
+   background already in view) keeps coming forward, one frame at a time. `carry=linear`
+   warps bilinearly; `carry=nearest` takes the nearest pixel and keeps each pixel's sub-pixel
+   residual, so nothing blurs over many frames (sharper with exact flow; on the hand-held clip
+   linear averages flow noise and wins). It starts empty at a segment's start and after a
+   frame without mask (the window has that frame itself), and no flow, source or memory
+   crosses a scene cut (mean absolute luma difference of 32×18 thumbnails above 30,
+   text-mask's rule). `memory=false`: the window only.
+4. **Spatial fill.** What is still unknown is filled by `cv2.inpaint` (`method` ns or telea)
    at the flow's resolution (its cost grows with hole pixels × radius²; the fill is smooth)
    from everything around it, the propagated pixels included, then blended (`recurrent`, 0.6)
    with the previous output frame warped along the flow, where the flow is consistent: a
    spatial fill on its own changes from frame to frame (flicker).
-4. **Composite.** Only inside the mask, feathered over `feather` px inward from its edge.
+5. **Composite.** Only inside the mask, feathered over `feather` px inward from its edge.
    Every pixel outside the mask is the decoded pixel, bit for bit.
 
-`propagate=false` leaves step 3 alone: the Telea / NS baselines of the benchmark.
+`propagate=false` leaves step 4 alone: the Telea / NS baselines of the benchmark.
 
-A learned image inpainter can replace step 3 (`filler=/path/model.onnx`, see
+A learned image inpainter can replace step 4 (`filler=/path/model.onnx`, see
 `stages/inpaint_onnx.py`): it then fills what propagation left.
 """
 
@@ -122,6 +135,26 @@ def bounds(masks: list[np.ndarray | None]) -> tuple[int, int, int, int]:
     return (min(r[0] for r in rects), max(r[1] for r in rects), min(r[2] for r in rects), max(r[3] for r in rects))
 
 
+CUT_THRESHOLD = 30.0  # mean absolute luma difference of 32×18 thumbnails: text-mask's rule and default
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """The whole frame's 32×18 luma thumbnail (0..255 float32), for the scene-cut test."""
+    return _gray(cv2.resize(image, (32, 18), interpolation=cv2.INTER_AREA)).astype(np.float32)
+
+
+def _sub_crop(hole: np.ndarray, crop: "_Crop"):
+    """The part of the crop around `hole` (its bounding box + the ring), as slices, its
+    full-resolution pixel grid and where those pixels sit in the flow-resolution crop."""
+    bx, by, bw, bh = cv2.boundingRect(hole.astype(np.uint8))
+    sy0, sy1 = max(0, by - RING - 1), min(crop.h, by + bh + RING + 1)
+    sx0, sx1 = max(0, bx - RING - 1), min(crop.w, bx + bw + RING + 1)
+    fx, fy = np.meshgrid(np.arange(sx0, sx1, dtype=np.float32), np.arange(sy0, sy1, dtype=np.float32))
+    # cv2.resize's pixel centres
+    ux, uy = (fx + 0.5) * (crop.fw / crop.w) - 0.5, (fy + 0.5) * (crop.fh / crop.h) - 0.5
+    return (slice(sy0, sy1), slice(sx0, sx1)), fx, fy, ux, uy
+
+
 class _Crop:
     """The part of a window's frames that any mask touches, with the flow-resolution view of it:
     at most `flow_width` px wide, and scaled as a frame at most `flow_height` px high would be."""
@@ -164,7 +197,8 @@ class Inpaint(WindowStage):
                  feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
                  flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",
                  flow_height: int = 360, recurrent: float = 0.6, colour_match: bool = False, dense: int = 4,
-                 filler: str = "", window_size: int = 0):
+                 memory: bool = True, carry: Literal["linear", "nearest"] = "linear", filler: str = "",
+                 window_size: int = 0):
         if not 1 <= radius <= 30:
             raise ValueError(f"radius must be between 1 and 30 frames, got {radius}")
         if not 0 <= feather <= 50:
@@ -185,8 +219,11 @@ class Inpaint(WindowStage):
         self.flow_preset, self.recurrent, self.colour_match = flow_preset, recurrent, colour_match
         if not 1 <= dense <= 30:
             raise ValueError(f"dense must be between 1 and 30 frames, got {dense}")
-        self.dense = dense
-        self._previous: tuple[int, np.ndarray] | None = None  # (seq, output) of the last filled frame
+        self.dense, self.memory, self.carry = dense, memory, carry
+        # (seq, output, memory) of the last filled frame; memory (None when off): its crop box,
+        # and on it the fill before feathering, where that is genuine background (uint8: decoded,
+        # propagated or remembered; 0 = filled spatially) and remembered pixels' residuals (px)
+        self._previous: tuple[int, np.ndarray, tuple | None] | None = None
         self.filler_path = filler
         if filler:
             from stages.inpaint_onnx import check_filler
@@ -196,6 +233,7 @@ class Inpaint(WindowStage):
         self._emitted = -1  # highest seq a window has emitted (filled) so far
         self._flows: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (seq_a, seq_b, crop) → (flow, consistent)
         self._guards: dict[tuple, np.ndarray] = {}  # (seq, crop) → grown source mask
+        self._thumbs: dict[int, np.ndarray] = {}  # seq → thumbnail (scene cuts)
 
     def weight_files(self) -> list[str]:
         return [self.filler_path] if self.filler_path else []
@@ -216,6 +254,7 @@ class Inpaint(WindowStage):
         live = {f.seq for f in frames}
         self._flows = {k: v for k, v in self._flows.items() if k[0] in live and k[1] in live}
         self._guards = {k: v for k, v in self._guards.items() if k[0] in live}
+        self._thumbs = {k: v for k, v in self._thumbs.items() if k in live}
         # Fill only the frames this window emits (engine/stage.py): those not emitted by an
         # earlier window, and not the trailing context, which the next window emits — unless
         # this is the last window, which the runner always gives fewer than window_size frames.
@@ -243,9 +282,23 @@ class Inpaint(WindowStage):
         hole = crop.cut(mask) > 0
         filled = target.copy()
         todo = hole.copy()
+        if self._previous is not None and (t == 0 or self._previous[0] != frames[t - 1].seq
+                                           or self._cut(frames, images, t - 1, t)):
+            # a segment's start, a frame after one without a mask (the window has that one as a
+            # source), or a scene cut: nothing of the previous output may reach this frame
+            self._previous = None
         if self.propagate:
             self._propagate(t, frames, images, masks, crop, target, hole, filled, todo)
         propagated = int(hole.sum() - todo.sum())
+        offsets = np.zeros((crop.h, crop.w, 2), np.float32)  # sub-pixel residuals of remembered pixels
+        if self.propagate and self.memory and todo.any():
+            self._recall(t, frames, images, masks, crop, target, filled, todo, offsets)
+        remembered = int(hole.sum() - todo.sum()) - propagated
+        # what the next frame may remember: the fill before feathering (at the mask's edge the
+        # composite mixes in the decoded pixel, text halo included), genuine where it is real
+        memory = None
+        if self.propagate and self.memory:
+            memory = ((crop.y0, crop.y1, crop.x0, crop.x1), filled.copy(), (~todo).astype(np.uint8), offsets)
         if todo.any():
             todo8 = todo.astype(np.uint8) * 255
             if self.filler is not None:
@@ -257,9 +310,10 @@ class Inpaint(WindowStage):
         self.count("text_frames")
         self.count("filled_pixels", int(hole.sum()))
         self.count("propagated_pixels", propagated)
+        self.count("remembered_pixels", remembered)
         result = image.copy()
         result[crop.y0:crop.y1, crop.x0:crop.x1] = composite(target, filled, crop.cut(mask), self.feather)
-        self._previous = (frames[t].seq, result)
+        self._previous = (frames[t].seq, result, memory)
         return result
 
     def _spatial(self, filled: np.ndarray, todo8: np.ndarray, crop: _Crop) -> np.ndarray:
@@ -275,12 +329,77 @@ class Inpaint(WindowStage):
         out[todo8 > 0] = big[todo8 > 0]
         return out
 
+    def _recall(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list, crop: _Crop,
+                target: np.ndarray, filled: np.ndarray, todo: np.ndarray, offsets: np.ndarray) -> None:
+        """Fill what the window could not from the memory of frames[t - 1] (kept by `_fill`),
+        warped along the flow t→t-1: where its pixel is genuine background, the flow is
+        consistent and the ring around the mask matches. Through this, background seen any
+        number of frames before reaches the frame, one frame at a time.
+
+        `carry=linear` warps bilinearly (it blurs a little more every frame, and averages flow
+        noise); `carry=nearest` takes the nearest pixel and keeps each pixel's sub-pixel residual
+        (where its colour truly sits, `offsets`, px) for the next step, so nothing blurs."""
+        memory = self._previous  # frames[t - 1]'s (checked in _fill), or None
+        if memory is None or memory[2] is None:
+            return
+        colour, known, residual = self._memory_view(memory[2], crop, images[t - 1])
+        hole_crop = crop.cut(masks[t]) > 0
+        sub, fx, fy, ux, uy = _sub_crop(hole_crop, crop)
+        flow_small, ok = self._pair(frames, images, masks, crop, t, t - 1)
+        if crop.scale == 1.0:
+            flow, ok_full = flow_small[sub], ok[sub]
+        else:
+            flow = cv2.remap(flow_small, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / crop.scale
+            ok_full = cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        qx, qy = fx + flow[..., 0], fy + flow[..., 1]  # where each pixel sits in frames[t - 1]
+        valid = (qx >= 0) & (qx <= crop.w - 1) & (qy >= 0) & (qy <= crop.h - 1) & (ok_full > 0)
+        # the bilinear warp: the values (carry=linear), and the ring check (the decoded frame there)
+        warped = cv2.remap(colour, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if self.carry == "nearest":
+            # the carried pixel n whose colour truly sits nearest q: n + residual(n) ≈ q
+            nx, ny = (np.clip(np.rint(q), 0, n - 1).astype(np.intp) for q, n in ((qx, crop.w), (qy, crop.h)))
+            nx = np.clip(np.rint(qx - residual[ny, nx, 0]), 0, crop.w - 1).astype(np.intp)
+            ny = np.clip(np.rint(qy - residual[ny, nx, 1]), 0, crop.h - 1).astype(np.intp)
+            ex, ey = nx + residual[ny, nx, 0] - qx, ny + residual[ny, nx, 1] - qy
+            valid &= (known[ny, nx] > 0) & (np.abs(ex) <= 1) & (np.abs(ey) <= 1)
+            carried = colour[ny, nx]
+        else:  # genuine only where all four pixels the bilinear sample reads are
+            valid &= cv2.remap(known.astype(np.float32), qx, qy, cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.999
+            carried = warped
+        hole = hole_crop[sub]
+        ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
+        depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
+        matches, offset = self._photometric(warped, target[sub], ring & valid, 2 * int(depth + RING) + 1)
+        take = valid & matches & todo[sub]
+        if offset is not None:
+            carried = np.clip(np.rint(carried + offset), 0, np.iinfo(filled.dtype).max).astype(filled.dtype)
+        filled[sub][take] = carried[take]
+        if self.carry == "nearest":
+            offsets[sub][take] = np.stack([ex, ey], axis=-1)[take]
+        todo[sub] &= ~take
+
+    @staticmethod
+    def _memory_view(memory: tuple, crop: _Crop, previous: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The memory on this window's crop: (colour, genuine, residual); beyond the remembered
+        box, frames[t - 1] as decoded (genuine, no residual)."""
+        (y0, y1, x0, x1), image, known, residual = memory
+        colour = crop.cut(previous).copy()
+        genuine = np.ones((crop.h, crop.w), np.uint8)
+        carried = np.zeros((crop.h, crop.w, 2), np.float32)
+        oy0, oy1, ox0, ox1 = max(y0, crop.y0), min(y1, crop.y1), max(x0, crop.x0), min(x1, crop.x1)
+        if oy0 < oy1 and ox0 < ox1:
+            dst = (slice(oy0 - crop.y0, oy1 - crop.y0), slice(ox0 - crop.x0, ox1 - crop.x0))
+            src = (slice(oy0 - y0, oy1 - y0), slice(ox0 - x0, ox1 - x0))
+            colour[dst], genuine[dst], carried[dst] = image[src], known[src], residual[src]
+        return colour, genuine, carried
+
     def _follow_previous(self, t: int, frames: list[Frame], images: list[np.ndarray], masks: list,
                          crop: _Crop, filled: np.ndarray, todo: np.ndarray) -> None:
         """Blend what no frame could give with the previous output warped along the flow, so a
         spatial fill does not flicker from frame to frame (an average along motion paths)."""
-        previous = self._previous
-        if t == 0 or previous is None or previous[0] != frames[t - 1].seq:
+        previous = self._previous  # the output of frames[t - 1] (checked in _fill), or None
+        if previous is None:
             return
         flow_small, ok = self._pair(frames, images, masks, crop, t, t - 1)
         flow = crop.full_flow(flow_small)
@@ -319,6 +438,8 @@ class Inpaint(WindowStage):
             error = np.linalg.norm(fwd + back, axis=2) / crop.scale
             speed = np.linalg.norm(fwd, axis=2) / crop.scale
             ok = (error < self.consistency + 0.05 * speed).astype(np.uint8)
+            if self._cut(frames, images, a, b):
+                ok[:] = 0  # no flow across a scene cut: neither a source nor the memory crosses it
             self._flows[key] = (fwd, ok)
         return self._flows[key]
 
@@ -328,13 +449,7 @@ class Inpaint(WindowStage):
         gx, gy = _grid(crop.fh, crop.fw)
         # Full-resolution work happens on this frame's own hole and the ring around it (the
         # window's crop is the union over all its frames, and has the flow's margin)
-        bx, by, bw, bh = cv2.boundingRect(hole.astype(np.uint8))
-        sy0, sy1 = max(0, by - RING - 1), min(crop.h, by + bh + RING + 1)
-        sx0, sx1 = max(0, bx - RING - 1), min(crop.w, bx + bw + RING + 1)
-        sub = (slice(sy0, sy1), slice(sx0, sx1))
-        fx, fy = np.meshgrid(np.arange(sx0, sx1, dtype=np.float32), np.arange(sy0, sy1, dtype=np.float32))
-        # where the sub-crop's pixels sit in the flow-resolution crop (cv2.resize's pixel centres)
-        ux, uy = (fx + 0.5) * (crop.fw / crop.w) - 0.5, (fy + 0.5) * (crop.fh / crop.h) - 0.5
+        sub, fx, fy, ux, uy = _sub_crop(hole, crop)
         target, hole_full, hole = target[sub], hole, hole[sub]
         ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
         # box size that reaches the ring from anywhere inside the mask
@@ -391,6 +506,13 @@ class Inpaint(WindowStage):
         filled[sub][take] = np.clip(np.rint(total[take] / weight[take][:, None]), 0, top).astype(filled.dtype)
         todo[sub] &= ~take
 
+    def _cut(self, frames: list[Frame], images: list[np.ndarray], a: int, b: int) -> bool:
+        """Whether frames a and b lie on two sides of a scene cut."""
+        for i in (a, b):
+            if frames[i].seq not in self._thumbs:
+                self._thumbs[frames[i].seq] = thumbnail(images[i])
+        return float(np.abs(self._thumbs[frames[a].seq] - self._thumbs[frames[b].seq]).mean()) > CUT_THRESHOLD
+
     def _guard(self, seq: int, mask: np.ndarray, crop: _Crop) -> np.ndarray:
         """The source's mask grown by SOURCE_GUARD px (its own text's soft edge), cached."""
         key = (seq, crop.key)
@@ -424,4 +546,4 @@ class Inpaint(WindowStage):
     def describe(self) -> dict[str, Any]:
         return {"radius": self.radius if self.propagate else 0, "method": self.method,
                 "filler": self.filler_path or "spatial", "flow": self.flow_preset if self.propagate else "off",
-                "window": self.window_size}
+                "window": self.window_size, "memory": self.carry if self.propagate and self.memory else "off"}
