@@ -92,9 +92,9 @@ excess is never above the plain difference). The signed test runs only for frame
 unsigned one keeps: first over the windows where the unsigned test reached its threshold (a
 real change is usually of one sign there), then, if none reaches the signed threshold there,
 around every tile holding a pixel >= it (|sum of the signed excess| <= sum of the excess),
-stopping at the first window that reaches it. At 1080p the stage took 0.41 of decode's CPU
-time before the signed test (the plain-difference stage before that 0.31); figures for the
-signed test in tests/data/dedup_labels/RESULTS.md.
+stopping at the first window that reaches it. At 1080p the stage takes 0.475 of decode's CPU
+time (`tools/dedup_cost.py`, quiet 2-core machine; 0.456 without the signed test, measured
+beside it); figures in tests/data/dedup_labels/RESULTS.md.
 """
 
 from __future__ import annotations
