@@ -291,11 +291,13 @@ class Pipeline:
                 batch.append(frame)
             if batch and (frame is None or len(batch) >= stage.batch_size):
                 sent.append(batch)
-                with metrics.busy(batch[0].seq):
+                # named by its smallest seq: frames from parallel workers upstream arrive out of
+                # order (a descheduled worker's frame can come a dozen frames late)
+                with metrics.busy(min(f.seq for f in batch)):
                     done = stage.submit_batch(batch)
                 emit(done)
                 batch = []
-        with metrics.busy(sent[0][0].seq if sent else None):
+        with metrics.busy(min(f.seq for f in sent[0]) if sent else None):
             done = stage.drain_batches()
         emit(done)
         if sent:
