@@ -16,8 +16,11 @@ Rule, for each frame (a window stage: every frame sees `overlap` frames on both 
 4. None of this crosses a scene cut (mean absolute luma difference of 32×18 thumbnails above
    `cut_threshold`, or `meta["scene_cut"]` set upstream): each shot is taken on its own.
 
-Output: `meta["text_mask"]` (H×W uint8, 255 = remove) on frames with anything to remove;
-the pixels pass through unchanged. A frame without text has no `text_mask`.
+Output: `meta["text_mask"]` (H×W uint8, 255 = remove) on frames with anything to remove,
+and `meta["text_mask_margin"]`, the `dilate` px of its edge that are a safety margin only
+(beyond the strokes and their `grow`): what the frame's own text cannot have touched, which
+`inpaint` may take as background when the frame is a source for another. The pixels pass
+through unchanged. A frame without text has neither.
 """
 
 from __future__ import annotations
@@ -224,6 +227,7 @@ class TextMask(WindowStage):
                 frame.meta.pop("text_mask", None)
             else:
                 frame.meta["text_mask"] = mask
+                frame.meta["text_mask_margin"] = self.dilate
         return [f.data for f in frames]
 
     def _shot(self, frames: list[Frame], results: list, offset: int, owned: list[bool]) -> None:

@@ -716,3 +716,31 @@ def test_memory_does_not_cross_a_scene_cut_or_a_gap_without_masks():
     frames = captioned[:18] + plain[18:]
     x, y = run(frames, "inpaint:radius=3"), run(plain, "inpaint:radius=3")
     assert all(np.array_equal(p.data, q.data) for p, q in zip(x[40:], y[40:]))
+
+
+def test_a_sources_mask_margin_is_taken_as_background_and_its_text_is_not():
+    """text-mask's `dilate` margin is background in a source frame: two captions side by side in
+    time whose margins overlap (columns 80-84) hide that strip in every frame; only the margin
+    text-mask reports makes it recoverable, and the text itself is never copied."""
+    clean = texture(0, 72, 160, shift=0)
+
+    def frames(margin: bool) -> list[Frame]:
+        out = []
+        for i in range(12):
+            x0 = 40 if i < 6 else 84  # the caption's strokes (core), 40 px wide
+            image = clean.copy()
+            image[46:62, x0:x0 + 40] = 250
+            mask = np.zeros((72, 160), np.uint8)
+            mask[42:66, x0 - 4:x0 + 44] = 255  # the strokes dilated by 4 px
+            meta = {"text_mask": mask, **({"text_mask_margin": 4} if margin else {})}
+            out.append(Frame.from_array(i, i, TB, image, meta))
+        return out
+
+    strip = (slice(46, 62), slice(80, 84))
+    for margin, bound in ((True, lambda e: e < 3), (False, lambda e: e > 5)):
+        out = run(frames(margin), "inpaint:radius=6")
+        errors = [np.abs(f.data[strip].astype(int) - clean[strip]).mean() for f in out]
+        assert all(bound(e) for e in errors), (margin, " ".join(f"{e:.1f}" for e in errors))
+        if margin:  # the other source's strokes are not background: nothing of the text came along
+            holes = [(f.meta["text_mask"] > 0) for f in out]
+            assert all(np.abs(f.data[h].astype(int) - clean[h]).mean() < 3 for f, h in zip(out, holes))
