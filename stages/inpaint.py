@@ -17,7 +17,9 @@ is passed through at once (no flow, no copies). For a frame with a mask:
      grown soft edge, where the source shows background; without one, the mask grown by
      `SOURCE_GUARD` px). The margin is there so the frame being filled loses no text edge; for
      a source it would only hide background: trusting it took the moving bench from 23.16 to
-     24.06 dB (README "Quality against ground truth");
+     23.87 dB (README "Quality against ground truth"). The margin is taken off with the element
+     that grew it (`disc`), and a sample is taken only if its bilinear warp reads no guarded
+     pixel: a stroke next to it would blend in;
    - forward-backward consistency: every step of the chain passes |F + B∘F| < `consistency`
      px + 5 % of the motion (Sundaram et al.'s occlusion test);
    - photometric check: outside the mask, the warped source must match the target; the
@@ -38,8 +40,12 @@ is passed through at once (no flow, no copies). For a frame with a mask:
    residual, so nothing blurs over many frames (sharper with exact flow; on the hand-held clip
    linear averages flow noise and wins). It starts empty at a segment's start and after a
    frame without mask (the window has that frame itself), and no flow, source or memory
-   crosses a scene cut (mean absolute luma difference of 32×18 thumbnails above 30,
-   text-mask's rule). `memory=false`: the window only.
+   crosses a scene cut (`meta["scene_cut"]` set upstream, or a mean absolute luma difference
+   of 32×18 thumbnails above 30: text-mask's default test, here on the RGB frames' luma, so
+   the two stages can disagree on a borderline cut). `memory=false`: the window only. In
+   `--resume` / `--ray` segments the memory starts empty at each segment's first context
+   frame, so inside a caption that spans a segment boundary the fill differs from a single
+   pass (tested: a segment's first frame fills as the window alone would).
 4. **Spatial fill.** What is still unknown is filled by `cv2.inpaint` (`method` ns or telea)
    at the flow's resolution (its cost grows with hole pixels × radius²; the fill is smooth)
    from everything around it, the propagated pixels included, then blended (`recurrent`, 0.6)
@@ -140,7 +146,13 @@ def bounds(masks: list[np.ndarray | None]) -> tuple[int, int, int, int]:
     return (min(r[0] for r in rects), max(r[1] for r in rects), min(r[2] for r in rects), max(r[3] for r in rects))
 
 
-CUT_THRESHOLD = 30.0  # mean absolute luma difference of 32×18 thumbnails: text-mask's rule and default
+def disc(px: int) -> np.ndarray:
+    """The (2·px+1)² elliptical structuring element: text-mask grows masks with it, and inpaint
+    takes a margin off with the same one (an erosion by another shape would take more)."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+
+
+CUT_THRESHOLD = 30.0  # mean absolute luma difference of 32×18 thumbnails: text-mask's default
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
@@ -362,9 +374,9 @@ class Inpaint(WindowStage):
         warped = cv2.remap(colour, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if self.carry == "nearest":
             # the carried pixel n whose colour truly sits nearest q: n + residual(n) ≈ q
-            nx, ny = (np.clip(np.rint(q), 0, n - 1).astype(np.intp) for q, n in ((qx, crop.w), (qy, crop.h)))
-            nx = np.clip(np.rint(qx - residual[ny, nx, 0]), 0, crop.w - 1).astype(np.intp)
-            ny = np.clip(np.rint(qy - residual[ny, nx, 1]), 0, crop.h - 1).astype(np.intp)
+            rx, ry = (np.clip(np.rint(q), 0, n - 1).astype(np.intp) for q, n in ((qx, crop.w), (qy, crop.h)))
+            nx = np.clip(np.rint(qx - residual[ry, rx, 0]), 0, crop.w - 1).astype(np.intp)
+            ny = np.clip(np.rint(qy - residual[ry, rx, 1]), 0, crop.h - 1).astype(np.intp)
             ex, ey = nx + residual[ny, nx, 0] - qx, ny + residual[ny, nx, 1] - qy
             valid &= (known[ny, nx] > 0) & (np.abs(ex) <= 1) & (np.abs(ey) <= 1)
             carried = colour[ny, nx]
@@ -493,7 +505,9 @@ class Inpaint(WindowStage):
                 warped = cv2.remap(crop.cut(images[s]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                 valid = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1) & (ok_full > 0)
                 if masks[s] is not None:
-                    valid &= cv2.remap(self._guard(frames[s], masks[s], crop), mx, my, cv2.INTER_NEAREST,
+                    # bilinear: the sample must read none of the source's text (a nearest-pixel
+                    # check lets a stroke pixel beside it blend in)
+                    valid &= cv2.remap(self._guard(frames[s], masks[s], crop), mx, my, cv2.INTER_LINEAR,
                                        borderMode=cv2.BORDER_CONSTANT, borderValue=255) == 0
                 matches, offset = self._photometric(warped, target, ring & valid, box)
                 valid &= matches
@@ -512,7 +526,10 @@ class Inpaint(WindowStage):
         todo[sub] &= ~take
 
     def _cut(self, frames: list[Frame], images: list[np.ndarray], a: int, b: int) -> bool:
-        """Whether frames a and b lie on two sides of a scene cut."""
+        """Whether neighbouring frames a and b lie on two sides of a scene cut: the later one is
+        marked `meta["scene_cut"]` upstream, or their thumbnails differ by over CUT_THRESHOLD."""
+        if frames[max(a, b)].meta.get("scene_cut"):
+            return True
         for i in (a, b):
             if frames[i].seq not in self._thumbs:
                 self._thumbs[frames[i].seq] = thumbnail(images[i])
@@ -520,12 +537,16 @@ class Inpaint(WindowStage):
 
     def _guard(self, frame: Frame, mask: np.ndarray, crop: _Crop) -> np.ndarray:
         """Where a source's own text may be (cached): its mask less the safety margin text-mask
-        says it added, or, for a mask that says none, the mask grown by SOURCE_GUARD px."""
+        says it grew it by (eroded with the element that grew it: erode(dilate(X)) ⊇ X, so
+        nothing it held before is let through), or, for a mask without one (a user's own, or
+        `dilate=0`), the mask grown by SOURCE_GUARD px."""
         key = (frame.seq, crop.key)
         if key not in self._guards:
-            margin = int(frame.meta.get("text_mask_margin", -SOURCE_GUARD))
-            op = cv2.erode if margin > 0 else cv2.dilate
-            self._guards[key] = op(crop.cut(mask), np.ones((2 * abs(margin) + 1,) * 2, np.uint8))
+            margin = int(frame.meta.get("text_mask_margin", 0))
+            if margin > 0:
+                self._guards[key] = cv2.erode(crop.cut(mask), disc(margin))
+            else:
+                self._guards[key] = cv2.dilate(crop.cut(mask), np.ones((2 * SOURCE_GUARD + 1,) * 2, np.uint8))
         return self._guards[key]
 
     def _photometric(self, warped: np.ndarray, target: np.ndarray, ring: np.ndarray,

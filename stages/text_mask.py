@@ -34,7 +34,7 @@ from engine.frame import Frame
 from engine.registry import register_stage
 from engine.stage import WindowStage
 from stages.dedup import luma
-from stages.inpaint import bounds
+from stages.inpaint import bounds, disc
 
 THUMB = (32, 18)
 
@@ -42,7 +42,7 @@ THUMB = (32, 18)
 def _grow(mask: np.ndarray, px: int) -> np.ndarray:
     if not px:
         return mask
-    return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1)))
+    return cv2.dilate(mask, disc(px))
 
 
 def box_mask(boxes: np.ndarray, height: int, width: int, dilate: int) -> np.ndarray:
@@ -225,6 +225,7 @@ class TextMask(WindowStage):
                 continue
             if mask is None:
                 frame.meta.pop("text_mask", None)
+                frame.meta.pop("text_mask_margin", None)
             else:
                 frame.meta["text_mask"] = mask
                 frame.meta["text_mask_margin"] = self.dilate
