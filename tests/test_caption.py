@@ -774,3 +774,28 @@ def test_a_sources_diagonal_strokes_stay_refused_inside_its_margin():
     for spec in ("inpaint:radius=6:memory=false", "inpaint:radius=6"):
         with_margin, guarded = leaked(run(frames(True), spec)), leaked(run(frames(False), spec))
         assert not any(with_margin) and not any(guarded), (spec, with_margin, guarded)
+
+
+def test_memory_view_maps_the_remembered_box_onto_another_windows_crop():
+    """The memory is kept on its own window's crop; the next window's crop can be another box
+    (masks move, grow, shrink). Every pixel must land where it was, the rest be the decoded frame."""
+    from stages.inpaint import _Crop
+
+    rng = np.random.default_rng(5)
+    previous = rng.integers(0, 255, (60, 80, 3), np.uint8)
+    box = (10, 40, 20, 70)  # y0, y1, x0, x1 of the remembered crop
+    image = rng.integers(0, 255, (30, 50, 3), np.uint8)
+    known = rng.integers(0, 2, (30, 50), np.uint8)
+    residual = rng.normal(0, 0.3, (30, 50, 2)).astype(np.float32)
+    for y0, y1, x0, x1 in ((30, 35, 40, 60), (2, 5, 2, 6), (20, 22, 30, 32)):  # crops overlapping it differently
+        mask = np.zeros((60, 80), np.uint8)
+        mask[y0:y1, x0:x1] = 255
+        crop = _Crop([mask], 60, 80, 960)
+        colour, genuine, carried = Inpaint._memory_view((box, image, known, residual), crop, previous)
+        ys, xs = np.mgrid[crop.y0:crop.y1, crop.x0:crop.x1]
+        inside = (ys >= box[0]) & (ys < box[1]) & (xs >= box[2]) & (xs < box[3])
+        iy, ix = ys[inside] - box[0], xs[inside] - box[2]
+        assert np.array_equal(colour[inside], image[iy, ix]) and np.array_equal(genuine[inside], known[iy, ix])
+        assert np.array_equal(carried[inside], residual[iy, ix])
+        assert np.array_equal(colour[~inside], previous[ys[~inside], xs[~inside]])
+        assert (genuine[~inside] == 1).all() and (carried[~inside] == 0).all()
