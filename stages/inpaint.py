@@ -152,12 +152,13 @@ def disc(px: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
 
 
-CUT_THRESHOLD = 30.0  # mean absolute luma difference of 32×18 thumbnails: text-mask's default
+THUMB = (32, 18)  # the scene-cut test's thumbnail size (text-mask's too)
+CUT_THRESHOLD = 30.0  # mean absolute luma difference of THUMB thumbnails: text-mask's default
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
-    """The whole frame's 32×18 luma thumbnail (0..255 float32), for the scene-cut test."""
-    return _gray(cv2.resize(image, (32, 18), interpolation=cv2.INTER_AREA)).astype(np.float32)
+    """The whole frame's THUMB luma thumbnail (0..255 float32), for the scene-cut test."""
+    return _gray(cv2.resize(image, THUMB, interpolation=cv2.INTER_AREA)).astype(np.float32)
 
 
 def _sub_crop(hole: np.ndarray, crop: "_Crop"):
@@ -170,6 +171,14 @@ def _sub_crop(hole: np.ndarray, crop: "_Crop"):
     # cv2.resize's pixel centres
     ux, uy = (fx + 0.5) * (crop.fw / crop.w) - 0.5, (fy + 0.5) * (crop.fh / crop.h) - 0.5
     return (slice(sy0, sy1), slice(sx0, sx1)), fx, fy, ux, uy
+
+
+def ring_and_reach(hole: np.ndarray) -> tuple[np.ndarray, int]:
+    """The RING px outside `hole` (bool) where the photometric check is measured, and the box
+    size that reaches that ring from anywhere inside the hole."""
+    ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
+    depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
+    return ring, 2 * int(depth + RING) + 1
 
 
 class _Crop:
@@ -199,6 +208,15 @@ class _Crop:
         if self.scale == 1.0:
             return mask
         return cv2.resize(mask, (self.w, self.h), interpolation=cv2.INTER_NEAREST)
+
+    def sub_flow(self, flow: np.ndarray, ok: np.ndarray, sub: tuple, ux: np.ndarray,
+                 uy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A flow-resolution flow and its consistency on the full-resolution sub-crop `sub`
+        (`_sub_crop`'s slices and sample points), vectors scaled: upsampled for it only."""
+        if self.scale == 1.0:
+            return flow[sub], ok[sub]
+        return (cv2.remap(flow, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / self.scale,
+                cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE))
 
     def full_flow(self, flow: np.ndarray) -> np.ndarray:
         if self.scale == 1.0:
@@ -362,12 +380,7 @@ class Inpaint(WindowStage):
         colour, known, residual = self._memory_view(memory[2], crop, images[t - 1])
         hole_crop = crop.cut(masks[t]) > 0
         sub, fx, fy, ux, uy = _sub_crop(hole_crop, crop)
-        flow_small, ok = self._pair(frames, images, masks, crop, t, t - 1)
-        if crop.scale == 1.0:
-            flow, ok_full = flow_small[sub], ok[sub]
-        else:
-            flow = cv2.remap(flow_small, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / crop.scale
-            ok_full = cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        flow, ok_full = crop.sub_flow(*self._pair(frames, images, masks, crop, t, t - 1), sub, ux, uy)
         qx, qy = fx + flow[..., 0], fy + flow[..., 1]  # where each pixel sits in frames[t - 1]
         valid = (qx >= 0) & (qx <= crop.w - 1) & (qy >= 0) & (qy <= crop.h - 1) & (ok_full > 0)
         # the bilinear warp: the values (carry=linear), and the ring check (the decoded frame there)
@@ -384,10 +397,8 @@ class Inpaint(WindowStage):
             valid &= cv2.remap(known.astype(np.float32), qx, qy, cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.999
             carried = warped
-        hole = hole_crop[sub]
-        ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
-        depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
-        matches, offset = self._photometric(warped, target[sub], ring & valid, 2 * int(depth + RING) + 1)
+        ring, box = ring_and_reach(hole_crop[sub])
+        matches, offset = self._photometric(warped, target[sub], ring & valid, box)
         take = valid & matches & todo[sub]
         if offset is not None:
             carried = np.clip(np.rint(carried + offset), 0, np.iinfo(filled.dtype).max).astype(filled.dtype)
@@ -468,10 +479,7 @@ class Inpaint(WindowStage):
         # window's crop is the union over all its frames, and has the flow's margin)
         sub, fx, fy, ux, uy = _sub_crop(hole, crop)
         target, hole_full, hole = target[sub], hole, hole[sub]
-        ring = (cv2.dilate(hole.astype(np.uint8), np.ones((2 * RING + 1,) * 2, np.uint8)) > 0) & ~hole
-        # box size that reaches the ring from anywhere inside the mask
-        depth = float(cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 3).max())
-        box = 2 * int(depth + RING) + 1
+        ring, box = ring_and_reach(hole)
         chains = {}  # direction → (chained flow t→s, where every step is consistent), flow resolution
         hole_small = crop.small(hole_full.astype(np.uint8), cv2.INTER_NEAREST) > 0
         total = np.zeros(target.shape, np.float32)  # weighted sum of the accepted source pixels
@@ -496,11 +504,7 @@ class Inpaint(WindowStage):
                 chains[d] = (chain, ok)
                 if k > self.dense and (k - self.dense) % 2:
                     continue  # beyond `dense` frames every second source is enough (the chain goes on)
-                if crop.scale == 1.0:
-                    flow, ok_full = chain[sub], ok[sub]
-                else:  # upsampled for the sub-crop only
-                    flow = cv2.remap(chain, ux, uy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) / crop.scale
-                    ok_full = cv2.remap(ok, ux, uy, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+                flow, ok_full = crop.sub_flow(chain, ok, sub, ux, uy)
                 mx, my = fx + flow[..., 0], fy + flow[..., 1]
                 warped = cv2.remap(crop.cut(images[s]), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                 valid = (mx >= 0) & (mx <= crop.w - 1) & (my >= 0) & (my <= crop.h - 1) & (ok_full > 0)

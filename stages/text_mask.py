@@ -34,9 +34,7 @@ from engine.frame import Frame
 from engine.registry import register_stage
 from engine.stage import WindowStage
 from stages.dedup import luma
-from stages.inpaint import bounds, disc
-
-THUMB = (32, 18)
+from stages.inpaint import CUT_THRESHOLD, THUMB, bounds, disc
 
 
 def _grow(mask: np.ndarray, px: int) -> np.ndarray:
@@ -157,7 +155,7 @@ class TextMask(WindowStage):
 
     def __init__(self, shape: Literal["glyphs", "boxes"] = "glyphs", dilate: int = 4, grow: float = 0.15,
                  hold: int = 6,
-                 min_duration: int = 4, every: int = 2, cut_threshold: float = 30.0, window_size: int = 0):
+                 min_duration: int = 4, every: int = 2, cut_threshold: float = CUT_THRESHOLD, window_size: int = 0):
         if not 0 <= grow <= 2:
             raise ValueError(f"grow must be between 0 and 2 (× the text line's height), got {grow}")
         if not 0 <= dilate <= 200:
