@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from label_transitions import evaluate, read_labels, run_dedup
+from label_transitions import (evaluate, hindsight_bound, previous_frame_bound, read_judged, read_labels,
+                               replay_dedup, run_dedup)
 
 MEDIA = Path(__file__).resolve().parent / "media"
 LABELS = Path(__file__).resolve().parent / "data" / "dedup_labels"
@@ -34,3 +35,37 @@ def test_defaults_miss_no_change_and_skip_repeats(clip, floor):
           f"= {e.repeat_skip_rate:.1%} of detectable, frames skipped {e.frames_skipped_rate:.1%}")
     assert e.repeat_skip_rate >= floor
     assert e.false_duplicates == []
+
+
+def test_replay_makes_the_pipelines_decisions():
+    # hindsight_bound replays the stage's own decision on frames read once; it must be the
+    # decision a real pipeline makes, for the defaults and for other thresholds
+    frames = read_judged(MEDIA / "anime-320x240.mp4")
+    for options in ({}, {"threshold": 10, "line_threshold": 256}):
+        assert replay_dedup(frames, **options) == run_dedup(MEDIA / "anime-320x240.mp4", **options)
+
+
+def test_hindsight_bound_picks_the_best_setting_without_a_false_duplicate():
+    labels = read_labels(LABELS / "anime-320x240.csv")
+    frames = read_judged(MEDIA / "anime-320x240.mp4")
+    b = hindsight_bound(frames, labels, thresholds=(4.0, 10.0, 60.0), line_thresholds=(4.5, 256.0))
+    assert b.best.false_duplicates == []
+    assert b.best.repeats_skipped >= b.default.repeats_skipped
+    # a block threshold of 60 with no thin-window test merges real changes: never chosen
+    assert b.threshold < 60
+    again = evaluate(replay_dedup(frames, threshold=b.threshold, line_threshold=b.line_threshold), labels)
+    assert again.repeats_skipped == b.best.repeats_skipped
+    with pytest.raises(ValueError, match="false duplicate"):
+        hindsight_bound(frames, labels, thresholds=(60.0,), line_thresholds=(256.0,))
+
+
+def test_previous_frame_bound_searches_every_threshold():
+    # repeats 1, 3, 5; changes 2 (faint: it sets the thin-window thresholds) and 4 (large)
+    stats = [(1, 2, 2), (2, 6, 6), (1.5, 5, 1), (30, 80, 80), (3, 5.5, 7)]
+    scores = [{}] + [dict(zip(("block", "line", "signed"), s)) for s in stats]
+    labels = {i: (label, "") for i, label in enumerate(["repeat", "change"] * 2 + ["repeat"], 1)}
+    # all three repeats under block 30 and line 6, with change 2 (line 6) just kept
+    assert previous_frame_bound(scores, labels) == (3, 3, (30.0, 6.0, 6.0))
+    # change 2 fainter on thin windows than repeat 5: then only block < 2 is safe
+    scores[2] = {"block": 2, "line": 5, "signed": 5}
+    assert previous_frame_bound(scores, labels)[:2] == (2, 3)

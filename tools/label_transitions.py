@@ -10,6 +10,7 @@ i-1 (only codec noise differs); `change`: anything a viewer could see move or ch
     python tools/label_transitions.py init CLIP CSV                    # every row `unlabelled`
     python tools/label_transitions.py set CSV 3-7,12 change --note "rain only"
     python tools/label_transitions.py evaluate CLIP CSV                # the dedup stage vs labels
+    python tools/label_transitions.py bound CLIP CSV                   # best thresholds in hindsight
 
 Each contact-sheet tile shows |diff|x8 against frame i-1 and, over frame i dimmed, the pixels
 whose difference exceeds MASK_LEVEL, both max-pooled so a one-pixel streak stays visible,
@@ -32,7 +33,7 @@ from engine.registry import make_spec  # noqa: E402
 from engine.runner import Pipeline  # noqa: E402
 from engine.source import VideoSource  # noqa: E402
 from engine.testing import CollectingSink  # noqa: E402
-from stages.dedup import Dedup, luma  # noqa: E402
+from stages.dedup import Dedup, content_hash, luma  # noqa: E402
 
 LABELS = ("repeat", "change")
 FIELDS = ("index", "label", "note")
@@ -139,6 +140,83 @@ def evaluate(dup_of: list[int | None], labels: dict[int, tuple[str, str]],
             skipped += 1
     return Evaluation(len(labels), len(repeats), len(changes), false, skipped, capped,
                       sum(r is not None for r in dup_of))
+
+
+# --- the best any choice of thresholds can do, in hindsight -------------------------------
+
+#: The grid `hindsight_bound` searches: every block threshold with every line threshold
+#: (the signed one follows it). 256 turns the thin-window test off (no mean reaches it).
+BOUND_THRESHOLDS = (3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0)
+BOUND_LINE_THRESHOLDS = (3.0, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 10.0, 14.0, 20.0, 256.0)
+
+
+def read_judged(path: str | Path) -> list[tuple[int, np.ndarray]]:
+    """Every frame's (content_hash, luma), as the dedup stage sees them, for `replay_dedup`."""
+    source = VideoSource(str(path))
+    try:
+        return [(content_hash(frame), np.array(luma(frame))) for frame in source.frames()]
+    finally:
+        source.close()
+
+
+def replay_dedup(frames: list[tuple[int, np.ndarray]], **options) -> list[int | None]:
+    """dup_of per frame from the stage's own decision (`Dedup.judge`) on frames read once:
+    the same decisions as `run_dedup`, without decoding again for each setting."""
+    stage = Dedup(**options)
+    out = []
+    for seq, (digest, y) in enumerate(frames):
+        out.append(None if stage.judge(seq, digest, y) is None else stage.reference)
+    return out
+
+
+@dataclass
+class Bound:
+    default: Evaluation
+    best: Evaluation  # most repeats skipped with no false duplicate, over the grid
+    threshold: float
+    line_threshold: float
+
+
+def hindsight_bound(frames: list[tuple[int, np.ndarray]], labels: dict[int, tuple[str, str]],
+                    thresholds=BOUND_THRESHOLDS, line_thresholds=BOUND_LINE_THRESHOLDS) -> Bound:
+    """The most repeats the stage skips on this video with no false duplicate, over every
+    (threshold, line_threshold) of the grid, chosen knowing the labels: an upper bound on what
+    any rule that sets the stage's thresholds per video (an adaptive one included) can reach."""
+    default = evaluate(replay_dedup(frames), labels)
+    best, at = None, None
+    for threshold in thresholds:
+        for line_threshold in line_thresholds:
+            e = evaluate(replay_dedup(frames, threshold=threshold, line_threshold=line_threshold), labels)
+            if not e.false_duplicates and (best is None or e.repeats_skipped > best.repeats_skipped):
+                best, at = e, (threshold, line_threshold)
+    if best is None:
+        raise ValueError("every setting of the grid makes a false duplicate")
+    return Bound(default, best, *at)
+
+
+def previous_frame_bound(scores: list[dict[str, float]], labels: dict[int, tuple[str, str]]
+                         ) -> tuple[int, int, tuple[float, float, float]]:
+    """The same question without the grid, each transition against the previous frame: the
+    most repeats that the stage's rule (block < Tb and (line < Tl or signed < Ts)) calls near
+    while it calls no change near, over every (Tb, Tl, Ts). `scores`: `transition_scores`.
+    Returns (repeats near, repeats, (Tb, Tl, Ts)); a threshold just at a change's statistic
+    is the best (the tests are strict)."""
+    rows = [(scores[i], label) for i, (label, _) in sorted(labels.items()) if label in LABELS]
+    stat = {k: np.array([r[k] for r, _ in rows]) for k in ("block", "line", "signed")}
+    change = np.array([label == "change" for _, label in rows])
+    repeat = ~change
+    best = (-1, (0.0, 0.0, 0.0))
+    for tb in np.unique(np.append(stat["block"][change], np.inf)):
+        passing = change & (stat["block"] < tb)  # changes that test 2 must keep
+        for tl in np.unique(np.append(stat["line"][passing], 0.0)):
+            if (passing & (stat["line"] < tl)).any():
+                continue
+            # the changes under tl are none; every passing change must then fail the signed test
+            ts = float(stat["signed"][passing].min()) if passing.any() else np.inf
+            near = repeat & (stat["block"] < tb) & ((stat["line"] < tl) | (stat["signed"] < ts))
+            if near.sum() > best[0]:
+                best = (int(near.sum()), (float(tb), float(tl), ts))
+    return best[0], int(repeat.sum()), best[1]
 
 
 # --- labels carried to a re-encoded or downscaled variant -----------------------------------
@@ -296,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("evaluate")
     s.add_argument("clip")
     s.add_argument("labels")
+    s = sub.add_parser("bound")
+    s.add_argument("clip")
+    s.add_argument("labels")
     args = p.parse_args(argv)
 
     if args.command == "set":
@@ -317,6 +398,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repeats skipped: {e.repeats_skipped}/{e.repeats} ({e.repeats_capped} held by max_run)"
               f" = {e.repeat_skip_rate:.1%} of detectable repeats")
         print(f"frames skipped: {e.frames_skipped}/{e.transitions + 1} = {e.frames_skipped_rate:.1%}")
+        return 0
+    if args.command == "bound":
+        b = hindsight_bound(read_judged(args.clip), read_labels(args.labels))
+        for name, e in (("defaults", b.default), ("best in hindsight", b.best)):
+            print(f"{name}: repeats skipped {e.repeats_skipped}/{e.repeats - e.repeats_capped} = "
+                  f"{e.repeat_skip_rate:.1%}, false duplicates {len(e.false_duplicates)}")
+        print(f"at threshold {b.threshold}, line_threshold {b.line_threshold}"
+              + (" (thin-window test off)" if b.line_threshold >= 256 else ""))
+        near, repeats, (tb, tl, ts) = previous_frame_bound(transition_scores(read_lumas(args.clip)),
+                                                           read_labels(args.labels))
+        where = "thin-window test off" if ts == np.inf else f"line {tl:.2f}, signed {ts:.2f}"
+        print(f"against the previous frame, any thresholds: {near}/{repeats} repeats = "
+              f"{near / max(1, repeats):.1%}, at block {tb:.2f}, {where}")
         return 0
 
     lumas = read_lumas(args.clip)
