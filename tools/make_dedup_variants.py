@@ -125,15 +125,20 @@ def variant_labels(media: Path, labels_dir: Path, path: Path) -> dict[int, tuple
     return labels
 
 
+def labelled(media: Path, labels_dir: Path, paths: list[Path]):
+    """(path, labels) for the two clips, then each variant in `paths`."""
+    for path in [media / f"{clip}.mp4" for clip in CLIPS] + paths:
+        if path.parent == media:
+            yield path, read_labels(labels_dir / f"{path.stem}.csv")
+        else:
+            yield path, variant_labels(media, labels_dir, path)
+
+
 def table(media: Path, labels_dir: Path, paths: list[Path]) -> list[str]:
     """Markdown rows: dedup with default settings on each clip and variant, against its labels."""
     rows = ["| video | changes (invisible) | repeats | false duplicates | repeats skipped | frames skipped |",
             "|---|---|---|---|---|---|"]
-    for path in [media / f"{clip}.mp4" for clip in CLIPS] + paths:
-        if path.parent == media:
-            labels = read_labels(labels_dir / f"{path.stem}.csv")
-        else:
-            labels = variant_labels(media, labels_dir, path)
+    for path, labels in labelled(media, labels_dir, paths):
         e = evaluate(run_dedup(path), labels)
         invisible = sum(label == "invisible" for label, _ in labels.values())
         rows.append(f"| {path.name} | {e.changes} ({invisible}) | {e.repeats} | {len(e.false_duplicates)} "
@@ -152,11 +157,7 @@ def bound_table(media: Path, labels_dir: Path, paths: list[Path]) -> list[str]:
     rows = ["| video | defaults | best in hindsight | at threshold / line threshold "
             "| against the previous frame, any thresholds | goal |",
             "|---|---|---|---|---|---|"]
-    for path in [media / f"{clip}.mp4" for clip in CLIPS] + paths:
-        if path.parent == media:
-            labels = read_labels(labels_dir / f"{path.stem}.csv")
-        else:
-            labels = variant_labels(media, labels_dir, path)
+    for path, labels in labelled(media, labels_dir, paths):
         frames = read_judged(path)
         b = hindsight_bound(frames, labels)
         near, repeats, _ = previous_frame_bound(transition_scores([y for _, y in frames]), labels)
