@@ -65,8 +65,8 @@ the last 24 scores (an earlier attempt) never rose above its floor on the same s
 adaptation that holds is the per-pixel discount above: it follows each video's edges.
 
 How far thresholds can go. `tools/label_transitions.py bound` gives each video the
-best thresholds for it, chosen knowing its labels: the most that any rule setting them per
-video could reach. On three videos of the 1080p family (x264 CRF 35, x265 CRF 28 and 35) no
+best thresholds for it, chosen knowing its labels: the most that any rule settling on one
+setting per video could reach. On three videos of the 1080p family (x264 CRF 35, x265 CRF 28 and 35) no
 setting reaches 60 % of repeats without a false duplicate. Where the goals can be reached,
 the settings that reach them contradict each other:
 - 320×240: block threshold 10–12 and no thin-window test, which would pass the 1080p rain;

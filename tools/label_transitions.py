@@ -181,7 +181,8 @@ def hindsight_bound(frames: list[tuple[int, np.ndarray]], labels: dict[int, tupl
                     thresholds=BOUND_THRESHOLDS, line_thresholds=BOUND_LINE_THRESHOLDS) -> Bound:
     """The most repeats the stage skips on this video with no false duplicate, over every
     (threshold, line_threshold) of the grid, chosen knowing the labels: an upper bound on what
-    any rule that sets the stage's thresholds per video (an adaptive one included) can reach."""
+    any rule that settles on one setting of the grid per video can reach (a rule that moved
+    the thresholds from frame to frame is not bounded by it)."""
     default = evaluate(replay_dedup(frames), labels)
     best, at = None, None
     for threshold in thresholds:
