@@ -66,6 +66,11 @@ def test_previous_frame_bound_searches_every_threshold():
     labels = {i: (label, "") for i, label in enumerate(["repeat", "change"] * 2 + ["repeat"], 1)}
     # all three repeats under block 30 and line 6, with change 2 (line 6) just kept
     assert previous_frame_bound(scores, labels) == (3, 3, (30.0, 6.0, 6.0))
+    # 1.0 under change 2 (block 29, thin windows 5), repeat 5 (line 5.5) is kept
+    assert previous_frame_bound(scores, labels, margin=1.0)[:2] == (2, 3)
     # change 2 fainter on thin windows than repeat 5: then only block < 2 is safe
     scores[2] = {"block": 2, "line": 5, "signed": 5}
     assert previous_frame_bound(scores, labels)[:2] == (2, 3)
+    # per stretch of 2 transitions each gets its own thresholds: repeat 5 no longer shares
+    # them with change 2, so all three are skipped again
+    assert previous_frame_bound(scores, labels, stretch=2)[:2] == (3, 3)

@@ -148,6 +148,8 @@ def evaluate(dup_of: list[int | None], labels: dict[int, tuple[str, str]],
 #: (the signed one follows it). 256 turns the thin-window test off (no mean reaches it).
 BOUND_THRESHOLDS = (3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0)
 BOUND_LINE_THRESHOLDS = (3.0, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 10.0, 14.0, 20.0, 256.0)
+#: Stretches (transitions) for the bound of thresholds that follow the scene: 2 and 4 s at 24 fps.
+STRETCHES = (48, 96)
 
 
 def read_judged(path: str | Path) -> list[tuple[int, np.ndarray]]:
@@ -195,16 +197,33 @@ def hindsight_bound(frames: list[tuple[int, np.ndarray]], labels: dict[int, tupl
     return Bound(default, best, *at)
 
 
-def previous_frame_bound(scores: list[dict[str, float]], labels: dict[int, tuple[str, str]]
+def previous_frame_bound(scores: list[dict[str, float]], labels: dict[int, tuple[str, str]],
+                         stretch: int | None = None, margin: float = 0.0
                          ) -> tuple[int, int, tuple[float, float, float]]:
     """The same question without the grid, each transition against the previous frame: the
     most repeats that the stage's rule (block < Tb and (line < Tl or signed < Ts)) calls near
     while it calls no change near, over every (Tb, Tl, Ts). `scores`: `transition_scores`.
     Returns (repeats near, repeats, (Tb, Tl, Ts)); a threshold just at a change's statistic
-    is the best (the tests are strict)."""
+    is the best (the tests are strict). With `stretch`, each run of that many transitions
+    gets its own best thresholds (the bound for thresholds that follow the scene), summed;
+    the thresholds returned are then those of the last stretch. `margin`: each threshold
+    stays that much under the statistic of the change it must keep (the defaults keep 1.0
+    under the 1080p clip's faintest change)."""
     rows = [(scores[i], label) for i, (label, _) in sorted(labels.items()) if label in LABELS]
     stat = {k: np.array([r[k] for r, _ in rows]) for k in ("block", "line", "signed")}
     change = np.array([label == "change" for _, label in rows])
+    if stretch:
+        total, at = 0, (0.0, 0.0, 0.0)
+        for a in range(0, len(rows), stretch):
+            near, _, at = _best_thresholds({k: v[a:a + stretch] for k, v in stat.items()},
+                                           change[a:a + stretch], margin)
+            total += near
+        return total, int((~change).sum()), at
+    return _best_thresholds(stat, change, margin)
+
+
+def _best_thresholds(stat: dict[str, np.ndarray], change: np.ndarray, margin: float
+                     ) -> tuple[int, int, tuple[float, float, float]]:
     repeat = ~change
     best = (-1, (0.0, 0.0, 0.0))
     for tb in np.unique(np.append(stat["block"][change], np.inf)):
@@ -214,9 +233,10 @@ def previous_frame_bound(scores: list[dict[str, float]], labels: dict[int, tuple
                 continue
             # the changes under tl are none; every passing change must then fail the signed test
             ts = float(stat["signed"][passing].min()) if passing.any() else np.inf
-            near = repeat & (stat["block"] < tb) & ((stat["line"] < tl) | (stat["signed"] < ts))
+            tb_, tl_, ts_ = tb - margin, tl - margin, ts - margin
+            near = repeat & (stat["block"] < tb_) & ((stat["line"] < tl_) | (stat["signed"] < ts_))
             if near.sum() > best[0]:
-                best = (int(near.sum()), (float(tb), float(tl), ts))
+                best = (int(near.sum()), (float(tb_), float(tl_), ts_))
     return best[0], int(repeat.sum()), best[1]
 
 
@@ -407,11 +427,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{e.repeat_skip_rate:.1%}, false duplicates {len(e.false_duplicates)}")
         print(f"at threshold {b.threshold}, line_threshold {b.line_threshold}"
               + (" (thin-window test off)" if b.line_threshold >= 256 else ""))
-        near, repeats, (tb, tl, ts) = previous_frame_bound(transition_scores(read_lumas(args.clip)),
-                                                           read_labels(args.labels))
+        scores, labels = transition_scores(read_lumas(args.clip)), read_labels(args.labels)
+        near, repeats, (tb, tl, ts) = previous_frame_bound(scores, labels)
         where = "thin-window test off" if ts == np.inf else f"line {tl:.2f}, signed {ts:.2f}"
         print(f"against the previous frame, any thresholds: {near}/{repeats} repeats = "
               f"{near / max(1, repeats):.1%}, at block {tb:.2f}, {where}")
+        for stretch in STRETCHES:
+            for margin in (0.0, 1.0):
+                near, repeats, _ = previous_frame_bound(scores, labels, stretch, margin)
+                print(f"  with thresholds of their own for each {stretch} transitions, {margin:g} under "
+                      f"the faintest change: {near}/{repeats} = {near / max(1, repeats):.1%}")
         return 0
 
     lumas = read_lumas(args.clip)
