@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress display or summary")
     s.add_argument("--stall-timeout", type=float, default=300.0,
                    help="seconds a stage may spend on one call before the job fails (default 300)")
+    s.add_argument("--opencv-threads", type=int, default=1, metavar="N",
+                   help="threads OpenCV may use inside one call (default 1: stages already run side "
+                        "by side; 0: OpenCV's own choice)")
     s.add_argument("--resume", action="store_true",
                    help="work in segments kept in a work directory; run again after a crash or kill "
                         "to continue where it stopped")
@@ -80,7 +83,8 @@ def _stream(args: argparse.Namespace) -> int:
                        max_frames=args.max_frames, timestamps=args.timestamps,
                        allow_truncated=args.allow_truncated, decode=args.decode,
                        report=args.report, quiet=args.quiet,
-                       runner=RunnerOptions(stall_timeout_s=args.stall_timeout),
+                       runner=RunnerOptions(stall_timeout_s=args.stall_timeout,
+                                            opencv_threads=args.opencv_threads),
                        resume=args.resume, segment=args.segment, work_dir=args.work_dir)
     ray = None
     if args.ray is not None:

@@ -128,6 +128,8 @@ def check_config(config: JobConfig) -> list[StageSpec]:
     """The checks every job makes before opening anything: options, pipeline, output, report."""
     if config.max_frames is not None and config.max_frames < 1:
         raise UserError(f"--frames must be >= 1, got {config.max_frames}")
+    if config.runner.opencv_threads < 0:
+        raise UserError(f"--opencv-threads must be >= 0, got {config.runner.opencv_threads}")
     if config.timestamps not in TIMESTAMP_MODES:
         raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
                         f"{', '.join(TIMESTAMP_MODES)}")

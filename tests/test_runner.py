@@ -201,3 +201,34 @@ def test_memory_is_bounded_by_channel_capacity():
     # decoded but not yet written: at most the two channels, one frame in each worker, one held
     assert max(peak) <= 3 + 2 + 1 + 2
     assert [f.seq for f in pipeline.sink.frames] == list(range(300))
+
+
+def test_opencv_runs_single_threaded_in_a_run_and_is_restored_after():
+    import cv2
+
+    from engine.registry import register_stage
+    from engine.stage import MapStage
+
+    seen = []
+
+    class RecordsOpenCVThreads(MapStage):
+        name = "test.opencv-threads"
+
+        def process(self, frame):
+            seen.append(cv2.getNumThreads())
+            return frame
+
+    register_stage("test.opencv-threads")(RecordsOpenCVThreads)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        spec = [make_spec("test.opencv-threads", {})]
+        Pipeline(ListSource(4), spec, CollectingSink(), RunnerOptions(join_timeout_s=5)).run()
+        assert seen == [1] * 4
+        assert cv2.getNumThreads() == 3  # the caller's setting comes back
+        seen.clear()
+        Pipeline(ListSource(2), spec, CollectingSink(), RunnerOptions(opencv_threads=0)).run()
+        cv2.setNumThreads(-1)
+        assert seen == [cv2.getNumThreads()] * 2  # 0: OpenCV's own default
+    finally:
+        cv2.setNumThreads(before)
