@@ -16,7 +16,7 @@ Threads of one run::
 - A stage stuck inside its own code for longer than `stall_timeout_s` is a failure too.
 - OpenCV runs single-threaded inside each call for the run (`opencv_threads`): the runner's
   workers already run stages side by side, and OpenCV's own pool on top of them mostly spins.
-  On 2 cores the caption job took 48.5 s either way with 22 % less CPU, the default job
+  On 2 cores the caption job took 45.8 s either way with 23 % less CPU, the default job
   1–7 % less wall time, the dedup stage alone half its CPU time; same pixels.
 """
 
