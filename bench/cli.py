@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> dict:
                 "model": args.model, "device": args.device, "precision": args.precision, "batch": args.batch,
                 "ring": args.ring, "flow": args.flow, "window": args.window, "overlap": args.overlap,
                 "convert": args.convert, "compile": args.compile, "compile_mode": args.compile_mode,
-                "cuda_graphs": args.cuda_graphs, "decode": args.decode}
+                "cuda_graphs": args.cuda_graphs, "decode": args.decode, "opencv_threads": args.opencv_threads}
     cases = [(name, spec, path) for name in args.scenarios for spec, path in inputs]
     samples: dict[str, list[dict]] = {f"{n}@{s}": [] for n, s, _ in cases}
     # Round-robin over cases, so slow drift of a shared machine hits every case alike.
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-mode", default="", help="torch.compile mode: default, reduce-overhead, max-autotune")
     p.add_argument("--cuda-graphs", default="", help="true: replay CUDA graphs per batch shape")
     p.add_argument("--decode", default="auto", help="auto, cpu, nvdec (engine scenarios)")
+    p.add_argument("--opencv-threads", type=int, default=0,
+                   help="OpenCV's threads per call in engine runs (default 0: OpenCV's own choice)")
     p.add_argument("--out", default=None, help="JSON file (default bench-results/<time>.json)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"))
     p.add_argument("--list", action="store_true", help="list the scenarios")

@@ -14,6 +14,7 @@ from typing import Callable
 import av
 
 from engine.job import Job, JobConfig  # imported before timing starts
+from engine.runner import RunnerOptions
 from engine.progress import RecordingReporter
 
 Scenario = Callable[[Path, Path, dict], dict]
@@ -73,10 +74,15 @@ def transcode_floor(path: Path, scratch: Path, settings: dict) -> dict:
     return {"frames": frames}
 
 
+def _runner(settings: dict) -> RunnerOptions:
+    """The runner's options as the bench's settings give them (--opencv-threads)."""
+    return RunnerOptions(opencv_threads=settings.get("opencv_threads", RunnerOptions().opencv_threads))
+
+
 def _engine(path: Path, scratch: Path, settings: dict, pipeline: str) -> dict:
     config = JobConfig(input=str(path), output=str(scratch / "engine.mp4"), pipeline=pipeline,
                        encoder=settings.get("encoder", "x264"), crf=settings["crf"], preset=settings["preset"],
-                       decode=settings.get("decode", "auto"), quiet=True)
+                       decode=settings.get("decode", "auto"), quiet=True, runner=_runner(settings))
     report = Job.prepare(config).run(RecordingReporter())
     return {"frames": report["frames_out"], "stages": report["stages"], "run_s": report["wall_s"],
             "timeline": report.get("timeline", [])}
@@ -104,7 +110,7 @@ def dedup(path: Path, scratch: Path, settings: dict) -> dict:
             pass
 
     result = Pipeline(VideoSource(str(path)), parse_pipeline(settings.get("dedup", "dedup")),
-                      Discard()).run()
+                      Discard(), _runner(settings)).run()
     stages = [s.as_dict(result.elapsed_s) for s in result.stages]
     return {"frames": result.frames_out, "stages": stages}
 

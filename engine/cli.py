@@ -46,9 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress display or summary")
     s.add_argument("--stall-timeout", type=float, default=300.0,
                    help="seconds a stage may spend on one call before the job fails (default 300)")
-    s.add_argument("--opencv-threads", type=int, default=1, metavar="N",
-                   help="threads OpenCV may use inside one call (default 1: stages already run side "
-                        "by side; 0: OpenCV's own choice)")
+    s.add_argument("--opencv-threads", type=int, default=0, metavar="N",
+                   help="threads OpenCV may use inside one call (default 0: OpenCV's own choice; 1 "
+                        "saves CPU when jobs share a machine)")
     s.add_argument("--resume", action="store_true",
                    help="work in segments kept in a work directory; run again after a crash or kill "
                         "to continue where it stopped")

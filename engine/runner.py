@@ -14,10 +14,11 @@ Threads of one run::
   raises `Cancelled`, every worker unwinds and closes its stage, and the main thread
   joins them all and re-raises the error, naming the stage and the frame's seq.
 - A stage stuck inside its own code for longer than `stall_timeout_s` is a failure too.
-- OpenCV runs single-threaded inside each call for the run (`opencv_threads`): the runner's
-  workers already run stages side by side, and OpenCV's own pool on top of them mostly spins.
-  On 2 cores the caption job took 45.8 s either way with 23 % less CPU, the default job
-  1–7 % less wall time, the dedup stage alone half its CPU time; same pixels.
+- OpenCV's threads per call are the run's choice (`opencv_threads`; default OpenCV's own). On
+  top of the runner's workers its pool often spins: 1 halves the dedup stage's own CPU time
+  and takes 5–20 % off the caption job's CPU. But the caption job's wall time came out 2–24 %
+  longer on 2 cores. So 1 suits jobs that share a machine, where CPU is what runs
+  out; the default stays OpenCV's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import itertools
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
@@ -87,8 +89,33 @@ class RunnerOptions:
     join_timeout_s: float = 10.0   # how long cancelled threads get to unwind
     device: str = "cpu"
     #: OpenCV's threads per call during the run (module docstring); 0: OpenCV's own choice.
-    #: Process-wide, as OpenCV has no other setting: restored when the run ends.
-    opencv_threads: int = 1
+    #: Process-wide, as OpenCV has no other setting: restored when the last run in flight ends.
+    opencv_threads: int = 0
+
+
+_opencv_lock = threading.Lock()
+_opencv_runs = 0
+_opencv_before = 0
+
+
+@contextmanager
+def _opencv_threads(threads: int) -> Iterator[None]:
+    """OpenCV's threads per call while runs are in flight (0: OpenCV's default). The setting is
+    process-wide: the first run in sets it, the last one out puts the caller's back, so runs
+    that overlap (a library running two pipelines at once) share the first one's setting."""
+    global _opencv_runs, _opencv_before
+    with _opencv_lock:
+        if _opencv_runs == 0:
+            _opencv_before = cv2.getNumThreads()
+            cv2.setNumThreads(threads or -1)  # -1: OpenCV's default
+        _opencv_runs += 1
+    try:
+        yield
+    finally:
+        with _opencv_lock:
+            _opencv_runs -= 1
+            if _opencv_runs == 0:
+                cv2.setNumThreads(_opencv_before)
 
 
 @dataclass
@@ -379,12 +406,8 @@ class Pipeline:
     def run(self) -> RunResult:
         """Run to completion. Raises the first failure (a StageError, or Interrupted)."""
         self._started = time.perf_counter()
-        opencv_before = cv2.getNumThreads()
-        cv2.setNumThreads(self.options.opencv_threads or -1)  # -1: OpenCV's default
-        try:
+        with _opencv_threads(self.options.opencv_threads):
             return self._run()
-        finally:
-            cv2.setNumThreads(opencv_before)
 
     def _run(self) -> RunResult:
         self._spawn(self.source.name, self._run_source, self._inboxes[0])

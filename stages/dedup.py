@@ -65,15 +65,16 @@ the last 24 scores (an earlier attempt) never rose above its floor on the same s
 adaptation that holds is the per-pixel discount above: it follows each video's edges.
 
 How far thresholds can go. `tools/label_transitions.py bound` gives each video the
-best thresholds for it, chosen knowing its labels: the most that any rule settling on one
-setting per video could reach. On three videos of the 1080p family (x264 CRF 35, x265 CRF 28 and 35) no
-setting reaches 60 % of repeats without a false duplicate. Where the goals can be reached,
-the settings that reach them contradict each other:
-- 320×240: block threshold 10–12 and no thin-window test, which would pass the 1080p rain;
+best setting of a threshold grid for it, chosen knowing its labels, and, against the
+previous frame, the best thresholds of all. On three videos of the 1080p family (x264 CRF 35,
+x265 CRF 28 and 35) neither reaches 60 % of repeats without a false duplicate. Where the goals
+are reached, the best settings contradict each other:
+- the 320×240 CRF 35 variants: block threshold 10–12 and no thin-window test, which would
+  pass the 1080p rain;
 - the 1080p clip: line threshold 5.5;
-- its x265 re-encodes: no higher than 4.5.
-Thresholds set per 2 s stretch would have room in hindsight (65–91 % on the 1080p family,
-1.0 under each stretch's faintest change). But what they would have to follow is how faint
+- its x265 CRF 18 and 28 re-encodes: faintest changes at exactly 4.50.
+Against the previous frame, thresholds set per 2 s stretch would have room in hindsight
+(65–91 % on the 1080p family, 1.0 under each stretch's faintest change). But what they would have to follow is how faint
 that stretch's faintest change is (5.5–11.3 on the 1080p clip), and nothing measured online
 tracks it: faint changes look like the noise, and a blink can score under the repeats around
 it (480 px: 5.2 beside 5.3–11). So the thresholds stay one setting for every video (table and

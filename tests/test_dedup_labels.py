@@ -37,12 +37,16 @@ def test_defaults_miss_no_change_and_skip_repeats(clip, floor):
     assert e.false_duplicates == []
 
 
-def test_replay_makes_the_pipelines_decisions():
+@pytest.mark.parametrize("clip, frames", [("anime-320x240", None), ("anime-1080p", 120)])
+def test_replay_makes_the_pipelines_decisions(clip, frames):
     # hindsight_bound replays the stage's own decision on frames read once; it must be the
-    # decision a real pipeline makes, for the defaults and for other thresholds
-    frames = read_judged(MEDIA / "anime-320x240.mp4")
-    for options in ({}, {"threshold": 10, "line_threshold": 256}):
-        assert replay_dedup(frames, **options) == run_dedup(MEDIA / "anime-320x240.mp4", **options)
+    # decision a real pipeline makes, for the defaults and for other thresholds (1080p: the
+    # analysis resize and the edge discount too)
+    judged = read_judged(MEDIA / f"{clip}.mp4", max_frames=frames)
+    for options in ({}, {"threshold": 10, "line_threshold": 256}, {"line_threshold": 6}):
+        replayed = replay_dedup(judged, **options)
+        assert replayed == run_dedup(MEDIA / f"{clip}.mp4", max_frames=frames, **options)
+        assert any(r is not None for r in replayed)  # duplicates found, so the test can tell
 
 
 def test_hindsight_bound_picks_the_best_setting_without_a_false_duplicate():
@@ -68,7 +72,7 @@ def test_previous_frame_bound_searches_every_threshold():
     assert previous_frame_bound(scores, labels) == (3, 3, (30.0, 6.0, 6.0))
     # 1.0 under change 2 (block 29, thin windows 5), repeat 5 (line 5.5) is kept
     assert previous_frame_bound(scores, labels, margin=1.0)[:2] == (2, 3)
-    # change 2 fainter on thin windows than repeat 5: then only block < 2 is safe
+    # change 2 fainter on thin windows than repeat 5: repeat 5 can no longer be skipped
     scores[2] = {"block": 2, "line": 5, "signed": 5}
     assert previous_frame_bound(scores, labels)[:2] == (2, 3)
     # per stretch of 2 transitions each gets its own thresholds: repeat 5 no longer shares

@@ -203,7 +203,7 @@ def test_memory_is_bounded_by_channel_capacity():
     assert [f.seq for f in pipeline.sink.frames] == list(range(300))
 
 
-def test_opencv_runs_single_threaded_in_a_run_and_is_restored_after():
+def test_opencv_threads_are_set_for_a_run_and_restored_after():
     import cv2
 
     from engine.registry import register_stage
@@ -223,12 +223,36 @@ def test_opencv_runs_single_threaded_in_a_run_and_is_restored_after():
     cv2.setNumThreads(3)
     try:
         spec = [make_spec("test.opencv-threads", {})]
-        Pipeline(ListSource(4), spec, CollectingSink(), RunnerOptions(join_timeout_s=5)).run()
+        Pipeline(ListSource(4), spec, CollectingSink(), RunnerOptions(opencv_threads=1)).run()
         assert seen == [1] * 4
         assert cv2.getNumThreads() == 3  # the caller's setting comes back
         seen.clear()
-        Pipeline(ListSource(2), spec, CollectingSink(), RunnerOptions(opencv_threads=0)).run()
+        Pipeline(ListSource(2), spec, CollectingSink(), RunnerOptions()).run()
         cv2.setNumThreads(-1)
-        assert seen == [cv2.getNumThreads()] * 2  # 0: OpenCV's own default
+        assert seen == [cv2.getNumThreads()] * 2  # the default, 0: OpenCV's own
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_opencv_setting_comes_back_after_a_failed_run_and_after_overlapping_runs():
+    import cv2
+
+    from engine.runner import _opencv_threads
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        with pytest.raises(StageError):
+            Pipeline(ListSource(6), [make_spec("test.fail-map", {"at": "2"})], CollectingSink(),
+                     RunnerOptions(opencv_threads=1, join_timeout_s=5)).run()
+        assert cv2.getNumThreads() == 3
+        # two runs that overlap, the first one ending first: the setting holds until the last
+        first, second = _opencv_threads(1), _opencv_threads(1)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert cv2.getNumThreads() == 1
+        second.__exit__(None, None, None)
+        assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)

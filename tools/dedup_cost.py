@@ -7,7 +7,7 @@ times a fresh decode and the stage over the held frames (process CPU time), and 
 `--against` the same stage from another checkout (e.g. a `git archive` of an older commit),
 interleaved. Prints medians and the ratios: issue 14 asks for the stage under half of decode.
 OpenCV's threads are set as the runner sets them for a run (`--opencv-threads`, default the
-runner's: 1; 0 = OpenCV's own choice, as before the runner set it).
+runner's: 0 = OpenCV's own choice; 1 = single-threaded calls).
 """
 
 from __future__ import annotations

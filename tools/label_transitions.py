@@ -109,11 +109,11 @@ class Evaluation:
         return self.frames_skipped / (self.transitions + 1)
 
 
-def run_dedup(path: str | Path, **options) -> list[int | None]:
-    """dup_of per frame from the real stage in a real pipeline."""
+def run_dedup(path: str | Path, max_frames: int | None = None, **options) -> list[int | None]:
+    """dup_of per frame from the real stage in a real pipeline (the first `max_frames`)."""
     sink = CollectingSink()
-    Pipeline(VideoSource(str(path)), [make_spec("dedup", {k: str(v) for k, v in options.items()})],
-             sink).run()
+    Pipeline(VideoSource(str(path), max_frames=max_frames),
+             [make_spec("dedup", {k: str(v) for k, v in options.items()})], sink).run()
     return [f.meta.get("dup_of") for f in sink.frames]
 
 
@@ -152,9 +152,9 @@ BOUND_LINE_THRESHOLDS = (3.0, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 10.0, 14.0, 20.
 STRETCHES = (48, 96)
 
 
-def read_judged(path: str | Path) -> list[tuple[int, np.ndarray]]:
+def read_judged(path: str | Path, max_frames: int | None = None) -> list[tuple[int, np.ndarray]]:
     """Every frame's (content_hash, luma), as the dedup stage sees them, for `replay_dedup`."""
-    source = VideoSource(str(path))
+    source = VideoSource(str(path), max_frames=max_frames)
     try:
         return [(content_hash(frame), np.array(luma(frame))) for frame in source.frames()]
     finally:
@@ -190,7 +190,9 @@ def hindsight_bound(frames: list[tuple[int, np.ndarray]], labels: dict[int, tupl
     for threshold in thresholds:
         for line_threshold in line_thresholds:
             e = evaluate(replay_dedup(frames, threshold=threshold, line_threshold=line_threshold), labels)
-            if not e.false_duplicates and (best is None or e.repeats_skipped > best.repeats_skipped):
+            # by the rate of detectable repeats skipped: max_run holds back more at higher thresholds
+            key = (e.repeat_skip_rate, e.repeats_skipped)
+            if not e.false_duplicates and (best is None or key > (best.repeat_skip_rate, best.repeats_skipped)):
                 best, at = e, (threshold, line_threshold)
     if best is None:
         raise ValueError("every setting of the grid makes a false duplicate")
