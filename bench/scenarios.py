@@ -14,8 +14,8 @@ from typing import Callable
 import av
 
 from engine.job import Job, JobConfig  # imported before timing starts
-from engine.runner import RunnerOptions
 from engine.progress import RecordingReporter
+from engine.runner import RunnerOptions
 
 Scenario = Callable[[Path, Path, dict], dict]
 SCENARIOS: dict[str, tuple[Scenario, str]] = {}
