@@ -99,7 +99,7 @@ _opencv_before = 0
 
 
 @contextmanager
-def _opencv_threads(threads: int) -> Iterator[None]:
+def opencv_thread_setting(threads: int) -> Iterator[None]:
     """OpenCV's threads per call while runs are in flight (0: OpenCV's default). The setting is
     process-wide: the first run in sets it, the last one out puts the caller's back, so runs
     that overlap (a library running two pipelines at once) share the first one's setting."""
@@ -406,7 +406,7 @@ class Pipeline:
     def run(self) -> RunResult:
         """Run to completion. Raises the first failure (a StageError, or Interrupted)."""
         self._started = time.perf_counter()
-        with _opencv_threads(self.options.opencv_threads):
+        with opencv_thread_setting(self.options.opencv_threads):
             return self._run()
 
     def _run(self) -> RunResult:

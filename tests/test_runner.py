@@ -237,7 +237,7 @@ def test_opencv_threads_are_set_for_a_run_and_restored_after():
 def test_opencv_setting_comes_back_after_a_failed_run_and_after_overlapping_runs():
     import cv2
 
-    from engine.runner import _opencv_threads
+    from engine.runner import opencv_thread_setting
 
     before = cv2.getNumThreads()
     cv2.setNumThreads(3)
@@ -247,7 +247,7 @@ def test_opencv_setting_comes_back_after_a_failed_run_and_after_overlapping_runs
                      RunnerOptions(opencv_threads=1, join_timeout_s=5)).run()
         assert cv2.getNumThreads() == 3
         # two runs that overlap, the first one ending first: the setting holds until the last
-        first, second = _opencv_threads(1), _opencv_threads(1)
+        first, second = opencv_thread_setting(1), opencv_thread_setting(1)
         first.__enter__()
         second.__enter__()
         first.__exit__(None, None, None)

@@ -21,14 +21,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import engine.registry as registry  # noqa: E402
 from engine.frame import Frame  # noqa: E402
-from engine.runner import RunnerOptions  # noqa: E402
+from engine.runner import RunnerOptions, opencv_thread_setting  # noqa: E402
 
 
 def load_dedup(checkout: Path, name: str):
@@ -72,7 +71,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--opencv-threads", type=int, default=RunnerOptions().opencv_threads)
     args = parser.parse_args()
-    cv2.setNumThreads(args.opencv_threads or -1)
+    with opencv_thread_setting(args.opencv_threads):  # as the runner sets it for a run
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     stages = {"this": load_dedup(ROOT, "dedup_this")}
     if args.against:
         stages["against"] = load_dedup(args.against, "dedup_against")

@@ -423,13 +423,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"frames skipped: {e.frames_skipped}/{e.transitions + 1} = {e.frames_skipped_rate:.1%}")
         return 0
     if args.command == "bound":
-        b = hindsight_bound(read_judged(args.clip), read_labels(args.labels))
+        frames, labels = read_judged(args.clip), read_labels(args.labels)
+        b = hindsight_bound(frames, labels)
         for name, e in (("defaults", b.default), ("best in hindsight", b.best)):
             print(f"{name}: repeats skipped {e.repeats_skipped}/{e.repeats - e.repeats_capped} = "
                   f"{e.repeat_skip_rate:.1%}, false duplicates {len(e.false_duplicates)}")
         print(f"at threshold {b.threshold}, line_threshold {b.line_threshold}"
               + (" (thin-window test off)" if b.line_threshold >= 256 else ""))
-        scores, labels = transition_scores(read_lumas(args.clip)), read_labels(args.labels)
+        scores = transition_scores([y for _, y in frames])  # the frames read once, above
         near, repeats, (tb, tl, ts) = previous_frame_bound(scores, labels)
         where = "thin-window test off" if ts == np.inf else f"line {tl:.2f}, signed {ts:.2f}"
         print(f"against the previous frame, any thresholds: {near}/{repeats} repeats = "
