@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from label_transitions import (evaluate, hindsight_bound, previous_frame_bound, read_judged, read_labels,
-                               replay_dedup, run_dedup)
+from label_transitions import (evaluate, hindsight_bound, monotone_bound, previous_frame_bound, read_judged,
+                               read_labels, replay_dedup, run_dedup, transition_scores, wider_statistics)
 
 MEDIA = Path(__file__).resolve().parent / "media"
 LABELS = Path(__file__).resolve().parent / "data" / "dedup_labels"
@@ -78,3 +78,35 @@ def test_previous_frame_bound_searches_every_threshold():
     # per stretch of 2 transitions each gets its own thresholds: repeat 5 no longer shares
     # them with change 2, so all three are skipped again
     assert previous_frame_bound(scores, labels, stretch=2)[:2] == (3, 3)
+
+
+def test_monotone_bound_keeps_only_repeats_as_different_as_a_change():
+    # changes 2 and 4; repeat 1 is under both, repeat 3 scores over change 2 on every
+    # statistic (kept by any monotone rule), repeat 5 is over change 2 on block only
+    stats = [(1, 2, 2), (2, 6, 6), (3, 7, 6), (30, 80, 80), (3, 5.5, 7)]
+    scores = [{}] + [dict(zip(("block", "line", "signed"), s)) for s in stats]
+    labels = {i: (label, "") for i, label in enumerate(["repeat", "change"] * 2 + ["repeat"], 1)}
+    assert monotone_bound(scores, labels) == (2, 3)
+    # on block alone, repeats 3 and 5 (block 3) are as different as change 2 (block 2)
+    assert monotone_bound(scores, labels, ("block",)) == (1, 3)
+    # thresholds are monotone rules: they never beat the bound (here, they cannot reach it:
+    # repeat 5 is fainter than change 2 on the thin windows but not on block)
+    assert previous_frame_bound(scores, labels)[0] <= monotone_bound(scores, labels)[0]
+    # a repeat equal to a change is kept too (the rule cannot call one near and not the other)
+    scores[5] = dict(scores[2])
+    assert monotone_bound(scores, labels) == (1, 3)
+    # without change 2 only change 4 constrains, and every repeat is under it
+    labels.pop(2)
+    assert monotone_bound(scores, labels) == (3, 3)
+
+
+def test_wider_statistics_extend_the_stages_own():
+    # at 1080p the stage discounts edges by the full ringing gain (0.15): the same statistics
+    # at gain 0.15 must be the stage's, and more discount can only lower them
+    lumas = [y for _, y in read_judged(MEDIA / "anime-1080p.mp4", max_frames=6)]
+    rows = transition_scores(lumas, gains=(0.15, 0.8))[1:]
+    for row in rows:
+        assert row["line@0.15"] == row["line"] and row["signed@0.15"] == row["signed"]
+        assert row["line@0.8"] <= row["line"] and row["signed@0.8"] <= row["signed"]
+    assert any(row["line@0.8"] < row["line"] for row in rows)  # the discount does something
+    assert set(wider_statistics((0.8,))) <= set(rows[0])
