@@ -59,18 +59,26 @@ def transition_scores(lumas: list[np.ndarray], gains: tuple[float, ...] = ()) ->
     stage = Dedup()
     rows = [{}]
     prev, _ = stage.analysis(lumas[0])
+    range_prev = local_range(lumas[0]) if gains else None
     for y, y_prev in zip(lumas[1:], lumas):
         small, block = stage.analysis(y)
         row = stage.scores(small, prev, block, y, y_prev)
         if gains:
-            ra, rb = local_range(y_prev), local_range(y)
+            range_y = local_range(y)
             for g in gains:
-                excess = excess_difference(y_prev, y, ra, rb, g)
-                row[f"line@{g:g}"] = line_difference(excess, np.zeros_like(excess), stage.line_length)
-                row[f"signed@{g:g}"] = signed_line_difference(y_prev, y, ra, rb, stage.line_length, g)
+                excess = excess_difference(y_prev, y, range_prev, range_y, g)
+                row[_at_gain("line", g)] = line_difference(excess, np.zeros_like(excess), stage.line_length)
+                row[_at_gain("signed", g)] = signed_line_difference(y_prev, y, range_prev, range_y,
+                                                                     stage.line_length, g)
+            range_prev = range_y
         rows.append(row)
         prev = small
     return rows
+
+
+def _at_gain(key: str, gain: float) -> str:
+    """`transition_scores`' key for test 2's statistic `key` at ringing gain `gain`."""
+    return f"{key}@{gain:g}"
 
 
 # --- labels ----------------------------------------------------------------------------
@@ -260,7 +268,7 @@ def monotone_bound(scores: list[dict[str, float]], labels: dict[int, tuple[str, 
 
 def wider_statistics(gains=BOUND_GAINS) -> tuple[str, ...]:
     """The stage's statistics and test 2's at each of `gains` (`transition_scores` keys)."""
-    return STAGE_STATISTICS + tuple(f"{k}@{g:g}" for g in gains for k in ("line", "signed"))
+    return STAGE_STATISTICS + tuple(_at_gain(k, g) for g in gains for k in ("line", "signed"))
 
 
 def _best_thresholds(stat: dict[str, np.ndarray], change: np.ndarray, margin: float
