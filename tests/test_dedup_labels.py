@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from label_transitions import (evaluate, hindsight_bound, monotone_bound, previous_frame_bound, read_judged,
-                               read_labels, replay_dedup, run_dedup, transition_scores, wider_statistics)
+from label_transitions import (defaults_against_previous, evaluate, hindsight_bound, lookahead_bound, lookahead_scores,
+                               monotone_bound, previous_frame_bound, read_judged, read_labels, replay_dedup,
+                               run_dedup, transition_scores, wider_statistics)
+from stages.dedup import Dedup
 
 MEDIA = Path(__file__).resolve().parent / "media"
 LABELS = Path(__file__).resolve().parent / "data" / "dedup_labels"
@@ -110,3 +112,67 @@ def test_wider_statistics_extend_the_stages_own():
         assert row["line@0.8"] <= row["line"] and row["signed@0.8"] <= row["signed"]
     assert any(row["line@0.8"] < row["line"] for row in rows)  # the discount does something
     assert set(wider_statistics((0.8,))) <= set(rows[0])
+
+
+def test_lookahead_scores_are_the_stages_statistics_of_the_frame_after():
+    lumas = [y for _, y in read_judged(MEDIA / "anime-1080p.mp4", max_frames=5)]
+    scores = transition_scores(lumas)
+    rows = lookahead_scores(scores, lumas)
+    stage = Dedup()
+    for i in range(1, len(lumas) - 1):
+        small, block = stage.analysis(lumas[i + 1])
+        direct = stage.scores(small, stage.analysis(lumas[i - 1])[0], block, lumas[i + 1], lumas[i - 1])
+        assert {k: rows[i][f"ahead:{k}"] for k in ("block", "line", "signed")} == \
+            {k: direct[k] for k in ("block", "line", "signed")}
+        assert rows[i]["next:block"] == scores[i + 1]["block"]
+        assert rows[i]["block"] == scores[i]["block"]
+    last = rows[-1]  # nothing after it: scored as if the frame were shown again
+    assert last["ahead:line"] == scores[-1]["line"] and last["next:line"] == 0.0
+    assert any(r["ahead:block"] != r["block"] for r in rows[1:-1])  # the frame after is really read
+
+
+def _stage_scores(block: float, line: float) -> dict[str, float]:
+    return {"block": block, "line": line, "signed": line}
+
+
+def _after(ahead: float, next_: float) -> dict[str, float]:
+    """Look-ahead statistics, each of the three at one value."""
+    return {f"{kind}:{k}": v for kind, v in (("ahead", ahead), ("next", next_)) for k in ("block", "line", "signed")}
+
+
+def test_lookahead_bound_takes_the_frame_afters_statistics_each_way():
+    # repeat 1 and change 2 score the same on the stage's statistics, so no rule on them
+    # alone can skip repeat 1; the frame after separates them, in one direction or the other
+    base = _stage_scores(5, 9)
+    labels = {1: ("repeat", ""), 2: ("change", "")}
+    scores = [{}, {**base, **_after(1, 2)}, {**base, **_after(9, 2)}]  # the frame after undoes the repeat's
+    assert monotone_bound(scores, labels) == (0, 1)
+    assert lookahead_bound(scores, labels, "farther") == (1, 1)
+    assert lookahead_bound(scores, labels, "nearer") == (0, 1)
+    scores = [{}, {**base, **_after(9, 2)}, {**base, **_after(1, 2)}]  # ... or the change's
+    assert lookahead_bound(scores, labels, "farther") == (0, 1)
+    assert lookahead_bound(scores, labels, "nearer") == (1, 1)
+    # against two changes, one fainter than the repeat on both look-ahead statistics and one
+    # stronger on both, only a direction of its own for each skips it (ahead farther, next nearer)
+    labels[3] = ("change", "")
+    scores = [{}, {**base, **_after(5, 5)}, {**base, **_after(4, 4)}, {**base, **_after(6, 6)}]
+    assert lookahead_bound(scores, labels, "farther") == lookahead_bound(scores, labels, "nearer") == (0, 1)
+    assert lookahead_bound(scores, labels, "either") == (1, 1)
+    # `-K` turns a statistic round
+    assert monotone_bound(scores, labels, ("ahead:block", "-next:block")) == (1, 1)
+    assert monotone_bound(scores, labels, ("ahead:block", "next:block")) == (0, 1)
+    # identical on every statistic: no direction helps
+    scores = [{}, {**base, **_after(1, 2)}, {**base, **_after(1, 2)}]
+    labels.pop(3)
+    assert lookahead_bound(scores, labels, "either") == (0, 1)
+
+
+def test_flicker_lookahead_calls_near_what_the_frame_after_undoes():
+    # the defaults' thresholds: block 4, line 4.5 (signed 3). 1: a repeat near its previous
+    # frame; 2: a repeat over them that the frame after undoes; 3: a change the frame after
+    # also undoes (a one-frame flash); 4: a change that persists
+    scores = [{}] + [{**_stage_scores(*now), **{f"ahead:{k}": v for k, v in _stage_scores(*then).items()}}
+                     for now, then in (((1, 2), (9, 9)), ((6, 9), (1, 2)), ((6, 9), (2, 3)), ((6, 9), (6, 9)))]
+    labels = {1: ("repeat", ""), 2: ("repeat", ""), 3: ("change", ""), 4: ("change", "")}
+    assert defaults_against_previous(scores, labels, flicker=True) == (2, 2, [3])
+    assert defaults_against_previous(scores, labels) == (1, 2, [])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,10 @@ BOUND_GAINS = (0.3, 0.5, 0.8)
 STAGE_STATISTICS = ("block", "line", "signed")
 
 
+def _oriented(row: dict[str, float], key: str) -> float:
+    return -row[key[1:]] if key.startswith("-") else row[key]
+
+
 def monotone_bound(scores: list[dict[str, float]], labels: dict[int, tuple[str, str]],
                    keys=STAGE_STATISTICS) -> tuple[int, int]:
     """The most repeats that *any* rule monotone in the statistics `keys` can call near with no
@@ -257,13 +262,75 @@ def monotone_bound(scores: list[dict[str, float]], labels: dict[int, tuple[str, 
     every repeat that scores at least as high as some change on every statistic (it keeps that
     change); the rule "near unless at least as different as some change" keeps only those, so
     the bound is reached, in hindsight. Thresholds, their per-video choice, weighted sums and
-    any classifier that is monotone in these statistics are all bounded by it."""
-    rows = [(np.array([scores[i][k] for k in keys]), label)
+    any classifier that is monotone in these statistics are all bounded by it. A key `-K`
+    takes statistic K the other way round (larger is nearer)."""
+    rows = [(np.array([_oriented(scores[i], k) for k in keys]), label)
             for i, (label, _) in sorted(labels.items()) if label in LABELS]
     changes = np.array([v for v, label in rows if label == "change"]).reshape(-1, len(keys))
     repeats = [v for v, label in rows if label == "repeat"]
     kept = sum(bool((changes <= v).all(axis=1).any()) for v in repeats)
     return len(repeats) - kept, len(repeats)
+
+
+def lookahead_scores(scores: list[dict[str, float]], lumas: list[np.ndarray]) -> list[dict[str, float]]:
+    """`scores` with one frame of look-ahead for each transition i-1 -> i: the stage's statistics
+    of frame i+1 against frame i-1 (`ahead:K`) and of i+1 against i (`next:K`, transition i+1's
+    own). The last transition has no frame after it: it is scored as if frame i were shown
+    again (ahead = its own, next = 0)."""
+    stage, last = Dedup(), len(scores) - 1
+    out = [dict(scores[0])]
+    for i in range(1, len(scores)):
+        row = dict(scores[i])
+        if i < last:
+            small, block = stage.analysis(lumas[i + 1])
+            ahead = stage.scores(small, stage.analysis(lumas[i - 1])[0], block, lumas[i + 1], lumas[i - 1])
+            after = scores[i + 1]
+        else:
+            ahead, after = scores[i], dict.fromkeys(STAGE_STATISTICS, 0.0)
+        for k in STAGE_STATISTICS:
+            row[f"ahead:{k}"], row[f"next:{k}"] = ahead[k], after[k]
+        out.append(row)
+    return out
+
+
+#: `lookahead_scores`' statistics.
+LOOKAHEAD_STATISTICS = tuple(f"{kind}:{k}" for kind in ("ahead", "next") for k in STAGE_STATISTICS)
+
+
+#: How `lookahead_bound` takes the look-ahead statistics: larger is farther, as for the stage's
+#: own (a difference the frame after undoes, a codec's flicker, is nearer), larger is nearer
+#: (what a cadence suggests: a held drawing is often followed by a new one), or each either way.
+LOOKAHEAD_DIRECTIONS = ("farther", "nearer", "either")
+
+
+def lookahead_bound(scores: list[dict[str, float]], labels: dict[int, tuple[str, str]],
+                    direction: str = "farther") -> tuple[int, int]:
+    """`monotone_bound` on the stage's statistics and `lookahead_scores`' six, in hindsight, the
+    look-ahead ones all taken one way (`farther`, `nearer`: see LOOKAHEAD_DIRECTIONS) or each
+    either way (`either`: the best of the 2**6 choices; with nine statistics and six of them
+    free to go either way, few repeats are dominated by a change, so this bound says little)."""
+    choices = {"farther": [(1,) * len(LOOKAHEAD_STATISTICS)], "nearer": [(-1,) * len(LOOKAHEAD_STATISTICS)],
+               "either": itertools.product((1, -1), repeat=len(LOOKAHEAD_STATISTICS))}[direction]
+    best = (0, 0)
+    for signs in choices:
+        keys = STAGE_STATISTICS + tuple(k if s > 0 else f"-{k}" for k, s in zip(LOOKAHEAD_STATISTICS, signs))
+        best = max(best, monotone_bound(scores, labels, keys))
+    return best
+
+
+def defaults_against_previous(scores: list[dict[str, float]], labels: dict[int, tuple[str, str]],
+                              flicker: bool = False) -> tuple[int, int, list[int]]:
+    """The stage's default rule, each transition against the previous frame (`scores`). With
+    `flicker`, the look-ahead rule a codec's flicker suggests (`lookahead_scores` needed): frame
+    i is also near when the rule calls frame i+1 near frame i-1 (the frame after undoes what
+    frame i changed); it is monotone with the look-ahead taken as `farther`, so under that
+    bound. Returns (repeats near, repeats, the changes it calls near)."""
+    stage = Dedup()
+    near = {i for i, row in enumerate(scores) if i and (stage.near_by_scores(row) or flicker and
+            stage.near_by_scores({k: row[f"ahead:{k}"] for k in STAGE_STATISTICS}))}
+    repeats = [i for i, (label, _) in labels.items() if label == "repeat"]
+    changes = sorted(i for i, (label, _) in labels.items() if label == "change" and i in near)
+    return sum(i in near for i in repeats), len(repeats), changes
 
 
 def wider_statistics(gains=BOUND_GAINS) -> tuple[str, ...]:
@@ -485,6 +552,16 @@ def main(argv: list[str] | None = None) -> int:
         for keys in (STAGE_STATISTICS, wider_statistics()):
             near, repeats = monotone_bound(scores, labels, keys)
             print(f"any rule monotone in {', '.join(keys)}: {near}/{repeats} = {near / max(1, repeats):.1%}")
+        ahead = lookahead_scores(scores, [y for _, y in frames])
+        for direction in LOOKAHEAD_DIRECTIONS:
+            near, repeats = lookahead_bound(ahead, labels, direction)
+            way = "each either way" if direction == "either" else f"larger {direction}"
+            print(f"the same on the stage's statistics with one frame of look-ahead (frame i+1 against "
+                  f"i-1 and i, {way}): {near}/{repeats} = {near / max(1, repeats):.1%}")
+        for flicker in (False, True):
+            near, repeats, false = defaults_against_previous(ahead, labels, flicker)
+            print(f"the defaults against the previous frame{', or the frame after near the one before' * flicker}: "
+                  f"{near}/{repeats} repeats near, changes near {false}")
         for stretch in STRETCHES:
             for margin in (0.0, 1.0):
                 near, repeats, _ = previous_frame_bound(scores, labels, stretch, margin)

@@ -4,6 +4,7 @@
     python tools/make_dedup_variants.py OUT_DIR [--only NAME ...]   # prints each file made
     python tools/make_dedup_variants.py OUT_DIR --table              # dedup vs labels, markdown
     python tools/make_dedup_variants.py OUT_DIR --bound              # best thresholds in hindsight
+    python tools/make_dedup_variants.py OUT_DIR --lookahead          # what look-ahead could add
     python tools/make_dedup_variants.py OUT_DIR --preset libx265=medium --only NAME ...  # other presets
 
 Each variant holds the same pictures as its clip, frame for frame (same count, same order),
@@ -33,10 +34,10 @@ from pathlib import Path
 import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_transitions import (BOUND_GAINS, STRETCHES, carry_labels, evaluate,  # noqa: E402
-                               hindsight_bound, monotone_bound, previous_frame_bound, read_judged,
-                               read_labels, run_dedup, transition_scores, wider_statistics,
-                               write_labels)
+from label_transitions import (BOUND_GAINS, LOOKAHEAD_DIRECTIONS, STRETCHES, carry_labels,  # noqa: E402
+                               defaults_against_previous, evaluate, hindsight_bound, lookahead_bound, lookahead_scores,
+                               monotone_bound, previous_frame_bound, read_judged, read_labels, run_dedup,
+                               transition_scores, wider_statistics, write_labels)
 
 CLIPS = ("anime-320x240", "anime-1080p")
 CRFS = (18, 28, 35)
@@ -188,6 +189,29 @@ def bound_table(media: Path, labels_dir: Path, paths: list[Path]) -> list[str]:
     return rows
 
 
+def lookahead_table(media: Path, labels_dir: Path, paths: list[Path]) -> list[str]:
+    """Markdown rows: what one frame of look-ahead could add, each transition against the
+    previous frame: any rule monotone in the stage's statistics, then with those of the frame
+    after (`label_transitions.lookahead_bound`, each direction; in hindsight); the default
+    rule without and with the flicker look-ahead (`label_transitions.defaults_against_previous`)."""
+    rows = ["| video | any rule monotone in the stage's statistics | with the frame after's, larger farther "
+            "| larger nearer | each either way | the defaults: repeats near | with the flicker look-ahead "
+            "| changes it calls near | goal |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for path, labels in labelled(media, labels_dir, paths):
+        lumas = [y for _, y in read_judged(path)]
+        scores = lookahead_scores(transition_scores(lumas), lumas)
+        bounds = [monotone_bound(scores, labels)] + [lookahead_bound(scores, labels, d) for d in LOOKAHEAD_DIRECTIONS]
+        rules = [defaults_against_previous(scores, labels, flicker) for flicker in (False, True)]
+        false = rules[1][2]
+        rows.append(f"| {path.name} "
+                    + "".join(f"| {n}/{r} = {n / max(1, r):.1%} " for n, r in bounds)
+                    + "".join(f"| {n}/{r} " for n, r, _ in rules)
+                    + f"| {len(false)}{' (' + ', '.join(f'#{i}' for i in false) + ')' if false else ''} "
+                    f"| {GOALS[path.name.split('.')[0]]:.0%} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir", type=Path)
@@ -198,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="evaluate dedup on each, print a markdown table")
     p.add_argument("--bound", action="store_true",
                    help="the defaults against the best thresholds per video in hindsight (markdown)")
+    p.add_argument("--lookahead", action="store_true",
+                   help="what one frame of look-ahead could add to any monotone rule, in hindsight (markdown)")
     p.add_argument("--preset", action="append", default=[], metavar="CODEC=PRESET",
                    help="encoder preset instead of the set's (e.g. libx265=medium); "
                         "use a directory of its own, names do not say the preset")
@@ -209,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--preset wants CODEC=PRESET with CODEC one of {', '.join(PRESETS)}, got {item!r}")
         presets[codec] = preset
     paths = build(args.media, args.out_dir, set(args.only) if args.only else None, presets)
-    if args.table or args.bound:
-        for row in (table if args.table else bound_table)(args.media, args.labels, paths):
+    report = table if args.table else bound_table if args.bound else lookahead_table if args.lookahead else None
+    if report:
+        for row in report(args.media, args.labels, paths):
             print(row, flush=True)
     else:
         for path in paths:
