@@ -355,6 +355,36 @@ def test_truncated_weights_fail_at_load_with_the_component(model_dir, tmp_path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("component, change, message", [
+    ("vae", "drop", "vae/ has no tensor"),
+    ("vae", "rename", "vae/ has no tensor"),  # missing under its own name (and unknown under the other)
+    ("unet", "drop", "unet/ has no tensor"),
+    ("text_encoder", "drop", "text_encoder/ has no tensor"),
+    ("controlnet", "extra", "controlnet/ has an unknown tensor extra.weight"),
+])
+def test_weights_under_other_names_are_refused_not_left_random(model_dir, tmp_path, component, change, message):
+    # the libraries only warn and initialise what is missing at random: a user's download whose
+    # names differ must not run as noise
+    from safetensors.torch import load_file, save_file
+    root = tmp_path / "m"
+    shutil.copytree(model_dir, root)
+    weights = next((root / component).glob("*.safetensors"))
+    tensors = load_file(weights)
+    first = sorted(tensors)[0]
+    if change == "drop":
+        del tensors[first]
+    elif change == "rename":
+        tensors["renamed." + first] = tensors.pop(first)
+    else:
+        tensors["extra.weight"] = tensors[first].clone()
+    save_file(tensors, weights)
+    with pytest.raises(UserError, match=message) as info:
+        StreamDiffVSR(str(root), DiffusionSettings(**FAST))
+    assert "\n" not in str(info.value)
+    if change != "extra":
+        assert first in str(info.value)
+
+
 # ---- the CLI, end to end --------------------------------------------------------------------
 
 def test_cli_end_to_end(model_dir, tmp_path):

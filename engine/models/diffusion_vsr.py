@@ -121,6 +121,18 @@ def check_flow(kind: str, weights: str) -> None:
                             "(use flow=spynet or flow=dis, or install torchvision)")
 
 
+def _check_loading_info(path: str, name: str, info: dict) -> None:
+    """diffusers and transformers only warn (and `_quiet_libraries` silences them) when weights
+    are missing from a file or named otherwise, and leave those layers randomly initialised:
+    a download under other names would run as noise. Refuse it, naming the first bad key."""
+    for field, what in (("missing_keys", "has no tensor"), ("unexpected_keys", "has an unknown tensor"),
+                        ("mismatched_keys", "has a tensor of the wrong shape")):
+        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(field) or ())
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise UserError(f"diffusion-vsr model {path}: {name}/ {what} {keys[0]}{more}")
+
+
 @dataclass(frozen=True)
 class DiffusionSettings:
     device: str = "auto"                                   # auto | cpu | cuda | cuda:N
@@ -158,11 +170,13 @@ class StreamDiffVSR:
 
         def load(cls, name):
             try:
-                return cls.from_pretrained(os.path.join(path, name), **kwargs)
+                model, info = cls.from_pretrained(os.path.join(path, name), output_loading_info=True, **kwargs)
             except Exception as exc:  # a truncated file, mismatched shapes, a foreign config
                 detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
                 raise UserError(f"diffusion-vsr model {path}: cannot load {name}/: "
                                 f"{type(exc).__name__}: {detail}") from None
+            _check_loading_info(path, name, info)
+            return model
 
         self.unet = load(UNet2DConditionModel, "unet").to(self.device).eval().requires_grad_(False)
         self.controlnet = load(ControlNetModel, "controlnet").to(self.device).eval().requires_grad_(False)
@@ -191,10 +205,12 @@ class StreamDiffVSR:
         from transformers import CLIPTextModel, CLIPTokenizer
         try:
             tokenizer = CLIPTokenizer.from_pretrained(os.path.join(self.path, "tokenizer"), local_files_only=True)
-            encoder = CLIPTextModel.from_pretrained(os.path.join(self.path, "text_encoder"), local_files_only=True)
+            encoder, info = CLIPTextModel.from_pretrained(os.path.join(self.path, "text_encoder"),
+                                                          local_files_only=True, output_loading_info=True)
         except Exception as exc:
             raise UserError(f"diffusion-vsr model {self.path}: cannot load text_encoder/ or tokenizer/: "
                             f"{type(exc).__name__}") from None
+        _check_loading_info(self.path, "text_encoder", info)
         ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
