@@ -32,7 +32,7 @@ from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, contain
 from engine.errors import UserError
 from engine.job import check_config, check_input, environment, reporter_note, write_report
 from engine.join import JoinPart, join_segments
-from engine.manifest import Manifest, SegmentRecord, job_key, key_difference, load, save
+from engine.manifest import MANIFEST, Manifest, SegmentRecord, job_key, key_difference, load, save
 from engine.metrics import RunSnapshot, SegmentCounts
 from engine.progress import Reporter, make_reporter
 from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest
@@ -280,8 +280,16 @@ def _snapshot(progress: _Progress) -> RunSnapshot:
 
 
 def _take(work_dir: str) -> int:
-    """Create the work directory if needed and lock it: two jobs in one directory would mix."""
+    """Create the work directory if needed and lock it: two jobs in one directory would mix.
+    A directory that holds other files but no manifest is not the engine's: the job deletes
+    what it does not recognise there and the whole directory when done, so it is refused."""
     try:
+        if os.path.isdir(work_dir) and not os.path.exists(os.path.join(work_dir, MANIFEST)):
+            foreign = sorted(set(os.listdir(work_dir)) - {"lock"})
+            if foreign:
+                raise UserError(f"work directory {work_dir} holds files that are not the engine's "
+                                f"({foreign[0]}{', ...' if len(foreign) > 1 else ''}): name a new or empty "
+                                f"directory for --work-dir")
         os.makedirs(work_dir, exist_ok=True)
         fd = os.open(os.path.join(work_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -340,6 +341,27 @@ def test_work_directory_in_use_is_refused(media, tmp_path):
         fcntl.flock(fh, fcntl.LOCK_EX)
         r = stream(media["video"], tmp_path / "o.mp4", "--resume", "--work-dir", work)
     assert r.returncode == 2 and "in use by another engine process" in r.stderr
+
+
+def test_a_work_directory_with_other_files_is_refused_and_left_alone(media, tmp_path):
+    # the job deletes what it does not recognise in its work directory, and the directory when
+    # done: `--work-dir ~/Videos` must not cost the user their files (nor the input beside them)
+    work = tmp_path / "videos"
+    (work / "photos").mkdir(parents=True)
+    (work / "photos" / "a.jpg").write_bytes(b"jpeg")
+    clip = work / "in.mp4"
+    shutil.copy(media["video"], clip)
+    r = stream(clip, tmp_path / "o.mp4", "--resume", "--work-dir", work)
+    assert r.returncode == 2 and "holds files that are not the engine's (in.mp4, ...)" in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert sorted(p.name for p in work.iterdir()) == ["in.mp4", "photos"]
+    assert (work / "photos" / "a.jpg").read_bytes() == b"jpeg" and not (tmp_path / "o.mp4").exists()
+    # an empty directory is fine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = stream(media["video"], tmp_path / "o.mp4", "--resume", "--work-dir", empty)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o.mp4").exists()
 
 
 def test_segment_options_need_resume_and_a_video_output(media, tmp_path):
