@@ -65,8 +65,8 @@ def scan_packets(path: str, max_frames: int | None = None) -> FrameTable:
         pts: list[int] = []
         keys: list[int] = []
         for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
+            if packet.size == 0 or packet.is_discard:
+                continue  # a flush packet, or a frame an MP4/MOV edit list hides (never decoded out)
             if packet.pts is None:
                 raise UserError(f"cannot cut {path} into segments: its video packets have no "
                                 f"timestamps (remux it, or run without --resume)")

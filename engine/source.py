@@ -169,9 +169,11 @@ class VideoSource:
         repair = self.repair = TimestampRepair(frame_step(self.info.frame_rate, tb),
                                                refuse=self.timestamps == "refuse", what="video frame")
         seq = 0
+        hidden = 0  # packets an MP4/MOV edit list hides: decoded for the pictures after them, never shown
         last_end: float | None = None
         try:
             for packet in self._container.demux(stream):
+                hidden += packet.is_discard and packet.size > 0
                 for picture in packet.decode():
                     pts = repair(picture.pts, picture.duration)
                     picture.pts = pts
@@ -198,15 +200,17 @@ class VideoSource:
         if seq == 0:
             raise UserError(f"input has no decodable video frames: {self.path}")
         if self.max_frames is None:
-            self._check_complete(seq, last_end)
+            self._check_complete(seq, last_end, hidden)
 
-    def _check_complete(self, decoded: int, last_end: float | None) -> None:
-        """The video decoded against what the file declares: frames (MP4) or duration (Matroska)."""
+    def _check_complete(self, decoded: int, last_end: float | None, hidden: int = 0) -> None:
+        """The video decoded against what the file declares: frames (MP4, less those its edit
+        list hides) or duration (Matroska)."""
         from engine.completeness import declared_video_seconds, tolerance_s
 
         problem = None
-        if self.info.frames_declared and decoded < self.info.frames_declared:
-            problem = f"declares {self.info.frames_declared} frames but only {decoded} could be decoded"
+        shown = self.info.frames_declared - hidden
+        if self.info.frames_declared and decoded < shown:
+            problem = f"declares {shown} frames but only {decoded} could be decoded"
         else:
             stream = self._container.streams.video[0]
             declared = declared_video_seconds(stream)

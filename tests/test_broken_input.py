@@ -212,6 +212,39 @@ def test_complete_files_are_not_called_truncated(media, tmp_path):
         assert "truncated" not in result.stderr
 
 
+def _hide_leading_frames(src, dst, hidden: int):
+    """`src`'s video remuxed into MP4 with its first `hidden` frames moved before time 0: the
+    muxer writes an edit list that hides them (what `ffmpeg -ss T -c copy` and editors make).
+    The packets stay, as the pictures after them need them to decode."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        packets = [p for p in inp.demux(stream) if p.size]
+        order = sorted(p.pts for p in packets)
+        shift = order[hidden]
+        for p in packets:
+            p.pts -= shift
+            p.dts -= shift
+            p.stream = copy
+            out.mux(p)
+    return dst
+
+
+def test_frames_an_edit_list_hides_are_not_called_missing(tmp_path):
+    clip = _hide_leading_frames(make_clip(tmp_path / "v.mp4", 48, 64, 48, fps=FPS), tmp_path / "edit.mp4", 3)
+    with av.open(str(clip)) as c:  # the file declares every packet; decoding shows 45 frames
+        assert c.streams.video[0].frames == 48
+        assert sum(1 for _ in c.decode(video=0)) == 45
+    outs = []
+    for extra in ((), ("--resume", "--segment", "12f")):
+        out = tmp_path / f"out{len(extra)}.mkv"
+        result, _ = _stream(clip, out, *extra)
+        assert result.returncode == 0, result.stderr
+        assert "truncated" not in result.stderr
+        outs.append(decoded_indices(out))
+    assert outs[0] == outs[1] == list(range(3, 48))
+
+
 def test_repair_rule_unit():
     from engine.timestamps import TimestampRepair, frame_step
 
