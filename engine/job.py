@@ -16,7 +16,7 @@ from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
 from engine.registry import StageSpec, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
-from engine.sink import ImageSequenceSink, VideoSink, is_image_pattern
+from engine.sink import ImageSequenceSink, VideoSink, is_image_pattern, pattern_matches
 from engine.source import VideoInfo, VideoSource
 from engine.streamcopy import plan_copy
 from engine.timestamps import MODES as TIMESTAMP_MODES
@@ -59,6 +59,15 @@ def check_output_path(input_path: str, output: str) -> None:
         raise UserError(f"output directory is not writable: {parent}")
     if not is_image_pattern(output) and os.path.isdir(output):
         raise UserError(f"output is a directory, not a file: {output}")
+    if is_image_pattern(output) and os.path.lexists(target):
+        if not os.path.isdir(target):
+            raise UserError(f"output directory is a file: {target}")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise UserError(f"output directory is not writable: {target}")
+        earlier = pattern_matches(output, target)
+        if earlier:  # frames of an earlier run that this one would not all overwrite would mix in
+            raise UserError(f"{target} already holds {len(earlier)} frames named like "
+                            f"{os.path.basename(output)} ({earlier[0]}, ...): remove them or write elsewhere")
 
 
 @dataclass

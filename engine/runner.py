@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from engine.channel import EOS, CancelToken, Channel
-from engine.errors import Cancelled, EngineError, StageError
+from engine.errors import Cancelled, EngineError, StageError, UserError
 from engine.frame import Frame
 from engine.metrics import RunSnapshot, StageSnapshot, WorkerMetrics, aggregate
 from engine.registry import StageSpec
@@ -431,7 +431,12 @@ class Pipeline:
                 self.sink.abort()
         if self.token.error is not None:
             raise self.token.error
-        self.sink.commit()
+        try:
+            self.sink.commit()
+        except OSError as exc:  # e.g. the output's place was taken by a directory during the run
+            self.sink.abort()
+            raise UserError(f"cannot put the output in place at {exc.filename or 'its path'}: "
+                            f"{exc.strerror or exc}") from None
         snap = self.snapshot()
         return RunResult(frames_in=self._frames_in, frames_out=snap.frames_done,
                          elapsed_s=snap.elapsed_s, stages=snap.stages, states=dict(self._states_out))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -234,6 +235,18 @@ IMAGE_FORMATS = {".png": [cv2.IMWRITE_PNG_COMPRESSION, 1],
 
 def is_image_pattern(path: str) -> bool:
     return "%" in os.path.basename(path)
+
+
+def pattern_matches(pattern: str, directory: str) -> list[str]:
+    """Files in `directory` named as the image pattern `pattern` names frames (``%06d.png``:
+    ``000001.png`` ...), sorted: what a sequence written there would be mixed with."""
+    head, sep, tail = os.path.basename(pattern).replace("%%", "\0").partition("%")
+    field = re.match(r"[-+ #0]*\d*d", tail)
+    if not sep or field is None or not os.path.isdir(directory):
+        return []
+    named = re.compile(re.escape(head).replace("\0", "%") + r"-?\d+"
+                       + re.escape(tail[field.end():]).replace("\0", "%") + "$")
+    return sorted(n for n in os.listdir(directory) if named.match(n))
 
 
 class ImageSequenceSink:

@@ -90,6 +90,29 @@ def test_image_sequence(clip, tmp_path, ext):
     assert leftovers(tmp_path) == ["frames"]
 
 
+def test_image_sequence_into_a_directory_with_earlier_frames_or_a_file(clip, tmp_path):
+    # a second, shorter run would overwrite 000001-000003 and leave 000004-000005 of the first:
+    # a sequence mixed from two runs. Refused up front, the earlier frames untouched
+    frames = tmp_path / "frames"
+    r = run_engine("stream", clip(frames=5), frames / "%06d.png", "--quiet")
+    assert r.returncode == 0, r.stderr
+    before = {n: (frames / n).read_bytes() for n in os.listdir(frames)}
+    r = run_engine("stream", clip(frames=3), frames / "%06d.png", "--quiet")
+    assert r.returncode == 2 and "already holds 5 frames named like %06d.png (000001.png, ...)" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert {n: (frames / n).read_bytes() for n in os.listdir(frames)} == before
+    # other files there are fine: another pattern writes beside them
+    r = run_engine("stream", clip(frames=3), frames / "b_%03d.png", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert len(os.listdir(frames)) == 8
+    # the directory named is a file: one line before any work, the file untouched
+    (tmp_path / "taken").write_bytes(b"x")
+    r = run_engine("stream", clip(frames=3), tmp_path / "taken" / "%06d.png", "--quiet")
+    assert r.returncode == 2 and "output directory is a file" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "taken").read_bytes() == b"x"
+    assert leftovers(tmp_path) == ["frames", "taken"]  # no partial directory left either
+
+
 def test_probe(clip):
     r = run_engine("probe", clip(frames=33), "--json")
     info = json.loads(r.stdout)

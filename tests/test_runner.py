@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engine.testing as doubles
-from engine.errors import StageError
+from engine.errors import StageError, UserError
 from engine.registry import make_spec
 from engine.runner import Pipeline, RunnerOptions
 from engine.testing import CollectingSink, ListSource, index_frame
@@ -117,6 +117,19 @@ def test_sink_failure_names_the_sink_and_seq():
         run(50, [("test.add", {})], sink=sink)
     assert (info.value.stage, info.value.seq) == ("collect", 11)
     assert not sink.committed
+
+
+def test_a_commit_that_fails_is_a_one_line_error_and_aborts():
+    # everything ran, then the output could not be put in place (its path became a
+    # directory, the disk went read-only): the user gets a UserError, the partial goes
+    class RefusingSink(CollectingSink):
+        def commit(self):
+            raise IsADirectoryError(21, "Is a directory", "/videos/out.mp4")
+
+    sink = RefusingSink()
+    with pytest.raises(UserError, match="cannot put the output in place at /videos/out.mp4: Is a directory"):
+        run(10, [("test.add", {})], sink=sink)
+    assert sink.aborted == 1 and len(sink.frames) == 10
 
 
 def test_stalled_stage_is_reported_not_waited_for():
