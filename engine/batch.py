@@ -71,9 +71,13 @@ def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
 
         reports = run_on_ray(configs, ray_options)
     else:
-        from engine.job import Job
+        from engine.job import Job, check_config
         from engine.resume import SegmentedJob
+        from engine.source import open_input
 
+        for c in configs:  # options, outputs and each input's header, before hours go into the first
+            check_config(c)
+            open_input(c.input).close()
         reports = [(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run()) for c in configs]
     if config.report:
         write_report(config.report, {"inputs": reports})

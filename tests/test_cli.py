@@ -113,6 +113,26 @@ def test_image_sequence_into_a_directory_with_earlier_frames_or_a_file(clip, tmp
     assert leftovers(tmp_path) == ["frames", "taken"]  # no partial directory left either
 
 
+def test_batch_checks_every_input_before_running_any(clip, tmp_path):
+    # the first input must not run for hours before the second is found unusable
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.mp4").symlink_to(clip(frames=5))
+    (inputs / "b.webm").write_bytes(clip(frames=5).read_bytes())  # an output extension the engine cannot write
+    r = run_engine("stream", inputs, tmp_path / "out", "--quiet")
+    assert r.returncode == 2 and "unsupported output extension '.webm'" in r.stderr and "Traceback" not in r.stderr
+    assert leftovers(tmp_path / "out") == []
+    (inputs / "b.webm").unlink()
+    (inputs / "c.mp4").write_bytes(b"not a video at all")
+    r = run_engine("stream", inputs, tmp_path / "out", "--quiet")
+    assert r.returncode == 2 and "c.mp4" in r.stderr and r.stderr.count("\n") == 1
+    assert leftovers(tmp_path / "out") == []
+    (inputs / "c.mp4").unlink()
+    r = run_engine("stream", inputs, tmp_path / "out", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert leftovers(tmp_path / "out") == ["a.mp4"]
+
+
 def test_probe(clip):
     r = run_engine("probe", clip(frames=33), "--json")
     info = json.loads(r.stdout)
