@@ -137,6 +137,8 @@ def check_config(config: JobConfig) -> list[StageSpec]:
     """The checks every job makes before opening anything: options, pipeline, output, report."""
     if config.max_frames is not None and config.max_frames < 1:
         raise UserError(f"--frames must be >= 1, got {config.max_frames}")
+    if not config.runner.stall_timeout_s > 0:  # also NaN
+        raise UserError(f"--stall-timeout must be a number of seconds > 0, got {config.runner.stall_timeout_s}")
     if config.runner.opencv_threads < 0:
         raise UserError(f"--opencv-threads must be >= 0, got {config.runner.opencv_threads}")
     if config.timestamps not in TIMESTAMP_MODES:

@@ -178,6 +178,9 @@ def make_spec(name: str, raw_options: dict[str, Any]) -> StageSpec:
     spec = StageSpec(name=name, options=options, **runner)
     if cls.kind == "window" and spec.workers != 1:
         raise UserError(f"stage '{name}' is temporal (window) and must run with workers=1")
+    if cls.needs_order and spec.workers != 1:
+        raise UserError(f"stage '{name}' sees frames in order (each against the one before) and must run "
+                        f"with workers=1")
     if cls.carries_state and spec.workers != 1:
         raise UserError(f"stage '{name}' carries state from frame to frame and must run with workers=1")
     spec.build()  # constructor-level checks now, before any thread starts

@@ -244,6 +244,9 @@ def test_corrupt_input_fails_cleanly_or_decodes_everything(clip, tmp_path):
     (["--encoder", "divx"], "unknown encoder 'divx'"),
     (["--encoder", "prores"], "cannot go in .mp4"),
     (["--preset", "warp-speed"], "failed to open"),
+    (["--pipeline", "dedup:workers=2"], "must run with workers=1"),  # each worker would see gaps
+    (["--stall-timeout", "-1"], "--stall-timeout must be a number of seconds > 0"),
+    (["--stall-timeout", "nan"], "--stall-timeout must be a number of seconds > 0"),
 ])
 def test_bad_configuration(clip, tmp_path, args, needle):
     r = run_engine("stream", clip(frames=5), tmp_path / "out.mp4", *args)

@@ -35,6 +35,7 @@ def test_spec_options_are_converted_to_declared_types():
     ("resize", "give width, height or scale"),
     ("resize:width=10:workers=0", "workers must be >= 1"),
     ("temporal-denoise:workers=2", "must run with workers=1"),
+    ("dedup:workers=2", "sees frames in order (each against the one before) and must run with workers=1"),
     ("test.window-sum:window_size=4:overlap=2", "window_size must exceed 2 × overlap"),
 ])
 def test_bad_specs_fail_before_anything_runs(text, needle):
