@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from engine import __version__
-from engine.errors import EngineError, StageError, UserError
+from engine.errors import EngineError, StageError, Terminated, UserError
 from engine.runner import RunnerOptions
 
 # decode → dedup → realesr-animevideov3 x2 → encode
@@ -150,9 +151,17 @@ def _models(_: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"stream": _stream, "probe": _probe, "stages": _stages, "models": _models}[args.command]
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (main() called from a thread): keep the default
+        pass
     try:
         return handler(args)
     except StageError as exc:
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(message, exc.exit_code)
     except EngineError as exc:
         return _fail(str(exc), exc.exit_code)
+    except Terminated:
+        return _fail("terminated", 128 + signal.SIGTERM)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except BrokenPipeError:  # `engine models | head`: the reader left, nothing is wrong

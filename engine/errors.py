@@ -31,6 +31,12 @@ class StageError(EngineError):
         return self.cause.exit_code if isinstance(self.cause, EngineError) else 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, `docker stop`, systemd), raised in the main thread by the CLI's
+    handler: the job stops as on Ctrl-C, so its partial output is removed; Python's default
+    would end the process with the partial left behind."""
+
+
 class Cancelled(Exception):
     """Raised inside a worker when another part of the pipeline has failed or been stopped."""
 

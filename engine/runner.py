@@ -24,6 +24,7 @@ Threads of one run::
 from __future__ import annotations
 
 import itertools
+import signal
 import threading
 import time
 from collections import deque
@@ -35,7 +36,7 @@ import cv2
 import numpy as np
 
 from engine.channel import EOS, CancelToken, Channel
-from engine.errors import Cancelled, EngineError, StageError, UserError
+from engine.errors import Cancelled, EngineError, StageError, Terminated, UserError
 from engine.frame import Frame
 from engine.metrics import RunSnapshot, StageSnapshot, WorkerMetrics, aggregate
 from engine.registry import StageSpec
@@ -80,6 +81,15 @@ class Interrupted(EngineError):
     """The user pressed Ctrl-C (or the run was otherwise asked to stop)."""
 
     exit_code = 130
+
+    @classmethod
+    def by(cls, exc: KeyboardInterrupt) -> Interrupted:
+        """The error for the interrupt `exc`: Ctrl-C, or SIGTERM (exit 143, as a shell reports it)."""
+        if isinstance(exc, Terminated):
+            stop = cls("terminated")
+            stop.exit_code = 128 + signal.SIGTERM
+            return stop
+        return cls("interrupted")
 
 
 @dataclass(frozen=True)
@@ -421,8 +431,8 @@ class Pipeline:
             thread.start()
         try:
             self._supervise()
-        except KeyboardInterrupt:
-            self.token.cancel(Interrupted("interrupted"))
+        except KeyboardInterrupt as exc:
+            self.token.cancel(Interrupted.by(exc))
         finally:
             stuck = self._join_all()
             if self.token.error is None and stuck:
@@ -479,8 +489,8 @@ class Pipeline:
             while thread.is_alive() and time.perf_counter() < deadline:
                 try:
                     thread.join(0.1)
-                except KeyboardInterrupt:  # a second Ctrl-C must not skip the cleanup
-                    self.token.cancel(Interrupted("interrupted"))
+                except KeyboardInterrupt as exc:  # a second Ctrl-C must not skip the cleanup
+                    self.token.cancel(Interrupted.by(exc))
         return [t.name for t in self._threads if t.is_alive()]
 
 

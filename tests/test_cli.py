@@ -299,7 +299,9 @@ def test_stalled_stage_fails_without_hanging(clip, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_ctrl_c_stops_cleanly_and_leaves_nothing(clip, tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGTERM, 143, "terminated")])  # timeout, docker stop
+def test_ctrl_c_or_sigterm_stops_cleanly_and_leaves_nothing(clip, tmp_path, sig, code, said):
     src = clip(frames=400, width=320, height=240)
     out = tmp_path / "out.mp4"
     proc = subprocess.Popen(
@@ -316,11 +318,11 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing(clip, tmp_path):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     started = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert time.monotonic() - started < 10
-    assert "interrupted" in err and "Traceback" not in err
+    assert f"engine: error: {said}" in err and "Traceback" not in err
     assert leftovers(tmp_path) == []
 
 
