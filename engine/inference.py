@@ -87,13 +87,14 @@ def autocast(device: torch.device, precision: str, cache: bool = True):
                           cache_enabled=cache)
 
 
-def halved_tile(tile: int, height: int, width: int) -> int | None:
+def halved_tile(tile: int, height: int, width: int, smallest: int = MIN_TILE) -> int | None:
     """The next tile side after an out-of-memory error (half the current one, or half the
-    frame when untiled, a multiple of 8), or None when it would go under MIN_TILE."""
+    frame when untiled, a multiple of 8), or None when it would go under `smallest` (MIN_TILE,
+    or more for a model that needs larger input)."""
     current = tile or max(height, width)
-    if current // 2 < MIN_TILE:
+    if current // 2 < smallest:
         return None
-    return max(MIN_TILE, current // 2 // 8 * 8)
+    return max(smallest, current // 2 // 8 * 8)
 
 
 def set_backends(cudnn_benchmark: bool, tf32: bool) -> None:

@@ -25,7 +25,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from engine.inference import (Precision, halved_tile, autocast, resolve_device, resolve_precision,
+from engine.errors import UserError
+from engine.inference import (MIN_TILE, Precision, halved_tile, autocast, resolve_device, resolve_precision,
                               set_backends, tiled_forward)
 
 
@@ -54,6 +55,11 @@ class WindowRunner:
         self.precision = resolve_precision(settings.precision, self.device)
         self.window = settings.window
         self.tile = settings.tile
+        # the same-size models shrink each tile by 4 before the flow network, which needs MIN_SIDE
+        self.smallest_tile = max(MIN_TILE, getattr(net, "min_input_side", MIN_TILE))
+        if self.tile and self.tile < self.smallest_tile:
+            raise UserError(f"tile {self.tile} is too small for this model: tiles must be at least "
+                            f"{self.smallest_tile} pixels")
         self.offload = settings.offload == "on"
         self.oom_retries = 0
 
@@ -114,7 +120,7 @@ class WindowRunner:
         if self.window > shortest:
             self.window = max(shortest, self.window // 2)
             return True
-        tile = halved_tile(self.tile, height, width)
+        tile = halved_tile(self.tile, height, width, self.smallest_tile)
         if tile is None:
             return False
         self.tile = tile

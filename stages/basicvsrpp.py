@@ -67,7 +67,7 @@ class BasicVSRPP(WindowStage):
         net = load_checkpoint(self.path)
         self.net_info = {"mid_channels": net.mid_channels, "num_blocks": net.num_blocks, "scale": net.scale}
         if ctx.width and ctx.height:
-            need = MIN_SIDE * (1 if net.is_low_res_input else 4)
+            need = net.min_input_side
             if min(ctx.width, ctx.height) < need:
                 raise UserError(f"basicvsrpp: frames must be at least {need}×{need} for {self.path.name}, "
                                 f"got {ctx.width}×{ctx.height}")

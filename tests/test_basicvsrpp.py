@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import mmagic_reference
 from engine.errors import UserError
 from engine.frame import Frame
+from engine.inference import halved_tile
 from engine.models.basicvsrpp import BasicVSRPlusPlus, flow_warp, from_state_dict, load_checkpoint
 from engine.models.basicvsrpp_zoo import RELEASES, resolve_checkpoint
 from engine.models.deform import modulated_deform_conv2d
@@ -361,6 +362,23 @@ def test_out_of_memory_at_the_shortest_window_falls_back_to_tiles():
     assert runner.window == 3 and 64 <= runner.tile <= 100 and runner.oom_retries == 2
     for i, (frame, out) in enumerate(zip(frames, got)):  # a per-pixel model: tiles change nothing
         assert np.abs(out.astype(int) - _probe_expected(frame, i, 3)).max() <= 1
+
+
+def test_tiles_never_go_under_what_the_model_takes():
+    # the same-size models shrink each tile by 4 before SPyNet (64 px at least): a tile under
+    # 256 px is refused up front, and the out-of-memory backoff stops there with the OOM itself
+    same_size = BasicVSRPlusPlus(mid_channels=8, num_blocks=1, is_low_res_input=False)
+    assert same_size.min_input_side == 256 and BasicVSRPlusPlus(8, 1).min_input_side == 64
+    with pytest.raises(UserError, match="tiles must be at least 256 pixels"):
+        WindowRunner(same_size, 1, WindowSettings(device="cpu", tile=128))
+    assert halved_tile(960, 1080, 1920, 256) == 480 and halved_tile(480, 1080, 1920, 256) is None
+    probe = ContextProbe(max_frames=3, max_side=100)
+    probe.min_input_side = 128  # 160 px frames halve to 80: under it, so nothing is left to try
+    runner = WindowRunner(probe, 4, WindowSettings(device="cpu", window=4, overlap=1))
+    runner.open()
+    with pytest.raises(torch.OutOfMemoryError):
+        runner.run(moving_frames(3, 64, 160))
+    assert runner.tile == 0 and runner.window == 3
 
 
 def test_out_of_memory_with_nothing_left_to_shrink_fails():

@@ -285,6 +285,15 @@ def test_flow_option_errors(tmp_path):
         check_flow("spynet", "")
     with pytest.raises(UserError, match="not found"):
         check_flow("spynet", str(tmp_path / "nope.pth"))
+    # files torch refuses: one line each, whatever torch says (its weights-only refusal runs to
+    # several lines with colour codes)
+    from fractions import Fraction as Odd
+    torch.save({"meta": Odd(1, 3), "state_dict": {}}, tmp_path / "pickled.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "pickled.pth").read_bytes()[:40])
+    for name, says in (("pickled.pth", "weights_only loading refused it"), ("cut.pth", "cannot read SPyNet")):
+        with pytest.raises(UserError, match=says) as info:
+            SpyNetFlow(str(tmp_path / name), torch.device("cpu"))
+        assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
     (tmp_path / "raft.pth").write_bytes(b"x")
     try:
         import torchvision  # noqa: F401

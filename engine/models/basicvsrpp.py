@@ -32,6 +32,7 @@ from torch import nn
 
 from engine.errors import UserError
 from engine.models.deform import coordinate_dtype, modulated_deform_conv2d
+from engine.models.tensor_file import load_failure
 
 BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
 MIN_SIDE = 64  # SPyNet's coarsest level is 1/32 of the frame; mmagic refuses smaller inputs
@@ -213,6 +214,8 @@ class BasicVSRPlusPlus(nn.Module):
         self.mid_channels, self.num_blocks = mid_channels, num_blocks
         self.is_low_res_input = is_low_res_input
         self.scale = 4 if is_low_res_input else 1
+        # the smallest frame side it takes: the same-size models shrink frames by 4 before SPyNet
+        self.min_input_side = MIN_SIDE * (1 if is_low_res_input else 4)
         self.chunk = chunk  # frames per call of SPyNet and the feature extractor: bounds their memory
         self.spynet = SPyNet()
         if is_low_res_input:
@@ -403,9 +406,5 @@ def load_checkpoint(path: str | Path) -> BasicVSRPlusPlus:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
-            reason = "not a PyTorch checkpoint of plain tensors (weights_only loading refused it)"
-        else:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"cannot load BasicVSR++ checkpoint {name}: {reason}") from exc
+        raise UserError(f"cannot load BasicVSR++ checkpoint {name}: {load_failure(exc)}") from exc
     return from_state_dict(_tensors(obj, name), name)

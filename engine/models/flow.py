@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
+from engine.models.tensor_file import load_failure
 
 class FlowProvider(Protocol):
     name: str
@@ -107,7 +108,7 @@ class SpyNetFlow:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated or foreign file
-            raise UserError(f"cannot read SPyNet weights {path}: {type(exc).__name__}: {exc}") from None
+            raise UserError(f"cannot read SPyNet weights {path}: {load_failure(exc)}") from None
         from engine.models.basicvsrpp import SPyNet  # the very module BasicVSR++ runs
 
         state = spynet_state_dict(raw if isinstance(raw, dict) else {})

@@ -18,6 +18,7 @@ from engine.errors import UserError
 from engine.models.archs import from_checkpoint
 from engine.models.catalogue import USER_MODEL_PAD, check_model
 from engine.models.ncnn import NcnnFormatError, load_ncnn
+from engine.models.tensor_file import load_failure
 
 
 class Upscaler(nn.Module):
@@ -82,11 +83,7 @@ def load_model(name_or_path: str) -> Upscaler:
         else:
             net = from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
     except (NcnnFormatError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
-            reason = "not a PyTorch checkpoint of plain tensors (weights_only loading refused it)"
-        else:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]  # torch's are long
-        raise UserError(f"cannot load model {path.name}: {reason}") from exc
+        raise UserError(f"cannot load model {path.name}: {load_failure(exc)}") from exc
     net.eval()
     # user files get the Real-ESRGAN border handling, the convention of both formats' authors
     return Upscaler(net, _measure_scale(net, path.name), USER_MODEL_PAD, "reflect", 1, path.name).eval()
