@@ -180,6 +180,29 @@ def test_tiled_decode_matches_shape_and_stays_close(model_dir):
     assert np.median(diff) <= 2 and diff.mean() < 20
 
 
+def test_tiled_decode_computes_the_guide_per_tile(model_dir):
+    m = StreamDiffVSR(str(model_dir), DiffusionSettings(vae_tile=32, tile_overlap=8, **FAST))
+    vae = m.vae
+    torch.manual_seed(0)
+    latents = torch.randn(1, vae.config.latent_channels, 96, 96)  # tiles of 32 + 16 each side: crops of 48-64
+    guide = torch.rand(1, 3, 384, 384) * 2 - 1
+    with torch.no_grad():
+        whole = vae.tiled_decode(latents, vae.temporal_features(guide), 32, 8)
+        # a margin that holds the whole frame: each tile's features are the whole frame's, cropped
+        assert torch.allclose(vae.tiled_decode(latents, None, 32, 8, guide=guide, guide_margin=96), whole,
+                              atol=1e-5)
+        near = vae.tiled_decode(latents, None, 32, 8, guide=guide)  # the default margin: close
+    assert (near - whole).abs().mean() < 0.05 * whole.abs().mean()
+    # in a step, the encoder never sees the whole ×4 frame once the VAE is tiled
+    seen = []
+    features = vae.temporal_features
+    vae.temporal_features = lambda image: seen.append(tuple(image.shape[-2:])) or features(image)
+    frames = [np.ascontiguousarray(np.tile(f, (6, 4, 1))) for f in clip(2)]  # 96×96
+    out = run(m, frames)
+    assert out[1].shape == (384, 384, 3)
+    assert seen and all(max(shape) <= 4 * 64 for shape in seen)
+
+
 def test_precision_bf16_keeps_flow_fp32(model_dir):
     m = StreamDiffVSR(str(model_dir), DiffusionSettings(precision="bf16", **FAST))
     assert m.unet.dtype == torch.bfloat16 and m.vae.dtype == torch.bfloat16

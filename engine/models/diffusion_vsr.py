@@ -194,8 +194,8 @@ class StreamDiffVSR:
         self.scale = self.vae.scale
         self.vae_tile, self.unet_tile = settings.vae_tile, settings.unet_tile
         self.oom_retries = 0
-        # seconds by part: flow (+ warp), guide (VAE encoder features of the warped output),
-        # denoise (UNet + ControlNet × steps), decode (VAE decoder)
+        # seconds by part: flow (+ warp), guide (VAE encoder features of the warped output;
+        # with VAE tiles, per tile inside decode), denoise (UNet + ControlNet × steps), decode
         self.times = {"flow": 0.0, "guide": 0.0, "denoise": 0.0, "decode": 0.0}
         self.frames = 0
         self.reset()
@@ -323,8 +323,9 @@ class StreamDiffVSR:
             with self._timed("flow"):
                 flow = upsample_flow(self.flow.estimate(lr, self.prev_lr), H, W)  # fp32 throughout
                 warped = warp(self.prev_out.float(), flow, padding_mode="zeros").to(self.dtype)
-            with self._timed("guide"):
-                temporal = self.vae.temporal_features(warped)
+            if not (self.vae_tile and max(h, w) > self.vae_tile):  # else per tile, in the decode
+                with self._timed("guide"):
+                    temporal = self.vae.temporal_features(warped)
         image = (lr * 2 - 1).to(self.dtype)
         noise = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + index)
         latents = torch.randn((1, self.vae.config.latent_channels, h, w), generator=noise)
@@ -339,7 +340,7 @@ class StreamDiffVSR:
                 latents = self.scheduler.step(eps, t, latents).prev_sample
         with self._timed("decode"):
             if self.vae_tile and max(h, w) > self.vae_tile:
-                out = self.vae.tiled_decode(latents, temporal, self.vae_tile, self.settings.tile_overlap)
+                out = self.vae.tiled_decode(latents, None, self.vae_tile, self.settings.tile_overlap, guide=warped)
             else:
                 out = self.vae.decode(latents, temporal)
         return out

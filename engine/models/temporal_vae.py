@@ -74,6 +74,11 @@ class TemporalBlock(nn.Module):
         return self.fuse(features + self.skip(x))
 
 
+#: Latent pixels of context around each tile when the guide's features are computed per tile:
+#: 16 latent px is 64 px of the ×4 output, past most of the encoder's 3×3 receptive field.
+GUIDE_MARGIN = 16
+
+
 class TemporalAutoencoderTiny(ModelMixin, ConfigMixin):
     """The encoder gives the temporal features; the decoder turns a latent into the ×4 image."""
 
@@ -137,12 +142,18 @@ class TemporalAutoencoderTiny(ModelMixin, ConfigMixin):
         return x.mul(2).sub(1)
 
     def tiled_decode(self, latents: torch.Tensor, temporal: list[torch.Tensor] | None,
-                     tile: int, overlap: int = 8) -> torch.Tensor:
+                     tile: int, overlap: int = 8, guide: torch.Tensor | None = None,
+                     guide_margin: int = GUIDE_MARGIN) -> torch.Tensor:
         """`decode` over overlapping latent tiles (side `tile`), blended by linear ramps.
 
         Convolutions see the same neighbourhood except near tile edges, which the ramps
         fade out; the temporal processor pools per tile, so tiles change its function a
         little (the authors' own tiling drops the temporal path altogether).
+
+        `guide` instead of `temporal`: the warped previous output itself, its features
+        computed per tile from its crop plus `guide_margin` latent pixels of context each
+        side, so the encoder never holds full-resolution maps of the whole frame (at 1080p
+        → ×4 each level's maps are gigabytes: what an out-of-memory backoff must shrink).
         """
         n, _, h, w = latents.shape
         s = self.scale
@@ -155,7 +166,9 @@ class TemporalAutoencoderTiny(ModelMixin, ConfigMixin):
         for y in ys:
             for x0 in xs:
                 part = None
-                if temporal is not None:
+                if guide is not None:
+                    part = self._guide_features(guide, y, th, x0, tw, h, w, guide_margin)
+                elif temporal is not None:
                     part = []
                     for f in temporal:  # each level's features, cropped to this tile's footprint
                         k = f.shape[-1] // w
@@ -168,3 +181,16 @@ class TemporalAutoencoderTiny(ModelMixin, ConfigMixin):
                 out[region] += result.float() * mask
                 weight[region] += mask
         return (out / weight).to(latents.dtype)
+
+    def _guide_features(self, guide: torch.Tensor, y: int, th: int, x0: int, tw: int, h: int, w: int,
+                        margin: int) -> list[torch.Tensor]:
+        """`temporal_features` for the latent tile [y, y+th) × [x0, x0+tw), from the guide's
+        crop with `margin` latent pixels more each side (fewer at the frame's edges)."""
+        s = self.scale
+        y0, y1, x1, x2 = max(0, y - margin), min(h, y + th + margin), max(0, x0 - margin), min(w, x0 + tw + margin)
+        features = self.temporal_features(guide[..., y0 * s:y1 * s, x1 * s:x2 * s])
+        part = []
+        for f in features:  # each level's features, the margin cut away again
+            k = f.shape[-1] // (x2 - x1)
+            part.append(f[..., (y - y0) * k:(y - y0 + th) * k, (x0 - x1) * k:(x0 - x1 + tw) * k])
+        return part
