@@ -8,7 +8,7 @@ import cv2
 
 from engine.frame import Frame
 from engine.registry import register_stage
-from engine.stage import MapStage, StageContext
+from engine.stage import MapStage
 
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR,
                   "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
@@ -27,7 +27,7 @@ class Resize(MapStage):
             raise ValueError("give width, height or scale")
         self.width, self.height, self.scale = width, height, scale
         self.interpolation = _INTERPOLATION[interpolation]
-        self._size: tuple[int, int] | None = None
+        self._sizes: dict[tuple[int, int], tuple[int, int]] = {}  # input size -> output size
 
     def _target(self, w: int, h: int) -> tuple[int, int]:
         if self.scale:
@@ -38,13 +38,13 @@ class Resize(MapStage):
             return self.width, max(1, round(h * self.width / w))
         return max(1, round(w * self.height / h)), self.height
 
-    def open(self, ctx: StageContext) -> None:
-        if ctx.width and ctx.height:
-            self._size = self._target(ctx.width, ctx.height)
-
     def process(self, frame: Frame) -> Frame:
+        # from the frame itself: the context's size is the source's, and a stage before this
+        # one (an upscale, another resize) may have changed it
         h, w = frame.shape[:2]
-        size = self._size or self._target(w, h)
+        size = self._sizes.get((w, h))
+        if size is None:
+            size = self._sizes[(w, h)] = self._target(w, h)
         if size != (w, h):
             frame.data = cv2.resize(frame.data, size, interpolation=self.interpolation)
         return frame

@@ -269,3 +269,14 @@ def test_opencv_setting_comes_back_after_a_failed_run_and_after_overlapping_runs
         assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)
+
+
+@pytest.mark.parametrize("pipeline, size", [
+    ([("resize", {"scale": "2"}), ("resize", {"scale": "0.5"})], (64, 48)),
+    ([("resize", {"width": "128"}), ("resize", {"height": "24"})], (32, 24)),
+])
+def test_resize_sizes_each_frame_from_its_input_not_the_source(pipeline, size):
+    # the stage context gives the source's size; a stage before resize (another resize, an
+    # upscale) changes it, and the second resize must scale what it is given
+    _, sink, _ = run(3, pipeline)
+    assert {f.data.shape[1::-1] for f in sink.frames} == {size}
