@@ -536,9 +536,13 @@ class Dedup(MapStage):
         return kind
 
     def process(self, frame: Frame) -> Frame:
+        before = self.reference
         kind = self.judge(frame.seq, content_hash(frame), luma(frame))
         if kind is None:
             self.count("unique")
+            # later stages that sample every k-th frame by seq (text-detect) see unique frames only:
+            # the unique frame before this one tells them where the last sample could have been
+            frame.meta["unique_before"] = before
             return frame
         self.count(kind)
         frame.meta["dup_of"] = self.reference

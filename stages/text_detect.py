@@ -1,4 +1,5 @@
-"""`text-detect`: text boxes in chosen regions of every `every`-th frame.
+"""`text-detect`: text boxes in chosen regions of every `every`-th frame (after `dedup`, also
+the first unique frame of each run of `every`: `TextDetect.samples`).
 
 The detector is PP-OCR's DB text detector as shipped inside the `rapidocr` wheel
 (`PP-OCRv6_det_small.onnx`, Apache-2.0), run with ONNX Runtime; `model=` takes a user's own
@@ -245,6 +246,15 @@ class TextDetect(MapStage):
                 found.append(box + np.array([x0, y0], np.float32))
         return np.array(found, np.float32).reshape(-1, 4, 2)
 
+    def samples(self, seq: int, unique_before: int | None = None) -> bool:
+        """Whether frame `seq` is detected on: every `every`-th seq, and after dedup (whose
+        duplicates never reach this stage, `unique_before` the unique frame before it) also the
+        first unique frame of each run of `every` seqs. Else anime held for an odd count of
+        frames shifts every later unique frame off the multiples of 2, and none is read."""
+        if seq % self.every == 0:
+            return True
+        return unique_before is not None and unique_before // self.every < seq // self.every
+
     def _reads_as_text(self, bgr: np.ndarray, box: np.ndarray) -> bool:
         bx0, by0 = np.floor(box.min(axis=0)).astype(int).clip(0)
         bx1, by1 = np.ceil(box.max(axis=0)).astype(int)
@@ -254,7 +264,7 @@ class TextDetect(MapStage):
     def process(self, frame: Frame) -> Frame:
         h, w = frame.shape[:2]
         frame.meta["text_regions"] = self.regions(w, h)
-        if frame.seq % self.every:
+        if not self.samples(frame.seq, frame.meta.get("unique_before")):
             return frame
         boxes = self.detect(frame.data)
         frame.meta["text_boxes"] = boxes

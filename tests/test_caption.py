@@ -122,6 +122,22 @@ def test_detector_finds_drawn_text_in_the_band_only(detector):
     assert not found[:120].any()
 
 
+def test_after_dedup_the_first_unique_frame_of_each_run_is_detected():
+    # anime held for three frames: the unique frames are 0, 3, 6, 9, ... Sampling by seq alone
+    # (every=2) would read only 0, 6, 12, ...; the odd ones would never carry boxes
+    stage = TextDetect(every=2)
+    assert [stage.samples(s) for s in range(4)] == [True, False, True, False]  # no dedup: by seq
+    assert stage.samples(3, unique_before=0) and stage.samples(9, unique_before=6)
+    assert not stage.samples(5, unique_before=4)  # 4 was this run's first
+    frames = [Frame.from_array(i, i, TB, caption(texture(i // 3, 96, 128))[0]) for i in range(18)]
+    sink = CollectingSink()
+    result = Pipeline(FrameList(frames), parse_pipeline("dedup,text-detect:every=2"), sink).run()
+    unique = [f.seq for f in sink.frames if f.meta.get("dup_of") is None]
+    assert unique == list(range(0, 18, 3))
+    assert [f.seq for f in sink.frames if "text_boxes" in f.meta] == unique
+    assert next(s.counters for s in result.stages if s.name == "text-detect")["checked_frames"] == 6
+
+
 def test_detector_finds_nothing_on_a_plain_texture(detector):
     assert len(detector.detect(texture(0, 240, 320))) == 0
 
