@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -571,15 +572,15 @@ def _available_host_memory() -> float:
 
 
 def device_list(name: str) -> list[str]:
-    """The devices a `device` option names: one ("cpu", "cuda:1", "auto"), a comma list
-    ("cuda:0,cuda:1"; "cpu,cpu" gives two CPU runners, the tests' fake devices), or
-    "cuda:all" (every GPU torch sees)."""
+    """The devices a `device` option names: one ("cpu", "cuda:1", "auto"), a list joined by
+    "+" or "," ("cuda:0+cuda:1"; "," only in TOML, where it does not separate stages;
+    "cpu+cpu" gives two CPU runners, the tests' fake devices), or "cuda:all" (every GPU torch sees)."""
     if name == "cuda:all":
         count = torch.cuda.device_count()
         if count == 0:
             raise RuntimeError("device cuda:all was asked for, but torch sees no CUDA GPU")
         return [f"cuda:{i}" for i in range(count)]
-    return [part.strip() for part in name.split(",")]
+    return [part.strip() for part in re.split(r"[,+]", name)]
 
 
 class MultiDeviceRunner:

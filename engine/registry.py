@@ -200,7 +200,11 @@ def parse_pipeline(text: str) -> list[StageSpec]:
         if not name:
             raise UserError(f"empty stage name in pipeline '{text}'")
         raw: dict[str, str] = {}
+        key = None
         for pair in pairs:
+            if "=" not in pair and key is not None:  # a value with ':' in it: device=cuda:1, a path
+                raw[key] += ":" + pair
+                continue
             key, sep, value = pair.partition("=")
             if not sep or not key:
                 raise UserError(f"stage '{name}': expected key=value, got '{pair}'")

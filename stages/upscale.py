@@ -1,7 +1,7 @@
 """`upscale`: super-resolution with a real pretrained model, through the device runner.
 
 `--pipeline upscale:model=animevideov3-x2` (see `engine models`), or a user's own
-`model=/path/net.pth` / `net.param`. `device=cuda:all` (or a list, `cuda:0,cuda:1`) runs
+`model=/path/net.pth` / `net.param`. `device=cuda:all` (or a list, `cuda:0+cuda:1`) runs
 one runner per GPU, batches spread round-robin and handed on in order. The stage keeps `ring` batches in flight on CUDA
 (see engine/inference.py), so it returns each batch a little later than it gets it.
 
@@ -13,6 +13,8 @@ older path (host RGB in and out, swscale on the host), for comparison.
 """
 
 from __future__ import annotations
+
+import re
 
 from typing import Any, Literal
 
@@ -46,9 +48,10 @@ class Upscale(BatchStage):
             raise ValueError(f"tile_overlap must be between 0 and half the tile, got {tile_overlap}")
         if not 1 <= ring <= 8:
             raise ValueError(f"ring must be between 1 and 8, got {ring}")
-        devices = device.split(",")
+        devices = re.split(r"[,+]", device)  # "+" on the command line, where "," separates stages
         if device != "auto" and not all(d.strip() == "cpu" or d.strip().startswith("cuda") for d in devices):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N, cuda:all or a comma list, got {device!r}")
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N, cuda:all or a list (cuda:0+cuda:1), "
+                             f"got {device!r}")
         if compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
             raise ValueError(f"compile_mode must be default, reduce-overhead, max-autotune or "
                              f"max-autotune-no-cudagraphs, got {compile_mode!r}")

@@ -44,6 +44,20 @@ def test_bad_specs_fail_before_anything_runs(text, needle):
     assert needle in str(info.value)
 
 
+def test_values_with_colons_and_device_lists_on_the_command_line():
+    # ":" separates options and "," stages: a value may still hold ":" (device=cuda:1), and
+    # a device list is joined by "+"
+    from engine.inference import device_list
+
+    (spec,) = parse_pipeline("upscale:device=cuda:1:batch=2")
+    assert (spec.options["device"], spec.options["batch"]) == ("cuda:1", 2)
+    resize, up = parse_pipeline("resize:scale=2,upscale:device=cuda:0+cuda:1")
+    assert up.options["device"] == "cuda:0+cuda:1" and resize.options == {"scale": 2.0}
+    assert device_list("cuda:0+cuda:1") == ["cuda:0", "cuda:1"] == device_list("cuda:0,cuda:1")
+    with pytest.raises(UserError, match="expected key=value, got 'width'"):
+        parse_pipeline("resize:width")  # nothing before it to continue
+
+
 def test_none_and_empty_mean_no_stage():
     assert parse_pipeline("none") == [] and parse_pipeline("") == []
 
