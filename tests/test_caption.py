@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import run_engine
+from conftest import MEDIA, run_engine
 from make_clip import add_side_streams, make_clip
 
 from engine.errors import UserError
@@ -136,6 +136,25 @@ def test_after_dedup_the_first_unique_frame_of_each_run_is_detected():
     assert unique == list(range(0, 18, 3))
     assert [f.seq for f in sink.frames if "text_boxes" in f.meta] == unique
     assert next(s.counters for s in result.stages if s.name == "text-detect")["checked_frames"] == 6
+
+
+def test_scene_cut_thumbnails_agree_whether_a_frame_was_read_or_not():
+    # text-detect turns the frames it reads into RGB; the others keep the decoded picture. The
+    # cut test must see one scale for both, or a bright frame beside a read one looks like a cut
+    from engine.source import VideoSource
+    from stages.text_mask import luma_thumbnail
+
+    source = VideoSource(str(MEDIA / "anime-320x240.mp4"), max_frames=40)
+    try:
+        for frame in source.frames():
+            if frame.seq % 13:
+                continue
+            assert frame.picture is not None
+            kept = luma_thumbnail(frame)  # from the Y plane (limited range here)
+            read = luma_thumbnail(Frame.from_array(frame.seq, frame.pts, TB, frame.data))
+            assert np.abs(kept - read).mean() < 3, frame.seq
+    finally:
+        source.close()
 
 
 def test_detector_finds_nothing_on_a_plain_texture(detector):
