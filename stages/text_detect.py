@@ -264,6 +264,7 @@ class TextDetect(MapStage):
     def process(self, frame: Frame) -> Frame:
         h, w = frame.shape[:2]
         frame.meta["text_regions"] = self.regions(w, h)
+        frame.meta["text_every"] = self.every  # text-mask checks its context covers the gaps
         if not self.samples(frame.seq, frame.meta.get("unique_before")):
             return frame
         boxes = self.detect(frame.data)

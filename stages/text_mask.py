@@ -30,6 +30,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from engine.errors import UserError
 from engine.frame import Frame
 from engine.registry import register_stage
 from engine.stage import WindowStage
@@ -185,7 +186,7 @@ class TextMask(WindowStage):
         overlap = every + hold + min_duration
         super().__init__(window_size=window_size or 2 * overlap + 8, overlap=overlap)
         self.shape, self.dilate, self.grow, self.hold, self.min_duration = shape, dilate, grow, hold, min_duration
-        self.cut_threshold = cut_threshold
+        self.cut_threshold, self.every = cut_threshold, every
         self._masks: dict[int, np.ndarray | None] = {}  # detection masks by seq, this window's
         self._thumbs: dict[int, np.ndarray] = {}
         self._emitted = -1  # highest seq a window has emitted so far
@@ -217,6 +218,10 @@ class TextMask(WindowStage):
         return out
 
     def process_window(self, frames: list[Frame]) -> list[np.ndarray]:
+        sampled = max((f.meta.get("text_every", 1) for f in frames), default=1)
+        if sampled > self.every:  # a frame's nearest detections could lie outside its context
+            raise UserError(f"text-mask:every={self.every} is less than text-detect's every={sampled}: "
+                            f"give text-mask at least the same every (it sizes the window's context)")
         seqs = {f.seq for f in frames}
         for cache in (self._masks, self._thumbs):  # forget frames that left the window
             for seq in [s for s in cache if s not in seqs]:

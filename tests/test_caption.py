@@ -157,6 +157,20 @@ def test_scene_cut_thumbnails_agree_whether_a_frame_was_read_or_not():
         source.close()
 
 
+def test_text_mask_refuses_a_context_shorter_than_the_detectors_spacing():
+    from engine.errors import StageError
+
+    frames = [Frame.from_array(i, i, TB, texture(i, 48, 64), {"text_every": 3}) for i in range(12)]
+    with pytest.raises(StageError) as info:
+        Pipeline(FrameList(frames), parse_pipeline("text-mask"), CollectingSink()).run()
+    assert isinstance(info.value.cause, UserError)
+    assert "text-mask:every=2 is less than text-detect's every=3" in str(info.value.cause)
+    frames = [Frame.from_array(i, i, TB, texture(i, 48, 64), {"text_every": 3}) for i in range(12)]
+    sink = CollectingSink()
+    Pipeline(FrameList(frames), parse_pipeline("text-mask:every=3"), sink).run()
+    assert len(sink.frames) == 12
+
+
 def test_detector_finds_nothing_on_a_plain_texture(detector):
     assert len(detector.detect(texture(0, 240, 320))) == 0
 
