@@ -38,6 +38,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engine.errors import UserError
 from engine.frame import Frame
 from engine.registry import register_stage
 from engine.stage import MapStage, StageContext
@@ -223,7 +224,10 @@ class TextDetect(MapStage):
     def regions(self, width: int, height: int) -> list[tuple[int, int, int, int]]:
         key = (width, height)
         if key not in self._regions:
-            self._regions[key] = [a.resolve(width, height) for a in self.areas]
+            try:
+                self._regions[key] = [a.resolve(width, height) for a in self.areas]
+            except ValueError as exc:  # the user's area against the frames it meets: exit 2, not a stage failure
+                raise UserError(f"text-detect: {exc}") from None
         return self._regions[key]
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:

@@ -226,6 +226,15 @@ def test_detection_every_other_frame_marks_meta():
     assert all(f.meta["text_regions"] == [(0, 48, 320, 96)] for f in out)
 
 
+def test_an_area_outside_the_frames_is_a_user_error():
+    from engine.errors import StageError
+
+    frames = [Frame.from_array(i, i, TB, texture(i, 96, 320)) for i in range(2)]
+    with pytest.raises(StageError) as info:
+        run(frames, "text-detect:area=400/10/600/90")  # pixels, right of a 320 px frame
+    assert isinstance(info.value.cause, UserError) and "less than 8×8 pixels" in str(info.value.cause)
+
+
 def test_box_filter_drops_band_filling_tiny_and_tall_boxes():
     def box(x0, y0, x1, y1):
         return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
