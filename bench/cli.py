@@ -87,8 +87,15 @@ def run(args: argparse.Namespace) -> dict:
             "results": results, "ratios": derive_ratios(results)}
 
 
+def write_json(path: Path, doc: dict) -> None:
+    """Whole or not at all: a results file a crash cut short would read as a finished run."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, path)
+
+
 EXTRA_KEYS = ("worst_psnr_db", "metrics", "output_bytes", "segments", "lost_frames", "segment_frames",
-              "prepare_s", "join_s")
+              "prepare_s", "join_s", "run_s", "tflops", "peak_tflops_fp16", "flops_per_frame")
 
 
 def derive_ratios(results: dict) -> dict:
@@ -234,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = run(args)
     out = Path(args.out or ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
+    write_json(out, doc)
     print(table(doc))
     print(f"results: {out}")
     if not args.no_plots:

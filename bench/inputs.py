@@ -70,4 +70,4 @@ def resolve(spec: str) -> Path:
     path = Path(spec)
     if not path.exists():
         raise SystemExit(f"bench: input not found: {spec}")
-    return path
+    return path.resolve()  # the timed child runs in the repository root

@@ -57,6 +57,34 @@ def test_model_ratios_engine_against_its_bounds_naive_and_dedup():
     assert ratios["dedup_speedup@c"] == pytest.approx(3.6 / 2.85)
 
 
+def test_run_keeps_what_the_ratios_need_from_each_child(monkeypatch):
+    # the children report TFLOPS (model-only) and the run's own time without set-up (run_s):
+    # the collected results must keep them, or the ratios fall back or vanish
+    import argparse
+
+    import bench.cli as cli
+
+    def child(name, path, settings):
+        result = {"frames": 48, "fps": 10.0, "wall_s": 4.8, "cpu_s": 1.0, "peak_rss_mib": 100.0}
+        if name == "model-only":
+            result.update(tflops=100.0, peak_tflops_fp16=1000.0)
+        if name == "upscale":
+            result.update(run_s=2.0, stages=[{"name": "upscale", "busy_s": 1.9, "workers": 1}])
+        return result
+
+    monkeypatch.setattr(cli, "run_child", child)
+    monkeypatch.setattr(cli, "machine", lambda: {})
+    monkeypatch.setattr(cli, "resolve", lambda spec: spec)
+    options = ("encoder preset crf pipeline model device precision batch ring flow window overlap convert "
+               "compile compile_mode cuda_graphs decode opencv_threads").split()
+    args = argparse.Namespace(input=["x"], scenarios=["model-only", "upscale"], warmup=0, repeats=1,
+                              **dict.fromkeys(options))
+    doc = cli.run(args)
+    assert doc["results"]["upscale@x"]["run_s"] == 2.0
+    assert doc["ratios"]["model_tflops_share_of_peak@x"] == pytest.approx(0.1)
+    assert doc["ratios"]["upscale_thread_busy_share@x"] == pytest.approx(0.95)  # 1.9 of 2.0, not of 4.8
+
+
 def test_segment_ratios_against_single_pass_and_the_segment_length():
     results = {f"{name}@d": {**_result(name, "d", 1000, 100.0, 90.0), "wall_s": summarize([wall]),
                              "output_bytes": size}

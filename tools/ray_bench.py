@@ -144,7 +144,7 @@ def plan_figures() -> dict:
 
 def film_model(p: dict, plan: dict) -> dict:
     """A 2-hour 24 fps 1080p film (10 Mbit/s), 60 s segments, on N GPUs of the H200's measured speed."""
-    fps_gpu = 34.4            # engine end to end, 1080p x2 animevideov3 fp16, H200 (DESIGN.md)
+    fps_gpu = 34.4            # engine end to end, 1080p x2 animevideov3 fp16, H200 (README's H200 table)
     frames = 2 * 3600 * 24
     seg_frames = 60 * 24
     segments = math.ceil(frames / seg_frames)
@@ -188,8 +188,15 @@ def remodel(path: str) -> None:
     model = dict(results["pipelines"][jitter]["model"])
     model["segment_s_none"] = results["pipelines"]["none"]["model"]["segment_s"]
     results["film_2h_1080p"] = film_model(model, results["plan"])
-    Path(path).write_text(json.dumps(results, indent=1))
+    _write(Path(path), results)
     print(json.dumps({k: results[k] for k in ("plan", "film_2h_1080p")}, indent=1))
+
+
+def _write(path: Path, results: dict) -> None:
+    """Whole or not at all: `--remodel` rewrites the committed results file."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -233,7 +240,7 @@ def main() -> None:
         model["segment_s_none"] = results["pipelines"]["none"]["model"]["segment_s"]
         results["film_2h_1080p"] = film_model(model, results["plan"])
         results["load_after"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps(results, indent=1))
+    _write(Path(args.out), results)
     print(json.dumps({k: v for k, v in results.items() if k != "pipelines"}, indent=1))
     for name, r in results["pipelines"].items():
         print(name, {k: v for k, v in r.items() if k != "runs"})
