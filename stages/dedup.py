@@ -130,7 +130,7 @@ from engine.registry import register_stage
 from engine.stage import MapStage
 
 
-PLANAR_8BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
+_PLANAR_8BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
 
 
 def _plane(picture, index: int, height: int, width: int) -> np.ndarray:
@@ -142,7 +142,7 @@ def _plane(picture, index: int, height: int, width: int) -> np.ndarray:
 def luma(frame: Frame) -> np.ndarray:
     """The frame's luma plane as uint8: a view of the decoded Y plane when untouched."""
     picture = frame.picture
-    if picture is not None and picture.format.name in PLANAR_8BIT:
+    if picture is not None and picture.format.name in _PLANAR_8BIT:
         return _plane(picture, 0, picture.height, picture.width)
     if picture is not None:
         return picture.to_ndarray(format="gray")

@@ -34,7 +34,7 @@ from engine.errors import UserError
 from engine.frame import Frame
 from engine.registry import register_stage
 from engine.stage import WindowStage
-from stages.dedup import PLANAR_8BIT, luma
+from stages.dedup import luma
 from stages.inpaint import CUT_THRESHOLD, THUMB, bounds, disc, thumbnail
 
 
@@ -67,21 +67,6 @@ def fill_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
     pocket[0] = False  # label 0: the mask itself
     mask[pocket[labels]] = 255
     return mask
-
-
-def luma_thumbnail(frame: Frame) -> np.ndarray:
-    """The frame's THUMB luma thumbnail on one scale whatever holds its pixels. Frames
-    text-detect read hold full-range RGB; the others still hold the decoded picture, whose Y
-    plane is 16..235 in limited-range video: stretched as its RGB would be, else a bright
-    frame beside a read one differs by 20 (the cut threshold is 30). Else inpaint's thumbnail
-    of the RGB, so both stages see the same cuts."""
-    picture = frame.picture
-    if picture is not None and picture.format.name in PLANAR_8BIT:
-        small = cv2.resize(luma(frame), THUMB, interpolation=cv2.INTER_AREA).astype(np.float32)
-        if picture.color_range != 2 and not picture.format.name.startswith("yuvj"):  # 2: JPEG (full)
-            small = (small - 16) * (255 / 219)
-        return small
-    return thumbnail(frame.data)
 
 
 def glyph_mask(gray: np.ndarray, boxes: np.ndarray, dilate: int, box_contrast: float = 25.0,
@@ -205,7 +190,11 @@ class TextMask(WindowStage):
 
     def _thumb(self, frame: Frame) -> np.ndarray:
         if frame.seq not in self._thumbs:
-            self._thumbs[frame.seq] = luma_thumbnail(frame)
+            # from the RGB, as inpaint takes its own (it reads every frame's RGB anyway): a
+            # decoded picture's Y plane is 16..235 in limited-range video, and a frame text-detect
+            # read is full-range RGB, so mixing the two put 20 levels between neighbours (the
+            # cut threshold is 30). One function, so both stages see the same cuts.
+            self._thumbs[frame.seq] = thumbnail(frame.data)
         return self._thumbs[frame.seq]
 
     def cuts(self, frames: list[Frame]) -> list[int]:

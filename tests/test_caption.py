@@ -142,16 +142,16 @@ def test_scene_cut_thumbnails_agree_whether_a_frame_was_read_or_not():
     # text-detect turns the frames it reads into RGB; the others keep the decoded picture. The
     # cut test must see one scale for both, or a bright frame beside a read one looks like a cut
     from engine.source import VideoSource
-    from stages.text_mask import luma_thumbnail
+    from stages.text_mask import TextMask
 
     source = VideoSource(str(MEDIA / "anime-320x240.mp4"), max_frames=40)
     try:
         for frame in source.frames():
             if frame.seq % 13:
                 continue
-            assert frame.picture is not None
-            kept = luma_thumbnail(frame)  # from the Y plane (limited range here)
-            read = luma_thumbnail(Frame.from_array(frame.seq, frame.pts, TB, frame.data))
+            assert frame.picture is not None  # still the decoded picture (limited-range Y here)
+            kept = TextMask()._thumb(frame)
+            read = TextMask()._thumb(Frame.from_array(frame.seq, frame.pts, TB, frame.data))
             assert np.abs(kept - read).mean() < 3, frame.seq
     finally:
         source.close()
