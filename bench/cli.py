@@ -15,6 +15,7 @@ from bench.inputs import ROOT, resolve
 from bench.plots import plot_all
 from bench.scenarios import SCENARIOS
 from bench.stats import ratio, summarize
+from engine.job import write_report
 
 
 def machine() -> dict:
@@ -85,13 +86,6 @@ def run(args: argparse.Namespace) -> dict:
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
             "settings": {**settings, "warmup": args.warmup, "repeats": args.repeats},
             "results": results, "ratios": derive_ratios(results)}
-
-
-def write_json(path: Path, doc: dict) -> None:
-    """Whole or not at all: a results file a crash cut short would read as a finished run."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
 
 
 EXTRA_KEYS = ("worst_psnr_db", "metrics", "output_bytes", "segments", "lost_frames", "segment_frames",
@@ -241,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = run(args)
     out = Path(args.out or ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, doc)
+    write_report(str(out), doc)  # whole or not at all: a cut-short file would read as a finished run
     print(table(doc))
     print(f"results: {out}")
     if not args.no_plots:

@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT))
+from engine.job import write_report  # noqa: E402
 
 
 def run_case(inp: Path, scratch: Path, case: str, pipeline: str, segment: str, tag: str) -> dict:
@@ -188,15 +189,8 @@ def remodel(path: str) -> None:
     model = dict(results["pipelines"][jitter]["model"])
     model["segment_s_none"] = results["pipelines"]["none"]["model"]["segment_s"]
     results["film_2h_1080p"] = film_model(model, results["plan"])
-    _write(Path(path), results)
+    write_report(str(path), results)  # whole or not at all: it rewrites the committed file
     print(json.dumps({k: results[k] for k in ("plan", "film_2h_1080p")}, indent=1))
-
-
-def _write(path: Path, results: dict) -> None:
-    """Whole or not at all: `--remodel` rewrites the committed results file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -240,7 +234,7 @@ def main() -> None:
         model["segment_s_none"] = results["pipelines"]["none"]["model"]["segment_s"]
         results["film_2h_1080p"] = film_model(model, results["plan"])
         results["load_after"] = os.getloadavg()
-    _write(Path(args.out), results)
+    write_report(str(args.out), results)
     print(json.dumps({k: v for k, v in results.items() if k != "pipelines"}, indent=1))
     for name, r in results["pipelines"].items():
         print(name, {k: v for k, v in r.items() if k != "runs"})
