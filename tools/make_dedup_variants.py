@@ -36,7 +36,7 @@ import av
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_transitions import (BOUND_GAINS, LOOKAHEAD_DIRECTIONS, STRETCHES, carry_labels,  # noqa: E402
                                defaults_against_previous, evaluate, hindsight_bound, lookahead_bound, lookahead_scores,
-                               monotone_bound, previous_frame_bound, read_judged, read_labels, run_dedup,
+                               monotone_bound, previous_frame_bound, read_judged, read_labels, read_lumas, run_dedup,
                                transition_scores, wider_statistics, write_labels)
 
 CLIPS = ("anime-320x240", "anime-1080p")
@@ -199,7 +199,7 @@ def lookahead_table(media: Path, labels_dir: Path, paths: list[Path]) -> list[st
             "| changes it calls near | goal |",
             "|---|---|---|---|---|---|---|---|---|"]
     for path, labels in labelled(media, labels_dir, paths):
-        lumas = [y for _, y in read_judged(path)]
+        lumas = read_lumas(path)
         scores = lookahead_scores(transition_scores(lumas), lumas)
         bounds = [monotone_bound(scores, labels)] + [lookahead_bound(scores, labels, d) for d in LOOKAHEAD_DIRECTIONS]
         rules = [defaults_against_previous(scores, labels, flicker) for flicker in (False, True)]
