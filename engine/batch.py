@@ -14,7 +14,8 @@ import dataclasses
 import os
 
 from engine.errors import UserError
-from engine.job import JobConfig, write_report
+from engine.job import JobConfig, check_report_path, write_report
+from engine.sink import is_image_pattern
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mxf")
 LIST_EXTENSIONS = (".txt", ".list")
@@ -46,13 +47,25 @@ def batch_inputs(input_path: str) -> list[str]:
 
 
 def batch_configs(config: JobConfig) -> list[JobConfig]:
-    """One config per input: its own output and work directory; the rest as given."""
+    """One config per input: its own output and work directory; the rest as given. Changes
+    nothing on disk: OUT_DIR is created by run_batch, once everything has been checked."""
     out_dir = config.output
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UserError(f"with many inputs OUT must be a directory: {out_dir} is a file")
-    os.makedirs(out_dir, exist_ok=True)
+    if is_image_pattern(out_dir):
+        raise UserError(f"with many inputs OUT must be a directory, not an image pattern: {out_dir}")
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise UserError(f"with many inputs OUT must be a directory: {out_dir} is a file")
+    else:
+        if out_dir.lower().endswith(VIDEO_EXTENSIONS):  # a typo'd command, not a directory name
+            raise UserError(f"with many inputs OUT must be a directory: {out_dir} names a video file")
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        if not os.path.isdir(parent):
+            raise UserError(f"output directory does not exist: {parent}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"output directory is not writable: {parent}")
+    inputs = batch_inputs(config.input)
     configs, seen = [], {}
-    for path in batch_inputs(config.input):
+    for path in inputs:
         name = os.path.basename(path)
         if name in seen:
             raise UserError(f"two inputs would write {os.path.join(out_dir, name)}: {seen[name]} and {path}")
@@ -60,25 +73,43 @@ def batch_configs(config: JobConfig) -> list[JobConfig]:
         configs.append(dataclasses.replace(
             config, input=path, output=os.path.join(out_dir, name), report=None,
             work_dir=os.path.join(config.work_dir, name) if config.work_dir else None))
+    if config.report:  # the batch's one report: checked now, written after every input
+        check_report_path(config.report, [config.input, *inputs], [c.output for c in configs])
     return configs
 
 
 def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
     """Every input of a batch; `--report FILE` gets one JSON with a report per input."""
     configs = batch_configs(config)
-    if ray_options is not None:
-        from engine.ray_job import run_on_ray
-
-        reports = run_on_ray(configs, ray_options)
-    else:
-        from engine.job import Job, check_config
-        from engine.resume import SegmentedJob
-        from engine.source import open_input
-
-        for c in configs:  # options, outputs and each input's header, before hours go into the first
-            check_config(c)
-            open_input(c.input).close()
-        reports = [(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run()) for c in configs]
+    created = not os.path.exists(config.output)
+    try:
+        os.makedirs(config.output, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory {config.output}: {exc.strerror}") from None
+    try:
+        reports = _run(configs, ray_options)
+    except BaseException:
+        if created:
+            try:
+                os.rmdir(config.output)  # only when empty: a failed batch leaves no bare directory
+            except OSError:
+                pass
+        raise
     if config.report:
         write_report(config.report, {"inputs": reports})
     return reports
+
+
+def _run(configs: list[JobConfig], ray_options) -> list[dict]:
+    if ray_options is not None:
+        from engine.ray_job import run_on_ray
+
+        return run_on_ray(configs, ray_options)
+    from engine.job import Job, check_config
+    from engine.resume import SegmentedJob
+    from engine.source import open_input
+
+    for c in configs:  # options, outputs and each input's header, before hours go into the first
+        check_config(c)
+        open_input(c.input).close()
+    return [(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run()) for c in configs]

@@ -16,7 +16,7 @@ from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
 from engine.registry import StageSpec, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
-from engine.sink import ImageSequenceSink, VideoSink, is_image_pattern, pattern_matches
+from engine.sink import ImageSequenceSink, VideoSink, frame_name, is_image_pattern, pattern_matches
 from engine.source import VideoInfo, VideoSource
 from engine.streamcopy import plan_copy
 from engine.timestamps import MODES as TIMESTAMP_MODES
@@ -149,10 +149,39 @@ def check_config(config: JobConfig) -> list[StageSpec]:
         container_for(config.output)
     check_output_path(config.input, config.output)
     if config.report:
-        parent = os.path.dirname(os.path.abspath(config.report))
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise UserError(f"cannot write report {config.report}: directory not writable")
+        check_report_path(config.report, [config.input], [config.output])
     return specs
+
+
+def same_path(a: str, b: str) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def check_report_path(report: str, inputs: list[str], outputs: list[str]) -> None:
+    """`--report FILE` is a file of its own: writing it must never replace an input, an output
+    (a finished one included) or a frame of an image sequence, and it is checked before the run,
+    not after hours of work."""
+    if os.path.isdir(report):
+        raise UserError(f"--report names a directory, not a file: {report}")
+    for path in inputs:
+        if same_path(report, path):
+            raise UserError(f"--report would overwrite the input: {report}")
+    parent = os.path.dirname(os.path.abspath(report))
+    for output in outputs:
+        if is_image_pattern(output):
+            if same_path(parent, os.path.dirname(os.path.abspath(output))):
+                named = frame_name(output)
+                if named is not None and named.match(os.path.basename(report)):
+                    raise UserError(f"--report would overwrite a frame of the output: {report}")
+                return  # beside the frames, in the directory the image sink creates
+        elif same_path(report, output):
+            raise UserError(f"--report would overwrite the output: {report}")
+    if not os.path.isdir(parent):
+        raise UserError(f"report directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"report directory is not writable: {parent}")
 
 
 def check_input(config: JobConfig, info: VideoInfo) -> list[str]:
@@ -241,4 +270,8 @@ def write_report(path: str, report: dict) -> None:
             json.dump(report, fh, indent=2)
         os.replace(tmp, path)
     except OSError as exc:
-        raise UserError(f"cannot write report {path}: {exc}") from None
+        try:
+            os.unlink(tmp)  # a half-written report must not be left to look like one
+        except OSError:
+            pass
+        raise UserError(f"cannot write report {path}: {exc.strerror or exc}") from None

@@ -44,6 +44,11 @@ from engine.streamcopy import plan_copy
 DEFAULT_SEGMENT = "60"  # seconds of video: minutes of work for a model pipeline
 
 
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.abspath(path), os.path.abspath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
 def default_work_dir(output: str) -> str:
     head, tail = os.path.split(os.path.abspath(output))
     return os.path.join(head, f".{tail}.engine-work")
@@ -115,6 +120,9 @@ class SegmentedJob:
                                "options": dict(sorted(encoder.options.items()))},
                       container=CONTAINERS[ext], plan=plan.as_dict())
         work_dir = config.work_dir or default_work_dir(config.output)
+        if config.report and _inside(config.report, work_dir):
+            raise UserError(f"--report is inside the work directory, which is removed when the job "
+                            f"finishes: {config.report}")
         lock_fd = _take(work_dir)
         try:
             manifest = load(work_dir)

@@ -237,15 +237,23 @@ def is_image_pattern(path: str) -> bool:
     return "%" in os.path.basename(path)
 
 
-def pattern_matches(pattern: str, directory: str) -> list[str]:
-    """Files in `directory` named as the image pattern `pattern` names frames (``%06d.png``:
-    ``000001.png`` ...), sorted: what a sequence written there would be mixed with."""
+def frame_name(pattern: str) -> re.Pattern | None:
+    """The file names the image pattern `pattern` gives frames (``%06d.png``: ``000001.png``
+    ...), as a regex; None for a pattern with no integer field."""
     head, sep, tail = os.path.basename(pattern).replace("%%", "\0").partition("%")
     field = re.match(r"[-+ #0]*\d*d", tail)
-    if not sep or field is None or not os.path.isdir(directory):
+    if not sep or field is None:
+        return None
+    return re.compile(re.escape(head).replace("\0", "%") + r"-?\d+"
+                      + re.escape(tail[field.end():]).replace("\0", "%") + "$")
+
+
+def pattern_matches(pattern: str, directory: str) -> list[str]:
+    """Files in `directory` named like frames of `pattern`, sorted: what a sequence written
+    there would be mixed with."""
+    named = frame_name(pattern)
+    if named is None or not os.path.isdir(directory):
         return []
-    named = re.compile(re.escape(head).replace("\0", "%") + r"-?\d+"
-                       + re.escape(tail[field.end():]).replace("\0", "%") + "$")
     return sorted(n for n in os.listdir(directory) if named.match(n))
 
 

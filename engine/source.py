@@ -199,8 +199,9 @@ class VideoSource:
                     f"going back) from frame {repair.first_bad} on, at {self.info.frame_rate} fps")
         if seq == 0:
             raise UserError(f"input has no decodable video frames: {self.path}")
-        if self.max_frames is None:
-            self._check_complete(seq, last_end, hidden)
+        # Here with --frames only when the video ended before N frames: a truncated file
+        # must not pass as a short one.
+        self._check_complete(seq, last_end, hidden)
 
     def _check_complete(self, decoded: int, last_end: float | None, hidden: int = 0) -> None:
         """The video decoded against what the file declares: frames (MP4, less those its edit

@@ -202,6 +202,25 @@ def test_truncated_matroska_is_an_error_up_front_or_kept_on_request(media, tmp_p
     assert abs(audio[0][0] - video[0]) < 1 / FPS
 
 
+def test_frames_beyond_a_truncation_are_still_refused(media, tmp_path):
+    # --frames N skips the up-front check (a cut after frame N does not matter), but a video
+    # that ends before N frames must not pass as a short one
+    data = media["good"].read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    readable = len(decoded_indices(cut))
+    out = tmp_path / "out.mkv"
+    result, _ = _stream(cut, out, "--frames", "200")
+    assert result.returncode == 2 and "truncated" in result.stderr, result.stderr
+    assert not out.exists()
+    result, _ = _stream(cut, out, "--frames", str(readable - 2))
+    assert result.returncode == 0, result.stderr
+    assert decoded_indices(out) == list(range(readable - 2))
+    result, _ = _stream(media["good"], tmp_path / "whole.mkv", "--frames", "200")  # short, not cut
+    assert result.returncode == 0, result.stderr
+    assert len(decoded_indices(tmp_path / "whole.mkv")) == 48
+
+
 def test_complete_files_are_not_called_truncated(media, tmp_path):
     # audio longer than the video is not truncation: the data end is taken over all streams
     longer = add_side_streams(make_clip(tmp_path / "v.mp4", 24, 64, 48, fps=FPS), tmp_path / "long.mkv",

@@ -121,12 +121,12 @@ def test_batch_checks_every_input_before_running_any(clip, tmp_path):
     (inputs / "b.webm").write_bytes(clip(frames=5).read_bytes())  # an output extension the engine cannot write
     r = run_engine("stream", inputs, tmp_path / "out", "--quiet")
     assert r.returncode == 2 and "unsupported output extension '.webm'" in r.stderr and "Traceback" not in r.stderr
-    assert leftovers(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()  # nor a bare output directory
     (inputs / "b.webm").unlink()
     (inputs / "c.mp4").write_bytes(b"not a video at all")
     r = run_engine("stream", inputs, tmp_path / "out", "--quiet")
     assert r.returncode == 2 and "c.mp4" in r.stderr and r.stderr.count("\n") == 1
-    assert leftovers(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()
     (inputs / "c.mp4").unlink()
     r = run_engine("stream", inputs, tmp_path / "out", "--quiet")
     assert r.returncode == 0, r.stderr
@@ -271,6 +271,58 @@ def test_bad_outputs(clip, tmp_path):
     finally:
         ro.chmod(0o755)
     assert sha256(src) == before
+
+
+def test_report_never_replaces_the_input_an_output_or_a_frame(clip, tmp_path):
+    # refused before the run: --report IN used to overwrite the input with JSON
+    src = tmp_path / "in.mp4"
+    src.write_bytes(clip(frames=5).read_bytes())
+    before = sha256(src)
+    out = tmp_path / "out.mp4"
+    assert_clean_failure(run_engine("stream", src, out, "--pipeline", "none", "--report", src),
+                         "--report would overwrite the input")
+    assert_clean_failure(run_engine("stream", src, out, "--pipeline", "none", "--report", out),
+                         "--report would overwrite the output")
+    assert_clean_failure(run_engine("stream", src, out, "--pipeline", "none", "--report", tmp_path),
+                         "--report names a directory")
+    assert_clean_failure(run_engine("stream", src, out, "--pipeline", "none",
+                                    "--report", tmp_path / "nope" / "r.json"), "report directory does not exist")
+    assert_clean_failure(run_engine("stream", src, tmp_path / "f" / "%03d.png", "--pipeline", "none",
+                                    "--report", tmp_path / "f" / "002.png"), "overwrite a frame of the output")
+    (tmp_path / "w").mkdir()  # a resumed job's work directory: removed when the job finishes
+    assert_clean_failure(run_engine("stream", src, out, "--pipeline", "none", "--resume",
+                                    "--work-dir", tmp_path / "w", "--report", tmp_path / "w" / "r.json"),
+                         "inside the work directory")
+    assert leftovers(tmp_path / "w") == []
+    (tmp_path / "w").rmdir()
+    assert sha256(src) == before
+    assert leftovers(tmp_path) == ["in.mp4"]
+    # beside the output, in the image directory under another name: fine
+    r = run_engine("stream", src, tmp_path / "f" / "%03d.png", "--pipeline", "none",
+                   "--report", tmp_path / "f" / "report.json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "f" / "report.json").read_text())["frames_out"] == 5
+
+
+def test_batch_output_must_be_a_directory_and_nothing_is_made_on_error(clip, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.mp4").write_bytes(clip(frames=3).read_bytes())
+    for out, needle in ((tmp_path / "o.mp4", "names a video file"),
+                        (tmp_path / "%03d.png", "not an image pattern"),
+                        (tmp_path / "x" / "o", "output directory does not exist")):
+        assert_clean_failure(run_engine("stream", inputs, out, "--pipeline", "none"), needle)
+    # the batch report is checked before any input runs, and no output directory is left
+    assert_clean_failure(run_engine("stream", inputs, tmp_path / "o", "--pipeline", "none",
+                                    "--report", inputs / "a.mp4"), "--report would overwrite the input")
+    assert_clean_failure(run_engine("stream", inputs, tmp_path / "o", "--pipeline", "nosuchstage"),
+                         "unknown stage")
+    assert leftovers(tmp_path) == ["in"]
+    r = run_engine("stream", inputs, tmp_path / "o", "--pipeline", "none", "--quiet",
+                   "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert leftovers(tmp_path / "o") == ["a.mp4"]
+    assert [i["frames_out"] for i in json.loads((tmp_path / "r.json").read_text())["inputs"]] == [3]
 
 
 def test_read_only_output_dir_is_refused_even_as_root(clip, tmp_path):
