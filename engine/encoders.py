@@ -54,11 +54,13 @@ ENCODERS: dict[str, EncoderSpec] = {
     "prores": EncoderSpec("prores_ks", "yuv422p10le", "yuv422p10le", None, None, None,
                           (".mov", ".mkv"), thread_type="AUTO"),  # profile from --prores-profile, default 422 HQ
     # lossless: keeps the input's own pixel format when it can (see choose_encoder)
-    "ffv1": EncoderSpec("ffv1", "yuv444p", "yuv444p10le", None, None, None, (".mkv", ".mov"),
+    # .mkv only: FFmpeg's mov muxer refuses ffv1 (and mp4's takes it, but players do not)
+    "ffv1": EncoderSpec("ffv1", "yuv444p", "yuv444p10le", None, None, None, (".mkv",),
                         thread_type="SLICE"),
 }
 AUTO_ORDER = ("h264_nvenc", "x264", "prores")
 AUTO_ORDER_DEEP = ("hevc_nvenc", "x265", "x264", "prores")  # keep 10-bit input 10-bit
+MAX_QUALITY = 51  # x264/x265 crf and NVENC cq both top out here (x264 clamps above it silently)
 PRORES_PROFILES = {"proxy": "0", "lt": "1", "422": "2", "hq": "3", "4444": "4", "4444xq": "5"}
 
 
@@ -160,6 +162,8 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
     if prores_profile not in PRORES_PROFILES:
         raise UserError(f"invalid ProRes profile '{prores_profile}'; choose one of: "
                         f"{', '.join(PRORES_PROFILES)}")
+    if crf is not None and not 0 <= crf <= MAX_QUALITY:
+        raise UserError(f"--crf must be between 0 and {MAX_QUALITY}, got {crf}")
     if name == "auto":
         candidates = AUTO_ORDER_DEEP if bit_depth > 8 else AUTO_ORDER
     else:
@@ -167,7 +171,7 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
     refusals: list[str] = []
     for candidate in candidates:
         spec = ENCODERS[candidate]
-        if output_ext not in spec.containers:
+        if output_ext not in spec.containers or spec.codec not in muxer_codecs(output_ext):
             refusals.append(f"{candidate} cannot go in {output_ext}")
             continue
         deep = bit_depth > 8 and spec.pix_fmt_deep is not None
@@ -188,6 +192,11 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         if failure is None:
             reason = "requested" if name != "auto" else (
                 "auto: first that opened" + (f" ({'; '.join(refusals)})" if refusals else ""))
+            ignored = [flag for flag, given, used in (("--crf", crf, spec.quality_option),
+                                                      ("--preset", preset, spec.default_preset))
+                       if given is not None and used is None]
+            if ignored:  # said, not silently dropped: ProRes and FFV1 have neither
+                reason += f"; {' and '.join(ignored)} not used by {candidate}"
             return EncoderChoice(candidate, spec, pix_fmt, options, reason)
         refusals.append(failure)
     if name == "auto":

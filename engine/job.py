@@ -18,6 +18,7 @@ from engine.registry import StageSpec, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
 from engine.sink import ImageSequenceSink, VideoSink, frame_name, is_image_pattern, pattern_matches
 from engine.source import VideoInfo, VideoSource
+from engine.stage import MAX_SIDE, frame_sizes
 from engine.streamcopy import plan_copy
 from engine.timestamps import MODES as TIMESTAMP_MODES
 from engine.timestamps import scan_video_timestamps
@@ -91,6 +92,7 @@ class Job:
         source = VideoSource(config.input, max_frames=config.max_frames, timestamps=config.timestamps,
                              allow_truncated=config.allow_truncated, decode=config.decode)
         try:
+            check_output_size(specs, source.info, video=not image_out)
             early_notes = check_input(config, source.info)
             video_index = source.container.streams.video[0].index
             if image_out:
@@ -182,6 +184,20 @@ def check_report_path(report: str, inputs: list[str], outputs: list[str]) -> Non
         raise UserError(f"report directory does not exist: {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"report directory is not writable: {parent}")
+
+
+def check_output_size(specs: list[StageSpec], info: VideoInfo, video: bool) -> None:
+    """An output no encoder takes, or one that would exhaust memory, refused before the run
+    (a resize to 99999 pixels used to be killed by the OOM killer mid-run)."""
+    sizes = frame_sizes([spec.build() for spec in specs], info.width, info.height)
+    for spec, size in zip(specs, sizes[1:]):
+        if size is None:
+            return  # a model's scale comes with its weights: its stage checks when it opens
+        if max(size) > MAX_SIDE:
+            raise UserError(f"stage '{spec.name}': output would be {size[0]}x{size[1]}; frames may be "
+                            f"at most {MAX_SIDE} pixels a side")
+    if video and sizes[-1] is not None and min(sizes[-1]) < 2:
+        raise UserError(f"output would be {sizes[-1][0]}x{sizes[-1][1]}: a video needs at least 2x2 pixels")
 
 
 def check_input(config: JobConfig, info: VideoInfo) -> list[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import os
 import tomllib
 import typing
@@ -129,19 +130,28 @@ def _coerce(stage: str, key: str, raw: Any, target: Any) -> Any:
         return raw
     for t in candidates:
         try:
-            if t is bool and isinstance(raw, str):
-                low = raw.lower()
+            if t is bool:
+                if isinstance(raw, bool):
+                    return raw
+                low = str(raw).lower() if isinstance(raw, (str, int)) else None
                 if low in ("1", "true", "yes", "on"):
                     return True
                 if low in ("0", "false", "no", "off"):
                     return False
                 continue
-            if t in (int, float, str, bool):
-                if t is int and isinstance(raw, float) and not raw.is_integer():
+            if t in (int, float) and isinstance(raw, bool):
+                continue  # TOML `width = true` is a mistake, not 1
+            if t is int and isinstance(raw, float) and not raw.is_integer():
+                continue
+            if t is float:
+                value = float(raw)
+                if not math.isfinite(value):  # nan would compare false everywhere, inf overflow
                     continue
+                return value
+            if t in (int, str):
                 return t(raw)
             return raw
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             continue
     names = "/".join(getattr(t, "__name__", str(t)) for t in candidates)
     raise UserError(f"stage '{stage}': option {key}={raw!r} is not a valid {names}")
@@ -163,8 +173,12 @@ def make_spec(name: str, raw_options: dict[str, Any]) -> StageSpec:
     types = _option_types(cls)
     options: dict[str, Any] = {}
     runner: dict[str, int] = {}
+    given: set[str] = set()
     for key, raw in raw_options.items():
         key = key.replace("-", "_")
+        if key in given:  # `tile-overlap=8:tile_overlap=16`: which one was meant?
+            raise UserError(f"stage '{name}': option '{key}' given twice")
+        given.add(key)
         if key in RUNNER_KEYS:
             value = _coerce(name, key, raw, int)
             if value < 1:
@@ -208,6 +222,8 @@ def parse_pipeline(text: str) -> list[StageSpec]:
             key, sep, value = pair.partition("=")
             if not sep or not key:
                 raise UserError(f"stage '{name}': expected key=value, got '{pair}'")
+            if key in raw:
+                raise UserError(f"stage '{name}': option '{key}' given twice")
             raw[key] = value
         specs.extend(_expand(name, raw))
     return specs

@@ -30,7 +30,7 @@ from engine.crashpoints import crash_point
 from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, container_for, fixed_threads,
                              muxer_codecs, with_options)
 from engine.errors import UserError
-from engine.job import check_config, check_input, environment, reporter_note, write_report
+from engine.job import check_config, check_input, check_output_size, environment, reporter_note, write_report
 from engine.join import JoinPart, join_segments
 from engine.manifest import MANIFEST, Manifest, SegmentRecord, job_key, key_difference, load, save
 from engine.metrics import RunSnapshot, SegmentCounts
@@ -105,6 +105,7 @@ class SegmentedJob:
         container = open_input(config.input)
         try:
             info = read_info(container)
+            check_output_size(specs, info, video=True)
             input_notes = check_input(config, info)  # broken timestamps (refuse mode), truncation
             encoder = choose_encoder(config.encoder, ext, info.bit_depth, crf=config.crf,
                                      preset=config.preset, prores_profile=config.prores_profile,

@@ -41,7 +41,7 @@ from engine.frame import Frame
 from engine.metrics import RunSnapshot, StageSnapshot, WorkerMetrics, aggregate
 from engine.registry import StageSpec
 from engine.reorder import ReorderBuffer
-from engine.stage import BatchStage, MapStage, Stage, StageContext, WindowStage
+from engine.stage import BatchStage, MapStage, Stage, StageContext, WindowStage, frame_sizes
 from engine.validate import SequenceValidator
 
 
@@ -201,6 +201,8 @@ class Pipeline:
         self.reorder_window = in_flight * overtake + sum(capacities) + 1
         self._inboxes = inboxes
         self._handoffs = _handoffs(probes, getattr(self.sink, "picture_format", None))
+        # each stage opens with its own input size: after an upscale or a resize it is not the source's
+        self._input_sizes = frame_sizes(probes, self.source.width, self.source.height)
 
     # ---- observation --------------------------------------------------------------------
 
@@ -256,8 +258,9 @@ class Pipeline:
             index = [n is node for n in self._nodes].index(True) - 1  # the stage's place in the pipeline
             stage = spec.build()
             stage.counters = metrics.counters  # stage counters land straight in the metrics
-            ctx = StageContext(worker=worker, workers=spec.workers, width=self.source.width,
-                               height=self.source.height, frame_rate=self.source.frame_rate,
+            size = self._input_sizes[index] or (None, None)
+            ctx = StageContext(worker=worker, workers=spec.workers, width=size[0],
+                               height=size[1], frame_rate=self.source.frame_rate,
                                frames_total=self.source.frames_total, device=self.options.device,
                                handoff=self._handoffs[index],
                                picture_format=getattr(self.sink, "picture_format", None))

@@ -128,6 +128,25 @@ class Stage:
         them into its job key, so a segment made with other weights is never reused."""
         return []
 
+    def output_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The frame size this stage hands on for width×height frames, known before it opens
+        (None when only its loaded model can say). The job refuses an impossible output size
+        before starting; the runner opens each stage with its own input size."""
+        return width, height
+
+
+#: Frames larger than this a side are refused before the run (x264, x265 and ProRes stop near
+#: it; a frame this size is already 0.8-1.6 GB of RGB).
+MAX_SIDE = 16384
+
+
+def frame_sizes(stages: list[Stage], width: int | None, height: int | None) -> list[tuple[int, int] | None]:
+    """Each stage's input size, then the pipeline's output size, as far as known before the run."""
+    sizes: list[tuple[int, int] | None] = [(width, height) if width and height else None]
+    for stage in stages:
+        sizes.append(None if sizes[-1] is None else stage.output_size(*sizes[-1]))
+    return sizes
+
 
 class MapStage(Stage):
     kind: ClassVar[StageKind] = "map"

@@ -57,6 +57,9 @@ class BasicVSRPP(WindowStage):
                             tile=tile, tile_overlap=tile_overlap, offload=offload)
         self.runner = None
 
+    def output_size(self, width: int, height: int) -> None:
+        return None  # ×4 or ×1: the checkpoint says (is_low_res_input), read when it loads
+
     def weight_files(self) -> list[str]:
         return [str(self.path)]
 

@@ -57,6 +57,9 @@ class DiffusionVSR(WindowStage):
                             unet_tile=unet_tile, tile_overlap=tile_overlap)
         self.model = None
 
+    def output_size(self, width: int, height: int) -> None:
+        return None  # the model directory's configuration says, read when it loads
+
     def weight_files(self) -> list[str]:
         """Every file of the model directory (weights and configs decide the result), and the flow's weights."""
         files = sorted(str(p) for p in Path(self.model_dir).rglob("*") if p.is_file())

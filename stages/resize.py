@@ -8,7 +8,7 @@ import cv2
 
 from engine.frame import Frame
 from engine.registry import register_stage
-from engine.stage import MapStage
+from engine.stage import MAX_SIDE, MapStage
 
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR,
                   "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
@@ -25,6 +25,8 @@ class Resize(MapStage):
             raise ValueError("width, height and scale must not be negative")
         if not (width or height or scale):
             raise ValueError("give width, height or scale")
+        if max(width, height) > MAX_SIDE:
+            raise ValueError(f"width and height must be at most {MAX_SIDE}, got {width}x{height}")
         self.width, self.height, self.scale = width, height, scale
         self.interpolation = _INTERPOLATION[interpolation]
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}  # input size -> output size
@@ -37,6 +39,9 @@ class Resize(MapStage):
         if self.width:
             return self.width, max(1, round(h * self.width / w))
         return max(1, round(w * self.height / h)), self.height
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        return self._target(width, height)
 
     def process(self, frame: Frame) -> Frame:
         # from the frame itself: the context's size is the source's, and a stage before this

@@ -79,6 +79,10 @@ class Upscale(BatchStage):
             return [self.model_name, self.model_name[:-len(".param")] + ".bin"]
         return [self.model_name]
 
+    def output_size(self, width: int, height: int) -> tuple[int, int] | None:
+        info = check_model(self.model_name)  # a catalogue model's scale; a user's file says when loaded
+        return (width * info.scale, height * info.scale) if info is not None else None
+
     def open(self, ctx: StageContext) -> None:
         from engine.inference import InferenceRunner, InferenceSettings, MultiDeviceRunner, device_list
         from engine.models.loader import load_model

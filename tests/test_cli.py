@@ -247,6 +247,14 @@ def test_corrupt_input_fails_cleanly_or_decodes_everything(clip, tmp_path):
     (["--pipeline", "dedup:workers=2"], "must run with workers=1"),  # each worker would see gaps
     (["--stall-timeout", "-1"], "--stall-timeout must be a number of seconds > 0"),
     (["--stall-timeout", "nan"], "--stall-timeout must be a number of seconds > 0"),
+    (["--crf", "99"], "--crf must be between 0 and 51"),  # x264 would clamp it silently
+    (["--pipeline", "resize:scale=nan"], "not a valid float"),
+    (["--pipeline", "resize:scale=inf"], "not a valid float"),
+    (["--pipeline", "dedup:threshold=nan"], "not a valid float"),
+    (["--pipeline", "resize:width=8:width=16"], "option 'width' given twice"),
+    (["--pipeline", "resize:width=99999"], "at most 16384"),
+    (["--pipeline", "resize:scale=1000"], "output would be 64000x48000"),
+    (["--pipeline", "resize:width=1:height=1"], "at least 2x2"),
 ])
 def test_bad_configuration(clip, tmp_path, args, needle):
     r = run_engine("stream", clip(frames=5), tmp_path / "out.mp4", *args)
@@ -323,6 +331,17 @@ def test_batch_output_must_be_a_directory_and_nothing_is_made_on_error(clip, tmp
     assert r.returncode == 0, r.stderr
     assert leftovers(tmp_path / "o") == ["a.mp4"]
     assert [i["frames_out"] for i in json.loads((tmp_path / "r.json").read_text())["inputs"]] == [3]
+
+
+def test_encoder_must_fit_the_container_and_unused_flags_are_said(clip, tmp_path):
+    src = clip(frames=5)
+    assert_clean_failure(run_engine("stream", src, tmp_path / "o.mov", "--pipeline", "none",
+                                    "--encoder", "ffv1"), "ffv1 cannot go in .mov")  # mov's muxer refuses it
+    assert leftovers(tmp_path) == []
+    r = run_engine("stream", src, tmp_path / "o.mov", "--pipeline", "none", "--encoder", "prores",
+                   "--crf", "10", "--preset", "fast", "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert "--crf and --preset not used by prores" in json.loads((tmp_path / "r.json").read_text())["sink"]
 
 
 def test_read_only_output_dir_is_refused_even_as_root(clip, tmp_path):

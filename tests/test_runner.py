@@ -280,3 +280,31 @@ def test_resize_sizes_each_frame_from_its_input_not_the_source(pipeline, size):
     # upscale) changes it, and the second resize must scale what it is given
     _, sink, _ = run(3, pipeline)
     assert {f.data.shape[1::-1] for f in sink.frames} == {size}
+
+
+def test_each_stage_opens_with_its_own_input_size():
+    # a model stage after a resize plans its memory for the frames it will get, not the source's
+    from engine.registry import register_stage
+    from engine.stage import MapStage
+
+    opened = []
+
+    class RecordsSize(MapStage):
+        name = "test.records-size"
+
+        def open(self, ctx):
+            self.size = (ctx.width, ctx.height)
+            opened.append(self.size)
+
+        def process(self, frame):
+            assert (frame.shape[1], frame.shape[0]) == self.size
+            return frame
+
+    register_stage("test.records-size")(RecordsSize)
+    specs = [make_spec("test.records-size", {}), make_spec("resize", {"width": "32"}),
+             make_spec("test.records-size", {}), make_spec("resize", {"scale": "3"}),
+             make_spec("test.records-size", {})]
+    sink = CollectingSink()
+    Pipeline(ListSource(3), specs, sink, RunnerOptions()).run()
+    assert sorted(opened) == sorted([(64, 48), (32, 24), (96, 72)])
+    assert sink.frames[0].shape[:2] == (72, 96)
