@@ -10,7 +10,6 @@ import sys
 
 from engine import __version__
 from engine.errors import EngineError, StageError, Terminated, UserError
-from engine.runner import RunnerOptions
 
 # decode → dedup → realesr-animevideov3 x2 → encode
 DEFAULT_PIPELINE = "dedup,upscale:model=animevideov3-x2"
@@ -76,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stream(args: argparse.Namespace) -> int:
+    # imported here, inside main()'s handling: a Ctrl-C while they load reads "interrupted"
     from engine.job import Job, JobConfig
+    from engine.runner import RunnerOptions
 
     config = JobConfig(input=args.input, output=args.output, pipeline=args.pipeline,
                        encoder=args.encoder, crf=args.crf, preset=args.preset,
@@ -91,7 +92,7 @@ def _stream(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from engine.ray_job import RayOptions
 
-        ray = RayOptions(address=args.ray or None, cpus=args.ray_cpus or 1.0, gpus=args.ray_gpus)
+        ray = RayOptions(address=args.ray or None, cpus=1.0 if args.ray_cpus is None else args.ray_cpus, gpus=args.ray_gpus)
     elif args.ray_cpus is not None or args.ray_gpus is not None:
         raise UserError("--ray-cpus and --ray-gpus need --ray")
     from engine.batch import is_batch, run_batch

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from engine import colour
+from engine.errors import UserError
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
@@ -67,11 +68,24 @@ class InferenceSettings:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device a `device` option names. A GPU this machine lacks is a user error (exit
+    2), raised where the stage opens: under --ray that is the worker, whose GPUs may differ
+    from the driver's."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for, but torch sees no CUDA GPU")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"invalid device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no GPU found"
+            raise UserError(f"device {name} was asked for, but torch sees no CUDA GPU ({build}); "
+                            f"use device=cpu or device=auto")
+        if (device.index or 0) >= count:
+            raise UserError(f"device {name} was asked for, but torch sees {count} CUDA GPU(s) "
+                            f"(cuda:0..cuda:{count - 1})")
     return device
 
 
@@ -578,7 +592,8 @@ def device_list(name: str) -> list[str]:
     if name == "cuda:all":
         count = torch.cuda.device_count()
         if count == 0:
-            raise RuntimeError("device cuda:all was asked for, but torch sees no CUDA GPU")
+            raise UserError("device cuda:all was asked for, but torch sees no CUDA GPU; "
+                            "use device=cpu or device=auto")
         return [f"cuda:{i}" for i in range(count)]
     return [part.strip() for part in re.split(r"[,+]", name)]
 

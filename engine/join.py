@@ -49,6 +49,27 @@ def _signature(stream) -> tuple:
             bytes(cc.extradata or b""), stream.time_base)
 
 
+def _fill_leading_dts(packets):
+    """Matroska stores no dts, and FFmpeg's demuxer leaves it unset on a segment's first
+    packets when B-frames reorder them (it infers dts only from later ones). Muxed after
+    another segment, an unset dts is taken as the pts and runs ahead of the packets that
+    follow ("Invalid argument"). Give them the dts the encoder had: one frame apart, ending
+    a frame before the first dts the demuxer knows."""
+    held = []
+    for packet in packets:
+        if packet.dts is None and packet.size:
+            held.append(packet)
+            continue
+        if held and packet.dts is not None:
+            step = packet.duration or 1
+            for back, early in enumerate(reversed(held), 1):
+                early.dts = packet.dts - back * step
+        yield from held
+        held = []
+        yield packet
+    yield from held
+
+
 def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_plan: CopyPlan,
                   copy_until_s: float = math.inf, partial: str | None = None) -> int:
     """Write `parts` (in order) and the planned side streams of `input_path` to `output`,
@@ -79,7 +100,10 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
                 name = os.path.basename(part.path)
                 seconds = float(stream.time_base)  # per tick; Fraction arithmetic per packet is slow
                 shift = 0
-                for packet in seg.demux(stream):
+                packets = seg.demux(stream)
+                if last_dts is not None:
+                    packets = _fill_leading_dts(packets)
+                for packet in packets:
                     if packet.size == 0:
                         continue
                     if count == 0:

@@ -65,6 +65,12 @@ class RayOptions:
     gpus: float | None = None    # GPUs one segment task reserves; None: 1 if a model stage runs on CUDA
     max_retries: int = MAX_RETRIES
 
+    def __post_init__(self) -> None:
+        if not self.cpus > 0:  # also NaN; a task that reserves no CPU would oversubscribe the node
+            raise UserError(f"--ray-cpus must be a number > 0, got {self.cpus}")
+        if self.gpus is not None and not self.gpus >= 0:
+            raise UserError(f"--ray-gpus must be a number >= 0, got {self.gpus}")
+
 
 class SegmentFailed(EngineError):
     """A segment failed on a worker: its message and exit code, as on one machine."""

@@ -44,6 +44,15 @@ from engine.streamcopy import plan_copy
 DEFAULT_SEGMENT = "60"  # seconds of video: minutes of work for a model pipeline
 
 
+def _sizes(segments, length: int) -> str:
+    """"3 of 500-512 frames": what the plan really is. Cuts land on keyframes, so a segment
+    can be longer than asked for (a whole 48-frame GOP when 12 were asked)."""
+    counts = sorted(s.frames for s in segments)
+    span = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+    asked = "" if counts[-1] <= length else f" (asked {length}; cuts fall on keyframes)"
+    return f"{len(counts)} of {span} frames{asked}"
+
+
 def _inside(path: str, directory: str) -> bool:
     path, directory = os.path.abspath(path), os.path.abspath(directory)
     return os.path.commonpath([path, directory]) == directory
@@ -145,7 +154,7 @@ class SegmentedJob:
             os.close(lock_fd)
             raise
         notes = [*input_notes, *copy_plan.notes(),
-                 f"segments: {len(plan.segments)} of up to {length} frames in {work_dir}"
+                 f"segments: {_sizes(plan.segments, length)} in {work_dir}"
                  + (f", {len(reused)} reused" if reused else ""),
                  *(f"note: cut merged at {m}" for m in plan.merged)]
         return cls(config, specs, encoder, copy_plan, table, plan, context, work_dir, lock_fd,

@@ -25,6 +25,15 @@ def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
+def test_cli_starts_without_the_heavy_libraries():
+    # they load inside main()'s error handling, where a Ctrl-C is "interrupted" (exit 130),
+    # not a traceback from the import machinery
+    code = ("import sys, engine.cli; heavy = {'cv2', 'numpy', 'av', 'torch'} & set(sys.modules); "
+            "print(sorted(heavy))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
 def test_version():
     r = run_engine("--version")
     assert r.returncode == 0 and r.stdout.startswith("engine ")
@@ -247,7 +256,10 @@ def test_corrupt_input_fails_cleanly_or_decodes_everything(clip, tmp_path):
     (["--pipeline", "dedup:workers=2"], "must run with workers=1"),  # each worker would see gaps
     (["--stall-timeout", "-1"], "--stall-timeout must be a number of seconds > 0"),
     (["--stall-timeout", "nan"], "--stall-timeout must be a number of seconds > 0"),
-    (["--crf", "99"], "--crf must be between 0 and 51"),  # x264 would clamp it silently
+    (["--crf", "99"], "--crf must be between 0 and 51"),
+    (["--ray", "--ray-cpus", "0"], "--ray-cpus must be a number > 0"),  # used to become 1 silently
+    (["--ray", "--ray-cpus", "-1"], "--ray-cpus must be a number > 0"),
+    (["--ray", "--ray-gpus", "-1"], "--ray-gpus must be a number >= 0"),  # x264 would clamp it silently
     (["--pipeline", "resize:scale=nan"], "not a valid float"),
     (["--pipeline", "resize:scale=inf"], "not a valid float"),
     (["--pipeline", "dedup:threshold=nan"], "not a valid float"),
@@ -331,6 +343,16 @@ def test_batch_output_must_be_a_directory_and_nothing_is_made_on_error(clip, tmp
     assert r.returncode == 0, r.stderr
     assert leftovers(tmp_path / "o") == ["a.mp4"]
     assert [i["frames_out"] for i in json.loads((tmp_path / "r.json").read_text())["inputs"]] == [3]
+
+
+def test_a_gpu_this_machine_lacks_is_a_user_error(clip, tmp_path):
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, on any machine
+    for pipeline in (f"upscale:device={missing}", "upscale:device=cuda:0+" + missing):
+        r = run_engine("stream", clip(frames=3), tmp_path / "o.mp4", "--pipeline", pipeline, "--quiet")
+        assert_clean_failure(r, "was asked for, but torch sees")  # exit 2, not a stage failure
+    assert leftovers(tmp_path) == []
 
 
 def test_encoder_must_fit_the_container_and_unused_flags_are_said(clip, tmp_path):

@@ -191,6 +191,23 @@ def test_segmented_frames_equal_the_input(media, tmp_path, kind):
     assert times(seg) == times(plain)
 
 
+@pytest.mark.parametrize("encoder", ["x264", "x265"])
+def test_b_frame_segments_join_into_matroska(media, tmp_path, encoder):
+    """Matroska stores no dts, so a segment's first B-frame-reordered packets come back without
+    one; the join must give them theirs (it used to fail with "Invalid argument")."""
+    seg, plain = tmp_path / "seg.mkv", tmp_path / "plain.mkv"
+    r = stream(media["video"], seg, "--resume", "--segment", "16f", "--encoder", encoder,
+               "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["segments"]["total"] == 3
+    assert stream(media["video"], plain, "--encoder", encoder).returncode == 0
+    assert times(seg) == times(plain)
+    assert decoded_indices(seg) == list(range(48))
+    with av.open(str(seg)) as c:
+        dts = [p.dts for p in c.demux(video=0) if p.size and p.dts is not None]
+    assert dts == sorted(set(dts))  # increasing across the joins
+
+
 @pytest.mark.parametrize("pipeline, clip", [("temporal-denoise:radius=2", "noisy"),
                                             ("dedup:max_run=2", "held"),
                                             ("dedup:max_run=2,temporal-denoise:radius=1", "held"),
@@ -449,3 +466,15 @@ def test_resumed_on_fewer_cpus_gives_the_same_bytes(media, tmp_path):
     assert one_cpu.returncode == 0, one_cpu.stderr
     assert json.loads((tmp_path / "r.json").read_text())["segments"]["reused"] == 1
     assert sha256(out) == sha256(whole)
+
+
+def test_the_plan_note_says_how_long_the_segments_really_are(tmp_path):
+    # cuts fall on keyframes: one 48-frame GOP cannot be cut into 12-frame segments
+    one_gop = make_clip(tmp_path / "gop.mp4", 48, options={"g": "48", "sc_threshold": "0"})
+    r = run_engine("stream", one_gop, tmp_path / "o.mkv", "--pipeline", "none", "--resume", "--segment", "12f")
+    assert r.returncode == 0, r.stderr
+    assert "segments: 1 of 48 frames (asked 12; cuts fall on keyframes)" in r.stderr + r.stdout
+    eight = make_clip(tmp_path / "eight.mp4", 48, options=GOP)
+    r = run_engine("stream", eight, tmp_path / "e.mkv", "--pipeline", "none", "--resume", "--segment", "16f")
+    assert r.returncode == 0, r.stderr
+    assert "segments: 3 of 16 frames in" in r.stderr + r.stdout
