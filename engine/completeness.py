@@ -70,3 +70,18 @@ def find_truncation(path: str, info: VideoInfo) -> str | None:
     if declared_end - data_end > tolerance_s(info):
         return (f"it declares {declared_end - start:.3f} s but its data ends at {data_end - start:.3f} s")
     return None
+
+
+def readable_frames(path: str) -> int:
+    """How many video frames decode before the data ends or breaks. A whole decode: only for
+    an input already found truncated, whose index (a front MP4 moov) lists frames it lacks."""
+    count = 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for packet in container.demux(stream):
+                count += len(packet.decode())
+        except av.error.FFmpegError:
+            pass  # where the data breaks; what decoded before it is what can be read
+    return count

@@ -93,7 +93,7 @@ class Job:
                              allow_truncated=config.allow_truncated, decode=config.decode)
         try:
             check_output_size(specs, source.info, video=not image_out)
-            early_notes = check_input(config, source.info)
+            early_notes, _ = check_input(config, source.info)  # the source keeps what decodes
             video_index = source.container.streams.video[0].index
             if image_out:
                 sink = ImageSequenceSink(config.output)
@@ -200,22 +200,23 @@ def check_output_size(specs: list[StageSpec], info: VideoInfo, video: bool) -> N
         raise UserError(f"output would be {sizes[-1][0]}x{sizes[-1][1]}: a video needs at least 2x2 pixels")
 
 
-def check_input(config: JobConfig, info: VideoInfo) -> list[str]:
-    """Refuse, before any output exists, input the job could not finish faithfully."""
+def check_input(config: JobConfig, info: VideoInfo) -> tuple[list[str], bool]:
+    """Refuse, before any output exists, input the job could not finish faithfully. Returns
+    the notes to say and whether the input is truncated (kept: --allow-truncated)."""
     if config.timestamps == "refuse":
         problem = scan_video_timestamps(config.input)
         if problem:
             raise UserError(f"input has broken timestamps: {config.input}: {problem} "
                             "(--timestamps repair regenerates them)")
     if config.max_frames is not None:
-        return []
+        return [], False  # a cut past frame N does not matter; one before it the source finds
     truncated = find_truncation(config.input, info)
     if truncated is None:
-        return []
+        return [], False
     if not config.allow_truncated:
         raise UserError(f"input is truncated: {config.input}: {truncated} "
                         "(--allow-truncated keeps the frames that can be read)")
-    return [f"note: input is truncated ({truncated}); keeping the frames that can be read"]
+    return [f"note: input is truncated ({truncated}); keeping the frames that can be read"], True
 
 
 def reporter_note(reporter: Reporter, lines: list[str]) -> None:

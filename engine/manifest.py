@@ -146,6 +146,12 @@ def load(work_dir: str) -> Manifest | None:
                         f"delete the directory to start afresh") from None
 
 
+def is_temporary(name: str) -> bool:
+    """A temporary manifest `save` left when the process was killed before its rename."""
+    head, sep, pid = name.partition(".tmp-")
+    return head == MANIFEST and bool(sep) and pid.isdigit()
+
+
 def save(work_dir: str, manifest: Manifest) -> None:
     """Atomic rewrite: temp file, fsync, rename, fsync of the directory."""
     path = os.path.join(work_dir, MANIFEST)

@@ -26,13 +26,15 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from engine.completeness import readable_frames
 from engine.crashpoints import crash_point
 from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, container_for, fixed_threads,
                              muxer_codecs, with_options)
 from engine.errors import UserError
 from engine.job import check_config, check_input, check_output_size, environment, reporter_note, write_report
 from engine.join import JoinPart, join_segments
-from engine.manifest import MANIFEST, Manifest, SegmentRecord, job_key, key_difference, load, save
+from engine.manifest import (MANIFEST, Manifest, SegmentRecord, is_temporary, job_key, key_difference, load,
+                             save)
 from engine.metrics import RunSnapshot, SegmentCounts
 from engine.progress import Reporter, make_reporter
 from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest
@@ -115,7 +117,7 @@ class SegmentedJob:
         try:
             info = read_info(container)
             check_output_size(specs, info, video=True)
-            input_notes = check_input(config, info)  # broken timestamps (refuse mode), truncation
+            input_notes, truncated = check_input(config, info)  # broken timestamps (refuse mode), truncation
             encoder = choose_encoder(config.encoder, ext, info.bit_depth, crf=config.crf,
                                      preset=config.preset, prores_profile=config.prores_profile,
                                      source_pix_fmt=info.pix_fmt)
@@ -123,7 +125,11 @@ class SegmentedJob:
         finally:
             container.close()
         length = length_in_frames(config.segment or DEFAULT_SEGMENT, info.frame_rate)
-        table = scan_packets(config.input, config.max_frames)
+        limit = config.max_frames
+        if truncated:  # --allow-truncated: plan the frames that decode, not all the index lists
+            limit = readable_frames(config.input)
+            input_notes.append(f"note: {limit} frames of the truncated input can be read")
+        table = scan_packets(config.input, limit)
         plan = plan_segments(config.input, table, length)
         key = job_key(input_path=config.input, specs=specs,
                       encoder={"name": encoder.name, "codec": encoder.codec, "pix_fmt": encoder.pix_fmt,
@@ -303,7 +309,8 @@ def _take(work_dir: str) -> int:
     what it does not recognise there and the whole directory when done, so it is refused."""
     try:
         if os.path.isdir(work_dir) and not os.path.exists(os.path.join(work_dir, MANIFEST)):
-            foreign = sorted(set(os.listdir(work_dir)) - {"lock"})
+            # a job killed while saving its first manifest leaves only the temporary one
+            foreign = sorted(n for n in os.listdir(work_dir) if n != "lock" and not is_temporary(n))
             if foreign:
                 raise UserError(f"work directory {work_dir} holds files that are not the engine's "
                                 f"({foreign[0]}{', ...' if len(foreign) > 1 else ''}): name a new or empty "

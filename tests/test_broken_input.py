@@ -221,6 +221,39 @@ def test_frames_beyond_a_truncation_are_still_refused(media, tmp_path):
     assert len(decoded_indices(tmp_path / "whole.mkv")) == 48
 
 
+def _faststart(src, dst):
+    """`src` remuxed with its index (moov) at the front: cut short, the index still lists
+    every frame, which is how an interrupted download of a web MP4 looks."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", options={"movflags": "+faststart"}) as o:
+        outs = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for packet in i.demux():
+            if packet.dts is not None:
+                packet.stream = outs[packet.stream.index]
+                o.mux(packet)
+    return dst
+
+
+def test_truncated_front_index_mp4_keeps_the_same_frames_with_or_without_resume(tmp_path):
+    whole = _faststart(make_clip(tmp_path / "v.mp4", 48, 64, 48, fps=FPS, options={"g": "8"}),
+                       tmp_path / "fast.mp4")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with av.open(str(cut)) as c:
+        assert c.streams.video[0].frames == 48  # the index promises all of them
+    kept = {}
+    for extra in ((), ("--resume", "--segment", "16f")):
+        out = tmp_path / f"out{len(extra)}.mkv"
+        r = run_engine("stream", cut, out, "--encoder", "ffv1", "--quiet", *extra)
+        assert r.returncode == 2 and "truncated" in r.stderr, r.stderr
+        r = run_engine("stream", cut, out, "--encoder", "ffv1", "--quiet", "--allow-truncated", *extra)
+        assert r.returncode == 0, r.stderr  # --resume used to fail on the frames the index lists
+        kept[extra] = decoded_indices(out)
+    assert 8 < len(kept[()]) < 48
+    assert kept[()] == list(range(len(kept[()])))
+    assert kept[("--resume", "--segment", "16f")] == kept[()]
+
+
 def test_complete_files_are_not_called_truncated(media, tmp_path):
     # audio longer than the video is not truncation: the data end is taken over all streams
     longer = add_side_streams(make_clip(tmp_path / "v.mp4", 24, 64, 48, fps=FPS), tmp_path / "long.mkv",

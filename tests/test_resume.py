@@ -268,6 +268,8 @@ def resume_after(media, tmp_path, encoder, crash_at):
     ("x264", "segment-frame:5", 0),     # inside the first segment
     ("x264", "segment-frame:20", 1),    # inside the second: the first is kept
     ("x264", "segment-done:2", 1),      # second file complete, not yet recorded: redone
+    ("x264", "manifest-write:1", 0),    # the first manifest half written: no manifest.json yet
+    ("x264", "manifest-rename:1", 0),   # the first manifest complete but not renamed
     ("x264", "manifest-write:3", 1),    # half a temporary manifest on disk
     ("x264", "manifest-rename:4", 2),   # complete temporary manifest, not yet renamed
     ("x264", "join-packet:30", 3),      # during the join
