@@ -21,8 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("stream", help="decode IN, run the pipeline, encode OUT")
-    s.add_argument("input", metavar="IN")
-    s.add_argument("output", metavar="OUT", help="video file (.mp4 .mkv .mov) or image pattern (dir/%%06d.png)")
+    s.add_argument("input", metavar="IN", help="a video file; or a directory of videos or a .txt/.list "
+                                               "file naming one per line (a batch: OUT is then a directory)")
+    s.add_argument("output", metavar="OUT", help="video file (.mp4 .mkv .mov), image pattern (dir/%%06d.png), "
+                                                 "or a directory for a batch")
     s.add_argument("--pipeline", default=DEFAULT_PIPELINE,
                    help="comma-separated stages, name[:key=value]..., a .toml file, or 'none' "
                         f"(default: {DEFAULT_PIPELINE})")
@@ -58,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="where --resume keeps segments and its manifest (default: .OUT.engine-work beside OUT)")
     s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run the segments as Ray tasks (implies --resume): on a local Ray, or on the "
-                        "cluster at ADDRESS (HOST:PORT or auto); needs the ray extra. IN may also be a "
-                        "directory or a .txt list of videos, OUT then a directory")
+                        "cluster at ADDRESS (HOST:PORT or auto); needs the ray extra. A batch's "
+                        "inputs share the cluster")
     s.add_argument("--ray-cpus", type=float, default=None, metavar="N",
                    help="CPUs each segment task reserves (default 1)")
     s.add_argument("--ray-gpus", type=float, default=None, metavar="N",

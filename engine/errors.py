@@ -18,11 +18,14 @@ class UserError(EngineError):
 class StageError(EngineError):
     """A stage failed. Names the stage and the frame it was working on; chained with `from`."""
 
-    def __init__(self, stage: str, seq: int | None, cause: BaseException):
+    def __init__(self, stage: str, seq: int | None, cause: BaseException, last: int | None = None):
         self.stage = stage
         self.seq = seq
         self.cause = cause
-        where = f"stage '{stage}'" + (f" at frame seq {seq}" if seq is not None else "")
+        # a batch or window call fails as a whole: name every frame it held, not only its first
+        frames = (f" at frames seq {seq}-{last}" if last is not None and last != seq
+                  else f" at frame seq {seq}")
+        where = f"stage '{stage}'" + (frames if seq is not None else "")
         detail = str(cause) or type(cause).__name__
         super().__init__(f"{where} failed: {type(cause).__name__}: {detail}")
 

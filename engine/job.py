@@ -115,7 +115,7 @@ class Job:
 
     def run(self, reporter: Reporter | None = None) -> dict:
         config = self.config
-        reporter = reporter or make_reporter(config.quiet)
+        reporter = reporter or make_reporter(config.quiet, record_gpu=bool(config.report))
         pipeline = Pipeline(self.source, self.specs, self.sink, config.runner)
         if not config.quiet:
             reporter_note(reporter, [self.sink_note, *self.notes])
@@ -263,8 +263,9 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         "first_repaired_seq": repair.first_bad if repair else None,
         "packets_repaired": getattr(job.sink, "repaired_packets", {}),
     }
-    if reporter.gpu_samples:
-        report["gpu"] = [[vars(g) for g in sample] for sample in reporter.gpu_samples]
+    gpu = reporter.gpu_report()
+    if gpu is not None:
+        report["gpu"] = gpu
     if reporter.timeline:
         report["timeline"] = reporter.timeline
     return report

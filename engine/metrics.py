@@ -17,7 +17,7 @@ class WorkerMetrics:
     """What one thread of one stage has done so far."""
 
     __slots__ = ("items", "busy_s", "wait_in_s", "wait_out_s", "counters",
-                 "call_started", "call_seq", "settings")
+                 "call_started", "call_seq", "call_last", "settings")
 
     def __init__(self) -> None:
         self.items = 0           # frames that left this worker
@@ -27,11 +27,12 @@ class WorkerMetrics:
         self.counters: Counter[str] = Counter()
         self.call_started: float | None = None  # set while inside stage code, for the watchdog
         self.call_seq: int | None = None
+        self.call_last: int | None = None  # a batch's or window's last frame; None: one frame
         self.settings: dict = {}  # what the stage resolved when it opened (device, batch, ...)
 
     @contextmanager
-    def busy(self, seq: int | None) -> Iterator[None]:
-        self.call_seq = seq
+    def busy(self, seq: int | None, last: int | None = None) -> Iterator[None]:
+        self.call_seq, self.call_last = seq, last
         self.call_started = started = time.perf_counter()
         try:
             yield
@@ -83,15 +84,23 @@ class StageSnapshot:
         }
 
 
+def _busy_now(w: WorkerMetrics, now: float) -> float:
+    """Busy time including the call in progress: a stage stuck in one long call (a model
+    warming up, a stall) is the busiest, not the idlest."""
+    started = w.call_started  # read once: the worker may clear it meanwhile
+    return w.busy_s + (now - started if started is not None else 0.0)
+
+
 def aggregate(name: str, kind: str, workers: list[WorkerMetrics],
               queue_fill: int = 0, queue_capacity: int = 0) -> StageSnapshot:
     counters: Counter[str] = Counter()
     for w in workers:
         counters.update(w.counters)
+    now = time.perf_counter()
     return StageSnapshot(
         name=name, kind=kind, workers=len(workers),
         items=sum(w.items for w in workers),
-        busy_s=sum(w.busy_s for w in workers),
+        busy_s=sum(_busy_now(w, now) for w in workers),
         wait_in_s=sum(w.wait_in_s for w in workers),
         wait_out_s=sum(w.wait_out_s for w in workers),
         counters=dict(counters),

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Callable, TextIO
 
-from engine.gpu import GpuMonitor, GpuSample
+from engine.gpu import GpuRecorder, GpuSample
 from engine.metrics import RunSnapshot, StageSnapshot
 
 SnapshotFn = Callable[[], RunSnapshot]
@@ -44,33 +44,37 @@ class Reporter:
     """Interface: `start(snapshot_fn)`, then `stop(final_snapshot)` once the run is over."""
 
     interval_s = 0.5
+    gpu_interval_s = 0.5  # GPU samples for the report: a fixed rate, whatever the display's
 
-    def __init__(self) -> None:
+    def __init__(self, record_gpu: bool = True) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._snapshot: SnapshotFn | None = None
-        self.gpu: GpuMonitor | None = None  # opened in start(): NVML init is not free
+        self.record_gpu = record_gpu
+        self.gpu: GpuRecorder | None = None  # opened in start(): NVML init is not free
         self.timeline: list[dict] = []   # queue fill over time, if `record_timeline`
         self.record_timeline = False
-        self.gpu_samples: list[list[GpuSample]] = []
 
     def start(self, snapshot: SnapshotFn) -> None:
         self._snapshot = snapshot
-        self.gpu = GpuMonitor()
+        if self.record_gpu:
+            self.gpu = GpuRecorder(self.gpu_interval_s).start()
         self._thread = threading.Thread(target=self._loop, name="engine-progress", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             snap = self._snapshot()
-            gpus = self.gpu.sample()
-            if gpus:
-                self.gpu_samples.append(gpus)
+            gpus = self.gpu.latest if self.gpu is not None else []
             if self.record_timeline:
                 self.timeline.append({"t": round(snap.elapsed_s, 3), "done": snap.frames_done,
                                       "queues": {s.name: s.queue_fill for s in snap.stages
                                                  if s.queue_capacity}})
             self.draw(snap, gpus)
+
+    def gpu_report(self) -> dict | None:
+        """The report's "gpu" entry (summary per GPU, timed samples); None without a GPU."""
+        return self.gpu.report() if self.gpu is not None else None
 
     def draw(self, snap: RunSnapshot, gpus: list[GpuSample]) -> None:
         """Draw one update. Runs on the reporter thread."""
@@ -82,7 +86,7 @@ class Reporter:
             self._thread.join()
         self.close_display()
         if self.gpu is not None:
-            self.gpu.close()
+            self.gpu.stop()
         if final is not None:
             self.summary(final)
 
@@ -94,10 +98,15 @@ class Reporter:
 
 
 class NullReporter(Reporter):
-    """`--quiet`: no thread, no NVML, nothing drawn."""
+    """`--quiet`: nothing drawn, no display thread; GPU samples only when a report wants them."""
+
+    def __init__(self, record_gpu: bool = False) -> None:
+        super().__init__(record_gpu)
 
     def start(self, snapshot: SnapshotFn) -> None:
         self._snapshot = snapshot
+        if self.record_gpu:
+            self.gpu = GpuRecorder(self.gpu_interval_s).start()
 
 
 class RecordingReporter(Reporter):
@@ -202,9 +211,11 @@ def _stage_cells(s: StageSnapshot, elapsed: float) -> list[str]:
             f"{s.blocked_s:.1f}s", queue, counters]
 
 
-def make_reporter(quiet: bool, stream: TextIO = sys.stderr) -> Reporter:
+def make_reporter(quiet: bool, stream: TextIO = sys.stderr, record_gpu: bool = False) -> Reporter:
+    """The display for where output goes; `record_gpu`: sample the GPUs even when quiet (a
+    report is wanted)."""
     if quiet:
-        return NullReporter()
+        return NullReporter(record_gpu)
     if stream.isatty():
         return RichReporter()
     return LogReporter(stream)

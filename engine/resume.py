@@ -170,7 +170,7 @@ class SegmentedJob:
 
     def run(self, reporter: Reporter | None = None) -> dict:
         config = self.config
-        reporter = reporter or make_reporter(config.quiet)
+        reporter = reporter or make_reporter(config.quiet, record_gpu=bool(config.report))
         todo = [s for s in self.plan.segments if s.index not in self.reused]
         progress = _Progress(time.perf_counter(), sum(s.frames for s in todo),
                              reused=len(self.reused), pending=len(todo))
@@ -195,7 +195,9 @@ class SegmentedJob:
         finally:
             reporter.stop(_snapshot(progress) if ok else None)
             self.release()
-        return self.finish(results, progress.started, progress.frames_before, join_s)
+        gpu = reporter.gpu_report()
+        return self.finish(results, progress.started, progress.frames_before, join_s,
+                           {"gpu": gpu} if gpu is not None else None)
 
     def release(self) -> None:
         """Unlock the work directory (safe to repeat: failure paths and the driver both call it)."""
@@ -281,9 +283,11 @@ class SegmentedJob:
             "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
                          for s in self.specs],
             "sink": self.sink_note,
+            "frames_in": self.plan.frames,
             "frames_out": self.plan.frames,
-            "frames_encoded": frames_encoded,
+            "frames_encoded": frames_encoded,   # this run's; reused segments' frames are not
             "wall_s": round(elapsed, 4),
+            "fps": round(frames_encoded / elapsed, 3) if elapsed > 0 else 0.0,  # this run's work
             "join_s": round(join_s, 4),
             "segments": {"total": len(segments), "reused": len(self.reused), "done": len(results),
                          "length_frames": self.plan.length_frames, "merged": self.plan.merged,

@@ -223,7 +223,8 @@ class Pipeline:
         except Cancelled:
             pass
         except BaseException as exc:  # noqa: BLE001 - a failure must travel, whatever it is
-            error = exc if isinstance(exc, StageError) else StageError(node.name, metrics.call_seq, exc)
+            error = exc if isinstance(exc, StageError) else StageError(node.name, metrics.call_seq, exc,
+                                                                            metrics.call_last)
             error.__cause__ = exc
             self.token.cancel(error)
 
@@ -341,11 +342,12 @@ class Pipeline:
                 sent.append(batch)
                 # named by its smallest seq: frames from parallel workers upstream arrive out of
                 # order (a descheduled worker's frame can come a dozen frames late)
-                with metrics.busy(min(f.seq for f in batch)):
+                with metrics.busy(min(f.seq for f in batch), max(f.seq for f in batch)):
                     done = stage.submit_batch(batch)
                 emit(done)
                 batch = []
-        with metrics.busy(min(f.seq for f in sent[0]) if sent else None):
+        with metrics.busy(min(f.seq for f in sent[0]) if sent else None,
+                          max(f.seq for f in sent[-1]) if sent else None):
             done = stage.drain_batches()
         emit(done)
         if sent:
@@ -365,7 +367,7 @@ class Pipeline:
 
         def run(final: bool) -> None:
             nonlocal window, emitted
-            with metrics.busy(window[emitted].seq):
+            with metrics.busy(window[0].seq, window[-1].seq):  # every frame the call holds
                 results = stage.process_window(list(window))
             if len(results) != len(window):
                 raise ValueError(f"window stage returned {len(results)} results for "
@@ -482,7 +484,7 @@ class Pipeline:
                     started = m.call_started
                     if started is not None and now - started > limit:
                         self.token.cancel(StageError(node.name, m.call_seq, TimeoutError(
-                            f"stalled: no result for {limit:g} s")))
+                            f"stalled: no result for {limit:g} s"), m.call_last))
                         return
 
     def _join_all(self) -> list[str]:

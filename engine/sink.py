@@ -134,7 +134,8 @@ class VideoSink:
         if (stream.width, stream.height) != (width, height):
             self.notes.append(
                 f"note: cropped {width}x{height} to {stream.width}x{stream.height}: "
-                f"{self.encoder.pix_fmt} needs even dimensions (ffv1 or --prores-profile 4444 keep them)")
+                f"{self.encoder.pix_fmt} needs even dimensions (--encoder prores --prores-profile 4444, "
+                f"4:4:4, keeps them)")
         stream.pix_fmt = self.encoder.pix_fmt
         stream.time_base = src.time_base
         cc = stream.codec_context

@@ -379,7 +379,12 @@ def test_stage_failure_is_one_line_naming_stage_and_seq(clip, tmp_path, kind):
                    "--pipeline", f"test.fail-{kind}:at=12", env=TESTING)
     assert r.returncode == 1
     line = r.stderr.strip().splitlines()[-1]
-    assert f"stage 'test.fail-{kind}'" in line and "at frame seq" in line and "failure injected" in line
+    assert f"stage 'test.fail-{kind}'" in line and "failure injected" in line
+    if kind == "map":
+        assert "at frame seq 12 failed" in line
+    else:  # a batch or window fails as a whole: every frame it held is named, 12 among them
+        first, last = map(int, line.split("at frames seq ")[1].split(" ")[0].split("-"))
+        assert first <= 12 <= last and last > first
     assert "Traceback" not in r.stderr
     assert leftovers(tmp_path) == []
 
@@ -428,6 +433,13 @@ def test_odd_size_is_cropped_to_even_for_420_not_rescaled(clip, tmp_path):
     with av.open(str(out)) as c:
         assert (c.streams.video[0].width, c.streams.video[0].height) == (64, 48)
     assert decoded_indices(out) == list(range(12))
+    advice = "--encoder prores --prores-profile 4444"
+    assert advice in r.stderr
+    kept = tmp_path / "kept.mov"
+    r = run_engine("stream", src, kept, *advice.split())  # the advice holds
+    assert r.returncode == 0 and "cropped" not in r.stderr, r.stderr
+    with av.open(str(kept)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (65, 49)
 
 
 def test_odd_size_kept_by_ffv1_444(clip, tmp_path):

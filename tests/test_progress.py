@@ -57,3 +57,76 @@ def test_model_stage_shows_where_it_runs():
     tiled = StageSnapshot("upscale", "batch", 1, 1, 1.0, 0.0, 0.0, {}, 0, 8, {**settings, "tile": 256})
     assert tiled.label == "upscale [cuda:0 fp16 batch 4 tile 256]"
     assert StageSnapshot("resize", "map", 1, 1, 0.1, 0.0, 0.0).label == "resize"
+
+
+def test_a_call_in_progress_counts_as_busy():
+    # a stage stuck in one long call must read as the busiest, not the idlest
+    import time
+
+    from engine.metrics import WorkerMetrics, aggregate
+
+    stuck, quick = WorkerMetrics(), WorkerMetrics()
+    quick.busy_s = 0.05
+    with stuck.busy(7):
+        time.sleep(0.1)
+        assert aggregate("model", "batch", [stuck]).busy_s >= 0.1 > aggregate("resize", "map", [quick]).busy_s
+    assert aggregate("model", "batch", [stuck]).busy_s == stuck.busy_s  # counted once when done
+
+
+def _gpu(index=0, util=50, used=1000):
+    from engine.gpu import GpuSample
+
+    return GpuSample(index, "Test GPU", util, used, 8000)
+
+
+def test_gpu_record_summarises_every_sample_and_keeps_a_bounded_timed_series():
+    from engine.gpu import GpuRecord
+
+    record = GpuRecord(max_points=10)
+    for i in range(1000):  # a long job: 1000 samples of two GPUs
+        record.add(i * 0.5, [_gpu(0, util=i % 101, used=1000 + i), _gpu(1, util=10)])
+    summary = {g["index"]: g for g in record.summary()}
+    assert summary[0]["samples"] == summary[1]["samples"] == 1000  # every sample, not only those kept
+    assert summary[0]["util_max_pct"] == 100 and summary[0]["memory_max_mib"] == 1999
+    assert summary[0]["util_mean_pct"] == round(sum(i % 101 for i in range(1000)) / 1000, 1)
+    assert summary[1]["util_mean_pct"] == 10
+    assert len(record.series) <= 10
+    times = [t for t, _ in record.series]
+    steps = {round(b - a, 6) for a, b in zip(times, times[1:])}
+    assert len(steps) == 1 and times[0] == 0.0  # evenly spaced from the start
+    doc = record.as_dict("555.1", 0.5)
+    assert doc["interval_s"] == steps.pop() and doc["driver"] == "555.1"
+    assert doc["samples"][1]["gpus"] == [[0, record.series[1][1][0].utilization_pct,
+                                          record.series[1][1][0].memory_used_mib], [1, 10, 1000]]
+
+
+def test_gpu_recorder_samples_at_start_and_stop_even_for_a_short_run(monkeypatch):
+    import engine.gpu as gpu
+
+    class FakeMonitor:
+        available = True
+
+        def __init__(self):
+            self.calls = 0
+
+        def sample(self):
+            self.calls += 1
+            return [_gpu(util=self.calls)]
+
+        def driver(self):
+            return "555.1"
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(gpu, "GpuMonitor", FakeMonitor)
+    with gpu.GpuRecorder(interval_s=60) as recorder:  # the run ends long before one interval
+        pass
+    report = recorder.report()
+    assert [s["gpus"][0][1] for s in report["samples"]] == [1, 2]
+    assert report["driver"] == "555.1" and report["gpus"][0]["samples"] == 2
+    quiet = NullReporter(record_gpu=True)  # --quiet --report: samples still taken
+    quiet.start(lambda: snapshot())
+    quiet.stop(None)
+    assert quiet.gpu_report()["gpus"][0]["samples"] == 2
+    assert NullReporter().gpu_report() is None  # plain --quiet: no NVML at all
