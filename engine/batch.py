@@ -74,7 +74,8 @@ def batch_configs(config: JobConfig) -> list[JobConfig]:
             config, input=path, output=os.path.join(out_dir, name), report=None,
             work_dir=os.path.join(config.work_dir, name) if config.work_dir else None))
     if config.report:  # the batch's one report: checked now, written after every input
-        check_report_path(config.report, [config.input, *inputs], [c.output for c in configs])
+        check_report_path(config.report, [config.input, *inputs], [c.output for c in configs],
+                          created=(out_dir,))
     return configs
 
 

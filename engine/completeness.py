@@ -72,9 +72,10 @@ def find_truncation(path: str, info: VideoInfo) -> str | None:
     return None
 
 
-def readable_frames(path: str) -> int:
-    """How many video frames decode before the data ends or breaks. A whole decode: only for
-    an input already found truncated, whose index (a front MP4 moov) lists frames it lacks."""
+def readable_frames(path: str, limit: int | None = None) -> int:
+    """How many video frames decode before the data ends or breaks (counting stops at `limit`).
+    A whole decode: only for an input already found truncated, whose index (a front MP4 moov)
+    lists frames it lacks."""
     count = 0
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -82,6 +83,8 @@ def readable_frames(path: str) -> int:
         try:
             for packet in container.demux(stream):
                 count += len(packet.decode())
+                if limit is not None and count >= limit:
+                    return limit
         except av.error.FFmpegError:
             pass  # where the data breaks; what decoded before it is what can be read
     return count

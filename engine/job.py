@@ -18,7 +18,7 @@ from engine.registry import StageSpec, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
 from engine.sink import ImageSequenceSink, VideoSink, frame_name, is_image_pattern, pattern_matches
 from engine.source import VideoInfo, VideoSource
-from engine.stage import MAX_SIDE, frame_sizes
+from engine.stage import check_frame_size, frame_sizes
 from engine.streamcopy import plan_copy
 from engine.timestamps import MODES as TIMESTAMP_MODES
 from engine.timestamps import scan_video_timestamps
@@ -48,6 +48,8 @@ class JobConfig:
 
 
 def check_output_path(input_path: str, output: str) -> None:
+    if is_image_pattern(output) and frame_name(output) is None:  # `%s.png`, `%x`: no frame number
+        raise UserError(f"image pattern needs one integer field such as %06d: {output}")
     target = os.path.dirname(os.path.abspath(output)) if is_image_pattern(output) else output
     if os.path.exists(input_path) and os.path.exists(target) and os.path.samefile(input_path, target):
         raise UserError(f"output is the input file: {output}")
@@ -161,7 +163,7 @@ def same_path(a: str, b: str) -> bool:
     return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
-def check_report_path(report: str, inputs: list[str], outputs: list[str]) -> None:
+def check_report_path(report: str, inputs: list[str], outputs: list[str], created: tuple[str, ...] = ()) -> None:
     """`--report FILE` is a file of its own: writing it must never replace an input, an output
     (a finished one included) or a frame of an image sequence, and it is checked before the run,
     not after hours of work."""
@@ -180,6 +182,8 @@ def check_report_path(report: str, inputs: list[str], outputs: list[str]) -> Non
                 return  # beside the frames, in the directory the image sink creates
         elif same_path(report, output):
             raise UserError(f"--report would overwrite the output: {report}")
+    if any(same_path(parent, d) for d in created):
+        return  # the batch's OUT_DIR, made once every check has passed
     if not os.path.isdir(parent):
         raise UserError(f"report directory does not exist: {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -192,10 +196,10 @@ def check_output_size(specs: list[StageSpec], info: VideoInfo, video: bool) -> N
     sizes = frame_sizes([spec.build() for spec in specs], info.width, info.height)
     for spec, size in zip(specs, sizes[1:]):
         if size is None:
-            return  # a model's scale comes with its weights: its stage checks when it opens
-        if max(size) > MAX_SIDE:
-            raise UserError(f"stage '{spec.name}': output would be {size[0]}x{size[1]}; frames may be "
-                            f"at most {MAX_SIDE} pixels a side")
+            # a model's scale comes with its weights: the model stage checks when it opens, and
+            # a resize after it when it first sizes a frame
+            return
+        check_frame_size(spec.name, *size)
     if video and sizes[-1] is not None and min(sizes[-1]) < 2:
         raise UserError(f"output would be {sizes[-1][0]}x{sizes[-1][1]}: a video needs at least 2x2 pixels")
 

@@ -37,8 +37,9 @@ class WorkerMetrics:
         try:
             yield
         finally:
-            self.call_started = None
+            # busy_s first: a reader between the two lines sees the call at most once
             self.busy_s += time.perf_counter() - started
+            self.call_started = None
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,9 @@ class StageSnapshot:
 def _busy_now(w: WorkerMetrics, now: float) -> float:
     """Busy time including the call in progress: a stage stuck in one long call (a model
     warming up, a stall) is the busiest, not the idlest."""
-    started = w.call_started  # read once: the worker may clear it meanwhile
-    return w.busy_s + (now - started if started is not None else 0.0)
+    busy = w.busy_s  # before call_started: the worker adds to busy_s, then clears call_started,
+    started = w.call_started  # so a call that ends in between is counted at most once
+    return busy + (max(0.0, now - started) if started is not None else 0.0)
 
 
 def aggregate(name: str, kind: str, workers: list[WorkerMetrics],

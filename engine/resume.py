@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from engine.completeness import readable_frames
+from engine.completeness import find_truncation, readable_frames
 from engine.crashpoints import crash_point
 from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, container_for, fixed_threads,
                              muxer_codecs, with_options)
@@ -126,9 +126,17 @@ class SegmentedJob:
             container.close()
         length = length_in_frames(config.segment or DEFAULT_SEGMENT, info.frame_rate)
         limit = config.max_frames
-        if truncated:  # --allow-truncated: plan the frames that decode, not all the index lists
-            limit = readable_frames(config.input)
-            input_notes.append(f"note: {limit} frames of the truncated input can be read")
+        # The plan comes from the packet index, which in a cut-short front-index MP4 lists
+        # frames the file lacks: plan the frames that decode. With --frames N check_input
+        # skipped the truncation check; here it matters when the cut comes before frame N.
+        if truncated or (limit is not None and find_truncation(config.input, info) is not None):
+            readable = readable_frames(config.input, limit)
+            if limit is None or readable < limit:
+                if not config.allow_truncated:  # only with --frames: else check_input refused it
+                    raise UserError(f"input is truncated: {config.input}: only {readable} of the "
+                                    f"first {limit} frames can be read (--allow-truncated keeps them)")
+                limit = readable
+                input_notes.append(f"note: {limit} frames of the truncated input can be read")
         table = scan_packets(config.input, limit)
         plan = plan_segments(config.input, table, length)
         key = job_key(input_path=config.input, specs=specs,

@@ -346,8 +346,8 @@ class Pipeline:
                     done = stage.submit_batch(batch)
                 emit(done)
                 batch = []
-        with metrics.busy(min(f.seq for f in sent[0]) if sent else None,
-                          max(f.seq for f in sent[-1]) if sent else None):
+        held = [f.seq for f in itertools.chain.from_iterable(sent)]  # out of order across batches too
+        with metrics.busy(min(held, default=None), max(held, default=None)):
             done = stage.drain_batches()
         emit(done)
         if sent:

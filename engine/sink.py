@@ -18,7 +18,7 @@ import av
 import cv2
 import numpy as np
 
-from engine.encoders import CONTAINERS, EncoderChoice
+from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice
 from engine.errors import UserError, ValidationError
 from engine.frame import Frame
 from engine.probe import count_video_packets
@@ -119,6 +119,11 @@ class VideoSink:
                 "thread_count": cc.thread_count if cc is not None else None,
                 "settings": self.encoder_settings or {}}
 
+    def _keep_odd_advice(self) -> str:
+        flags = "--encoder prores --prores-profile 4444"  # 4:4:4: no chroma subsampling to round to
+        ext = os.path.splitext(self.path)[1].lower()
+        return f"{flags} keeps them" if ext in ENCODERS["prores"].containers else f"a .mov or .mkv with {flags} keeps them"
+
     def _open(self, width: int, height: int, rotation: int = 0) -> None:
         try:
             self._container = av.open(self.partial, mode="w",
@@ -134,8 +139,7 @@ class VideoSink:
         if (stream.width, stream.height) != (width, height):
             self.notes.append(
                 f"note: cropped {width}x{height} to {stream.width}x{stream.height}: "
-                f"{self.encoder.pix_fmt} needs even dimensions (--encoder prores --prores-profile 4444, "
-                f"4:4:4, keeps them)")
+                f"{self.encoder.pix_fmt} needs even dimensions ({self._keep_odd_advice()})")
         stream.pix_fmt = self.encoder.pix_fmt
         stream.time_base = src.time_base
         cc = stream.codec_context

@@ -140,6 +140,16 @@ class Stage:
 MAX_SIDE = 16384
 
 
+def check_frame_size(stage: str, width: int, height: int) -> None:
+    """One stage's output size against MAX_SIDE: before the run where it is known, else where
+    the stage learns it (a model's scale from its weights), before any frame that size exists."""
+    if max(width, height) > MAX_SIDE:
+        from engine.errors import UserError
+
+        raise UserError(f"stage '{stage}': output would be {width}x{height}; frames may be at most "
+                        f"{MAX_SIDE} pixels a side")
+
+
 def frame_sizes(stages: list[Stage], width: int | None, height: int | None) -> list[tuple[int, int] | None]:
     """Each stage's input size, then the pipeline's output size, as far as known before the run."""
     sizes: list[tuple[int, int] | None] = [(width, height) if width and height else None]

@@ -24,7 +24,7 @@ from engine.errors import UserError
 from engine.frame import Frame
 from engine.models.basicvsrpp_zoo import DEFAULT_CHECKPOINT, resolve_checkpoint
 from engine.registry import register_stage
-from engine.stage import StageContext, WindowStage
+from engine.stage import StageContext, WindowStage, check_frame_size
 
 MAX_WINDOW = 512   # longer windows only hold more memory: propagation reaches ~tens of frames
 MIN_SIDE = 64      # engine.models.basicvsrpp.MIN_SIDE, repeated so that checking needs no torch
@@ -69,6 +69,8 @@ class BasicVSRPP(WindowStage):
 
         net = load_checkpoint(self.path)
         self.net_info = {"mid_channels": net.mid_channels, "num_blocks": net.num_blocks, "scale": net.scale}
+        if ctx.width and ctx.height:
+            check_frame_size("basicvsrpp", ctx.width * net.scale, ctx.height * net.scale)
         if ctx.width and ctx.height:
             need = net.min_input_side
             if min(ctx.width, ctx.height) < need:

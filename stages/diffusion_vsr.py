@@ -24,7 +24,7 @@ import numpy as np
 from engine.frame import Frame
 from engine.models.diffusion_vsr import MIN_TILE, check_flow, check_model_dir
 from engine.registry import register_stage
-from engine.stage import StageContext, WindowStage
+from engine.stage import StageContext, WindowStage, check_frame_size
 
 
 @register_stage("diffusion-vsr")
@@ -69,6 +69,8 @@ class DiffusionVSR(WindowStage):
         from engine.models.diffusion_vsr import DiffusionSettings, StreamDiffVSR
 
         self.model = StreamDiffVSR(self.model_dir, DiffusionSettings(**self.options))
+        if ctx.width and ctx.height:
+            check_frame_size("diffusion-vsr", ctx.width * self.model.scale, ctx.height * self.model.scale)
 
     def process_window(self, frames: list[Frame]) -> list[np.ndarray]:
         out = []

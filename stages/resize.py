@@ -8,7 +8,7 @@ import cv2
 
 from engine.frame import Frame
 from engine.registry import register_stage
-from engine.stage import MAX_SIDE, MapStage
+from engine.stage import MAX_SIDE, MapStage, check_frame_size
 
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR,
                   "cubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
@@ -32,6 +32,11 @@ class Resize(MapStage):
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}  # input size -> output size
 
     def _target(self, w: int, h: int) -> tuple[int, int]:
+        size = self._size(w, h)
+        check_frame_size("resize", *size)  # after a model whose scale was unknown before the run
+        return size
+
+    def _size(self, w: int, h: int) -> tuple[int, int]:
         if self.scale:
             return max(1, round(w * self.scale)), max(1, round(h * self.scale))
         if self.width and self.height:

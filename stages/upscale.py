@@ -21,7 +21,7 @@ from typing import Any, Literal
 from engine.frame import Frame
 from engine.models.catalogue import DEFAULT_MODEL, check_model
 from engine.registry import register_stage
-from engine.stage import BatchStage, StageContext
+from engine.stage import BatchStage, StageContext, check_frame_size
 
 MAX_BATCH = 8  # engine.inference.MAX_BATCH, repeated so that checking a pipeline needs no torch
 MAX_GPUS = 8   # cuda:all sizes the reorder window for this many (counting GPUs needs torch)
@@ -89,6 +89,8 @@ class Upscale(BatchStage):
 
         model = load_model(self.model_name)
         self.scale = model.scale
+        if ctx.width and ctx.height:  # a user's checkpoint: its scale is known only now
+            check_frame_size("upscale", ctx.width * model.scale, ctx.height * model.scale)
         settings = InferenceSettings(**self.options)
         devices = device_list(settings.device)
         if len(devices) > 1:  # one runner (and model copy) per device, batches round-robin

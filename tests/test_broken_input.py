@@ -252,6 +252,21 @@ def test_truncated_front_index_mp4_keeps_the_same_frames_with_or_without_resume(
     assert 8 < len(kept[()]) < 48
     assert kept[()] == list(range(len(kept[()])))
     assert kept[("--resume", "--segment", "16f")] == kept[()]
+    # --frames past the cut: refused up front under --resume too, kept with --allow-truncated
+    past = str(len(kept[()]) + 10)
+    out = tmp_path / "past.mkv"
+    r = run_engine("stream", cut, out, "--encoder", "ffv1", "--quiet", "--frames", past, "--resume",
+                   "--segment", "16f")
+    assert r.returncode == 2 and "truncated" in r.stderr and "--allow-truncated" in r.stderr, r.stderr
+    assert not out.exists() and not (tmp_path / ".past.mkv.engine-work").exists()
+    r = run_engine("stream", cut, out, "--encoder", "ffv1", "--quiet", "--frames", past, "--resume",
+                   "--segment", "16f", "--allow-truncated")
+    assert r.returncode == 0, r.stderr
+    assert decoded_indices(out) == kept[()]
+    r = run_engine("stream", cut, tmp_path / "before.mkv", "--encoder", "ffv1", "--quiet", "--frames", "8",
+                   "--resume", "--segment", "16f")  # a cut after frame N does not matter
+    assert r.returncode == 0, r.stderr
+    assert decoded_indices(tmp_path / "before.mkv") == list(range(8))
 
 
 def test_complete_files_are_not_called_truncated(media, tmp_path):

@@ -281,6 +281,7 @@ def test_bad_outputs(clip, tmp_path):
     assert_clean_failure(run_engine("stream", src, src), "output is the input")
     assert_clean_failure(run_engine("stream", src, tmp_path / "x" / "out.mp4"), "does not exist")
     assert_clean_failure(run_engine("stream", src, tmp_path / "out.avi"), "unsupported output extension")
+    assert_clean_failure(run_engine("stream", src, tmp_path / "%s.png"), "needs one integer field")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -339,10 +340,10 @@ def test_batch_output_must_be_a_directory_and_nothing_is_made_on_error(clip, tmp
                          "unknown stage")
     assert leftovers(tmp_path) == ["in"]
     r = run_engine("stream", inputs, tmp_path / "o", "--pipeline", "none", "--quiet",
-                   "--report", tmp_path / "r.json")
+                   "--report", tmp_path / "o" / "r.json")  # inside OUT_DIR, made by the batch
     assert r.returncode == 0, r.stderr
-    assert leftovers(tmp_path / "o") == ["a.mp4"]
-    assert [i["frames_out"] for i in json.loads((tmp_path / "r.json").read_text())["inputs"]] == [3]
+    assert leftovers(tmp_path / "o") == ["a.mp4", "r.json"]
+    assert [i["frames_out"] for i in json.loads((tmp_path / "o" / "r.json").read_text())["inputs"]] == [3]
 
 
 def test_a_gpu_this_machine_lacks_is_a_user_error(clip, tmp_path):
@@ -353,6 +354,17 @@ def test_a_gpu_this_machine_lacks_is_a_user_error(clip, tmp_path):
         r = run_engine("stream", clip(frames=3), tmp_path / "o.mp4", "--pipeline", pipeline, "--quiet")
         assert_clean_failure(r, "was asked for, but torch sees")  # exit 2, not a stage failure
     assert leftovers(tmp_path) == []
+
+
+def test_a_size_known_only_during_the_run_is_still_refused_before_the_frame_exists():
+    # after a model whose scale comes with its weights, resize learns its input size mid-run
+    from engine.errors import UserError
+    from engine.registry import make_spec
+
+    resize = make_spec("resize", {"scale": "100"}).build()
+    assert resize.output_size(64, 48) == (6400, 4800)
+    with pytest.raises(UserError, match="output would be 19200x10800"):
+        resize.output_size(192, 108)
 
 
 def test_encoder_must_fit_the_container_and_unused_flags_are_said(clip, tmp_path):
