@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from engine.errors import UserError
 from engine.frame import Frame
 
 StageKind = Literal["map", "batch", "window"]
@@ -144,8 +145,6 @@ def check_frame_size(stage: str, width: int, height: int) -> None:
     """One stage's output size against MAX_SIDE: before the run where it is known, else where
     the stage learns it (a model's scale from its weights), before any frame that size exists."""
     if max(width, height) > MAX_SIDE:
-        from engine.errors import UserError
-
         raise UserError(f"stage '{stage}': output would be {width}x{height}; frames may be at most "
                         f"{MAX_SIDE} pixels a side")
 
