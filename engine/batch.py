@@ -14,7 +14,7 @@ import dataclasses
 import os
 
 from engine.errors import UserError
-from engine.job import JobConfig, check_report_path, write_report
+from engine.job import JobConfig, check_report_path, check_writable_directory, write_report
 from engine.sink import is_image_pattern
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mxf")
@@ -58,11 +58,7 @@ def batch_configs(config: JobConfig) -> list[JobConfig]:
     else:
         if out_dir.lower().endswith(VIDEO_EXTENSIONS):  # a typo'd command, not a directory name
             raise UserError(f"with many inputs OUT must be a directory: {out_dir} names a video file")
-        parent = os.path.dirname(os.path.abspath(out_dir))
-        if not os.path.isdir(parent):
-            raise UserError(f"output directory does not exist: {parent}")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"output directory is not writable: {parent}")
+        check_writable_directory(os.path.dirname(os.path.abspath(out_dir)))
     inputs = batch_inputs(config.input)
     configs, seen = [], {}
     for path in inputs:

@@ -47,26 +47,34 @@ class JobConfig:
     work_dir: str | None = None    # where segments and the manifest live
 
 
+def same_path(a: str, b: str) -> bool:
+    """One file, by name or through a link."""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def check_writable_directory(path: str, what: str = "output directory") -> None:
+    """The directory a file is to be written in: there, and writable."""
+    if not os.path.isdir(path):
+        raise UserError(f"{what} does not exist: {path}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{what} is not writable: {path}")
+
+
 def check_output_path(input_path: str, output: str) -> None:
     if is_image_pattern(output) and frame_name(output) is None:  # `%s.png`, `%x`: no frame number
         raise UserError(f"image pattern needs one integer field such as %06d: {output}")
     target = os.path.dirname(os.path.abspath(output)) if is_image_pattern(output) else output
-    if os.path.exists(input_path) and os.path.exists(target) and os.path.samefile(input_path, target):
+    if same_path(input_path, target):
         raise UserError(f"output is the input file: {output}")
-    if os.path.abspath(input_path) == os.path.abspath(target):
-        raise UserError(f"output is the input file: {output}")
-    parent = os.path.dirname(os.path.abspath(target)) or "."
-    if not os.path.isdir(parent):
-        raise UserError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"output directory is not writable: {parent}")
+    check_writable_directory(os.path.dirname(os.path.abspath(target)) or ".")
     if not is_image_pattern(output) and os.path.isdir(output):
         raise UserError(f"output is a directory, not a file: {output}")
     if is_image_pattern(output) and os.path.lexists(target):
         if not os.path.isdir(target):
             raise UserError(f"output directory is a file: {target}")
-        if not os.access(target, os.W_OK | os.X_OK):
-            raise UserError(f"output directory is not writable: {target}")
+        check_writable_directory(target)
         earlier = pattern_matches(output, target)
         if earlier:  # frames of an earlier run that this one would not all overwrite would mix in
             raise UserError(f"{target} already holds {len(earlier)} frames named like "
@@ -157,12 +165,6 @@ def check_config(config: JobConfig) -> list[StageSpec]:
     return specs
 
 
-def same_path(a: str, b: str) -> bool:
-    if os.path.abspath(a) == os.path.abspath(b):
-        return True
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-
-
 def check_report_path(report: str, inputs: list[str], outputs: list[str], created: tuple[str, ...] = ()) -> None:
     """`--report FILE` is a file of its own: writing it must never replace an input, an output
     (a finished one included) or a frame of an image sequence, and it is checked before the run,
@@ -184,10 +186,7 @@ def check_report_path(report: str, inputs: list[str], outputs: list[str], create
             raise UserError(f"--report would overwrite the output: {report}")
     if any(same_path(parent, d) for d in created):
         return  # the batch's OUT_DIR, made once every check has passed
-    if not os.path.isdir(parent):
-        raise UserError(f"report directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"report directory is not writable: {parent}")
+    check_writable_directory(parent, "report directory")
 
 
 def check_output_size(specs: list[StageSpec], info: VideoInfo, video: bool) -> None:
