@@ -2,10 +2,16 @@
 
 Video packets are remuxed in plan order with the timestamps they were encoded with, which
 are the input's own (the sink keeps every frame's pts), so a join cannot open a gap or
-overlap. One correction: MP4/MOV store a track's start offset in an edit list counted in
-milliseconds, so a segment starting at pts 20020/24000 s reads back as 20016. Each segment's
-packets are shifted so its first frame lands exactly on the pts the plan gives it (a shift
-of more than `MAX_SHIFT_S` is an error, not a correction). Audio, subtitles and attachments
+overlap. Two corrections:
+- MP4/MOV store a track's start offset in an edit list counted in milliseconds, so a
+  segment starting at pts 20020/24000 s reads back as 20016. Each segment's packets are
+  shifted so its first frame lands exactly on the pts the plan gives it, rounded as FFmpeg
+  rounds (a shift of more than `MAX_SHIFT_S` is an error, not a correction).
+- With B-frames, the dts before a segment's first pts are the encoder's guess from that
+  segment's own frame gaps; with a variable frame rate they can fall before the previous
+  segment's last dts, and a Matroska segment of a few packets has none. They move just past
+  it: only the decode clock moves, every frame keeps its pts.
+Audio, subtitles and attachments
 are copied once from the input over the whole timeline (engine/streamcopy.py), interleaved
 as the video advances: no per-segment audio, hence no drift or priming glitch at the joins.
 
@@ -47,6 +53,13 @@ def _signature(stream) -> tuple:
     cc = stream.codec_context
     return (cc.name, cc.width, cc.height, cc.format.name if cc.format else None,
             bytes(cc.extradata or b""), stream.time_base)
+
+
+def _rescale_near(time: Fraction, time_base: Fraction) -> int:
+    """`time` in ticks of `time_base`, halves rounded away from zero: FFmpeg's av_rescale_q,
+    which is how the segment's muxer stored it (Python's round() takes halves to even)."""
+    ticks = time / time_base
+    return math.floor(ticks + Fraction(1, 2)) if ticks >= 0 else -math.floor(-ticks + Fraction(1, 2))
 
 
 def _fill_leading_dts(packets):
@@ -100,6 +113,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
                 name = os.path.basename(part.path)
                 seconds = float(stream.time_base)  # per tick; Fraction arithmetic per packet is slow
                 shift = 0
+                leading = True  # until a packet's own dts follows the segment before
                 packets = seg.demux(stream)
                 if last_dts is not None:
                     packets = _fill_leading_dts(packets)
@@ -109,7 +123,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
                     if count == 0:
                         if not packet.is_keyframe:
                             raise ValidationError(f"{name} does not start with a keyframe")
-                        shift = round(part.start_time / packet.time_base) - packet.pts
+                        shift = _rescale_near(part.start_time, packet.time_base) - packet.pts
                         if abs(shift * packet.time_base) > MAX_SHIFT_S:
                             at = float(packet.pts * packet.time_base)
                             raise ValidationError(f"{name} starts at {at:.6f} s, "
@@ -118,11 +132,19 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
                         packet.pts += shift
                         if packet.dts is not None:
                             packet.dts += shift
+                    if count == 0 and last_pts is not None and packet.pts <= last_pts:
+                        raise ValidationError(f"{name} overlaps the segment before")
+                    if last_dts is not None and (packet.dts is None or (leading and packet.dts <= last_dts)):
+                        # The second correction in the module's docstring.
+                        if last_dts + 1 > packet.pts:
+                            raise ValidationError(f"{name}: no room for dts between {last_dts} and "
+                                                  f"pts {packet.pts} at the join")
+                        packet.dts = last_dts + 1
+                    else:
+                        leading = False
                     if last_dts is not None and packet.dts is not None and packet.dts <= last_dts:
                         raise ValidationError(f"{name}: dts {packet.dts} after "
                                               f"{last_dts} at the join")
-                    if count == 0 and last_pts is not None and packet.pts <= last_pts:
-                        raise ValidationError(f"{name} overlaps the segment before")
                     last_dts = packet.dts if packet.dts is not None else last_dts
                     last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
                     ts = packet.dts if packet.dts is not None else packet.pts
@@ -144,7 +166,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
         os.replace(partial, output)
         fsync_dir(os.path.dirname(os.path.abspath(output)))
         return copied
-    except BaseException:
+    except BaseException as exc:
         if copier is not None:
             copier.close()
         try:
@@ -153,4 +175,6 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
             pass
         if os.path.exists(partial):
             os.unlink(partial)
+        if isinstance(exc, av.error.FFmpegError):  # a muxer refusal: one line, like the checks above
+            raise ValidationError(f"cannot join the segments into {output}: {exc}") from None
         raise

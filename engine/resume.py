@@ -56,7 +56,7 @@ def _sizes(segments, length: int) -> str:
 
 
 def _inside(path: str, directory: str) -> bool:
-    path, directory = os.path.abspath(path), os.path.abspath(directory)
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
     return os.path.commonpath([path, directory]) == directory
 
 
@@ -144,15 +144,19 @@ class SegmentedJob:
                                "options": dict(sorted(encoder.options.items()))},
                       container=CONTAINERS[ext], plan=plan.as_dict())
         work_dir = config.work_dir or default_work_dir(config.output)
-        if config.report and _inside(config.report, work_dir):
-            raise UserError(f"--report is inside the work directory, which is removed when the job "
-                            f"finishes: {config.report}")
+        for what, path in (("the output", config.output), ("the input", config.input),
+                           ("--report", config.report)):
+            if path and _inside(path, work_dir):
+                raise UserError(f"{what} is inside the work directory, which is removed when the job "
+                                f"finishes: {path}")
         lock_fd = _take(work_dir)
         try:
             manifest = load(work_dir)
             if manifest is not None:
                 why = key_difference(manifest.key, key)
                 if why is not None:
+                    if manifest.join_partial and os.path.lexists(manifest.join_partial):
+                        os.unlink(manifest.join_partial)  # a join killed midway: the user is told to delete the rest
                     raise UserError(f"work directory {work_dir} belongs to another job: {why}; "
                                     f"delete it to start afresh, or resume with the same input and options")
             else:

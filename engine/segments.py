@@ -128,7 +128,7 @@ def length_in_frames(length: str, frame_rate: Fraction | None) -> int:
             if not frame_rate:
                 raise UserError("--segment in seconds needs a known frame rate; give frames, e.g. 500f")
             frames = round(seconds * float(frame_rate))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: 1e400, infs
         raise UserError(f"invalid --segment '{length}'; give seconds (90) or frames (500f)") from None
     if frames < 1:
         raise UserError(f"--segment '{length}' is shorter than one frame")

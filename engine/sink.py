@@ -13,6 +13,7 @@ import re
 import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from fractions import Fraction
 
 import av
 import cv2
@@ -33,6 +34,19 @@ def partial_path(path: str) -> str:
     head, tail = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(tail)
     return os.path.join(head, f".{stem}.partial-{os.getpid()}{ext}")
+
+
+def output_aspect_ratio(sar: Fraction | None, source: tuple[int, int], output: tuple[int, int]) -> Fraction | None:
+    """The pixel shape that keeps the source's display aspect after stages resized its frames
+    by `source` → `output` (unchanged by a uniform scale); None for square pixels. Reduced to
+    fit the 16-bit fields H.264/HEVC store it in."""
+    if sar is None:
+        return None
+    (sw, sh), (ow, oh) = source, output
+    out = sar * Fraction(sw * oh, ow * sh)
+    while out.numerator > 65535 or out.denominator > 65535:
+        out = out.limit_denominator(max(1, out.denominator // 2))
+    return None if out == 1 else out
 
 
 def check_written(path: str, frames: int, streams: int) -> None:
@@ -152,6 +166,9 @@ class VideoSink:
             cc.thread_type = self.encoder.spec.thread_type  # per codec, measured: see engine/encoders.py
         cc.colorspace, cc.color_range = src.colorspace, src.color_range
         cc.color_primaries, cc.color_trc = src.color_primaries, src.color_trc
+        sar = output_aspect_ratio(src.sample_aspect_ratio, (src.width, src.height), (width, height))
+        if sar is not None:  # anamorphic input: the same picture shape on screen
+            cc.sample_aspect_ratio = sar
         if rotation:  # honour the input's display rotation: players turn the output alike
             stream.set_display_rotation(rotation)
         self._stream = stream

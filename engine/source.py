@@ -31,6 +31,7 @@ class VideoInfo:
     color_range: int
     color_primaries: int
     color_trc: int
+    sample_aspect_ratio: Fraction | None = None  # None: square (or unknown) pixels
 
     @property
     def frames_estimate(self) -> int | None:
@@ -127,7 +128,18 @@ def read_info(container: av.container.InputContainer) -> VideoInfo:
         frame_rate=_rate(stream), frames_declared=stream.frames or 0, duration_s=duration,
         codec=cc.name, colorspace=int(cc.colorspace), color_range=int(cc.color_range),
         color_primaries=int(cc.color_primaries), color_trc=int(cc.color_trc),
+        sample_aspect_ratio=_sample_aspect_ratio(stream),
     )
+
+
+def _sample_aspect_ratio(stream) -> Fraction | None:
+    """The container's pixel shape (mp4 pasp, Matroska display size), else the bitstream's."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar and sar > 0 and sar != 1:
+            return Fraction(sar)
+        if sar == 1:
+            return None
+    return None
 
 
 class VideoSource:

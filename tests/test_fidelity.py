@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import av
 import numpy as np
 import pytest
@@ -74,6 +76,38 @@ def test_rotation_is_honoured(clip, tmp_path):
     assert run_engine("stream", src, out, "--quiet").returncode == 0
     assert video_stream_info(src)["rotation"] == 90
     assert video_stream_info(out)["rotation"] == 90
+
+
+@pytest.mark.parametrize("ext, pipeline, frame_size, sar", [
+    (".mp4", "none", (320, 240), (4, 3)),
+    (".mkv", "resize:scale=2", (640, 480), (4, 3)),            # a uniform scale keeps the pixel shape
+    (".mov", "resize:width=640:height=240", (640, 240), (2, 3)),  # stretched: pixels narrow to match
+])
+def test_anamorphic_video_keeps_its_display_shape(tmp_path, ext, pipeline, frame_size, sar):
+    # the shipped sample is 320x240 shown as 16:9; its output used to play as 4:3
+    src = MEDIA / "anime-320x240.mp4"
+    out = tmp_path / f"out{ext}"
+    r = run_engine("stream", src, out, "--quiet", "--frames", "6", "--encoder", "prores" if ext == ".mov" else "auto",
+                   "--pipeline", pipeline)
+    assert r.returncode == 0, r.stderr
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].display_aspect_ratio == Fraction(16, 9)
+    with av.open(str(out)) as c:
+        s = c.streams.video[0]
+        assert (s.width, s.height) == frame_size
+        assert s.sample_aspect_ratio == Fraction(*sar)
+        assert Fraction(s.width, s.height) * s.sample_aspect_ratio == Fraction(16, 9)
+
+
+def test_output_aspect_ratio_fits_the_bitstream_fields():
+    from engine.sink import output_aspect_ratio
+
+    assert output_aspect_ratio(None, (720, 480), (1440, 960)) is None
+    assert output_aspect_ratio(Fraction(32, 27), (720, 480), (853, 480)) == Fraction(32 * 720, 27 * 853)
+    assert output_aspect_ratio(Fraction(4, 3), (720, 480), (960, 480)) is None  # square now
+    odd = output_aspect_ratio(Fraction(65521, 65519), (1001, 999), (997, 1003))
+    assert odd.numerator <= 65535 and odd.denominator <= 65535
+    assert abs(odd - Fraction(65521, 65519) * Fraction(1001 * 1003, 997 * 999)) < 1e-6
 
 
 # FFmpeg's ProRes decoder reports 4444 as 12-bit whatever the encoder wrote

@@ -142,8 +142,9 @@ def test_segment_length_in_seconds_or_frames(media):
 
     assert length_in_frames("10", Fraction(24000, 1001)) == 240
     assert length_in_frames("500f", None) == 500
-    with pytest.raises(UserError, match="invalid --segment"):
-        length_in_frames("ten", Fraction(24))
+    for bad in ("ten", "1e400", "infs", "nan"):  # 1e400 and infs overflowed into a traceback
+        with pytest.raises(UserError, match="invalid --segment"):
+            length_in_frames(bad, Fraction(24))
 
 
 # ---- end to end ------------------------------------------------------------------------------
@@ -206,6 +207,46 @@ def test_b_frame_segments_join_into_matroska(media, tmp_path, encoder):
     with av.open(str(seg)) as c:
         dts = [p.dts for p in c.demux(video=0) if p.size and p.dts is not None]
     assert dts == sorted(set(dts))  # increasing across the joins
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mov", "mkv"])
+def test_variable_frame_rate_b_frame_segments_join(media, tmp_path, ext):
+    """x264 makes up a segment's first dts from that segment's own frame gaps; with a dropped
+    frame every 10 they fell before the previous segment's last dts, and every --resume of a
+    phone recording into .mp4 failed at the join ("dts ... after ... at the join")."""
+    steps = [67 if i % 10 == 9 else 33 for i in range(96)]
+    clip = make_clip(tmp_path / "drop.mp4", 96, pts_ms=list(np.cumsum([0] + steps[:-1])), options={"g": "12"})
+    seg, plain = tmp_path / f"seg.{ext}", tmp_path / f"plain.{ext}"
+    r = stream(clip, seg, "--resume", "--segment", "12f", "--encoder", "x264")
+    assert r.returncode == 0, r.stderr
+    assert stream(clip, plain, "--encoder", "x264").returncode == 0
+    assert times(seg) == times(plain) == times(clip)
+    assert decoded_indices(seg) == list(range(96))
+    with av.open(str(seg)) as c:
+        packets = [(p.pts, p.dts) for p in c.demux(video=0) if p.size]
+    dts = [d for _, d in packets if d is not None]
+    assert dts == sorted(set(dts)) and all(d <= p for p, d in packets if d is not None)
+
+
+def test_a_last_segment_of_two_matroska_packets_joins(tmp_path):
+    """Keyframes at 0, 12, 24, 36, 48 of 50: the last segment is two packets that Matroska
+    gives back with no dts at all; the join crashed with a traceback ("Invalid argument")."""
+    clip = make_clip(tmp_path / "v50.mp4", 50, options={"g": "12", "keyint_min": "12", "sc_threshold": "0"})
+    seg, plain = tmp_path / "seg.mkv", tmp_path / "plain.mkv"
+    r = stream(clip, seg, "--resume", "--segment", "24f", "--encoder", "x264")
+    assert r.returncode == 0, r.stderr
+    assert stream(clip, plain, "--encoder", "x264").returncode == 0
+    assert times(seg) == times(plain) and decoded_indices(seg) == list(range(50))
+
+
+def test_a_cut_on_half_a_millisecond_keeps_its_times(tmp_path):
+    """At 24000/1001 fps frame 60 starts at 2502.5 ms; the segment's muxer rounds it away from
+    zero (FFmpeg), and the join's check rounded it to even and moved the whole segment 1 ms."""
+    clip = make_clip(tmp_path / "c.mp4", 72, options={"g": "10", "keyint_min": "10", "sc_threshold": "0"})
+    seg, plain = tmp_path / "seg.mkv", tmp_path / "plain.mkv"
+    assert stream(clip, seg, "--resume", "--segment", "10f", "--encoder", "ffv1").returncode == 0
+    assert stream(clip, plain, "--encoder", "ffv1").returncode == 0
+    assert times(seg) == times(plain)
 
 
 @pytest.mark.parametrize("pipeline, clip", [("temporal-denoise:radius=2", "noisy"),
@@ -368,12 +409,11 @@ def test_a_work_directory_with_other_files_is_refused_and_left_alone(media, tmp_
     work = tmp_path / "videos"
     (work / "photos").mkdir(parents=True)
     (work / "photos" / "a.jpg").write_bytes(b"jpeg")
-    clip = work / "in.mp4"
-    shutil.copy(media["video"], clip)
-    r = stream(clip, tmp_path / "o.mp4", "--resume", "--work-dir", work)
-    assert r.returncode == 2 and "holds files that are not the engine's (in.mp4, ...)" in r.stderr
+    shutil.copy(media["video"], work / "other.mp4")
+    r = stream(media["video"], tmp_path / "o.mp4", "--resume", "--work-dir", work)
+    assert r.returncode == 2 and "holds files that are not the engine's (other.mp4, ...)" in r.stderr
     assert r.stderr.count("\n") == 1
-    assert sorted(p.name for p in work.iterdir()) == ["in.mp4", "photos"]
+    assert sorted(p.name for p in work.iterdir()) == ["other.mp4", "photos"]
     assert (work / "photos" / "a.jpg").read_bytes() == b"jpeg" and not (tmp_path / "o.mp4").exists()
     # an empty directory is fine
     empty = tmp_path / "empty"
@@ -381,6 +421,36 @@ def test_a_work_directory_with_other_files_is_refused_and_left_alone(media, tmp_
     r = stream(media["video"], tmp_path / "o.mp4", "--resume", "--work-dir", empty)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o.mp4").exists()
+
+
+def test_an_output_or_input_inside_the_work_directory_is_refused(media, tmp_path):
+    # the work directory is removed when the job finishes: the output in it went too, after "done"
+    work = tmp_path / "work"
+    work.mkdir()
+    r = stream(media["video"], work / "o.mkv", "--resume", "--work-dir", work)
+    assert r.returncode == 2 and "the output is inside the work directory" in r.stderr
+    assert r.stderr.count("\n") == 1 and work.is_dir() and not list(work.iterdir())
+    r = stream(media["video"], tmp_path / "o.mkv", "--resume", "--work-dir", tmp_path)  # `--work-dir .`
+    assert r.returncode == 2 and "the output is inside the work directory" in r.stderr
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(media["video"], videos / "in.mp4")
+    os.symlink(videos, tmp_path / "link")  # the same directory by another name
+    r = stream(tmp_path / "link" / "in.mp4", tmp_path / "o.mkv", "--resume", "--work-dir", videos)
+    assert r.returncode == 2 and "the input is inside the work directory" in r.stderr
+    assert not (tmp_path / "o.mkv").exists() and sorted(p.name for p in videos.iterdir()) == ["in.mp4"]
+
+
+def test_a_refused_work_directory_loses_the_killed_joins_partial(media, tmp_path):
+    # told to delete the work directory, the user would otherwise keep a hidden partial output
+    out = tmp_path / "o.mp4"
+    killed = stream(media["video"], out, "--resume", "--segment", "16f",
+                    env={"ENGINE_CRASH_AT": "join-packet:30"})
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in tmp_path.glob(".o.partial-*")]
+    r = stream(media["video"], out, "--resume", "--segment", "8f")
+    assert r.returncode == 2 and "belongs to another job" in r.stderr
+    assert not list(tmp_path.glob(".o.partial-*")) and not out.exists()
 
 
 def test_segment_options_need_resume_and_a_video_output(media, tmp_path):
