@@ -71,6 +71,9 @@ def check_output_path(input_path: str, output: str) -> None:
     check_writable_directory(os.path.dirname(os.path.abspath(target)) or ".")
     if not is_image_pattern(output) and os.path.isdir(output):
         raise UserError(f"output is a directory, not a file: {output}")
+    if not is_image_pattern(output) and os.path.exists(output) and not os.path.isfile(output):
+        # a FIFO or device: the finished file would replace it, and its reader wait forever
+        raise UserError(f"output is not a regular file: {output}")
     if is_image_pattern(output) and os.path.lexists(target):
         if not os.path.isdir(target):
             raise UserError(f"output directory is a file: {target}")
@@ -157,9 +160,9 @@ def check_config(config: JobConfig) -> list[StageSpec]:
         raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
                         f"{', '.join(TIMESTAMP_MODES)}")
     specs = parse_pipeline(config.pipeline)
+    check_output_path(config.input, config.output)  # first: `out/` is a directory, not an extension
     if not is_image_pattern(config.output):
         container_for(config.output)
-    check_output_path(config.input, config.output)
     if config.report:
         check_report_path(config.report, [config.input], [config.output])
     return specs

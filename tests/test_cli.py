@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -383,6 +384,16 @@ def test_read_only_output_dir_is_refused_even_as_root(clip, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     assert_clean_failure(run_engine("stream", clip(frames=5), blocker / "out.mp4"), "does not exist")
+
+
+def test_an_output_that_is_a_fifo_or_a_directory_is_refused(clip, tmp_path):
+    # a FIFO used to be replaced by the finished file while its reader waited forever
+    fifo = tmp_path / "out.mp4"
+    os.mkfifo(fifo)
+    assert_clean_failure(run_engine("stream", clip(frames=5), fifo), "output is not a regular file")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    (tmp_path / "o").mkdir()  # `out/` used to be "unsupported output extension '(none)'"
+    assert_clean_failure(run_engine("stream", clip(frames=5), str(tmp_path / "o") + "/"), "output is a directory")
 
 
 @pytest.mark.parametrize("kind", ["map", "batch", "window"])
