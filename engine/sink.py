@@ -27,6 +27,7 @@ from engine.source import VideoInfo
 from engine.streamcopy import CopyPlan, StreamCopier
 
 _UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED / AVCOL_PRI_UNSPECIFIED / AVCOL_TRC_UNSPECIFIED
+LIMITED_RANGE, FULL_RANGE = 1, 2  # AVColorRange MPEG / JPEG (engine/colour.py imports torch)
 
 
 def partial_path(path: str) -> str:
@@ -122,7 +123,12 @@ class VideoSink:
         self.repaired_packets: dict[str, int] = {}  # copied streams whose timestamps were regenerated
         # what a model stage right before the sink may hand over: pictures in the encoder's
         # format and encoding (the same as `_picture` converts with), made on its device
-        self.picture_format = (encoder.pix_fmt, source.colorspace, source.color_range)
+        # ProRes cannot signal full range (decoders read it as limited): convert, and say so
+        full = source.color_range == FULL_RANGE or source.pix_fmt.startswith("yuvj")
+        self.color_range = LIMITED_RANGE if full and encoder.codec.startswith("prores") else source.color_range
+        if self.color_range != source.color_range:
+            self.notes.append("note: ProRes is limited range: the full-range input is converted to limited range")
+        self.picture_format = (encoder.pix_fmt, source.colorspace, self.color_range)
 
     def describe(self) -> dict:
         """The encoder as it really ran, for the report: threading and its own settings."""
@@ -164,7 +170,7 @@ class VideoSink:
         cc.options = options
         if self.encoder.spec.thread_type:
             cc.thread_type = self.encoder.spec.thread_type  # per codec, measured: see engine/encoders.py
-        cc.colorspace, cc.color_range = src.colorspace, src.color_range
+        cc.colorspace, cc.color_range = src.colorspace, self.color_range
         cc.color_primaries, cc.color_trc = src.color_primaries, src.color_trc
         sar = output_aspect_ratio(src.sample_aspect_ratio, (src.width, src.height), (width, height))
         if sar is not None:  # anamorphic input: the same picture shape on screen
@@ -181,7 +187,8 @@ class VideoSink:
         stream = self._stream
         picture = frame.picture
         if (picture is not None and picture.format.name == stream.pix_fmt
-                and picture.width == stream.width and picture.height == stream.height):
+                and picture.width == stream.width and picture.height == stream.height
+                and (self.color_range == self.source.color_range or picture.color_range == self.color_range)):
             return picture
         data = frame.data[: stream.height, : stream.width]  # crops the odd row/column, if any
         rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
@@ -190,7 +197,7 @@ class VideoSink:
         # convert with the same matrix and range the output is tagged with
         return rgb.reformat(format=stream.pix_fmt,
                             dst_colorspace=src.colorspace if src.colorspace != _UNSPECIFIED else None,
-                            dst_color_range=src.color_range or None)
+                            dst_color_range=self.color_range or None)
 
     def write(self, frame: Frame) -> None:
         if self._container is None:

@@ -110,6 +110,36 @@ def test_output_aspect_ratio_fits_the_bitstream_fields():
     assert abs(odd - Fraction(65521, 65519) * Fraction(1001 * 1003, 997 * 999)) < 1e-6
 
 
+@pytest.mark.parametrize("pipeline", ["none", "resize:scale=1"])
+def test_full_range_input_to_prores_is_converted_to_limited_range(clip, tmp_path, pipeline):
+    # ProRes cannot signal full range: decoders read it as limited, so full-range samples
+    # under that tag came out with stretched levels (input 16..182 read back as 62..732 of 1023)
+    src = tmp_path / "full.mp4"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
+        s.codec_context.color_range = 2
+        for i in range(4):
+            rgb = np.full((48, 64, 3), 40 + 40 * i, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                    format="yuvj420p", dst_color_range=2)):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    out = tmp_path / "out.mov"
+    r = run_engine("stream", src, out, "--encoder", "prores", "--pipeline", pipeline)
+    assert r.returncode == 0, r.stderr
+    assert "limited range" in r.stderr
+
+    def grey(path):
+        with av.open(str(path)) as c:
+            return [float(f.to_ndarray(format="rgb24").mean()) for f in c.decode(video=0)]
+
+    with av.open(str(out)) as c:
+        assert int(c.streams.video[0].codec_context.color_range) == 1
+    assert grey(out) == pytest.approx(grey(src), abs=2.5)  # limited range: 219 levels of 255
+
+
 # FFmpeg's ProRes decoder reports 4444 as 12-bit whatever the encoder wrote
 @pytest.mark.parametrize("profile,pix_fmt", [("hq", "yuv422p10le"), ("4444", "yuv444p12le")])
 def test_prores_profiles(clip, tmp_path, profile, pix_fmt):
