@@ -11,9 +11,10 @@ overlap. Two corrections:
   segment's own frame gaps; with a variable frame rate they can fall before the previous
   segment's last dts, and a Matroska segment of a few packets has none. They move just past
   it: only the decode clock moves, every frame keeps its pts.
-Audio, subtitles and attachments
-are copied once from the input over the whole timeline (engine/streamcopy.py), interleaved
-as the video advances: no per-segment audio, hence no drift or priming glitch at the joins.
+
+Audio, subtitles and attachments are copied once from the input over the whole timeline
+(engine/streamcopy.py), interleaved as the video advances: no per-segment audio, hence no
+drift or priming glitch at the joins.
 
 Checks before anything is renamed: every segment was encoded with the same codec
 parameters (a joined stream has one header), starts with a keyframe, holds exactly its
