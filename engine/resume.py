@@ -155,8 +155,7 @@ class SegmentedJob:
             if manifest is not None:
                 why = key_difference(manifest.key, key)
                 if why is not None:
-                    if manifest.join_partial and os.path.lexists(manifest.join_partial):
-                        os.unlink(manifest.join_partial)  # a join killed midway: the user is told to delete the rest
+                    _remove_join_partial(manifest)  # the user is told to delete the rest, not this sibling
                     raise UserError(f"work directory {work_dir} belongs to another job: {why}; "
                                     f"delete it to start afresh, or resume with the same input and options")
             else:
@@ -353,9 +352,7 @@ def _reuse(work_dir: str, manifest: Manifest, ext: str) -> set[int]:
                 and _state_intact(work_dir, index, rec)):
             reused.add(index)
     manifest.segments = {i: r for i, r in manifest.segments.items() if i in reused}
-    if manifest.join_partial and os.path.lexists(manifest.join_partial):
-        os.unlink(manifest.join_partial)  # a join killed midway
-    manifest.join_partial = None
+    _remove_join_partial(manifest)
     keep = {"manifest.json", "lock", *(r.file for r in manifest.segments.values()),
             *(r.state_file for r in manifest.segments.values() if r.state_file)}
     for name in os.listdir(work_dir):
@@ -366,6 +363,13 @@ def _reuse(work_dir: str, manifest: Manifest, ext: str) -> set[int]:
             else:
                 os.unlink(path)
     return reused
+
+
+def _remove_join_partial(manifest: Manifest) -> None:
+    """The output's hidden partial left by a join killed midway (it sits beside the output)."""
+    if manifest.join_partial and os.path.lexists(manifest.join_partial):
+        os.unlink(manifest.join_partial)
+    manifest.join_partial = None
 
 
 def _state_intact(work_dir: str, index: int, rec: SegmentRecord) -> bool:

@@ -134,12 +134,8 @@ def read_info(container: av.container.InputContainer) -> VideoInfo:
 
 def _sample_aspect_ratio(stream) -> Fraction | None:
     """The container's pixel shape (mp4 pasp, Matroska display size), else the bitstream's."""
-    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
-        if sar and sar > 0 and sar != 1:
-            return Fraction(sar)
-        if sar == 1:
-            return None
-    return None
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio  # None or 0: unknown
+    return Fraction(sar) if sar and sar > 0 and sar != 1 else None
 
 
 class VideoSource:
