@@ -128,6 +128,12 @@ def _probe(args: argparse.Namespace) -> int:
         print(f"  #{s.index} {s.type:<10} {s.codec:<12} {s.detail}")
     if result.timestamps_problem:
         print(f"  broken timestamps: {result.timestamps_problem} (stream repairs them; see --timestamps)")
+    if result.hdr:
+        hdr = result.hdr
+        light = hdr.get("mastering_luminance_cd_m2")
+        print("  HDR10: " + ", ".join(
+            ([f"mastering display {light[0]:g}-{light[1]:g} cd/m2"] if light else [])
+            + ([f"MaxCLL {hdr['max_cll']}, MaxFALL {hdr['max_fall']} cd/m2"] if "max_cll" in hdr else [])))
     return 0
 
 

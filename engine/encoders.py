@@ -15,6 +15,7 @@ import av
 import av.logging
 
 from engine.errors import UserError
+from engine.hdr import HdrStatic
 
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 
@@ -155,8 +156,12 @@ def try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str
 
 def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,
                    preset: str | None = None, prores_profile: str = "hq",
-                   source_pix_fmt: str | None = None) -> EncoderChoice:
-    """Resolve `name` (or `auto`) to an encoder that opens here and fits the container."""
+                   source_pix_fmt: str | None = None, hdr: HdrStatic | None = None) -> EncoderChoice:
+    """Resolve `name` (or `auto`) to an encoder that opens here and fits the container.
+
+    HDR10 static metadata (`hdr`) goes to x265 as its own options; no other encoder here
+    takes it (the sink says so).
+    """
     if name != "auto" and name not in ENCODERS:
         raise UserError(f"unknown encoder '{name}'; choose one of: auto, {', '.join(ENCODERS)}")
     if prores_profile not in PRORES_PROFILES:
@@ -181,6 +186,8 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         if spec.codec == "prores_ks" and prores_profile in ("4444", "4444xq"):
             pix_fmt = "yuv444p10le"
         options = dict(spec.extra)
+        if spec.codec == "libx265" and hdr is not None and hdr.x265_params():
+            options["x265-params"] = ":".join([options["x265-params"], *hdr.x265_params()])
         if spec.codec == "prores_ks":
             options["profile"] = PRORES_PROFILES[prores_profile]
         if spec.quality_option:

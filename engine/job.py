@@ -116,7 +116,7 @@ class Job:
                 choice = choose_encoder(config.encoder, ext, source.info.bit_depth,
                                         crf=config.crf, preset=config.preset,
                                         prores_profile=config.prores_profile,
-                                        source_pix_fmt=source.info.pix_fmt)
+                                        source_pix_fmt=source.info.pix_fmt, hdr=source.info.hdr)
                 plan = plan_copy(source.container, video_index, muxer_codecs(ext), ext)
                 sink = VideoSink(config.output, choice, source.info, input_path=config.input,
                                  copy_plan=plan, stop_copy_with_video=config.max_frames is not None)
@@ -249,7 +249,8 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         "wall_s": round(elapsed, 4),
         "fps": round(result.frames_out / elapsed, 3) if elapsed > 0 else 0.0,
         "video": {"width": info.width, "height": info.height, "pix_fmt": info.pix_fmt,
-                  "frame_rate": str(info.frame_rate), "codec": info.codec},
+                  "frame_rate": str(info.frame_rate), "codec": info.codec,
+                  **({"hdr10": info.hdr.describe()} if info.hdr else {})},
         "stages": [s.as_dict(elapsed) for s in result.stages],
         "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

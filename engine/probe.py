@@ -30,6 +30,7 @@ class ProbeResult:
     frame_rate: str | None
     streams: list[StreamInfo] = field(default_factory=list)
     timestamps_problem: str | None = None  # broken video timestamps (engine/timestamps.py), if any
+    hdr: dict | None = None    # HDR10 static metadata of the first frame (engine/hdr.py)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +67,6 @@ def probe(path: str) -> ProbeResult:
             path=path, format=container.format.name, duration_s=duration, video_frames=frames,
             width=info.width, height=info.height, pix_fmt=info.pix_fmt,
             frame_rate=str(info.frame_rate) if info.frame_rate else None, streams=streams,
-            timestamps_problem=check.problem)
+            timestamps_problem=check.problem, hdr=info.hdr.describe() if info.hdr else None)
     finally:
         container.close()

@@ -129,6 +129,9 @@ class VideoSink:
         if self.color_range != source.color_range:
             self.notes.append("note: ProRes is limited range: the full-range input is converted to limited range")
         self.picture_format = (encoder.pix_fmt, source.colorspace, self.color_range)
+        if source.hdr is not None and encoder.codec != "libx265":
+            self.notes.append(f"note: the input's HDR10 metadata (mastering display, light levels) is not "
+                              f"passed to {encoder.name}; --encoder x265 writes it")
 
     def describe(self) -> dict:
         """The encoder as it really ran, for the report: threading and its own settings."""
@@ -212,6 +215,9 @@ class VideoSink:
         picture = converted.result()
         picture.pts = frame.pts
         picture.time_base = frame.time_base
+        # ProRes writes each frame's own primaries and transfer into its header (a picture
+        # converted from RGB has neither): without these, BT.709 and PQ came out unspecified
+        picture.color_primaries, picture.color_trc = self.source.color_primaries, self.source.color_trc
         self._copier.advance(frame.time)
         packets = self._stream.encode(picture)
         if packets and self.encoder_settings is None:

@@ -11,6 +11,7 @@ import av
 
 from engine.errors import UserError
 from engine.frame import Frame
+from engine.hdr import HdrStatic, read_hdr_static
 from engine.timestamps import TimestampRepair, frame_step
 
 
@@ -32,6 +33,7 @@ class VideoInfo:
     color_primaries: int
     color_trc: int
     sample_aspect_ratio: Fraction | None = None  # None: square (or unknown) pixels
+    hdr: HdrStatic | None = None                 # HDR10 mastering display / light levels (PQ, HLG)
 
     @property
     def frames_estimate(self) -> int | None:
@@ -129,6 +131,7 @@ def read_info(container: av.container.InputContainer) -> VideoInfo:
         codec=cc.name, colorspace=int(cc.colorspace), color_range=int(cc.color_range),
         color_primaries=int(cc.color_primaries), color_trc=int(cc.color_trc),
         sample_aspect_ratio=_sample_aspect_ratio(stream),
+        hdr=read_hdr_static(container.name, int(cc.color_trc)),
     )
 
 

@@ -60,14 +60,65 @@ def test_8bit_stays_8bit(clip, tmp_path):
     assert video_stream_info(out)["pix_fmt"] == "yuv420p"
 
 
+@pytest.mark.parametrize("encoder,ext", [("x264", ".mp4"), ("prores", ".mov"), ("ffv1", ".mkv")])
 @pytest.mark.parametrize("pipeline", ["none", "resize:scale=1"])
-def test_colour_tags_are_copied(clip, tmp_path, pipeline):
+def test_colour_tags_are_copied(clip, tmp_path, pipeline, encoder, ext):
+    # ProRes writes each frame's primaries and transfer into its header: a picture converted
+    # from RGB carries neither, and BT.709 (or PQ) came out unspecified
     src = clip(frames=6, width=128, height=96, bt709=True)
-    out = tmp_path / "out.mp4"
-    assert run_engine("stream", src, out, "--quiet", "--pipeline", pipeline).returncode == 0
+    out = tmp_path / f"out{ext}"
+    r = run_engine("stream", src, out, "--quiet", "--pipeline", pipeline, "--encoder", encoder)
+    assert r.returncode == 0, r.stderr
     assert video_stream_info(src)["tags"] == (1, 1, 1, 1)
     assert video_stream_info(out)["tags"] == (1, 1, 1, 1)
+    with av.open(str(out)) as c:  # the decoded pictures too, not only the stream's fields
+        first = next(c.decode(video=0))
+        assert (int(first.color_primaries), int(first.color_trc)) == (1, 1)
     assert video_stream_info(out)["indices"] == list(range(6))
+
+
+def hdr_of_first_frame(path):
+    from engine.hdr import hdr_static_of
+
+    with av.open(str(path)) as c:
+        return hdr_static_of(next(c.decode(video=0)))
+
+
+@pytest.mark.parametrize("pipeline", ["none", "resize:width=32:height=24"])
+def test_hdr10_metadata_is_kept_by_x265(clip, tmp_path, pipeline):
+    src = clip(frames=6, codec="libx265", pix_fmt="yuv420p10le", hdr10=True)
+    hdr = hdr_of_first_frame(src)
+    assert hdr is not None and hdr.max_cll == 1000 and hdr.luminance[1] == 1000
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", src, out, "--pipeline", pipeline)  # auto: x265 for 10-bit here
+    assert r.returncode == 0, r.stderr
+    assert "libx265" in r.stderr and "HDR10" not in r.stderr
+    assert hdr_of_first_frame(out) == hdr
+    assert video_stream_info(out)["tags"] == (9, 9, 16, 1)
+
+
+def test_hdr10_metadata_an_encoder_cannot_take_is_said(clip, tmp_path):
+    src = clip(frames=6, codec="libx265", pix_fmt="yuv420p10le", hdr10=True)
+    out = tmp_path / "out.mov"
+    r = run_engine("stream", src, out, "--encoder", "prores")
+    assert r.returncode == 0, r.stderr
+    assert "HDR10 metadata" in r.stderr and "--encoder x265" in r.stderr
+    assert video_stream_info(out)["tags"] == (9, 9, 16, 1)  # PQ is still PQ
+    probed = run_engine("probe", src)
+    assert "HDR10: mastering display 0.0001-1000 cd/m2, MaxCLL 1000, MaxFALL 400" in probed.stdout
+
+
+def test_hdr10_metadata_turns_back_into_x265s_own_options():
+    from make_clip import HDR10_PARAMS
+
+    from engine.hdr import HdrStatic
+
+    hdr = HdrStatic(primaries=((Fraction(17, 25), Fraction(8, 25)), (Fraction(53, 200), Fraction(69, 100)),
+                               (Fraction(3, 20), Fraction(3, 50))),
+                    white_point=(Fraction(3127, 10000), Fraction(329, 1000)),
+                    luminance=(Fraction(1, 10000), Fraction(1000)), max_cll=1000, max_fall=400)
+    assert ":".join(hdr.x265_params()) == HDR10_PARAMS
+    assert HdrStatic(max_cll=500, max_fall=None).x265_params() == ["max-cll=500,0"]
 
 
 def test_rotation_is_honoured(clip, tmp_path):

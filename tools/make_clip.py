@@ -21,16 +21,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.testing import index_frame  # noqa: E402
 
 
+# a P3-D65 grading display of 0.0001-1000 cd/m², MaxCLL 1000, MaxFALL 400 (x265's notation)
+HDR10_PARAMS = "master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1):max-cll=1000,400"
+
+
 def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int = 48,
               fps: Fraction | str = Fraction(24000, 1001), codec: str = "libx264",
               pix_fmt: str = "yuv420p", crf: int = 10, pts_ms: list[int] | None = None,
-              bt709: bool = False, rotation: int = 0,
+              bt709: bool = False, hdr10: bool = False, rotation: int = 0,
               image: Callable[[int], np.ndarray] | None = None,
               options: dict[str, str] | None = None) -> Path:
     """Write `frames` index frames to `path` with `codec`. Returns the path.
 
     pts_ms: explicit timestamps in milliseconds (variable frame rate); bt709: tag and
-    convert as BT.709 limited range; rotation: display-matrix rotation in degrees;
+    convert as BT.709 limited range; hdr10: tag as BT.2020 PQ and give x265 the mastering
+    display and light levels of HDR10_PARAMS (libx265 only); rotation: display-matrix rotation in degrees;
     image: seq -> RGB frame, to draw something other than index frames; options: extra
     encoder options (GOP length, B-frames, open GOP: {"g": "8", "bf": "2"}).
     """
@@ -46,6 +51,9 @@ def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int =
             cc.options = {"crf": str(crf), "preset": "ultrafast", "x265-params": "log-level=error"}
         if options:
             cc.options = {**cc.options, **options}
+        if hdr10:
+            cc.options = {**cc.options, "x265-params": f"log-level=error:{HDR10_PARAMS}"}
+            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 9, 9, 16, 1
         if pts_ms is not None:
             stream.time_base = cc.time_base = Fraction(1, 1000)
         if bt709:
@@ -55,8 +63,8 @@ def make_clip(path: str | Path, frames: int = 48, width: int = 64, height: int =
             stream.set_display_rotation(rotation)
         for seq in range(frames):
             picture = av.VideoFrame.from_ndarray(draw(seq), format="rgb24")
-            if bt709:
-                picture = picture.reformat(format=pix_fmt, dst_colorspace=1, dst_color_range=1)
+            if bt709 or hdr10:
+                picture = picture.reformat(format=pix_fmt, dst_colorspace=9 if hdr10 else 1, dst_color_range=1)
             if pts_ms is not None:
                 picture.pts, picture.time_base = pts_ms[seq], Fraction(1, 1000)
             container.mux(stream.encode(picture))
