@@ -115,6 +115,13 @@ def _formats(codec: str) -> set[str]:
     return {f.name for f in (av.Codec(codec, "w").video_formats or ())}
 
 
+def is_rgb(pix_fmt: str) -> bool:
+    try:
+        return av.VideoFormat(pix_fmt).is_rgb
+    except ValueError:  # "unknown"
+        return False
+
+
 def muxer_codecs(ext: str) -> set[str]:
     """Codec names the container for `ext` can hold, asked of FFmpeg's muxer itself."""
     with av.open(io.BytesIO(), mode="w", format=CONTAINERS[ext]) as probe:
@@ -183,6 +190,8 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         pix_fmt = spec.pix_fmt_deep if deep else spec.pix_fmt_8bit
         if spec.codec == "ffv1" and source_pix_fmt in _formats(spec.codec):
             pix_fmt = source_pix_fmt  # lossless stays lossless: no chroma resampling at all
+        elif spec.codec == "ffv1" and source_pix_fmt and is_rgb(source_pix_fmt):
+            pix_fmt = "bgr0" if bit_depth <= 8 else "gbrp16le"  # RGB stays RGB (rgb24 is not FFV1's)
         if spec.codec == "prores_ks" and prores_profile in ("4444", "4444xq"):
             pix_fmt = "yuv444p10le"
         options = dict(spec.extra)

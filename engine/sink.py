@@ -19,7 +19,7 @@ import av
 import cv2
 import numpy as np
 
-from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice
+from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
 from engine.errors import UserError, ValidationError
 from engine.frame import Frame
 from engine.probe import count_video_packets
@@ -28,6 +28,7 @@ from engine.streamcopy import CopyPlan, StreamCopier
 
 _UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED / AVCOL_PRI_UNSPECIFIED / AVCOL_TRC_UNSPECIFIED
 LIMITED_RANGE, FULL_RANGE = 1, 2  # AVColorRange MPEG / JPEG (engine/colour.py imports torch)
+RGB_MATRIX, BT709_MATRIX = 0, 1   # AVColorSpace
 
 
 def partial_path(path: str) -> str:
@@ -123,12 +124,18 @@ class VideoSink:
         self.repaired_packets: dict[str, int] = {}  # copied streams whose timestamps were regenerated
         # what a model stage right before the sink may hand over: pictures in the encoder's
         # format and encoding (the same as `_picture` converts with), made on its device
+        # the matrix and range the output is tagged with and converted to: the input's, but
+        # RGB-coded input (PNG, RGB H.264, FFV1 RGB) into YUV gets BT.709 (sRGB's primaries)
+        # at limited range; a YUV stream tagged "RGB" is not valid H.264/HEVC
+        self.colorspace, self.color_range = source.colorspace, source.color_range
+        if (source.colorspace == RGB_MATRIX or is_rgb(source.pix_fmt)) and not is_rgb(encoder.pix_fmt):
+            self.colorspace, self.color_range = BT709_MATRIX, LIMITED_RANGE
         # ProRes cannot signal full range (decoders read it as limited): convert, and say so
-        full = source.color_range == FULL_RANGE or source.pix_fmt.startswith("yuvj")
-        self.color_range = LIMITED_RANGE if full and encoder.codec.startswith("prores") else source.color_range
-        if self.color_range != source.color_range:
+        full = self.color_range == FULL_RANGE or source.pix_fmt.startswith("yuvj")
+        if full and encoder.codec.startswith("prores"):
+            self.color_range = LIMITED_RANGE
             self.notes.append("note: ProRes is limited range: the full-range input is converted to limited range")
-        self.picture_format = (encoder.pix_fmt, source.colorspace, self.color_range)
+        self.picture_format = (encoder.pix_fmt, self.colorspace, self.color_range)
         if source.hdr is not None and encoder.codec != "libx265":
             self.notes.append(f"note: the input's HDR10 metadata (mastering display, light levels) is not "
                               f"passed to {encoder.name}; --encoder x265 writes it")
@@ -173,7 +180,7 @@ class VideoSink:
         cc.options = options
         if self.encoder.spec.thread_type:
             cc.thread_type = self.encoder.spec.thread_type  # per codec, measured: see engine/encoders.py
-        cc.colorspace, cc.color_range = src.colorspace, self.color_range
+        cc.colorspace, cc.color_range = self.colorspace, self.color_range
         cc.color_primaries, cc.color_trc = src.color_primaries, src.color_trc
         sar = output_aspect_ratio(src.sample_aspect_ratio, (src.width, src.height), (width, height))
         if sar is not None:  # anamorphic input: the same picture shape on screen
@@ -191,15 +198,15 @@ class VideoSink:
         picture = frame.picture
         if (picture is not None and picture.format.name == stream.pix_fmt
                 and picture.width == stream.width and picture.height == stream.height
-                and (self.color_range == self.source.color_range or picture.color_range == self.color_range)):
+                and (self.color_range == self.source.color_range or picture.color_range == self.color_range)
+                and self.colorspace == self.source.colorspace):
             return picture
         data = frame.data[: stream.height, : stream.width]  # crops the odd row/column, if any
         rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
                                          format="rgb48le" if data.dtype == np.uint16 else "rgb24")
-        src = self.source
         # convert with the same matrix and range the output is tagged with
         return rgb.reformat(format=stream.pix_fmt,
-                            dst_colorspace=src.colorspace if src.colorspace != _UNSPECIFIED else None,
+                            dst_colorspace=self.colorspace if self.colorspace not in (_UNSPECIFIED, RGB_MATRIX) else None,
                             dst_color_range=self.color_range or None)
 
     def write(self, frame: Frame) -> None:

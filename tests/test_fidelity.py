@@ -77,6 +77,35 @@ def test_colour_tags_are_copied(clip, tmp_path, pipeline, encoder, ext):
     assert video_stream_info(out)["indices"] == list(range(6))
 
 
+def rgb_picture(seq):
+    rgb = np.zeros((48, 64, 3), np.uint8)  # saturated colours: a wrong matrix is far off
+    rgb[:, :, 0] = np.linspace(0, 255, 64, dtype=np.uint8)[None, :]
+    rgb[:, :, 1] = 200 - 10 * seq
+    rgb[24:, :, 2] = 220
+    return rgb
+
+
+@pytest.mark.parametrize("pipeline", ["none", "resize:scale=1"])
+def test_rgb_coded_input_is_tagged_as_the_matrix_it_is_converted_with(clip, tmp_path, pipeline):
+    # PNG in .mov is RGB-coded (matrix "RGB"); a 4:2:0 stream tagged so is not valid H.264,
+    # and FFV1, which can hold RGB, got 4:4:4 YUV instead of the lossless copy
+    src = clip(frames=4, ext=".mov", codec="png", pix_fmt="rgb24", image=rgb_picture)
+
+    def pictures(path):
+        with av.open(str(path)) as c:
+            return [f.to_ndarray(format="rgb24").astype(int) for f in c.decode(video=0)]
+
+    out = tmp_path / "out.mp4"
+    assert run_engine("stream", src, out, "--pipeline", pipeline).returncode == 0
+    info = video_stream_info(out)
+    assert (info["pix_fmt"], info["tags"][0], info["tags"][3]) == ("yuv420p", 1, 1)  # BT.709, limited
+    assert np.abs(np.array(pictures(out)) - np.array(pictures(src))).mean() < 3
+    lossless = tmp_path / "out.mkv"
+    assert run_engine("stream", src, lossless, "--encoder", "ffv1", "--pipeline", pipeline).returncode == 0
+    assert video_stream_info(lossless)["pix_fmt"] == "bgr0"
+    assert np.array_equal(pictures(lossless), pictures(src))
+
+
 def hdr_of_first_frame(path):
     from engine.hdr import hdr_static_of
 
