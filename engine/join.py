@@ -100,7 +100,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
             video = container.add_stream_from_template(template)
         finally:
             first.close()
-        copier = StreamCopier(input_path, container, copy_plan)
+        copier = StreamCopier(input_path, container, copy_plan, video=video)
         last_dts: int | None = None
         last_pts: int | None = None
         total = 0

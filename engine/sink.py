@@ -189,7 +189,7 @@ class VideoSink:
             stream.set_display_rotation(rotation)
         self._stream = stream
         # every stream must exist before the first packet writes the header
-        self._copier = StreamCopier(self.input_path, self._container, self.copy_plan)
+        self._copier = StreamCopier(self.input_path, self._container, self.copy_plan, video=stream)
 
     def _picture(self, frame: Frame) -> av.VideoFrame:
         """The picture to encode: the frame's own if it is already in the stream's format (a

@@ -4,6 +4,11 @@ The sink opens the input a second time and demuxes only the non-video streams, i
 with the video it writes: before a frame at time t is muxed, every copied packet up to t
 goes in. Timestamps are the input's own, like the video's, so sync is whatever the input
 had. Memory stays flat: packets are read as the video advances, never collected.
+
+What describes the file rather than a stream goes too, as FFmpeg's own defaults copy it:
+the container's tags (title, comment, ...), the video stream's tags (title, language) and
+the chapters, which are cut where the output ends. Tags that describe the input's bytes
+(its muxer, mp4 brands, mkvmerge's statistics, durations) are not: they would be wrong.
 """
 
 from __future__ import annotations
@@ -16,6 +21,26 @@ import av
 from engine.timestamps import TimestampRepair, packet_step
 
 COPY_TYPES = ("audio", "subtitle", "data", "attachment")
+# tags about the input file's own bytes; mkvmerge's carry a language suffix ("BPS-eng")
+STALE_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands", "vendor_id", "duration",
+              "bps", "number_of_frames", "number_of_bytes"}
+CHAPTER_TRACK_FORMATS = ("mov", "mp4")  # these muxers write chapters as a text track of their own
+
+
+def kept_tags(metadata: dict[str, str]) -> dict[str, str]:
+    """`metadata` less the tags that would be wrong in the output."""
+    def stale(key: str) -> bool:
+        key = key.lower()
+        return key.split("-")[0] in STALE_TAGS or key.startswith("_statistics")
+    return {k: v for k, v in metadata.items() if not stale(k)}
+
+
+def _is_chapter_track(container, stream) -> bool:
+    """The text track a QuickTime/MP4 file keeps its chapters in: carried as chapters."""
+    return (stream.type == "data" and stream.codec_context is None
+            and stream.metadata.get("handler_name") in ("SubtitleHandler", "Chapters")
+            and any(n in container.format.name.split(",") for n in CHAPTER_TRACK_FORMATS)
+            and bool(container.chapters()))
 
 
 @dataclass(frozen=True)
@@ -26,9 +51,13 @@ class CopyPlan:
     attach: list[int] = field(default_factory=list)       # attachment streams, header copy
     described: list[str] = field(default_factory=list)    # for the user, one per copied stream
     skipped: list[str] = field(default_factory=list)      # "stream #2 (subrip subtitle): reason"
+    file_tags: bool = False  # container and video stream tags, chapters (a video output)
+    chapters: int = 0        # how many the input has
 
     def notes(self) -> list[str]:
         out = [f"copying {d}" for d in self.described]
+        if self.chapters:
+            out.append(f"copying {self.chapters} chapters")
         out += [f"note: not carried to the output: {s}" for s in self.skipped]
         return out
 
@@ -43,9 +72,10 @@ def _describe(stream) -> str:
 def plan_copy(container: av.container.InputContainer, video_index: int,
               muxer_codecs: set[str] | None, output_kind: str) -> CopyPlan:
     """Decide per stream. `muxer_codecs` is what the output container can hold (None for images)."""
-    plan = CopyPlan()
+    plan = CopyPlan(file_tags=muxer_codecs is not None,
+                    chapters=len(container.chapters()) if muxer_codecs is not None else 0)
     for stream in container.streams:
-        if stream.index == video_index:
+        if stream.index == video_index or (plan.chapters and _is_chapter_track(container, stream)):
             continue
         desc = _describe(stream)
         cc = stream.codec_context
@@ -61,26 +91,47 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
                                     f"{output_kind} cannot hold attachments (use .mkv to keep it)")
         elif stream.type not in COPY_TYPES:
             plan.skipped.append(f"{desc}: only the first video stream is processed")
-        elif codec is None or codec not in muxer_codecs:
-            plan.skipped.append(f"{desc}: {output_kind} cannot hold {codec or 'this codec'} "
-                                f"(use .mkv to keep it)")
+        elif codec is None:
+            plan.skipped.append(f"{desc}: its codec is unknown to FFmpeg, so it cannot be copied")
+        elif codec not in muxer_codecs:
+            advice = " (use .mkv to keep it)" if output_kind != ".mkv" and codec in _matroska_codecs() else ""
+            plan.skipped.append(f"{desc}: {output_kind} cannot hold {codec}{advice}")
         else:
             plan.copy.append(stream.index)
             plan.described.append(desc)
     return plan
 
 
-class StreamCopier:
-    """Muxes the planned streams of `input_path` into `output` as the video advances."""
+def _matroska_codecs() -> set[str]:
+    from engine.encoders import muxer_codecs
 
-    def __init__(self, input_path: str, output: av.container.OutputContainer, plan: CopyPlan):
+    return muxer_codecs(".mkv")
+
+
+class StreamCopier:
+    """Muxes the planned streams of `input_path` into `output` as the video advances.
+
+    `video` is the output's video stream, which gets the input video stream's tags.
+    """
+
+    def __init__(self, input_path: str, output: av.container.OutputContainer, plan: CopyPlan,
+                 video: av.stream.Stream | None = None):
         self._input = av.open(input_path)
         self._out: dict[int, av.stream.Stream] = {}
         self._repairs: dict[int, TimestampRepair] = {}
+        self._chapters = self._input.chapters() if plan.file_tags else []
+        self._chapter_tracks = 0
+        if plan.file_tags:
+            output.metadata.update(kept_tags(self._input.metadata))
+            if video is not None:
+                tags = kept_tags(self._input.streams.video[0].metadata)
+                if "name" in tags and "title" not in tags:  # an MP4 track's title reads back as "name"
+                    tags["title"] = tags.pop("name")
+                video.metadata.update(tags)
         for index in plan.copy:
             src = self._input.streams[index]
             out = output.add_stream_from_template(src)
-            out.metadata.update(src.metadata)  # language, title, handler name
+            out.metadata.update(kept_tags(src.metadata))  # language, title, handler name
             try:
                 out.disposition = src.disposition  # default / forced / hearing-impaired flags
             except (AttributeError, ValueError):
@@ -102,7 +153,8 @@ class StreamCopier:
 
     @property
     def stream_count(self) -> int:
-        return len(self._out) + self._attachments
+        """Streams besides the video that the output holds (after `finish`: its chapter track too)."""
+        return len(self._out) + self._attachments + self._chapter_tracks
 
     def _time(self, packet: av.Packet) -> float:
         ts = packet.dts if packet.dts is not None else packet.pts
@@ -143,7 +195,22 @@ class StreamCopier:
 
     def finish(self, until_s: float = math.inf) -> None:
         self.advance(until_s)
+        self._write_chapters(until_s)
         self.close()
+
+    def _write_chapters(self, until_s: float) -> None:
+        """The input's chapters up to where the output ends (every muxer here takes them
+        before its trailer, so the end is known)."""
+        kept = []
+        for chapter in self._chapters:
+            tb = chapter["time_base"]
+            if chapter["start"] * tb >= until_s:
+                continue
+            end = chapter["end"] if chapter["end"] * tb <= until_s else math.floor(until_s / tb)
+            kept.append({**chapter, "id": len(kept) + 1, "end": end})
+        if kept:
+            self._output.set_chapters(kept)
+            self._chapter_tracks = int(self._output.format.name in CHAPTER_TRACK_FORMATS)
 
     def close(self) -> None:
         self._done = True

@@ -104,3 +104,90 @@ def test_vfr_video_with_offset_audio_stays_in_sync(clip, clip_dir, tmp_path):
     assert run_engine("stream", src, out, "--quiet", "--pipeline", "resize:scale=1").returncode == 0
     assert span(out, 1)[:2] == pytest.approx(span(src, 1)[:2], abs=FRAME_S)
     assert span(out, 0)[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def with_chapters(src, path, fmt):
+    """`src`'s video remuxed into `path` with a title, a video track title and 4 chapters of 0.5 s."""
+    from fractions import Fraction
+
+    with av.open(str(src)) as inp, av.open(str(path), "w", format=fmt) as out:
+        video = out.add_stream_from_template(inp.streams.video[0])
+        out.metadata.update({"title": "Episode 7", "comment": "kept"})
+        video.metadata.update({"title": "Main video", "language": "jpn"})
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = video
+                out.mux(packet)
+        out.set_chapters([{"id": i + 1, "start": 500 * i, "end": 500 * (i + 1), "time_base": Fraction(1, 1000),
+                           "metadata": {"title": f"Part {i}"}} for i in range(4)])
+    return path
+
+
+def file_tags(path):
+    with av.open(str(path)) as c:
+        chapters = [(round(float(ch["start"] * ch["time_base"]), 3), round(float(ch["end"] * ch["time_base"]), 3),
+                     ch["metadata"].get("title")) for ch in c.chapters()]
+        video = c.streams.video[0].metadata
+        return ({k.lower(): v for k, v in c.metadata.items()}, video.get("title") or video.get("name"),
+                video.get("language"), chapters, len(c.streams))
+
+
+@pytest.mark.parametrize("src_ext,fmt", [(".mp4", "mp4"), (".mkv", "matroska")])
+@pytest.mark.parametrize("out_ext", [".mp4", ".mkv", ".mov"])
+def test_title_tags_and_chapters_are_kept(clip, tmp_path, src_ext, fmt, out_ext):
+    src = with_chapters(clip(frames=48, fps=24), tmp_path / f"in{src_ext}", fmt)
+    out = tmp_path / f"out{out_ext}"
+    r = run_engine("stream", src, out)
+    assert r.returncode == 0, r.stderr
+    assert "copying 4 chapters" in r.stderr
+    assert "not carried" not in r.stderr  # an MP4's chapter track is its chapters, not a lost stream
+    tags, title, language, chapters, count = file_tags(out)
+    assert (tags["title"], tags["comment"], title, language) == ("Episode 7", "kept", "Main video", "jpn")
+    assert chapters == [(0.5 * i, 0.5 * (i + 1), f"Part {i}") for i in range(4)]
+    assert count == file_tags(src)[4] - (src_ext != ".mkv") + (out_ext != ".mkv")  # the chapter track
+    assert "encoder" not in tags or tags["encoder"].startswith("Lavf")  # the output's muxer, not a copy
+    assert not {"major_brand", "duration"} & {k for k in tags if out_ext == ".mkv"}
+
+
+def test_chapters_end_where_the_video_is_cut(clip, tmp_path):
+    src = with_chapters(clip(frames=48, fps=24), tmp_path / "in.mkv", "matroska")
+    out = tmp_path / "out.mkv"
+    assert run_engine("stream", src, out, "--frames", "30").returncode == 0  # 1.25 s
+    assert file_tags(out)[3] == [(0.0, 0.5, "Part 0"), (0.5, 1.0, "Part 1"), (1.0, 1.25, "Part 2")]
+
+
+def test_a_resumed_job_keeps_tags_and_chapters_like_a_plain_one(tmp_path):
+    from make_clip import make_clip
+
+    video = make_clip(tmp_path / "video.mp4", 48, fps=24, options={"g": "12"})  # 4 segments of 12
+    src = with_chapters(video, tmp_path / "in.mkv", "matroska")
+    plain, resumed = tmp_path / "plain.mp4", tmp_path / "resumed.mp4"
+    assert run_engine("stream", src, plain).returncode == 0
+    r = run_engine("stream", src, resumed, "--resume", "--segment", "12f")
+    assert r.returncode == 0, r.stderr
+    (tags, *rest), (plain_tags, *plain_rest) = file_tags(resumed), file_tags(plain)
+    assert rest == plain_rest and len(rest[2]) == 4
+    plain_tags.pop("encoder")  # the join writes bit-exact files: no muxer version
+    assert tags == plain_tags
+
+
+def test_a_stream_mkv_cannot_hold_gets_no_advice_to_use_mkv():
+    from engine.streamcopy import plan_copy
+
+    class Stream:
+        def __init__(self, index, kind, codec):
+            self.index, self.type, self.metadata = index, kind, {}
+            self.codec_context = type("cc", (), {"name": codec})() if codec else None
+
+    class Container:
+        format = type("f", (), {"name": "matroska,webm"})()
+        streams = [Stream(0, "video", "h264"), Stream(1, "data", None), Stream(2, "audio", "pcm_s16be")]
+
+        def chapters(self):
+            return []
+
+    for ext, codecs in ((".mkv", {"h264", "aac"}), (".mp4", {"h264", "aac"})):
+        notes = plan_copy(Container(), 0, codecs, ext).notes()
+        assert any("stream #1" in n and "unknown to FFmpeg" in n and "use .mkv" not in n for n in notes)
+        advice = [n for n in notes if "stream #2" in n][0]
+        assert ("use .mkv" in advice) == (ext != ".mkv")  # mkv takes pcm_s16be; said only where it helps
