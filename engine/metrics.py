@@ -7,9 +7,9 @@ Readers (progress display, watchdog, report) may see a value one update stale, w
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 
@@ -63,7 +63,8 @@ class StageSnapshot:
         if "device" not in s:
             return self.name
         tile = f" tile {s['tile']}" if s.get("tile") else ""
-        return f"{self.name} [{s['device']} {s.get('precision', '')} batch {s.get('batch', '?')}{tile}]"
+        group = f"window {s['window']}" if "window" in s else f"batch {s.get('batch', '?')}"
+        return f"{self.name} [{s['device']} {s.get('precision', '')} {group}{tile}]"
 
     @property
     def blocked_s(self) -> float:
@@ -147,12 +148,42 @@ class RunSnapshot:
     segments: SegmentCounts | None = None  # frames then count this run's work only
     workers: list[WorkerSnapshot] = field(default_factory=list)  # --ray: one per segment in flight
 
+    recent_fps: float | None = None  # over the last RateWindow.window_s, when a display keeps one
+
     @property
     def fps(self) -> float:
+        """The average over the whole run so far."""
         return self.frames_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
+    def current_fps(self) -> float:
+        return self.recent_fps if self.recent_fps is not None else self.fps
+
+    @property
     def eta_s(self) -> float | None:
-        if not self.frames_total or self.frames_done == 0:
+        """From the recent rate: the whole-run average counts start-up (model loading) and
+        stretches that went faster (duplicates skipped) and was 4× too hopeful on the sample."""
+        rate = self.current_fps
+        if not self.frames_total or self.frames_done == 0 or rate <= 0:
             return None
-        return max(0.0, (self.frames_total - self.frames_done) / self.fps)
+        return max(0.0, (self.frames_total - self.frames_done) / rate)
+
+
+class RateWindow:
+    """Frames per second over the last `window_s` seconds of snapshots (the display's ETA)."""
+
+    window_s = 30.0
+    min_span_s = 2.0  # less history than this: the whole-run average
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def annotate(self, snap: RunSnapshot) -> RunSnapshot:
+        samples = self._samples
+        samples.append((snap.elapsed_s, snap.frames_done))
+        while len(samples) > 2 and snap.elapsed_s - samples[1][0] >= self.window_s:
+            samples.popleft()  # keep one sample at or beyond the window's start
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        if t1 - t0 < self.min_span_s:
+            return snap
+        return replace(snap, recent_fps=(n1 - n0) / (t1 - t0))

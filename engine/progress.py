@@ -12,7 +12,7 @@ import threading
 from typing import Callable, TextIO
 
 from engine.gpu import GpuRecorder, GpuSample
-from engine.metrics import RunSnapshot, StageSnapshot
+from engine.metrics import RateWindow, RunSnapshot, StageSnapshot
 
 SnapshotFn = Callable[[], RunSnapshot]
 
@@ -54,6 +54,7 @@ class Reporter:
         self.gpu: GpuRecorder | None = None  # opened in start(): NVML init is not free
         self.timeline: list[dict] = []   # queue fill over time, if `record_timeline`
         self.record_timeline = False
+        self._rate = RateWindow()         # the live fps and ETA: recent, not the run's average
 
     def start(self, snapshot: SnapshotFn) -> None:
         self._snapshot = snapshot
@@ -64,7 +65,7 @@ class Reporter:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            snap = self._snapshot()
+            snap = self._rate.annotate(self._snapshot())
             gpus = self.gpu.latest if self.gpu is not None else []
             if self.record_timeline:
                 self.timeline.append({"t": round(snap.elapsed_s, 3), "done": snap.frames_done,
@@ -132,7 +133,7 @@ class LogReporter(Reporter):
         busiest = max(snap.stages, key=lambda s: s.busy_s, default=None)
         gpu = "".join(f" gpu{g.index} {g.utilization_pct}% {g.memory_used_mib}MiB" for g in gpus)
         workers = "".join(f" [{w.name} {w.fps:.1f} fps]" for w in snap.workers)
-        print(f"[engine] {_done(snap)} frames  {snap.fps:.1f} fps  eta {_eta(snap.eta_s)}"
+        print(f"[engine] {_done(snap)} frames  {snap.current_fps:.1f} fps  eta {_eta(snap.eta_s)}"
               f"  busiest {busiest.name if busiest else '-'}{gpu}{workers}", file=self.stream, flush=True)
 
     def summary(self, snap: RunSnapshot) -> None:
@@ -163,36 +164,53 @@ class RichReporter(Reporter):
         self._live.start()
         super().start(snapshot)
 
-    def _table(self, snap: RunSnapshot, gpus: list[GpuSample], title: str):
+    def _table(self, snap: RunSnapshot, gpus: list[GpuSample], title: str | None):
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title=title, title_justify="left", expand=False)
         for col in ("stage", "workers", "items", "fps", "busy", "blocked", "queue", "counters"):
-            table.add_column(col, justify="left" if col in ("stage", "counters") else "right")
+            # fold, not "…": on 80 columns the counters are the figures a user looks for
+            table.add_column(col, justify="left" if col in ("stage", "counters") else "right",
+                             overflow="fold")
+
+        def row(*cells: str) -> None:  # "upscale [cpu fp32 batch 1]" is text, not rich markup
+            table.add_row(*map(escape, cells))
+
         for s in snap.stages:
-            table.add_row(*_stage_cells(s, snap.elapsed_s))
+            row(*_stage_cells(s, snap.elapsed_s))
         for g in gpus:
-            table.add_row(f"gpu{g.index}", "", "", "", f"{g.utilization_pct}%", "",
-                          f"{g.memory_used_mib}/{g.memory_total_mib} MiB", g.name)
+            row(f"gpu{g.index}", "", "", "", f"{g.utilization_pct}%", "",
+                f"{g.memory_used_mib}/{g.memory_total_mib} MiB", g.name)
         nodes = {}  # --ray: each worker's segment, then each node's GPUs once
         for w in snap.workers:
-            table.add_row(w.name, "1", str(w.frames), f"{w.fps:.1f}", "", "", "", w.segment)
+            row(w.name, "1", str(w.frames), f"{w.fps:.1f}", "", "", "", w.segment)
             nodes.setdefault(w.name.rsplit(":", 1)[0], w.gpus)
         for node, samples in nodes.items():
             for g in samples:
-                table.add_row(f"{node} gpu{g.index}", "", "", "", f"{g.utilization_pct}%", "",
-                              f"{g.memory_used_mib}/{g.memory_total_mib} MiB", g.name)
+                row(f"{node} gpu{g.index}", "", "", "", f"{g.utilization_pct}%", "",
+                    f"{g.memory_used_mib}/{g.memory_total_mib} MiB", g.name)
         return table
 
     def draw(self, snap: RunSnapshot, gpus: list[GpuSample]) -> None:
+        self._live.update(self.view(snap, gpus), refresh=True)
+
+    def view(self, snap: RunSnapshot, gpus: list[GpuSample]):
+        """What the live display shows for `snap`."""
         from rich.console import Group
         from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
 
         total = snap.frames_total or max(snap.frames_done, 1)
-        header = (f"{_done(snap)} frames  {snap.fps:.1f} fps  elapsed {_eta(snap.elapsed_s)}"
+        header = (f"{_done(snap)} frames  {snap.current_fps:.1f} fps  elapsed {_eta(snap.elapsed_s)}"
                   f"  eta {_eta(snap.eta_s)}")
-        bar = ProgressBar(total=total, completed=min(snap.frames_done, total), width=60)
-        self._live.update(Group(bar, self._table(snap, gpus, header)), refresh=True)
+        bar = ProgressBar(total=total, completed=min(snap.frames_done, total),
+                          width=min(60, self.console.width))
+        top = Table.grid()  # a grid ends its lines; a bare ProgressBar does not, and the
+        top.add_row(Text(header, overflow="fold"))  # header after it was cut below ~110 columns
+        top.add_row(bar)
+        return Group(top, self._table(snap, gpus, None))
 
     def close_display(self) -> None:
         self._live.stop()
@@ -206,7 +224,7 @@ class RichReporter(Reporter):
 def _stage_cells(s: StageSnapshot, elapsed: float) -> list[str]:
     fps = s.items / elapsed if elapsed > 0 else 0.0
     queue = f"{s.queue_fill}/{s.queue_capacity}" if s.queue_capacity else ""
-    counters = " ".join(f"{k}={v}" for k, v in s.counters.items())
+    counters = "\n".join(f"{k}={v}" for k, v in s.counters.items())  # one a line: none cut in two
     return [s.label, str(s.workers), str(s.items), f"{fps:.1f}", f"{s.busy_s:.1f}s",
             f"{s.blocked_s:.1f}s", queue, counters]
 

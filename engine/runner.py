@@ -209,8 +209,8 @@ class Pipeline:
     def snapshot(self) -> RunSnapshot:
         elapsed = time.perf_counter() - self._started if self._started else 0.0
         stages = [aggregate(n.name, n.kind, n.metrics,
-                            len(n.inbox) if n.inbox else 0,
-                            n.inbox.capacity if n.inbox else 0) for n in self._nodes]
+                            len(n.inbox) if n.inbox is not None else 0,  # an empty Channel is falsy
+                            n.inbox.capacity if n.inbox is not None else 0) for n in self._nodes]
         return RunSnapshot(elapsed_s=elapsed, frames_done=stages[-1].items,
                            frames_total=self.source.frames_total, stages=stages)
 

@@ -130,3 +130,57 @@ def test_gpu_recorder_samples_at_start_and_stop_even_for_a_short_run(monkeypatch
     quiet.stop(None)
     assert quiet.gpu_report()["gpus"][0]["samples"] == 2
     assert NullReporter().gpu_report() is None  # plain --quiet: no NVML at all
+
+
+def test_eta_follows_the_recent_rate_not_the_run_average():
+    # the sample's duplicates all come early: 100 frames in the first 10 s, then 2 fps
+    from engine.metrics import RateWindow
+
+    window = RateWindow()
+    snap = None
+    for t in range(0, 71, 5):
+        done = 10 * t if t <= 10 else 100 + 2 * (t - 10)
+        snap = window.annotate(RunSnapshot(float(t), done, 400, []))
+    assert snap.fps == 220 / 70  # the average, for the summary
+    assert snap.current_fps == 2.0  # the last 30 s
+    assert snap.eta_s == (400 - 220) / 2.0  # the average said 57 s, the truth is 90 s
+    first = RateWindow().annotate(RunSnapshot(1.0, 5, 100, []))
+    assert first.recent_fps is None and first.eta_s == 95 / 5.0  # too little history yet
+
+
+def test_live_display_fits_80_columns():
+    """At 80 columns the header (fps, ETA), the device label and the counters' figures all show."""
+    settings = {"device": "cuda:0", "precision": "fp16", "batch": 4, "tile": 0}
+    stages = [StageSnapshot("dedup", "map", 1, 60, 1.0, 0.0, 0.0,
+                            {"exact_duplicates": 14, "near_duplicates": 38, "unique": 8}, 0, 8),
+              StageSnapshot("upscale", "batch", 1, 10, 1.0, 0.0, 0.0, {"inferred": 10}, 0, 8, settings)]
+    rep = RichReporter()
+    rep.console.file = io.StringIO()
+    rep.console.width = 80
+    snap = RunSnapshot(61.0, 12345, 99999, stages)
+    rep.console.print(rep.view(snap, []))
+    live = rep.console.file.getvalue()
+    assert "12345/99999 frames  202.4 fps  elapsed 01:01  eta 07:13" in live
+    assert live.splitlines()[1].strip("━ ") == ""  # the bar has its own line
+    rep.summary(snap)
+    text = rep.console.file.getvalue()
+
+    def column(n):  # a long cell wraps onto more lines inside its own column
+        cells = (line.split("│")[n].strip() for line in text.splitlines() if line.startswith("│"))
+        return " ".join(c for c in cells if c)
+
+    assert "upscale [cuda:0 fp16 batch 4]" in column(1)
+    assert "…" not in text and "exact_duplicates=14near_duplicates=38" in column(8).replace(" ", "")
+    assert "0/8" in text  # an empty queue is 0 of 8, not blank
+
+
+def test_an_empty_queue_reports_its_capacity():
+    from engine.registry import make_spec
+    from engine.runner import Pipeline, RunnerOptions
+    from engine.testing import CollectingSink, ListSource
+
+    pipeline = Pipeline(ListSource(3), [make_spec("resize", {"scale": "1", "queue": "5"})],
+                        CollectingSink(), RunnerOptions())
+    pipeline.run()
+    capacities = [s.queue_capacity for s in pipeline.snapshot().stages]
+    assert capacities[1:] == [5, capacities[-1]] and capacities[-1] > 0  # empty now, capacity still there
