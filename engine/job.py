@@ -14,7 +14,7 @@ from engine.completeness import find_truncation
 from engine.encoders import choose_encoder, container_for, muxer_codecs
 from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
-from engine.registry import StageSpec, parse_pipeline
+from engine.registry import StageSpec, check_stage_order, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
 from engine.sink import ImageSequenceSink, VideoSink, frame_name, is_image_pattern, pattern_matches
 from engine.source import VideoInfo, VideoSource
@@ -160,6 +160,7 @@ def check_config(config: JobConfig) -> list[StageSpec]:
         raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
                         f"{', '.join(TIMESTAMP_MODES)}")
     specs = parse_pipeline(config.pipeline)
+    check_stage_order(specs)
     check_output_path(config.input, config.output)  # first: `out/` is a directory, not an extension
     if not is_image_pattern(config.output):
         container_for(config.output)

@@ -96,6 +96,27 @@ def stage_class(name: str) -> type[Stage]:
     return stages[name]
 
 
+def check_stage_order(specs: list[StageSpec]) -> None:
+    """Every stage's `requires` is made by a stage before it (see `Stage.requires`)."""
+    made: set[str] = set()
+    for spec in specs:
+        stage = spec.build()
+        missing = [key for key in stage.requires if key not in made]
+        if missing:
+            makers = [n for n, cls in available_stages().items() if missing[0] in cls.provides]
+            raise UserError(f"stage '{spec.name}' works on the {missing[0]} that "
+                            f"{' or '.join(makers) or 'another stage'} makes: put "
+                            f"{'it' if len(makers) < 2 else 'one'} before {spec.name}"
+                            + _preset_hint(spec.name))
+        made.update(stage.provides)
+
+
+def _preset_hint(name: str) -> str:
+    presets = {p: text for p, text in available_presets().items()
+               if any(s.name == name for s in parse_pipeline(text))}
+    return "".join(f" (the {p} preset is {text})" for p, text in list(presets.items())[:1])
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage of a pipeline, validated: its class, constructor options and runner settings."""

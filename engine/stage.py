@@ -93,6 +93,12 @@ class Stage:
     #: ended: `export_state` after the segment's last frame, `import_state` before the next
     #: one's first (engine/segment_job.py).
     carries_state: ClassVar[bool] = False
+    #: `frame.meta` keys this stage reads and some stage before it must write (`provides`).
+    #: The job refuses a pipeline where none does: `text-detect,inpaint` used to run as a
+    #: plain transcode that removed nothing. A stage whose needs hang on its options sets
+    #: them on the instance.
+    requires: tuple[str, ...] = ()
+    provides: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()

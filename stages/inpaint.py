@@ -228,6 +228,8 @@ class _Crop:
 class Inpaint(WindowStage):
     """Fill text masks from neighbouring frames along DIS optical flow, the rest spatially."""
 
+    requires = ("text_mask",)
+
     def __init__(self, radius: int = 12, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
                  feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,
                  flow_width: int = 960, flow_preset: Literal["ultrafast", "fast", "medium"] = "fast",

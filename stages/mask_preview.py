@@ -29,6 +29,7 @@ class MaskPreview(MapStage):
         if not 0 <= opacity <= 1:
             raise ValueError(f"opacity must be between 0 and 1, got {opacity}")
         self.mode, self.opacity = mode, opacity
+        self.requires = ("text_mask",) if mode == "mask" else ("text_boxes",)  # overlay: boxes at least
 
     def process(self, frame: Frame) -> Frame:
         mask = frame.meta.get("text_mask")

@@ -56,13 +56,17 @@ class Area:
     y1: float
     pixels: bool
 
+    def __str__(self) -> str:
+        return "/".join(f"{v:g}" for v in (self.x0, self.y0, self.x1, self.y1))
+
     def resolve(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) in pixels, clipped to the frame; empty areas are an error."""
         sx, sy = (1, 1) if self.pixels else (width, height)
         x0, x1 = (min(width, max(0, round(v * sx))) for v in (self.x0, self.x1))
         y0, y1 = (min(height, max(0, round(v * sy))) for v in (self.y0, self.y1))
         if x1 - x0 < 8 or y1 - y0 < 8:
-            raise ValueError(f"area {self} is less than 8×8 pixels in a {width}x{height} frame")
+            raise ValueError(f"area {self} ({'pixels' if self.pixels else 'fractions'}) is less than "
+                             f"8×8 pixels in a {width}x{height} frame")
         return x0, y0, x1, y1
 
 
@@ -80,6 +84,10 @@ def parse_areas(text: str) -> list[Area]:
         if min(x0, y0, x1, y1) < 0 or x1 <= x0 or y1 <= y0:
             raise ValueError(f"area {part!r}: need 0 <= x0 < x1 and 0 <= y0 < y1")
         pixels = max(x0, y0, x1, y1) > 1
+        fractions = [v for v in values if not float(v).is_integer()]
+        if pixels and fractions:  # 0/0.7/1920/1080 meant "from 70 % down", not row 0
+            raise ValueError(f"area {part!r} mixes fractions ({fractions[0]}) with pixels: give all four "
+                             f"values as fractions of the frame (<= 1) or all as whole pixels")
         if not pixels and (x1 - x0 < 0.01 or y1 - y0 < 0.01):
             raise ValueError(f"area {part!r} is too small")
         areas.append(Area(x0, y0, x1, y1, pixels))
@@ -172,6 +180,8 @@ def box_filter(boxes: np.ndarray, region: tuple[int, int, int, int], min_height:
 @register_stage("text-detect")
 class TextDetect(MapStage):
     """Find text boxes (PP-OCR detector) in regions of every `every`-th frame."""
+
+    provides = ("text_boxes", "text_regions")
 
     def __init__(self, area: str = DEFAULT_AREA, every: int = 2, model: str = "", max_side: int = 640,
                  thresh: float = 0.3, box_thresh: float = 0.5, unclip_ratio: float = 1.6,

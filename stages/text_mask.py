@@ -154,6 +154,9 @@ def run_filter(stack: np.ndarray, hold: int, min_duration: int) -> np.ndarray:
 class TextMask(WindowStage):
     """Masks from text boxes: dilated, gaps between detections filled, steady over time, cut at scene changes."""
 
+    requires = ("text_boxes",)
+    provides = ("text_mask",)
+
     def __init__(self, shape: Literal["glyphs", "boxes"] = "glyphs", dilate: int = 4, grow: float = 0.15,
                  hold: int = 6,
                  min_duration: int = 4, every: int = 2, cut_threshold: float = CUT_THRESHOLD, window_size: int = 0):

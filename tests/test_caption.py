@@ -78,10 +78,30 @@ def test_area_fractions_pixels_and_several():
     assert parse_areas("0/0/2000/2000")[0].resolve(640, 360) == (0, 0, 640, 360)  # clipped
 
 
-@pytest.mark.parametrize("bad", ["0,0.7,1,1", "0/0.7/1", "0/0.9/1/0.8", "a/b/c/d"])
+@pytest.mark.parametrize("bad", ["0,0.7,1,1", "0/0.7/1", "0/0.9/1/0.8", "a/b/c/d",
+                                 "0/0.7/1920/1080", "0/0.7/1/1.5"])  # fractions mixed with pixels
 def test_bad_area_is_a_user_error(bad):
     with pytest.raises(UserError, match="area"):
         parse_pipeline(f"text-detect:area={bad}")
+
+
+@pytest.mark.parametrize("pipeline,needs", [("text-detect,inpaint", "text_mask"), ("inpaint", "text_mask"),
+                                            ("text-mask,inpaint", "text_boxes"), ("mask-preview", "text_boxes"),
+                                            ("text-detect,mask-preview:mode=mask", "text_mask")])
+def test_a_caption_stage_without_the_stage_it_works_on_is_refused(pipeline, needs, tmp_path):
+    # each ran as a plain transcode, exit 0, that removed (or showed) nothing
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", MEDIA / "anime-320x240.mp4", out, "--pipeline", pipeline)
+    assert r.returncode == 2 and not out.exists()
+    assert f"works on the {needs}" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_caption_stages_in_order_pass_the_check():
+    from engine.registry import check_stage_order
+
+    for pipeline in ("caption-remove", "caption-preview", "text-detect,mask-preview", "dedup,caption-remove",
+                     "text-detect,text-mask,mask-preview:mode=mask"):
+        check_stage_order(parse_pipeline(pipeline))
 
 
 def test_preset_expands_and_refuses_options():
@@ -233,6 +253,7 @@ def test_an_area_outside_the_frames_is_a_user_error():
     with pytest.raises(StageError) as info:
         run(frames, "text-detect:area=400/10/600/90")  # pixels, right of a 320 px frame
     assert isinstance(info.value.cause, UserError) and "less than 8×8 pixels" in str(info.value.cause)
+    assert "area 400/10/600/90 (pixels)" in str(info.value.cause)  # as the user wrote it, not a repr
 
 
 def test_box_filter_drops_band_filling_tiny_and_tall_boxes():
