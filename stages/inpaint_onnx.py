@@ -32,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.models.tensor_file import onnx_session
+
 
 def check_filler(path: str) -> Path:
     """One-line errors before any thread starts: missing file, no onnxruntime."""
@@ -54,8 +56,7 @@ class OnnxImageFiller:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(check_filler(path)), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = onnx_session(check_filler(path), "inpainting model", options)
         inputs = self.session.get_inputs()
         if len(inputs) != 2:
             raise ValueError(f"{path}: expected two inputs (image, mask), found {len(inputs)}")

@@ -40,6 +40,7 @@ import numpy as np
 
 from engine.errors import UserError
 from engine.frame import Frame
+from engine.models.tensor_file import onnx_session
 from engine.registry import register_stage
 from engine.stage import MapStage, StageContext
 
@@ -116,8 +117,7 @@ class TextDetector:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model), options,
-                                            providers=providers or ["CPUExecutionProvider"])
+        self.session = onnx_session(model, "text detection model", options, providers)
         self.input_name = self.session.get_inputs()[0].name
         self.max_side = max_side
         self.post = DBPostProcess(thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio,

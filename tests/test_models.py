@@ -321,3 +321,34 @@ def test_corrupt_checkpoint_fails_in_one_line_and_leaves_nothing(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot load model net.pth" in lines[0] and "Traceback" not in r.stderr
     assert list(out.iterdir()) == []
+
+
+def test_a_broken_checkpoint_is_named_in_one_whole_sentence(tmp_path):
+    import torch
+
+    from engine.models.tensor_file import load_failure
+
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(64, 64)}, good)
+    broken = {"truncated": good.read_bytes()[:3000], "empty": b"", "garbage": b"hello world" * 100}
+    expected = {"truncated": "the file is truncated or corrupt (its zip archive is incomplete)",
+                "empty": "the file is empty or ends early",
+                "garbage": "not a PyTorch checkpoint (KeyError: 101)"}
+    for name, data in broken.items():
+        path = tmp_path / f"{name}.pth"
+        path.write_bytes(data)
+        with pytest.raises(Exception) as info:
+            torch.load(path, weights_only=True)
+        assert load_failure(info.value) == expected[name]  # torch's own: cut at 200 characters, or ""
+
+
+def test_a_broken_onnx_model_is_a_user_error(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from engine.errors import UserError
+    from engine.models.tensor_file import onnx_session
+
+    for name, data in (("garbage.onnx", b"hello world" * 100), ("empty.onnx", b"")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(UserError, match=rf"cannot load text detection model .*{name}: not a usable ONNX model \("):
+            onnx_session(path, "text detection model")
