@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--encoder", default="auto", help="auto, x264, x265, h264_nvenc, hevc_nvenc, prores, ffv1")
     s.add_argument("--crf", type=int, default=None, help="quality (crf for x264/x265, cq for NVENC)")
     s.add_argument("--preset", default=None, help="encoder preset (x264/x265: ultrafast..veryslow)")
-    s.add_argument("--prores-profile", default="hq",
+    s.add_argument("--prores-profile", default=None,
                    help="proxy, lt, 422, hq (default), 4444, 4444xq")
     s.add_argument("--frames", type=int, default=None, dest="max_frames",
                    help="process only the first N frames")

@@ -162,7 +162,7 @@ def try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str
 
 
 def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,
-                   preset: str | None = None, prores_profile: str = "hq",
+                   preset: str | None = None, prores_profile: str | None = None,
                    source_pix_fmt: str | None = None, hdr: HdrStatic | None = None) -> EncoderChoice:
     """Resolve `name` (or `auto`) to an encoder that opens here and fits the container.
 
@@ -171,6 +171,7 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
     """
     if name != "auto" and name not in ENCODERS:
         raise UserError(f"unknown encoder '{name}'; choose one of: auto, {', '.join(ENCODERS)}")
+    given_profile, prores_profile = prores_profile, prores_profile or "hq"  # None: not given
     if prores_profile not in PRORES_PROFILES:
         raise UserError(f"invalid ProRes profile '{prores_profile}'; choose one of: "
                         f"{', '.join(PRORES_PROFILES)}")
@@ -209,9 +210,11 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
             reason = "requested" if name != "auto" else (
                 "auto: first that opened" + (f" ({'; '.join(refusals)})" if refusals else ""))
             ignored = [flag for flag, given, used in (("--crf", crf, spec.quality_option),
-                                                      ("--preset", preset, spec.default_preset))
+                                                      ("--preset", preset, spec.default_preset),
+                                                      ("--prores-profile", given_profile,
+                                                       spec.codec == "prores_ks" or None))
                        if given is not None and used is None]
-            if ignored:  # said, not silently dropped: ProRes and FFV1 have neither
+            if ignored:  # said, not silently dropped: ProRes and FFV1 have no crf or preset
                 reason += f"; {' and '.join(ignored)} not used by {candidate}"
             return EncoderChoice(candidate, spec, pix_fmt, options, reason)
         refusals.append(failure)

@@ -67,6 +67,16 @@ class InferenceSettings:
     memory_fraction: float = 0.6      # of free device memory the batch may plan to use
 
 
+# Settings that only a CUDA device has: the report leaves them out of a CPU run, where
+# "cudnn_benchmark": true would read as if it had been in effect.
+CUDA_ONLY_SETTINGS = ("cudnn_benchmark", "tf32", "cuda_graphs")
+
+
+def resolved_settings(settings, cuda: bool) -> dict[str, Any]:
+    """A settings dataclass for the report: as given, less what this device does not have."""
+    return {k: v for k, v in asdict(settings).items() if cuda or k not in CUDA_ONLY_SETTINGS}
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device a `device` option names. A GPU this machine lacks is a user error (exit
     2), raised where the stage opens: under --ray that is the worker, whose GPUs may differ
@@ -250,7 +260,7 @@ class InferenceRunner:
 
     def describe(self) -> dict[str, Any]:
         """The settings as resolved on this machine, for the report."""
-        return {**asdict(self.settings), "device": str(self.device), "precision": self.precision,
+        return {**resolved_settings(self.settings, self.cuda), "device": str(self.device), "precision": self.precision,
                 "batch": self.batch, "tile": self.tile, "oom_retries": self.oom_retries,
                 "batches": dict(self.handled),
                 "device_name": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",

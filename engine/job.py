@@ -34,7 +34,7 @@ class JobConfig:
     encoder: str = "auto"
     crf: int | None = None
     preset: str | None = None
-    prores_profile: str = "hq"
+    prores_profile: str | None = None   # None: not given (ProRes's default, 422 HQ)
     max_frames: int | None = None
     timestamps: str = "repair"          # broken input timestamps: "repair" or "refuse"
     allow_truncated: bool = False       # a truncated input: keep what could be read
@@ -124,7 +124,8 @@ class Job:
         except BaseException:
             source.close()
             raise
-        return cls(config, specs, source, sink, note, early_notes + plan.notes())  # never drop a stream silently
+        return cls(config, specs, source, sink, note,  # never drop a stream silently
+                   replacing_note(config.output) + early_notes + plan.notes())
 
     def run(self, reporter: Reporter | None = None) -> dict:
         config = self.config
@@ -167,6 +168,14 @@ def check_config(config: JobConfig) -> list[StageSpec]:
     if config.report:
         check_report_path(config.report, [config.input], [config.output])
     return specs
+
+
+def replacing_note(output: str) -> list[str]:
+    """An existing output is replaced, like FFmpeg's -y: said before the run, so a mistyped
+    name can be stopped; the old file stays until the new one is complete."""
+    if is_image_pattern(output) or not os.path.isfile(output):
+        return []
+    return [f"note: {output} exists: it is replaced when this job completes (kept if the job fails)"]
 
 
 def check_report_path(report: str, inputs: list[str], outputs: list[str], created: tuple[str, ...] = ()) -> None:
@@ -252,6 +261,7 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         "video": {"width": info.width, "height": info.height, "pix_fmt": info.pix_fmt,
                   "frame_rate": str(info.frame_rate), "codec": info.codec,
                   **({"hdr10": info.hdr.describe()} if info.hdr else {})},
+        "output_video": describe_output(job.config.output),
         "stages": [s.as_dict(elapsed) for s in result.stages],
         "environment": environment(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -277,6 +287,25 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
     if reporter.timeline:
         report["timeline"] = reporter.timeline
     return report
+
+
+def describe_output(path: str) -> dict | None:
+    """The finished output's video stream, read back from the file (None for images)."""
+    if is_image_pattern(path) or not os.path.isfile(path):
+        return None
+    from engine.source import open_input, read_info
+
+    container = open_input(path)
+    try:
+        info = read_info(container)
+    finally:
+        container.close()
+    return {"path": os.path.abspath(path), "width": info.width, "height": info.height,
+            "pix_fmt": info.pix_fmt, "codec": info.codec, "frame_rate": str(info.frame_rate),
+            "colour": {"matrix": info.colorspace, "primaries": info.color_primaries,
+                       "transfer": info.color_trc, "range": info.color_range},
+            **({"sample_aspect_ratio": str(info.sample_aspect_ratio)} if info.sample_aspect_ratio else {}),
+            **({"hdr10": info.hdr.describe()} if info.hdr else {})}
 
 
 def environment() -> dict:

@@ -31,7 +31,8 @@ from engine.crashpoints import crash_point
 from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, container_for, fixed_threads,
                              muxer_codecs, with_options)
 from engine.errors import UserError
-from engine.job import check_config, check_input, check_output_size, environment, reporter_note, write_report
+from engine.job import (check_config, check_input, check_output_size, describe_output, environment,
+                        replacing_note, reporter_note, write_report)
 from engine.join import JoinPart, join_segments
 from engine.manifest import (MANIFEST, Manifest, SegmentRecord, is_temporary, job_key, key_difference, load,
                              save)
@@ -170,7 +171,7 @@ class SegmentedJob:
         except BaseException:
             os.close(lock_fd)
             raise
-        notes = [*input_notes, *copy_plan.notes(),
+        notes = [*replacing_note(config.output), *input_notes, *copy_plan.notes(),
                  f"segments: {_sizes(plan.segments, length)} in {work_dir}"
                  + (f", {len(reused)} reused" if reused else ""),
                  *(f"note: cut merged at {m}" for m in plan.merged)]
@@ -294,6 +295,7 @@ class SegmentedJob:
             "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
                          for s in self.specs],
             "sink": self.sink_note,
+            "output_video": describe_output(self.config.output),
             "frames_in": self.plan.frames,
             "frames_out": self.plan.frames,
             "frames_encoded": frames_encoded,   # this run's; reused segments' frames are not

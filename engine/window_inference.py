@@ -19,15 +19,15 @@ keeps its context), down to 2·overlap+1 frames; then as spatial tiles of the wh
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.inference import (MIN_TILE, Precision, halved_tile, autocast, resolve_device, resolve_precision,
-                              set_backends, tiled_forward)
+from engine.inference import (MIN_TILE, Precision, autocast, halved_tile, resolve_device, resolve_precision,
+                              resolved_settings, set_backends, tiled_forward)
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ class WindowRunner:
             p.requires_grad_(False)
 
     def describe(self) -> dict[str, Any]:
-        return {**asdict(self.settings), "device": str(self.device), "precision": self.precision,
-                "window": self.window, "tile": self.tile, "offload": self.offload,
+        return {**resolved_settings(self.settings, self.cuda), "device": str(self.device),
+                "precision": self.precision, "window": self.window, "tile": self.tile, "offload": self.offload,
                 "oom_retries": self.oom_retries,
                 "device_name": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
                 "torch": torch.__version__}

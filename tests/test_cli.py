@@ -50,6 +50,8 @@ def test_passthrough_keeps_every_frame_its_order_and_timestamps(clip, tmp_path):
     assert decoded_pts(out) == pytest.approx(decoded_pts(src), abs=1e-6)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["frames_in"] == report["frames_out"] == 60
+    written = report["output_video"]  # read back from the file, not the input's
+    assert (written["path"], written["codec"], written["width"]) == (str(out), "h264", 64)
     assert {s["name"] for s in report["stages"]} == {"decode", "encode"}
     assert all({"busy_s", "blocked_s", "items"} <= set(s) for s in report["stages"])
     assert leftovers(tmp_path) == ["out.mp4", "r.json"]
@@ -377,6 +379,10 @@ def test_encoder_must_fit_the_container_and_unused_flags_are_said(clip, tmp_path
                    "--crf", "10", "--preset", "fast", "--report", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
     assert "--crf and --preset not used by prores" in json.loads((tmp_path / "r.json").read_text())["sink"]
+    r = run_engine("stream", src, tmp_path / "o.mp4", "--pipeline", "none", "--prores-profile", "4444")
+    assert r.returncode == 0 and "--prores-profile not used by x264" in r.stderr
+    r = run_engine("stream", src, tmp_path / "p.mov", "--pipeline", "none", "--encoder", "prores")
+    assert r.returncode == 0 and "not used" not in r.stderr  # the default profile was not given
 
 
 def test_read_only_output_dir_is_refused_even_as_root(clip, tmp_path):
@@ -472,3 +478,17 @@ def test_odd_size_kept_by_ffv1_444(clip, tmp_path):
     assert r.returncode == 0, r.stderr
     with av.open(str(out)) as c:
         assert (c.streams.video[0].width, c.streams.video[0].height) == (65, 49)
+
+
+def test_an_existing_output_is_said_to_be_replaced_and_kept_if_the_job_fails(clip, tmp_path):
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"an earlier render")
+    failed = run_engine("stream", clip(frames=6), out, "--pipeline", "test.fail-map:at=3",
+                        env={"ENGINE_STAGE_MODULES": "engine.testing"})
+    assert failed.returncode != 0 and out.read_bytes() == b"an earlier render"
+    assert f"note: {out} exists: it is replaced when this job completes" in failed.stderr
+    r = run_engine("stream", clip(frames=6), out)
+    assert r.returncode == 0 and "exists: it is replaced" in r.stderr
+    assert out.stat().st_size > 100
+    again = run_engine("stream", clip(frames=6), tmp_path / "new.mp4")
+    assert "exists" not in again.stderr

@@ -157,6 +157,7 @@ def test_resume_output_is_one_continuous_stream_with_audio_in_sync(media, tmp_pa
     assert stream(media["av"], plain, "--encoder", "x264").returncode == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["segments"]["total"] == 3 and report["segments"]["done"] == 3
+    assert report["output_video"]["path"] == str(out) and report["output_video"]["codec"] == "h264"
     assert decoded_indices(out) == list(range(48))
     assert times(out) == times(media["av"])  # every frame at its input time: no gap, no overlap
     with av.open(str(out)) as c:
