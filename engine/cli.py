@@ -124,6 +124,11 @@ def _probe(args: argparse.Namespace) -> int:
     duration = f"{result.duration_s:.3f} s" if result.duration_s is not None else "unknown"
     print(f"{result.path}: {result.format}, {duration}, {result.video_frames} video frames "
           f"at {result.frame_rate or '?'} fps, {result.width}x{result.height} {result.pix_fmt}")
+    if result.sample_aspect_ratio:
+        w, h = result.display_size
+        print(f"  pixels {result.sample_aspect_ratio.replace('/', ':')} (shown as {w}x{h})")
+    if result.colour:
+        print("  colour " + " ".join(f"{k}={v}" for k, v in result.colour.items()))
     for s in result.streams:
         print(f"  #{s.index} {s.type:<10} {s.codec:<12} {s.detail}")
     if result.timestamps_problem:

@@ -31,9 +31,34 @@ class ProbeResult:
     streams: list[StreamInfo] = field(default_factory=list)
     timestamps_problem: str | None = None  # broken video timestamps (engine/timestamps.py), if any
     hdr: dict | None = None    # HDR10 static metadata of the first frame (engine/hdr.py)
+    sample_aspect_ratio: str | None = None   # "4/3": anamorphic pixels (None: square)
+    display_size: tuple[int, int] | None = None  # how players show it, when the pixels are not square
+    colour: dict = field(default_factory=dict)   # FFmpeg's names for matrix, primaries, transfer, range
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# FFmpeg's names (av_color_*_name) for the values met in practice; others print as numbers
+MATRICES = {0: "rgb", 1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020nc",
+            10: "bt2020c"}
+PRIMARIES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020",
+             11: "smpte431", 12: "smpte432"}
+TRANSFERS = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 8: "linear",
+             13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 18: "arib-std-b67"}
+RANGES = {1: "tv", 2: "pc"}
+
+
+def colour_names(info) -> dict[str, str]:
+    """The colour tags a stream has (unspecified ones left out)."""
+    named = {}
+    for key, value, names, unset in (("matrix", info.colorspace, MATRICES, (2,)),  # 0 is RGB
+                                     ("primaries", info.color_primaries, PRIMARIES, (0, 2)),
+                                     ("transfer", info.color_trc, TRANSFERS, (0, 2)),
+                                     ("range", info.color_range, RANGES, (0,))):
+        if value not in unset:
+            named[key] = names.get(value, str(value))
+    return named
 
 
 def count_video_packets(container: av.container.InputContainer) -> int:
@@ -63,10 +88,14 @@ def probe(path: str) -> ProbeResult:
                 frames += 1
                 check.feed(packet.pts)
         duration = container.duration / av.time_base if container.duration else info.duration_s
+        sar = info.sample_aspect_ratio
         return ProbeResult(
             path=path, format=container.format.name, duration_s=duration, video_frames=frames,
             width=info.width, height=info.height, pix_fmt=info.pix_fmt,
             frame_rate=str(info.frame_rate) if info.frame_rate else None, streams=streams,
-            timestamps_problem=check.problem, hdr=info.hdr.describe() if info.hdr else None)
+            timestamps_problem=check.problem, hdr=info.hdr.describe() if info.hdr else None,
+            sample_aspect_ratio=str(sar) if sar else None,
+            display_size=(round(info.width * sar), info.height) if sar else None,
+            colour=colour_names(info))
     finally:
         container.close()

@@ -150,6 +150,11 @@ def test_probe(clip):
     info = json.loads(r.stdout)
     assert (info["video_frames"], info["width"], info["height"]) == (33, 64, 48)
     assert run_engine("probe", MEDIA / "anime-320x240.mp4").stdout.count("audio") == 1
+    # the sample is anamorphic: 320x240 pixels shown at 16:9
+    assert "pixels 4:3 (shown as 427x240)" in run_engine("probe", MEDIA / "anime-320x240.mp4").stdout
+    tagged = json.loads(run_engine("probe", clip(frames=3, bt709=True), "--json").stdout)
+    assert tagged["colour"] == {"matrix": "bt709", "primaries": "bt709", "transfer": "bt709", "range": "tv"}
+    assert info["colour"] == {} and info["sample_aspect_ratio"] is None  # untagged, square
 
 
 def test_real_clip_end_to_end(tmp_path):
