@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 
 from engine import __version__
+from engine import interrupts
 from engine.errors import EngineError, StageError, Terminated, UserError
 
 # decode → dedup → realesr-animevideov3 x2 → encode
@@ -165,27 +165,23 @@ def _models(_: argparse.Namespace) -> int:
     return 0
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"stream": _stream, "probe": _probe, "stages": _stages, "models": _models}[args.command]
+    interrupts.install()  # SIGTERM and SIGHUP stop a job as Ctrl-C does
     try:
-        signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread (main() called from a thread): keep the default
-        pass
-    try:
-        return handler(args)
+        code = handler(args)
+        for what in dict.fromkeys(interrupts.late):  # the output was already in place
+            print(f"engine: note: {what} after the output was complete; the job finished", file=sys.stderr)
+        return code
     except StageError as exc:
         # a user error raised in a worker (say, corrupt input found mid-stream) reads as itself
         message = str(exc.cause) if isinstance(exc.cause, UserError) else str(exc)
         return _fail(message, exc.exit_code)
     except EngineError as exc:
         return _fail(str(exc), exc.exit_code)
-    except Terminated:
-        return _fail("terminated", 128 + signal.SIGTERM)
+    except Terminated as exc:
+        return _fail(interrupts.STOP_SIGNALS.get(exc.signum, "terminated"), 128 + exc.signum)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except BrokenPipeError:  # `engine models | head`: the reader left, nothing is wrong

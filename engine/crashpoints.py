@@ -1,5 +1,6 @@
-"""Named crash points for fault tests: `ENGINE_CRASH_AT=NAME[:N]` kills the process with
-SIGKILL the N-th time (default 1st) the code passes `crash_point(NAME)`.
+"""Named crash points for fault tests: `ENGINE_CRASH_AT=NAME[:N[:SIGNAL]]` kills the process
+with SIGKILL (or sends it SIGNAL: INT, TERM, HUP) the N-th time (default 1st) the code passes
+`crash_point(NAME)`.
 
 Real code paths stop exactly where a power cut or `kill -9` could stop them (half a manifest
 written, a segment renamed but not recorded, the join half muxed); the tests then resume
@@ -19,7 +20,8 @@ from collections import Counter
 
 _passed: Counter[str] = Counter()
 # read once: crash points sit on per-packet paths, and os.environ lookups are not free
-_TARGET, _, _NTH = os.environ.get("ENGINE_CRASH_AT", "").partition(":")
+_TARGET, _, _WHEN = os.environ.get("ENGINE_CRASH_AT", "").partition(":")
+_NTH, _, _SIGNAL = _WHEN.partition(":")
 _ONCE = os.environ.get("ENGINE_CRASH_ONCE", "")
 
 
@@ -28,7 +30,7 @@ def crash_point(name: str) -> None:
         return
     _passed[name] += 1
     if _passed[name] == int(_NTH or 1) and _first_to_crash():
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, f"SIG{_SIGNAL}") if _SIGNAL else signal.SIGKILL)
 
 
 def _first_to_crash() -> bool:

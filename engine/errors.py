@@ -35,9 +35,15 @@ class StageError(EngineError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`timeout`, `docker stop`, systemd), raised in the main thread by the CLI's
-    handler: the job stops as on Ctrl-C, so its partial output is removed; Python's default
-    would end the process with the partial left behind."""
+    """SIGTERM (`timeout`, `docker stop`, systemd) or SIGHUP (a closed terminal), raised in the
+    main thread by the CLI's handler (engine/interrupts.py): the job stops as on Ctrl-C, so its
+    partial output is removed; Python's default would end the process with the partial left."""
+
+    @property
+    def signum(self) -> int:
+        import signal
+
+        return self.args[0] if self.args else int(signal.SIGTERM)
 
 
 class Cancelled(Exception):

@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 
 import av
 
+from engine import interrupts
 from engine.completeness import find_truncation
+from engine.crashpoints import crash_point
 from engine.encoders import choose_encoder, container_for, muxer_codecs
 from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
 from engine.registry import StageSpec, check_stage_order, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
-from engine.sink import ImageSequenceSink, VideoSink, frame_name, is_image_pattern, pattern_matches
+from engine.sink import (ImageSequenceSink, VideoSink, frame_name, image_staging, is_image_pattern, partial_path,
+                         pattern_matches, remove_stale_partials)
 from engine.source import VideoInfo, VideoSource
 from engine.stage import check_frame_size, frame_sizes
 from engine.streamcopy import plan_copy
@@ -62,13 +65,24 @@ def check_writable_directory(path: str, what: str = "output directory") -> None:
         raise UserError(f"{what} is not writable: {path}")
 
 
+def _name_max(directory: str) -> int:
+    try:
+        return os.pathconf(directory if os.path.isdir(directory) else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_output_path(input_path: str, output: str) -> None:
     if is_image_pattern(output) and frame_name(output) is None:  # `%s.png`, `%x`: no frame number
         raise UserError(f"image pattern needs one integer field such as %06d: {output}")
     target = os.path.dirname(os.path.abspath(output)) if is_image_pattern(output) else output
     if same_path(input_path, target):
         raise UserError(f"output is the input file: {output}")
-    check_writable_directory(os.path.dirname(os.path.abspath(target)) or ".")
+    name = os.path.basename(os.path.abspath(target))
+    if len(name.encode()) > _name_max(os.path.dirname(os.path.abspath(target))):
+        raise UserError(f"output name is too long for its filesystem ({len(name.encode())} bytes): {output}")
+    if not (is_image_pattern(output) and os.path.isdir(target)):  # frames are staged inside it
+        check_writable_directory(os.path.dirname(os.path.abspath(target)) or ".")
     if not is_image_pattern(output) and os.path.isdir(output):
         raise UserError(f"output is a directory, not a file: {output}")
     if not is_image_pattern(output) and os.path.exists(output) and not os.path.isfile(output):
@@ -125,9 +139,15 @@ class Job:
             source.close()
             raise
         return cls(config, specs, source, sink, note,  # never drop a stream silently
-                   replacing_note(config.output) + early_notes + plan.notes())
+                   clear_stale_partials(config.output) + replacing_note(config.output) + early_notes
+                   + plan.notes())
 
     def run(self, reporter: Reporter | None = None) -> dict:
+        # once the output is in place, a stop signal cannot undo the job (engine/interrupts.py)
+        with interrupts.finishing(self.config.output):
+            return self._run(reporter)
+
+    def _run(self, reporter: Reporter | None) -> dict:
         config = self.config
         reporter = reporter or make_reporter(config.quiet, record_gpu=bool(config.report))
         pipeline = Pipeline(self.source, self.specs, self.sink, config.runner)
@@ -170,6 +190,14 @@ def check_config(config: JobConfig) -> list[StageSpec]:
     return specs
 
 
+def clear_stale_partials(output: str) -> list[str]:
+    """Remove the partials of `output` left by runs here that were killed (no handler runs on
+    SIGKILL or the OOM killer, and each pid names a new one); the notes that say so."""
+    removed = remove_stale_partials(*image_staging(output)) if is_image_pattern(output) else \
+        remove_stale_partials(output)
+    return [f"note: removed {name}, left by a run of this job that was killed" for name in removed]
+
+
 def replacing_note(output: str) -> list[str]:
     """An existing output is replaced, like FFmpeg's -y: said before the run, so a mistyped
     name can be stopped; the old file stays until the new one is complete."""
@@ -184,6 +212,8 @@ def check_report_path(report: str, inputs: list[str], outputs: list[str], create
     not after hours of work."""
     if os.path.isdir(report):
         raise UserError(f"--report names a directory, not a file: {report}")
+    if len(os.path.basename(report).encode()) > _name_max(os.path.dirname(os.path.abspath(report))):
+        raise UserError(f"--report name is too long for its filesystem: {report}")
     for path in inputs:
         if same_path(report, path):
             raise UserError(f"--report would overwrite the input: {report}")
@@ -319,14 +349,17 @@ def environment() -> dict:
 
 
 def write_report(path: str, report: dict) -> None:
-    tmp = f"{path}.partial"
+    tmp = partial_path(path)  # hidden, and as short as a legal name allows
     try:
         with open(tmp, "w") as fh:
+            crash_point("report-write")
             json.dump(report, fh, indent=2)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         try:
             os.unlink(tmp)  # a half-written report must not be left to look like one
         except OSError:
             pass
-        raise UserError(f"cannot write report {path}: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write report {path}: {exc.strerror or exc}") from None
+        raise

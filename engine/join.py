@@ -32,10 +32,11 @@ from fractions import Fraction
 
 import av
 
+from engine import interrupts
 from engine.crashpoints import crash_point
+from engine.durable import fsync_dir, fsync_file
 from engine.encoders import CONTAINERS
 from engine.errors import ValidationError
-from engine.durable import fsync_dir, fsync_file
 from engine.sink import check_written, partial_path
 from engine.streamcopy import CopyPlan, StreamCopier
 
@@ -164,6 +165,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
         check_written(partial, total, 1 + copier.stream_count)
         fsync_file(partial)
         crash_point("join-rename")
+        interrupts.committing(output)
         os.replace(partial, output)
         fsync_dir(os.path.dirname(os.path.abspath(output)))
         return copied

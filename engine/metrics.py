@@ -149,6 +149,7 @@ class RunSnapshot:
     workers: list[WorkerSnapshot] = field(default_factory=list)  # --ray: one per segment in flight
 
     recent_fps: float | None = None  # over the last RateWindow.window_s, when a display keeps one
+    stopping: str | None = None      # why the run is stopping (Ctrl-C, a failed stage), until it has
 
     @property
     def fps(self) -> float:

@@ -64,8 +64,18 @@ class Reporter:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            snap = self._rate.annotate(self._snapshot())
+        # Woken every 0.25 s at most: a run that starts stopping (Ctrl-C, a failed stage) says so
+        # at once, not at the next 5 s log line; its threads may take seconds to unwind.
+        step = min(self.interval_s, 0.25)
+        next_draw = self.interval_s
+        told = False
+        while not self._stop.wait(step):
+            snap = self._snapshot()
+            if snap.elapsed_s < next_draw and (told or snap.stopping is None):
+                continue
+            next_draw = snap.elapsed_s + self.interval_s
+            told = told or snap.stopping is not None
+            snap = self._rate.annotate(snap)
             gpus = self.gpu.latest if self.gpu is not None else []
             if self.record_timeline:
                 self.timeline.append({"t": round(snap.elapsed_s, 3), "done": snap.frames_done,
@@ -128,11 +138,18 @@ class LogReporter(Reporter):
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         super().__init__()
         self.stream = stream
+        self._said_stopping = False
 
     def draw(self, snap: RunSnapshot, gpus: list[GpuSample]) -> None:
         busiest = max(snap.stages, key=lambda s: s.busy_s, default=None)
         gpu = "".join(f" gpu{g.index} {g.utilization_pct}% {g.memory_used_mib}MiB" for g in gpus)
         workers = "".join(f" [{w.name} {w.fps:.1f} fps]" for w in snap.workers)
+        if snap.stopping is not None:
+            if not self._said_stopping:  # once: the lines after it would all say the same
+                print(f"[engine] stopping ({snap.stopping}): waiting for the stages to end",
+                      file=self.stream, flush=True)
+            self._said_stopping = True
+            return
         print(f"[engine] {_done(snap)} frames  {snap.current_fps:.1f} fps  eta {_eta(snap.eta_s)}"
               f"  busiest {busiest.name if busiest else '-'}{gpu}{workers}", file=self.stream, flush=True)
 
@@ -205,6 +222,8 @@ class RichReporter(Reporter):
         total = snap.frames_total or max(snap.frames_done, 1)
         header = (f"{_done(snap)} frames  {snap.current_fps:.1f} fps  elapsed {_eta(snap.elapsed_s)}"
                   f"  eta {_eta(snap.eta_s)}")
+        if snap.stopping is not None:
+            header = f"stopping ({snap.stopping}): waiting for the stages to end"
         bar = ProgressBar(total=total, completed=min(snap.frames_done, total),
                           width=min(60, self.console.width))
         top = Table.grid()  # a grid ends its lines; a bare ProgressBar does not, and the

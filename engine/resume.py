@@ -26,13 +26,14 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from engine import interrupts
 from engine.completeness import find_truncation, readable_frames
 from engine.crashpoints import crash_point
 from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, container_for, fixed_threads,
                              muxer_codecs, with_options)
 from engine.errors import UserError
-from engine.job import (check_config, check_input, check_output_size, describe_output, environment,
-                        replacing_note, reporter_note, write_report)
+from engine.job import (check_config, check_input, check_output_size, clear_stale_partials, describe_output,
+                        environment, replacing_note, reporter_note, write_report)
 from engine.join import JoinPart, join_segments
 from engine.manifest import (MANIFEST, Manifest, SegmentRecord, is_temporary, job_key, key_difference, load,
                              save)
@@ -171,7 +172,8 @@ class SegmentedJob:
         except BaseException:
             os.close(lock_fd)
             raise
-        notes = [*replacing_note(config.output), *input_notes, *copy_plan.notes(),
+        notes = [*clear_stale_partials(config.output), *replacing_note(config.output), *input_notes,
+                 *copy_plan.notes(),
                  f"segments: {_sizes(plan.segments, length)} in {work_dir}"
                  + (f", {len(reused)} reused" if reused else ""),
                  *(f"note: cut merged at {m}" for m in plan.merged)]
@@ -181,6 +183,11 @@ class SegmentedJob:
     # ---- the run --------------------------------------------------------------------------
 
     def run(self, reporter: Reporter | None = None) -> dict:
+        # once the output is in place, a stop signal cannot undo the job (engine/interrupts.py)
+        with interrupts.finishing(self.config.output):
+            return self._run(reporter)
+
+    def _run(self, reporter: Reporter | None) -> dict:
         config = self.config
         reporter = reporter or make_reporter(config.quiet, record_gpu=bool(config.report))
         todo = [s for s in self.plan.segments if s.index not in self.reused]
@@ -220,6 +227,7 @@ class SegmentedJob:
     def finish(self, results: dict[int, SegmentResult], started: float, frames_encoded: int,
                join_s: float, extra: dict | None = None) -> dict:
         """After the join: remove the spent work directory, build and write the report."""
+        crash_point("work-dir-removal")
         shutil.rmtree(self.work_dir, ignore_errors=True)  # the output is in place: parts are spent
         report = self._report(results, started, frames_encoded, join_s)
         report.update(extra or {})

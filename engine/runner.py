@@ -86,8 +86,8 @@ class Interrupted(EngineError):
     def by(cls, exc: KeyboardInterrupt) -> Interrupted:
         """The error for the interrupt `exc`: Ctrl-C, or SIGTERM (exit 143, as a shell reports it)."""
         if isinstance(exc, Terminated):
-            stop = cls("terminated")
-            stop.exit_code = 128 + signal.SIGTERM
+            stop = cls("hung up" if exc.signum == signal.SIGHUP else "terminated")
+            stop.exit_code = 128 + exc.signum
             return stop
         return cls("interrupted")
 
@@ -211,8 +211,10 @@ class Pipeline:
         stages = [aggregate(n.name, n.kind, n.metrics,
                             len(n.inbox) if n.inbox is not None else 0,  # an empty Channel is falsy
                             n.inbox.capacity if n.inbox is not None else 0) for n in self._nodes]
+        error = self.token.error
         return RunSnapshot(elapsed_s=elapsed, frames_done=stages[-1].items,
-                           frames_total=self.source.frames_total, stages=stages)
+                           frames_total=self.source.frames_total, stages=stages,
+                           stopping=(str(error) or type(error).__name__) if error is not None else None)
 
     # ---- threads --------------------------------------------------------------------------
 

@@ -7,10 +7,12 @@ interrupted or failed job therefore leaves nothing that looks finished.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 import shutil
+import socket
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
@@ -19,6 +21,7 @@ import av
 import cv2
 import numpy as np
 
+from engine import interrupts
 from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
 from engine.errors import UserError, ValidationError
 from engine.frame import Frame
@@ -31,11 +34,59 @@ LIMITED_RANGE, FULL_RANGE = 1, 2  # AVColorRange MPEG / JPEG (engine/colour.py i
 RGB_MATRIX, BT709_MATRIX = 0, 1   # AVColorSpace
 
 
-def partial_path(path: str) -> str:
-    """Where `path` is written until it is complete and checked: a hidden sibling."""
+def _host() -> str:
+    """This machine, in a partial's name: only partials of its own dead processes are removed."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _partial_parts(path: str, inside: str | None = None) -> tuple[str, str, str]:
+    """(directory, name up to the pid, extension) of `path`'s partial, in `inside` or beside it.
+    The name keeps within NAME_MAX whatever `path`'s length: any name legal for the output
+    must work (a 244-character one failed mid-run)."""
     head, tail = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(tail)
-    return os.path.join(head, f".{stem}.partial-{os.getpid()}{ext}")
+    where = inside or head
+    try:
+        name_max = os.pathconf(where if os.path.isdir(where) else head, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    prefix = f".partial-{_host()}-"
+    room = name_max - 1 - len(prefix) - 10 - len(ext.encode())  # a pid has at most 10 digits
+    stem = stem.encode()[:max(room, 1)].decode(errors="ignore")
+    return where, f".{stem}{prefix}", ext
+
+
+def partial_path(path: str, inside: str | None = None) -> str:
+    """Where `path` is written until it is complete and checked: a hidden sibling (or a hidden
+    entry of `inside`), named after this machine and process."""
+    where, name, ext = _partial_parts(path, inside)
+    return os.path.join(where, f"{name}{os.getpid()}{ext}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_partials(path: str, inside: str | None = None) -> list[str]:
+    """Remove the partials of `path` that runs on this machine left when they were killed
+    (SIGKILL, the OOM killer, a power cut: no handler runs). Returns their names."""
+    where, name, ext = _partial_parts(path, inside)
+    if not os.path.isdir(where):
+        return []
+    pattern = re.compile(re.escape(name) + r"(\d+)" + re.escape(ext) + "$")
+    removed = []
+    for entry in sorted(os.listdir(where)):
+        found = pattern.match(entry)
+        if found and int(found.group(1)) != os.getpid() and not _alive(int(found.group(1))):
+            _remove(os.path.join(where, entry))
+            removed.append(entry)
+    return removed
 
 
 def output_aspect_ratio(sar: Fraction | None, source: tuple[int, int], output: tuple[int, int]) -> Fraction | None:
@@ -251,6 +302,7 @@ class VideoSink:
         check_written(self.partial, frames, 1 + self._copier.stream_count)
 
     def commit(self) -> None:
+        interrupts.committing(self.path)
         os.replace(self.partial, self.path)
         self._committed = True
 
@@ -299,6 +351,12 @@ def pattern_matches(pattern: str, directory: str) -> list[str]:
     return sorted(n for n in os.listdir(directory) if named.match(n))
 
 
+def image_staging(pattern: str) -> tuple[str, str | None]:
+    """(the frames' directory, where their partial is staged: inside it if it exists)."""
+    directory = os.path.dirname(os.path.abspath(pattern))
+    return directory, directory if os.path.isdir(directory) else None
+
+
 class ImageSequenceSink:
     """Writes ``dir/%06d.png`` (or .webp), numbered from 1 like FFmpeg's image2 muxer.
 
@@ -321,7 +379,10 @@ class ImageSequenceSink:
         self.pattern = pattern
         self.ext = ext
         self.directory = os.path.dirname(os.path.abspath(pattern))
-        self.partial = partial_path(self.directory)
+        # Frames are staged inside an existing directory, not beside it: a mount point (a
+        # docker volume, a drive's root) is another filesystem from its parent, where the
+        # renames into place failed after the whole job, and its parent may be read-only.
+        self.partial = partial_path(*image_staging(pattern))
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future] = deque()
@@ -360,6 +421,7 @@ class ImageSequenceSink:
                                   + (f", missing {missing[0]}" if missing else ""))
 
     def commit(self) -> None:
+        interrupts.committing(self.pattern)  # one rename a frame: never stopped half way
         if not os.path.isdir(self.directory):
             os.replace(self.partial, self.directory)
             return

@@ -432,7 +432,8 @@ def test_stalled_stage_fails_without_hanging(clip, tmp_path):
 
 
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
-                                              (signal.SIGTERM, 143, "terminated")])  # timeout, docker stop
+                                              (signal.SIGTERM, 143, "terminated"),  # timeout, docker stop
+                                              (signal.SIGHUP, 129, "hung up")])  # a closed terminal, ssh
 def test_ctrl_c_or_sigterm_stops_cleanly_and_leaves_nothing(clip, tmp_path, sig, code, said):
     src = clip(frames=400, width=320, height=240)
     out = tmp_path / "out.mp4"
@@ -455,7 +456,88 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_leaves_nothing(clip, tmp_path, sig,
     assert proc.returncode == code, err
     assert time.monotonic() - started < 10
     assert f"engine: error: {said}" in err and "Traceback" not in err
+    assert f"stopping ({said})" in err  # said at once: the threads may take seconds to unwind
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("sig", ["INT", "TERM", "HUP"])
+def test_a_stop_signal_after_the_output_is_in_place_lets_the_job_finish(clip, tmp_path, sig, resume):
+    # exit 130 over a complete output, a report missing (or left as a partial), a work
+    # directory half removed that the rerun then refused
+    out, report = tmp_path / "out.mp4", tmp_path / "r.json"
+    point = "work-dir-removal" if resume else "report-write"
+    r = run_engine("stream", clip(frames=24), out,
+                   "--report", report, *(["--resume", "--segment", "12f"] if resume else []),
+                   env={"ENGINE_CRASH_AT": f"{point}:1:{sig}"})
+    said = {"INT": "interrupted", "TERM": "terminated", "HUP": "hung up"}[sig]
+    assert r.returncode == 0, r.stderr
+    assert f"engine: note: {said} after the output was complete; the job finished" in r.stderr
+    assert json.loads(report.read_text())["frames_out"] == 24
+    assert decoded_indices(out) == list(range(24))
+    assert leftovers(tmp_path) == ["out.mp4", "r.json"]  # no report partial, no work directory
+
+
+def test_a_signal_before_the_output_is_in_place_still_stops_the_job():
+    import os as _os
+
+    from engine import interrupts
+
+    with interrupts.finishing("/tmp/out.mp4"):
+        interrupts.committing("/tmp/work/segment-00000.mp4")  # a segment: the job goes on
+        with pytest.raises(KeyboardInterrupt):
+            _os.kill(_os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        interrupts.committing("/tmp/out.mp4")
+        _os.kill(_os.getpid(), signal.SIGINT)  # now only noted
+        time.sleep(0.05)
+    assert interrupts.late[-1] == "interrupted"
+    with pytest.raises(KeyboardInterrupt):  # and the handler is back after the job
+        _os.kill(_os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+def test_partials_of_killed_runs_are_removed_and_live_ones_kept(clip, tmp_path):
+    from engine.sink import partial_path
+
+    out = tmp_path / "out.mp4"
+    live = partial_path(str(out))  # this process: alive
+    stem = os.path.basename(live).rsplit("-", 1)[0]
+    dead = tmp_path / f"{stem}-999999999.mp4"  # no such pid
+    other_host = tmp_path / ".out.partial-zzzzzz-999999999.mp4"
+    for path in (live, dead, other_host):
+        open(path, "wb").close()
+    r = run_engine("stream", clip(frames=6), out)
+    assert r.returncode == 0, r.stderr
+    assert f"removed {dead.name}, left by a run of this job that was killed" in r.stderr
+    assert not dead.exists() and os.path.exists(live) and other_host.exists()
+
+
+def test_any_legal_output_name_works_and_a_too_long_one_is_refused_up_front(clip, tmp_path):
+    longest = tmp_path / ("a" * 251 + ".mp4")  # 255 bytes: the partial's name must fit too
+    r = run_engine("stream", clip(frames=6), longest, "--report", tmp_path / ("r" * 250 + ".json"))
+    assert r.returncode == 0, r.stderr
+    assert decoded_indices(longest) == list(range(6))
+    too_long = tmp_path / ("a" * 256 + ".mp4")
+    assert_clean_failure(run_engine("stream", clip(frames=6), too_long), "output name is too long")
+    assert_clean_failure(run_engine("stream", clip(frames=6), tmp_path / "o.mp4", "--report",
+                                    tmp_path / ("r" * 256 + ".json")), "--report name is too long")
+
+
+def test_frames_are_staged_inside_an_existing_directory(clip, tmp_path):
+    # a mount point (a docker volume) is another filesystem than its parent: frames staged
+    # beside it could not be renamed in, and failed after the whole job
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from engine.sink import ImageSequenceSink
+
+    sink = ImageSequenceSink(str(frames / "%04d.png"))
+    assert os.path.dirname(sink.partial) == str(frames) and os.path.basename(sink.partial).startswith(".frames.partial-")
+    r = run_engine("stream", clip(frames=4), frames / "%04d.png")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(frames)) == ["0001.png", "0002.png", "0003.png", "0004.png"]
+    fresh = ImageSequenceSink(str(tmp_path / "new" / "%04d.png"))
+    assert os.path.dirname(fresh.partial) == str(tmp_path)  # no directory yet: beside it, renamed whole
 
 
 def test_odd_size_is_cropped_to_even_for_420_not_rescaled(clip, tmp_path):

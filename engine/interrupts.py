@@ -1,0 +1,87 @@
+"""Stop signals: what SIGTERM and SIGHUP do, and why none of them can undo a finished job.
+
+Ctrl-C (SIGINT) raises KeyboardInterrupt; the CLI makes SIGTERM (`timeout`, `docker stop`)
+and SIGHUP (a closed terminal, a dropped SSH session) raise `Terminated`, a KeyboardInterrupt,
+so every stop removes the partial output the same way. Python's default for those two ends
+the process with the partial left behind.
+
+Once the job's output starts to move into place, the job is finished: a stop signal then
+would report "interrupted" (exit 130) over a complete output, and cut short the report and
+the work directory's removal (the rerun refused the half-removed directory). So a job runs
+its ending inside `finishing(output)`; the sink calls `committing(path)` just before it puts
+the output in place, and from there to the end of `finishing` stop signals are only noted.
+The CLI says so (`late`), and the exit status is the job's own.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from engine.errors import Terminated
+
+STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+def install() -> None:
+    """SIGTERM and SIGHUP stop a job as Ctrl-C does (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, raise_terminated)
+
+
+class _Ending:
+    """The one job ending in progress: its output path, and the handlers it replaced."""
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.saved: dict[int, object] | None = None  # set once committing() has begun
+
+    def hold(self) -> None:
+        if self.saved is None:
+            self.saved = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+            for s in STOP_SIGNALS:
+                signal.signal(s, _note)
+
+    def release(self) -> None:
+        if self.saved is not None:
+            for s, handler in self.saved.items():
+                signal.signal(s, handler)
+            self.saved = None
+
+
+_ending: _Ending | None = None
+late: list[str] = []  # stop signals that came after the output was in place
+
+
+def _note(signum, frame) -> None:
+    late.append(STOP_SIGNALS.get(signum, f"signal {signum}"))
+
+
+@contextmanager
+def finishing(output: str) -> Iterator[None]:
+    """Around a job whose final output is `output`: from `committing(output)` to the end of
+    this block, stop signals wait (see the module docstring). Main thread only, else a no-op."""
+    global _ending
+    if threading.current_thread() is not threading.main_thread() or _ending is not None:
+        yield
+        return
+    _ending = _Ending(output)
+    try:
+        yield
+    finally:
+        ending, _ending = _ending, None
+        ending.release()
+
+
+def committing(path: str) -> None:
+    """A sink is about to put `path` in place. If that is the job's final output, stop
+    signals are held from here on (segment files of a --resume job are not: it goes on)."""
+    if _ending is not None and path == _ending.output:
+        _ending.hold()
