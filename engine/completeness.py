@@ -47,6 +47,8 @@ def find_truncation(path: str, info: VideoInfo) -> str | None:
     with av.open(path) as container:
         if not container.duration:
             return None  # nothing declared (raw streams, live captures): nothing to hold it to
+        if container.format.name.endswith("_pipe") or container.format.name == "image2":
+            return None  # a still image: its "duration" is one frame's, and a decode reads it whole
         start = (container.start_time or 0) / av.time_base
         declared_end = start + container.duration / av.time_base
         # a little before the end: the seek lands on a keyframe at or before the target

@@ -175,8 +175,8 @@ def check_config(config: JobConfig) -> list[StageSpec]:
         raise UserError(f"--frames must be >= 1, got {config.max_frames}")
     if not config.runner.stall_timeout_s > 0:  # also NaN
         raise UserError(f"--stall-timeout must be a number of seconds > 0, got {config.runner.stall_timeout_s}")
-    if config.runner.opencv_threads < 0:
-        raise UserError(f"--opencv-threads must be >= 0, got {config.runner.opencv_threads}")
+    if not 0 <= config.runner.opencv_threads <= 1024:  # cv2 takes a C int; no machine has more
+        raise UserError(f"--opencv-threads must be between 0 and 1024, got {config.runner.opencv_threads}")
     if config.timestamps not in TIMESTAMP_MODES:
         raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
                         f"{', '.join(TIMESTAMP_MODES)}")

@@ -7,6 +7,7 @@ interrupted or failed job therefore leaves nothing that looks finished.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -15,7 +16,9 @@ import shutil
 import socket
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from fractions import Fraction
+from typing import Iterator
 
 import av
 import cv2
@@ -100,6 +103,22 @@ def output_aspect_ratio(sar: Fraction | None, source: tuple[int, int], output: t
     while out.numerator > 65535 or out.denominator > 65535:
         out = out.limit_denominator(max(1, out.denominator // 2))
     return None if out == 1 else out
+
+
+# the output's filesystem refused: full, over a size or quota limit, read-only, failing
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+@contextmanager
+def output_errors(path: str) -> Iterator[None]:
+    """An OSError of writing the output, as the user's problem it is: one line naming the
+    output they asked for (not its hidden partial), exit 2."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise UserError(f"cannot write output {path}: {os.strerror(exc.errno)}") from None
 
 
 def check_written(path: str, frames: int, streams: int) -> None:
@@ -266,7 +285,8 @@ class VideoSink:
             self._open(width, height, frame.meta.get("rotation", 0))
         self._converting.append((frame, self._converters.submit(self._picture, frame)))
         while len(self._converting) > LOOKAHEAD:
-            self._encode_next()
+            with output_errors(self.path):
+                self._encode_next()
 
     def _encode_next(self) -> None:
         frame, converted = self._converting.popleft()
@@ -285,6 +305,10 @@ class VideoSink:
         self._video_end_s = frame.time + (float(1 / rate) if rate else 0.0)
 
     def finish(self, frames: int) -> None:
+        with output_errors(self.path):
+            self._finish(frames)
+
+    def _finish(self, frames: int) -> None:
         if self._container is None:
             raise ValidationError("no frames reached the encoder")
         while self._converting:
@@ -328,7 +352,9 @@ IMAGE_FORMATS = {".png": [cv2.IMWRITE_PNG_COMPRESSION, 1],
 
 
 def is_image_pattern(path: str) -> bool:
-    return "%" in os.path.basename(path)
+    """`dir/%06d.png`; a video name may hold a '%' too (`100%.mp4`)."""
+    name = os.path.basename(path)
+    return "%" in name and os.path.splitext(name)[1].lower() not in CONTAINERS
 
 
 def frame_name(pattern: str) -> re.Pattern | None:
@@ -396,7 +422,7 @@ class ImageSequenceSink:
                                    IMAGE_FORMATS[self.ext])
         if not ok:
             raise RuntimeError(f"could not encode frame {frame.seq} as {self.ext}")
-        with open(os.path.join(self.partial, name), "wb") as fh:
+        with output_errors(self.pattern), open(os.path.join(self.partial, name), "wb") as fh:
             fh.write(encoded.tobytes())
 
     def write(self, frame: Frame) -> None:

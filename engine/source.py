@@ -71,6 +71,8 @@ def open_input(path: str, hwaccel=None) -> av.container.InputContainer:
         raise UserError(f"input not found: {path}")
     if os.path.isdir(path):
         raise UserError(f"input is a directory, not a video: {path}")
+    if not os.path.isfile(path):  # a FIFO or a device: it is read more than once (side streams, checks)
+        raise UserError(f"input is not a regular file (a pipe or a device): {path}")
     if not os.access(path, os.R_OK):
         raise UserError(f"input is not readable: {path}")
     if os.path.getsize(path) == 0:

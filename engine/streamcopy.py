@@ -89,6 +89,8 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
             else:
                 plan.skipped.append(f"stream #{stream.index} (attachment {stream.name}): "
                                     f"{output_kind} cannot hold attachments (use .mkv to keep it)")
+        elif stream.type == "video" and stream.disposition & av.stream.Disposition.attached_pic:
+            plan.skipped.append(f"{desc}: cover art (an attached picture) is not carried")
         elif stream.type not in COPY_TYPES:
             plan.skipped.append(f"{desc}: only the first video stream is processed")
         elif codec is None:

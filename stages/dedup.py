@@ -358,8 +358,8 @@ class Dedup(MapStage):
             raise ValueError(f"caution must be between 0.1 and 10, got {caution}")
         if threshold is not None and threshold < 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
-        if block < 2:
-            raise ValueError(f"block must be >= 2, got {block}")
+        if not 2 <= block <= 256:  # beyond a few hundred pixels a window is the whole frame, slowly
+            raise ValueError(f"block must be between 2 and 256, got {block}")
         if not 1 <= max_run <= 1000:
             raise ValueError(f"max_run must be between 1 and 1000, got {max_run}")
         if analysis_width < 16:

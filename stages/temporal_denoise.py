@@ -14,8 +14,8 @@ class TemporalDenoise(WindowStage):
     """Median of each pixel over the frames around it; removes flicker and grain, keeps edges."""
 
     def __init__(self, radius: int = 1, window_size: int = 0):
-        if radius < 1:
-            raise ValueError(f"radius must be >= 1, got {radius}")
+        if not 1 <= radius <= 30:  # 2·radius+1 frames held: 61 1080p frames are 380 MB already
+            raise ValueError(f"radius must be between 1 and 30, got {radius}")
         # overlap = radius: every emitted frame sees `radius` real neighbours on each side
         super().__init__(window_size=window_size or 8 + 2 * radius, overlap=radius)
         self.radius = radius

@@ -326,3 +326,19 @@ def test_repair_rule_unit():
     refusing(0)
     with pytest.raises(Exception, match="repeats pts 0"):
         refusing(0)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_a_still_image_is_one_frame_not_a_truncated_video(tmp_path, ext):
+    # the JPEG was refused as "truncated: its data ends before the last 0.0 s of the 0.040 s"
+    import cv2
+
+    from engine.testing import index_frame
+
+    still = tmp_path / f"still{ext}"  # FFmpeg probes this one as image2, with one frame's duration
+    cv2.imwrite(str(still), index_frame(3, 120, 160))
+    out = tmp_path / "o.mp4"
+    r = run_engine("stream", still, out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 1

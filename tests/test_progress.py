@@ -184,3 +184,19 @@ def test_an_empty_queue_reports_its_capacity():
     pipeline.run()
     capacities = [s.queue_capacity for s in pipeline.snapshot().stages]
     assert capacities[1:] == [5, capacities[-1]] and capacities[-1] > 0  # empty now, capacity still there
+
+
+def test_a_stopping_run_says_so_once_and_at_once():
+    import time
+
+    out = io.StringIO()
+    rep = LogReporter(out)  # a line every 5 s otherwise
+    state = {"stopping": None}
+    rep.start(lambda: RunSnapshot(1.0, 10, 100, [], stopping=state["stopping"]))
+    time.sleep(0.1)
+    state["stopping"] = "interrupted"
+    deadline = time.monotonic() + 2
+    while "stopping" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rep.stop(None)
+    assert out.getvalue().count("[engine] stopping (interrupted): waiting for the stages to end") == 1

@@ -413,9 +413,9 @@ def test_stall_timeout_gives_up_only_after_no_node_could_run_a_segment_that_long
 # ---- last: a node taken away from the module's cluster -----------------------------------
 
 def _writer_node(work: Path, raylets: dict[int, object]):
-    """The node whose worker is writing a segment now: partial files are `.NAME.partial-PID.EXT`."""
+    """The node whose worker is writing a segment now: partial files are `.NAME.partial-HOST-PID.EXT`."""
     for p in work.glob(".segment-*.partial-*"):
-        pid = int(p.name.rsplit("partial-", 1)[1].split(".")[0])
+        pid = int(p.name.rsplit("-", 1)[1].split(".")[0])
         try:
             ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):

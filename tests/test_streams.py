@@ -191,3 +191,27 @@ def test_a_stream_mkv_cannot_hold_gets_no_advice_to_use_mkv():
         assert any("stream #1" in n and "unknown to FFmpeg" in n and "use .mkv" not in n for n in notes)
         advice = [n for n in notes if "stream #2" in n][0]
         assert ("use .mkv" in advice) == (ext != ".mkv")  # mkv takes pcm_s16be; said only where it helps
+
+
+def test_cover_art_is_named_as_such_when_it_is_not_carried(clip, tmp_path):
+    import numpy as np
+
+    src = tmp_path / "with-cover.mp4"
+    with av.open(str(clip(frames=6))) as inp, av.open(str(src), "w") as out:
+        video = out.add_stream_from_template(inp.streams.video[0])
+        cover = out.add_stream("png", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "rgb24"
+        cover.disposition = av.stream.Disposition.attached_pic
+        art = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        packets = [*cover.encode(art), *cover.encode(None)]
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = video
+                out.mux(packet)
+        for packet in packets:
+            packet.stream = cover
+            out.mux(packet)
+    r = run_engine("stream", src, tmp_path / "out.mp4")
+    assert r.returncode == 0, r.stderr
+    assert "stream #1 (png video): cover art (an attached picture) is not carried" in r.stderr
+    assert decoded_indices(tmp_path / "out.mp4") == list(range(6))  # the video, not the cover
