@@ -68,10 +68,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="GPUs each segment task reserves (default: 1 when a model stage runs on CUDA)")
 
     pr = sub.add_parser("probe", help="print streams, codecs, frame count and duration")
-    pr.add_argument("file")
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("file", help="a media file")
+    pr.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    sub.add_parser("stages", help="list the registered stages and presets")
+    st = sub.add_parser("stages", help="list the registered stages and presets; with NAME, a stage's options")
+    st.add_argument("name", nargs="?", metavar="NAME", help="a stage: its description and options with defaults")
     sub.add_parser("models", help="list the models the upscale stage can use")
     return p
 
@@ -142,12 +143,23 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stages(_: argparse.Namespace) -> int:
-    from engine.registry import available_presets, available_stages
+def _summary(doc: str | None) -> str:
+    """A docstring's first paragraph on one line (its first line alone may stop mid-sentence)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
 
+
+def _stages(args: argparse.Namespace) -> int:
+    from engine.registry import available_presets, available_stages, stage_options
+
+    if args.name:
+        options = stage_options(args.name)  # an unknown name: the usual one-line error
+        print(f"{args.name}: {_summary(available_stages()[args.name].__doc__)}")
+        for key, (kind, default) in options.items():
+            print(f"  {key:<16} {kind:<24} default {default}")
+        print(f"  {'workers, queue':<16} {'int':<24} the runner's: threads (ordered stages: 1) and input queue")
+        return 0
     for name, cls in available_stages().items():
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:<18} {cls.kind:<7} {doc[0] if doc else ''}")
+        print(f"{name:<18} {cls.kind:<7} {_summary(cls.__doc__)}")
     for name, spec in available_presets().items():
         print(f"{name:<18} {'preset':<7} {spec}")
     return 0

@@ -141,6 +141,20 @@ def _option_types(cls: type[Stage]) -> dict[str, Any]:
             if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def _type_name(target: Any) -> str:
+    if typing.get_origin(target) is typing.Literal:
+        return "|".join(map(str, typing.get_args(target)))
+    kinds = [t for t in typing.get_args(target) if t is not type(None)] or [target]
+    return " or ".join(getattr(t, "__name__", str(t)) for t in kinds)
+
+
+def stage_options(name: str) -> dict[str, tuple[str, Any]]:
+    """`engine stages NAME`: each option the stage takes, as (type, default)."""
+    cls = stage_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    return {key: (_type_name(kind), params[key].default) for key, kind in _option_types(cls).items()}
+
+
 def _coerce(stage: str, key: str, raw: Any, target: Any) -> Any:
     """Convert a CLI string (or a TOML value) to the type the stage's constructor declares."""
     candidates = [t for t in typing.get_args(target) if t is not type(None)] or [target]

@@ -356,16 +356,16 @@ class Dedup(MapStage):
         super().__init__()
         if not 0.1 <= caution <= 10:
             raise ValueError(f"caution must be between 0.1 and 10, got {caution}")
-        if threshold is not None and threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        if threshold is not None and not 0 <= threshold <= 255:  # a mean difference of 8-bit luma
+            raise ValueError(f"threshold must be between 0 and 255, got {threshold}")
         if not 2 <= block <= 256:  # beyond a few hundred pixels a window is the whole frame, slowly
             raise ValueError(f"block must be between 2 and 256, got {block}")
         if not 1 <= max_run <= 1000:
             raise ValueError(f"max_run must be between 1 and 1000, got {max_run}")
         if analysis_width < 16:
             raise ValueError(f"analysis_width must be >= 16, got {analysis_width}")
-        if line_threshold is not None and line_threshold < 0:
-            raise ValueError(f"line_threshold must be >= 0, got {line_threshold}")
+        if line_threshold is not None and not 0 <= line_threshold <= 255:
+            raise ValueError(f"line_threshold must be between 0 and 255, got {line_threshold}")
         if not 2 <= line_length <= 128:  # the thin-window sums are uint16 (see _line_sums)
             raise ValueError(f"line_length must be between 2 and 128, got {line_length}")
         self.caution = caution

@@ -607,3 +607,12 @@ def test_a_pipe_as_input_is_refused_and_a_percent_sign_is_a_video_name(clip, tmp
     r = run_engine("stream", clip(frames=4), out, "--quiet")
     assert r.returncode == 0, r.stderr
     assert decoded_indices(out) == [0, 1, 2, 3]
+
+
+def test_stages_lists_whole_descriptions_and_one_stages_options():
+    listing = run_engine("stages").stdout
+    assert "report each pair's edge noise." in listing  # the first line alone stopped mid-sentence
+    dedup = run_engine("stages", "dedup")
+    assert dedup.returncode == 0
+    assert any(line.split()[:4] == ["block", "int", "default", "16"] for line in dedup.stdout.splitlines())
+    assert_clean_failure(run_engine("stages", "nosuch"), "unknown stage 'nosuch'")
