@@ -206,6 +206,11 @@ class VideoSink:
             self.color_range = LIMITED_RANGE
             self.notes.append("note: ProRes is limited range: the full-range input is converted to limited range")
         self.picture_format = (encoder.pix_fmt, self.colorspace, self.color_range)
+        depth = max(c.bits for c in av.VideoFormat(encoder.pix_fmt).components)
+        if depth < source.bit_depth:  # 12-bit input: no lossy encoder here writes more than 10
+            keeps = "--encoder x265 or prores keeps it" if source.bit_depth <= 10 else "--encoder ffv1 (.mkv) keeps it"
+            self.notes.append(f"note: the input is {source.bit_depth}-bit; {encoder.name} writes {depth} bits "
+                              f"({keeps})")
         if source.hdr is not None and encoder.codec != "libx265":
             self.notes.append(f"note: the input's HDR10 metadata (mastering display, light levels) is not "
                               f"passed to {encoder.name}; --encoder x265 writes it")

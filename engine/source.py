@@ -192,6 +192,11 @@ class VideoSource:
                     picture.pts = pts
                     last_end = float((pts + (picture.duration or 0)) * tb)
                     picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
+                    if seq == 0 and picture.interlaced_frame:
+                        self.notes.append(
+                            "note: the input is interlaced: its frames were processed as whole pictures (the "
+                            "two fields woven) and written flagged progressive; for model stages, deinterlace "
+                            "it first (FFmpeg's bwdif filter, for one)")
                     frame = Frame.from_picture(seq, pts, tb, picture, self.pixel_format)
                     if picture.rotation:  # display matrix: the sink writes it back out
                         frame.meta["rotation"] = picture.rotation

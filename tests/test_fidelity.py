@@ -238,3 +238,28 @@ def test_frame_rate_of_real_clip_is_exact(tmp_path):
         expected = c.streams.video[0].average_rate
     with av.open(str(out)) as c:
         assert c.streams.video[0].guessed_rate == expected
+
+
+def test_12_bit_input_written_at_10_bits_is_said_and_ffv1_keeps_it(clip, tmp_path):
+    src = clip(frames=4, ext=".mkv", codec="ffv1", pix_fmt="yuv420p12le")
+    r = run_engine("stream", src, tmp_path / "out.mkv")
+    assert r.returncode == 0, r.stderr
+    assert "note: the input is 12-bit; x265 writes 10 bits (--encoder ffv1 (.mkv) keeps it)" in r.stderr
+    kept = run_engine("stream", src, tmp_path / "kept.mkv", "--encoder", "ffv1")
+    assert kept.returncode == 0 and "-bit" not in kept.stderr
+    assert video_stream_info(tmp_path / "kept.mkv")["pix_fmt"] == "yuv420p12le"
+
+
+def test_interlaced_input_is_said_to_be_written_progressive(tmp_path):
+    src = tmp_path / "interlaced.mkv"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.options = {"flags": "+ildct+ilme", "x264-params": "tff=1"}  # interlaced coding
+        for i in range(4):
+            picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")
+            c.mux(s.encode(picture.reformat(format="yuv420p")))
+        c.mux(s.encode(None))
+    r = run_engine("stream", src, tmp_path / "out.mp4")
+    assert r.returncode == 0, r.stderr
+    assert "note: the input is interlaced" in r.stderr and "deinterlace it first" in r.stderr
