@@ -153,8 +153,14 @@ def encoder_settings(packet: bytes) -> dict[str, str]:
     if at < 0:
         return {}
     text = packet[at + 9: at + 9 + 4096].split(b"\0", 1)[0].decode("ascii", "replace")
-    pairs = (token.split("=", 1) for token in text.split() if "=" in token)
-    return {key: value for key, value in pairs if key in _SETTINGS_KEYS}
+    settings = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if not sep:  # x265's switches: "wpp", "no-pmode"
+            key, value = (key[3:], "0") if key.startswith("no-") else (key, "1")
+        if key in _SETTINGS_KEYS:
+            settings[key] = value
+    return settings
 
 
 CONVERTERS = min(4, os.cpu_count() or 1)  # RGB → YUV threads per video sink
@@ -304,7 +310,9 @@ class VideoSink:
         self._copier.advance(frame.time)
         packets = self._stream.encode(picture)
         if packets and self.encoder_settings is None:
-            self.encoder_settings = encoder_settings(bytes(packets[0]))
+            # in the first packet, or (x265 into .mp4/.mov, global headers) in the extradata
+            self.encoder_settings = (encoder_settings(bytes(packets[0]))
+                                     or encoder_settings(bytes(self._stream.codec_context.extradata or b"")))
         self._container.mux(packets)
         rate = self.source.frame_rate
         self._video_end_s = frame.time + (float(1 / rate) if rate else 0.0)

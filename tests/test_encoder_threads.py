@@ -50,3 +50,16 @@ def test_encoder_settings_parses_the_sei_text():
              b"sliced_threads=0 nr=0\x00\x80rest"
     assert encoder_settings(packet) == {"threads": "3", "lookahead_threads": "1", "sliced_threads": "0"}
     assert encoder_settings(b"no sei here") == {}
+    x265 = b"x265 (build 216) - options: cpuid=1111039 frame-threads=2 no-wpp pmode no-pme crf=20.0\x00"
+    assert encoder_settings(x265) == {"frame-threads": "2", "wpp": "0", "pmode": "1", "pme": "0", "crf": "20.0"}
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_x265s_settings_are_reported_in_every_container(clip, tmp_path, ext):
+    # into .mp4 (global headers) x265's settings are in the extradata, not the first packet
+    out, report = tmp_path / f"out{ext}", tmp_path / "report.json"
+    result = run_engine("stream", clip(frames=6), out, "--encoder", "x265", "--preset", "ultrafast",
+                        "--report", report)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(report.read_text())["encoder"]["settings"]
+    assert settings["frame-threads"].isdigit() and settings["rc"] == "crf" and "wpp" in settings
