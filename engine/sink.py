@@ -308,14 +308,16 @@ class VideoSink:
         # converted from RGB has neither): without these, BT.709 and PQ came out unspecified
         picture.color_primaries, picture.color_trc = self.source.color_primaries, self.source.color_trc
         self._copier.advance(frame.time)
-        packets = self._stream.encode(picture)
+        self._mux_video(self._stream.encode(picture))
+        rate = self.source.frame_rate
+        self._video_end_s = frame.time + (float(1 / rate) if rate else 0.0)
+
+    def _mux_video(self, packets: list) -> None:
         if packets and self.encoder_settings is None:
             # in the first packet, or (x265 into .mp4/.mov, global headers) in the extradata
             self.encoder_settings = (encoder_settings(bytes(packets[0]))
                                      or encoder_settings(bytes(self._stream.codec_context.extradata or b"")))
         self._container.mux(packets)
-        rate = self.source.frame_rate
-        self._video_end_s = frame.time + (float(1 / rate) if rate else 0.0)
 
     def finish(self, frames: int) -> None:
         with output_errors(self.path):
@@ -327,7 +329,7 @@ class VideoSink:
         while self._converting:
             self._encode_next()
         self._converters.shutdown()
-        self._container.mux(self._stream.encode(None))  # flushing is encode(None)
+        self._mux_video(self._stream.encode(None))  # flushing is encode(None): a short clip's only packets
         self._copier.finish(self._video_end_s if self.stop_copy_with_video else math.inf)
         self.repaired_packets = self._copier.repaired
         if self.repaired_packets:
