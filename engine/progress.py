@@ -164,6 +164,9 @@ class LogReporter(Reporter):
         self.stream.flush()
 
 
+COMPACT_COLUMNS = ("stage", "items", "fps", "queue")
+
+
 class RichReporter(Reporter):
     """Live table on a terminal: progress, fps, ETA, per-stage throughput and queue fill, GPU."""
 
@@ -185,14 +188,17 @@ class RichReporter(Reporter):
         from rich.markup import escape
         from rich.table import Table
 
+        columns = ("stage", "workers", "items", "fps", "busy", "blocked", "queue", "counters")
+        # under ~72 columns eight columns leave each too narrow to show a figure: keep four
+        keep = [columns.index(c) for c in (COMPACT_COLUMNS if self.console.width < 72 else columns)]
         table = Table(title=title, title_justify="left", expand=False)
-        for col in ("stage", "workers", "items", "fps", "busy", "blocked", "queue", "counters"):
+        for i in keep:
             # fold, not "…": on 80 columns the counters are the figures a user looks for
-            table.add_column(col, justify="left" if col in ("stage", "counters") else "right",
+            table.add_column(columns[i], justify="left" if columns[i] in ("stage", "counters") else "right",
                              overflow="fold")
 
         def row(*cells: str) -> None:  # "upscale [cpu fp32 batch 1]" is text, not rich markup
-            table.add_row(*map(escape, cells))
+            table.add_row(*(escape(cells[i]) for i in keep))
 
         for s in snap.stages:
             row(*_stage_cells(s, snap.elapsed_s))

@@ -200,3 +200,13 @@ def test_a_stopping_run_says_so_once_and_at_once():
         time.sleep(0.05)
     rep.stop(None)
     assert out.getvalue().count("[engine] stopping (interrupted): waiting for the stages to end") == 1
+
+
+def test_a_narrow_terminal_keeps_the_figures_that_fit():
+    rep = RichReporter()
+    rep.console.file = io.StringIO()
+    rep.console.width = 40
+    rep.summary(snapshot())
+    text = rep.console.file.getvalue()
+    assert "stage" in text and "items" in text and "3/8" in text and "resize" in text
+    assert "blocked" not in text and "…" not in text
