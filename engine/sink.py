@@ -198,8 +198,6 @@ class VideoSink:
         self._converting: deque[tuple[Frame, Future]] = deque()  # in order; bounded by LOOKAHEAD
         self.encoder_settings: dict[str, str] | None = None  # as the encoder wrote them in its stream
         self.repaired_packets: dict[str, int] = {}  # copied streams whose timestamps were regenerated
-        # what a model stage right before the sink may hand over: pictures in the encoder's
-        # format and encoding (the same as `_picture` converts with), made on its device
         # the matrix and range the output is tagged with and converted to: the input's, but
         # RGB-coded input (PNG, RGB H.264, FFV1 RGB) into YUV gets BT.709 (sRGB's primaries)
         # at limited range; a YUV stream tagged "RGB" is not valid H.264/HEVC
@@ -211,10 +209,13 @@ class VideoSink:
         if full and encoder.codec.startswith("prores"):
             self.color_range = LIMITED_RANGE
             self.notes.append("note: ProRes is limited range: the full-range input is converted to limited range")
+        # what a model stage right before the sink may hand over: pictures in the encoder's
+        # format and encoding (the same as `_picture` converts with), made on its device
         self.picture_format = (encoder.pix_fmt, self.colorspace, self.color_range)
         depth = max(c.bits for c in av.VideoFormat(encoder.pix_fmt).components)
         if depth < source.bit_depth:  # 12-bit input: no lossy encoder here writes more than 10
-            keeps = "--encoder x265 or prores keeps it" if source.bit_depth <= 10 else "--encoder ffv1 (.mkv) keeps it"
+            keeps = ("--encoder x265 or prores keeps it" if source.bit_depth <= 10
+                     else "--encoder ffv1 (.mkv) keeps it")
             self.notes.append(f"note: the input is {source.bit_depth}-bit; {encoder.name} writes {depth} bits "
                               f"({keeps})")
         if source.hdr is not None and encoder.codec != "libx265":
@@ -286,9 +287,8 @@ class VideoSink:
         rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
                                          format="rgb48le" if data.dtype == np.uint16 else "rgb24")
         # convert with the same matrix and range the output is tagged with
-        return rgb.reformat(format=stream.pix_fmt,
-                            dst_colorspace=self.colorspace if self.colorspace not in (_UNSPECIFIED, RGB_MATRIX) else None,
-                            dst_color_range=self.color_range or None)
+        matrix = self.colorspace if self.colorspace not in (_UNSPECIFIED, RGB_MATRIX) else None
+        return rgb.reformat(format=stream.pix_fmt, dst_colorspace=matrix, dst_color_range=self.color_range or None)
 
     def write(self, frame: Frame) -> None:
         if self._container is None:

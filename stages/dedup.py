@@ -364,8 +364,8 @@ class Dedup(MapStage):
             raise ValueError(f"max_run must be between 1 and 1000, got {max_run}")
         if analysis_width < 16:
             raise ValueError(f"analysis_width must be >= 16, got {analysis_width}")
-        if line_threshold is not None and not 0 <= line_threshold <= 255:
-            raise ValueError(f"line_threshold must be between 0 and 255, got {line_threshold}")
+        if line_threshold is not None and not 0 <= line_threshold <= 256:  # 256: that test off
+            raise ValueError(f"line_threshold must be between 0 and 256, got {line_threshold}")
         if not 2 <= line_length <= 128:  # the thin-window sums are uint16 (see _line_sums)
             raise ValueError(f"line_length must be between 2 and 128, got {line_length}")
         self.caution = caution

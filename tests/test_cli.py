@@ -534,7 +534,8 @@ def test_frames_are_staged_inside_an_existing_directory(clip, tmp_path):
     from engine.sink import ImageSequenceSink
 
     sink = ImageSequenceSink(str(frames / "%04d.png"))
-    assert os.path.dirname(sink.partial) == str(frames) and os.path.basename(sink.partial).startswith(".frames.partial-")
+    assert os.path.dirname(sink.partial) == str(frames)
+    assert os.path.basename(sink.partial).startswith(".frames.partial-")
     r = run_engine("stream", clip(frames=4), frames / "%04d.png")
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(frames)) == ["0001.png", "0002.png", "0003.png", "0004.png"]

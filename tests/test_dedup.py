@@ -206,7 +206,7 @@ def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_w
 
 @pytest.mark.parametrize("options", [{"line_length": 129}, {"line_length": 1}, {"threshold": -1},
                                      {"max_run": 0}, {"caution": 0}, {"caution": 11}, {"block": 257},
-                                     {"threshold": 300}, {"line_threshold": 256}])
+                                     {"threshold": 300}, {"line_threshold": 257}])
 def test_options_outside_what_the_statistic_supports_are_refused(options):
     from stages.dedup import Dedup
 

@@ -32,12 +32,16 @@ def test_log_reporter_lines_and_summary():
     assert "scaled=7" in text
 
 
-def test_rich_reporter_renders_stage_table():
+def rendered_summary(width, snap=None):
     rep = RichReporter()
     rep.console.file = io.StringIO()
-    rep.console.width = 160
-    rep.summary(snapshot())
-    text = rep.console.file.getvalue()
+    rep.console.width = width
+    rep.summary(snap or snapshot())
+    return rep.console.file.getvalue()
+
+
+def test_rich_reporter_renders_stage_table():
+    text = rendered_summary(160)
     for cell in ("decode", "resize", "encode", "3/8", "scaled=7"):
         assert cell in text
 
@@ -203,10 +207,6 @@ def test_a_stopping_run_says_so_once_and_at_once():
 
 
 def test_a_narrow_terminal_keeps_the_figures_that_fit():
-    rep = RichReporter()
-    rep.console.file = io.StringIO()
-    rep.console.width = 40
-    rep.summary(snapshot())
-    text = rep.console.file.getvalue()
+    text = rendered_summary(40)
     assert "stage" in text and "items" in text and "3/8" in text and "resize" in text
     assert "blocked" not in text and "…" not in text
