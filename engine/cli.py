@@ -139,7 +139,8 @@ def _probe(args: argparse.Namespace) -> int:
         light = hdr.get("mastering_luminance_cd_m2")
         print("  HDR10: " + ", ".join(
             ([f"mastering display {light[0]:g}-{light[1]:g} cd/m2"] if light else [])
-            + ([f"MaxCLL {hdr['max_cll']}, MaxFALL {hdr['max_fall']} cd/m2"] if "max_cll" in hdr else [])))
+            + ([f"MaxCLL {hdr['max_cll']}, MaxFALL {hdr['max_fall']} cd/m2"] if "max_cll" in hdr else [])
+            + [f"{name} dynamic metadata" for name in hdr.get("dynamic", [])]))
     return 0
 
 

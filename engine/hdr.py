@@ -29,6 +29,8 @@ class HdrStatic:
     luminance: tuple[Fraction, Fraction] | None = None  # (min, max) cd/m²
     max_cll: int | None = None   # brightest pixel, cd/m²
     max_fall: int | None = None  # brightest frame average, cd/m²
+    # per-frame metadata on top, which no encoder here writes back: named in a note
+    dynamic: tuple[str, ...] = ()
 
     def x265_params(self) -> list[str]:
         """x265's options for this metadata: chromaticities in 1/50000, luminance in 1/10000 cd/m²."""
@@ -55,6 +57,8 @@ class HdrStatic:
             out["mastering_white_point_xy"] = [float(c) for c in self.white_point]
         if self.max_cll is not None:
             out["max_cll"], out["max_fall"] = self.max_cll, self.max_fall
+        if self.dynamic:
+            out["dynamic"] = list(self.dynamic)
         return out
 
 
@@ -74,9 +78,17 @@ def parse_mastering_display(raw: bytes) -> tuple:
     return primaries, white, luminance
 
 
+DYNAMIC = {"DYNAMIC_HDR_PLUS": "HDR10+", "DOVI_METADATA": "Dolby Vision", "DOVI_RPU_BUFFER": "Dolby Vision",
+           "DYNAMIC_HDR_VIVID": "HDR Vivid"}
+
+
 def hdr_static_of(picture: av.VideoFrame) -> HdrStatic | None:
-    """The HDR10 static metadata on a decoded picture, or None if it has none."""
+    """The HDR10 static metadata on a decoded picture (and which dynamic metadata it has), or
+    None if it has none."""
     fields: dict = {}
+    dynamic = [DYNAMIC[side.type.name] for side in picture.side_data if side.type.name in DYNAMIC]
+    if dynamic:
+        fields["dynamic"] = tuple(dict.fromkeys(dynamic))
     for side in picture.side_data:
         raw = bytes(side)
         if side.type == av.sidedata.sidedata.Type.MASTERING_DISPLAY_METADATA and len(raw) >= 88:

@@ -218,9 +218,13 @@ class VideoSink:
                      else "--encoder ffv1 (.mkv) keeps it")
             self.notes.append(f"note: the input is {source.bit_depth}-bit; {encoder.name} writes {depth} bits "
                               f"({keeps})")
-        if source.hdr is not None and encoder.codec != "libx265":
+        hdr = source.hdr
+        if hdr is not None and hdr.x265_params() and encoder.codec != "libx265":
             self.notes.append(f"note: the input's HDR10 metadata (mastering display, light levels) is not "
                               f"passed to {encoder.name}; --encoder x265 writes it")
+        if hdr is not None and hdr.dynamic:  # per-frame metadata: no encoder here takes it back
+            self.notes.append(f"note: the input's {' and '.join(hdr.dynamic)} metadata is not carried "
+                              f"(the output is plain HDR10{' with its static metadata' if hdr.x265_params() else ''})")
 
     def describe(self) -> dict:
         """The encoder as it really ran, for the report: threading and its own settings."""

@@ -150,6 +150,31 @@ def test_hdr10_metadata_turns_back_into_x265s_own_options():
     assert HdrStatic(max_cll=500, max_fall=None).x265_params() == ["max-cll=500,0"]
 
 
+def test_dynamic_hdr_metadata_is_named_and_said_to_be_dropped():
+    from types import SimpleNamespace
+
+    from engine.encoders import choose_encoder
+    from engine.hdr import hdr_static_of
+    from engine.sink import VideoSink
+    from engine.source import VideoInfo
+    from engine.streamcopy import CopyPlan
+
+    class Side:  # side data as PyAV hands it over: a type and bytes
+        def __init__(self, name):
+            self.type = SimpleNamespace(name=name)
+
+        def __bytes__(self):
+            return b"\0" * 16
+
+    picture = SimpleNamespace(side_data=[Side("DYNAMIC_HDR_PLUS"), Side("DOVI_RPU_BUFFER"), Side("DOVI_METADATA")])
+    hdr = hdr_static_of(picture)
+    assert hdr.dynamic == ("HDR10+", "Dolby Vision") and hdr.x265_params() == []
+    info = VideoInfo(64, 48, "yuv420p10le", 10, Fraction(1, 24), Fraction(24), 0, None, "hevc", 9, 1, 9, 16, hdr=hdr)
+    sink = VideoSink("/tmp/never.mkv", choose_encoder("x265", ".mkv", 10), info, input_path="/dev/null",
+                     copy_plan=CopyPlan())
+    assert sink.notes == ["note: the input's HDR10+ and Dolby Vision metadata is not carried (the output is plain HDR10)"]
+
+
 def test_rotation_is_honoured(clip, tmp_path):
     src = clip(frames=6, rotation=90)
     out = tmp_path / "out.mp4"
