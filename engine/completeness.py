@@ -15,6 +15,7 @@ from __future__ import annotations
 import av
 
 from engine.source import VideoInfo
+from engine.video_stream import main_video
 
 
 def _tag_seconds(value: str) -> float | None:
@@ -80,7 +81,7 @@ def readable_frames(path: str, limit: int | None = None) -> int:
     lists frames it lacks."""
     count = 0
     with av.open(path) as container:
-        stream = container.streams.video[0]
+        stream = main_video(container)
         stream.thread_type = "AUTO"
         try:
             for packet in container.demux(stream):

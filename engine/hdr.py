@@ -16,6 +16,8 @@ from fractions import Fraction
 
 import av
 
+from engine.video_stream import main_video
+
 PQ, HLG = 16, 18  # AVColorTransferCharacteristic SMPTE ST 2084 / ARIB STD-B67
 
 
@@ -110,7 +112,7 @@ def read_hdr_static(path: str, color_trc: int) -> HdrStatic | None:
         return None
     try:
         with av.open(path) as container:
-            for picture in container.decode(video=0):
+            for picture in container.decode(main_video(container)):
                 return hdr_static_of(picture)
     except (av.error.FFmpegError, OSError):
         return None

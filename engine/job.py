@@ -25,6 +25,7 @@ from engine.stage import check_frame_size, frame_sizes
 from engine.streamcopy import plan_copy
 from engine.timestamps import MODES as TIMESTAMP_MODES
 from engine.timestamps import scan_video_timestamps
+from engine.video_stream import main_video
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Job:
         try:
             check_output_size(specs, source.info, video=not image_out)
             early_notes, _ = check_input(config, source.info)  # the source keeps what decodes
-            video_index = source.container.streams.video[0].index
+            video_index = main_video(source.container).index
             if image_out:
                 sink = ImageSequenceSink(config.output)
                 note = f"images: {os.path.splitext(config.output)[1][1:]} via {sink.workers} saver threads"

@@ -8,6 +8,7 @@ import av
 
 from engine.source import open_input, read_info
 from engine.timestamps import PacketTimestampCheck
+from engine.video_stream import main_video
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def colour_names(info) -> dict[str, str]:
 
 def count_video_packets(container: av.container.InputContainer) -> int:
     """Exact frame count of the first video stream: one packet per frame, no decoding."""
-    stream = container.streams.video[0]
+    stream = main_video(container)
     return sum(1 for p in container.demux(stream) if p.size > 0)
 
 
@@ -83,7 +84,7 @@ def probe(path: str) -> ProbeResult:
             streams.append(StreamInfo(s.index, s.type, cc.name if cc else "?", detail))
         check = PacketTimestampCheck()
         frames = 0
-        for packet in container.demux(container.streams.video[0]):
+        for packet in container.demux(main_video(container)):
             if packet.size > 0:
                 frames += 1
                 check.feed(packet.pts)

@@ -16,6 +16,7 @@ import av
 from engine.errors import UserError
 from engine.frame import Frame
 from engine.source import VideoSource, _reason, open_input
+from engine.video_stream import main_video
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class RangeSource(VideoSource):
         the first frame at or after `first`'s pts is not `first`, it alone comes out
         (pixel-less), to be rejected."""
         span = self.frame_range
-        stream = self._container.streams.video[0]
+        stream = main_video(self._container)
         stream.thread_type = "AUTO"
         tb = self.info.time_base
         if key > 0:

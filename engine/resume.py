@@ -43,6 +43,7 @@ from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, Segme
 from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
 from engine.sink import is_image_pattern, partial_path
 from engine.source import open_input, read_info
+from engine.video_stream import main_video
 from engine.streamcopy import plan_copy
 
 DEFAULT_SEGMENT = "60"  # seconds of video: minutes of work for a model pipeline
@@ -123,7 +124,7 @@ class SegmentedJob:
             encoder = choose_encoder(config.encoder, ext, info.bit_depth, crf=config.crf,
                                      preset=config.preset, prores_profile=config.prores_profile,
                                      source_pix_fmt=info.pix_fmt, hdr=info.hdr)
-            copy_plan = plan_copy(container, container.streams.video[0].index, muxer_codecs(ext), ext)
+            copy_plan = plan_copy(container, main_video(container).index, muxer_codecs(ext), ext)
         finally:
             container.close()
         length = length_in_frames(config.segment or DEFAULT_SEGMENT, info.frame_rate)

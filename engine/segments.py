@@ -31,6 +31,7 @@ from fractions import Fraction
 from engine.errors import UserError
 from engine.range_source import FrameRange, RangeSource
 from engine.source import open_input
+from engine.video_stream import main_video
 
 # frames checked after a cut: more than any decoder's reorder delay, and a small cost per cut
 # (a whole GOP each would add a sixth of a decode at 60 s segments and 10 s GOPs)
@@ -61,7 +62,7 @@ def scan_packets(path: str, max_frames: int | None = None) -> FrameTable:
     """Read the video stream's packets (no decoding) into a `FrameTable`."""
     container = open_input(path)
     try:
-        stream = container.streams.video[0]
+        stream = main_video(container)
         pts: list[int] = []
         keys: list[int] = []
         for packet in container.demux(stream):

@@ -13,6 +13,7 @@ from engine.errors import UserError
 from engine.frame import Frame
 from engine.hdr import HdrStatic, read_hdr_static
 from engine.timestamps import TimestampRepair, frame_step
+from engine.video_stream import main_video
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,10 @@ def open_input(path: str, hwaccel=None) -> av.container.InputContainer:
         if not isinstance(exc, av.error.FFmpegError):
             raise
         raise UserError(f"input is not a readable video file: {path} ({_reason(exc)})") from None
-    if not container.streams.video:
+    if main_video(container) is None:
+        what = " (only cover art)" if container.streams.video else ""
         container.close()
-        raise UserError(f"input has no video stream: {path}")
+        raise UserError(f"input has no video stream{what}: {path}")
     return container
 
 
@@ -117,7 +119,7 @@ def _rate(stream: av.video.stream.VideoStream) -> Fraction | None:
 
 
 def read_info(container: av.container.InputContainer) -> VideoInfo:
-    stream = container.streams.video[0]
+    stream = main_video(container)
     cc = stream.codec_context
     fmt = cc.format
     depth = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
@@ -176,7 +178,7 @@ class VideoSource:
         return self._container
 
     def frames(self) -> Iterator[Frame]:
-        stream = self._container.streams.video[0]
+        stream = main_video(self._container)
         stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg, GIL released
         tb = self.info.time_base
         repair = self.repair = TimestampRepair(frame_step(self.info.frame_rate, tb),
@@ -231,7 +233,7 @@ class VideoSource:
         if self.info.frames_declared and decoded < shown:
             problem = f"declares {shown} frames but only {decoded} could be decoded"
         else:
-            stream = self._container.streams.video[0]
+            stream = main_video(self._container)
             declared = declared_video_seconds(stream)
             start = float(stream.start_time * self.info.time_base) if stream.start_time is not None else 0.0
             if declared and last_end is not None and declared - (last_end - start) > tolerance_s(self.info):

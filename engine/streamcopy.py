@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import av
 
 from engine.timestamps import TimestampRepair, packet_step
+from engine.video_stream import is_cover_art, main_video
 
 COPY_TYPES = ("audio", "subtitle", "data", "attachment")
 # tags about the input file's own bytes; mkvmerge's carry a language suffix ("BPS-eng")
@@ -89,7 +90,7 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
             else:
                 plan.skipped.append(f"stream #{stream.index} (attachment {stream.name}): "
                                     f"{output_kind} cannot hold attachments (use .mkv to keep it)")
-        elif stream.type == "video" and stream.disposition & av.stream.Disposition.attached_pic:
+        elif stream.type == "video" and is_cover_art(stream):
             plan.skipped.append(f"{desc}: cover art (an attached picture) is not carried")
         elif stream.type not in COPY_TYPES:
             plan.skipped.append(f"{desc}: only the first video stream is processed")
@@ -126,7 +127,7 @@ class StreamCopier:
         if plan.file_tags:
             output.metadata.update(kept_tags(self._input.metadata))
             if video is not None:
-                tags = kept_tags(self._input.streams.video[0].metadata)
+                tags = kept_tags(main_video(self._input).metadata)
                 if "name" in tags and "title" not in tags:  # an MP4 track's title reads back as "name"
                     tags["title"] = tags.pop("name")
                 video.metadata.update(tags)

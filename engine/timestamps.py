@@ -32,6 +32,7 @@ from fractions import Fraction
 import av
 
 from engine.errors import UserError
+from engine.video_stream import main_video
 
 # H.264/HEVC reorder frames by at most 16 (the largest decoded picture buffer): in decode
 # order a healthy pts is later than every pts more than this many packets before it.
@@ -152,7 +153,7 @@ def scan_video_timestamps(path: str) -> str | None:
     check = PacketTimestampCheck()
     with av.open(path) as container:
         try:
-            for packet in container.demux(container.streams.video[0]):
+            for packet in container.demux(main_video(container)):
                 if packet.size:
                     check.feed(packet.pts)
                     if check.problem:

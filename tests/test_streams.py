@@ -215,3 +215,32 @@ def test_cover_art_is_named_as_such_when_it_is_not_carried(clip, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "stream #1 (png video): cover art (an attached picture) is not carried" in r.stderr
     assert decoded_indices(tmp_path / "out.mp4") == list(range(6))  # the video, not the cover
+
+
+def test_the_video_is_the_first_video_stream_that_is_not_cover_art(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from engine.video_stream import main_video
+
+    # FFmpeg lists a cover met before the tracks first: streams.video[0] was the still
+    cover = SimpleNamespace(index=0, disposition=av.stream.Disposition.attached_pic)
+    video = SimpleNamespace(index=1, disposition=av.stream.Disposition.default)
+    assert main_video(SimpleNamespace(streams=SimpleNamespace(video=[cover, video]))) is video
+    assert main_video(SimpleNamespace(streams=SimpleNamespace(video=[cover]))) is None
+    song = tmp_path / "song.m4a"  # audio with a cover: not a one-frame video
+    with av.open(str(song), "w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=44100)
+        art = out.add_stream("png", rate=1)
+        art.width, art.height, art.pix_fmt = 32, 32, "rgb24"
+        art.disposition = av.stream.Disposition.attached_pic
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        samples.sample_rate = 44100
+        packets = [*audio.encode(samples), *audio.encode(None)]
+        picture = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        packets += [*art.encode(picture), *art.encode(None)]
+        for packet in packets:
+            out.mux(packet)
+    r = run_engine("stream", song, tmp_path / "out.mp4")
+    assert r.returncode == 2 and "input has no video stream (only cover art)" in r.stderr
