@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from engine import interrupts
 from engine.errors import UserError
 from engine.job import JobConfig, check_report_path, check_writable_directory, write_report
 from engine.sink import is_image_pattern
@@ -109,4 +110,8 @@ def _run(configs: list[JobConfig], ray_options) -> list[dict]:
     for c in configs:  # options, outputs and each input's header, before hours go into the first
         check_config(c)
         open_input(c.input).close()
-    return [(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run()) for c in configs]
+    reports = []
+    for c in configs:
+        interrupts.raise_pending()  # a stop signal while the input before finished: stop here
+        reports.append(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run())
+    return reports

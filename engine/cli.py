@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     interrupts.install()  # SIGTERM and SIGHUP stop a job as Ctrl-C does
     try:
         code = handler(args)
-        for what in dict.fromkeys(interrupts.late):  # the output was already in place
-            print(f"engine: note: {what} after the output was complete; the job finished", file=sys.stderr)
+        for signum in dict.fromkeys(interrupts.late):  # the output was already in place
+            print(f"engine: note: {interrupts.STOP_SIGNALS[signum]} after the output was complete; "
+                  f"the job finished", file=sys.stderr)
         return code
     except StageError as exc:
         # a user error raised in a worker (say, corrupt input found mid-stream) reads as itself

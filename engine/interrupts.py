@@ -9,8 +9,10 @@ Once the job's output starts to move into place, the job is finished: a stop sig
 would report "interrupted" (exit 130) over a complete output, and cut short the report and
 the work directory's removal (the rerun refused the half-removed directory). So a job runs
 its ending inside `finishing(output)`; the sink calls `committing(path)` just before it puts
-the output in place, and from there to the end of `finishing` stop signals are only noted.
-The CLI says so (`late`), and the exit status is the job's own.
+the output in place, and from there to the end of `finishing` stop signals are only noted
+(`late`). A driver with more to do (a batch's next input, Ray's other inputs) then stops
+there (`raise_pending`); after the last job the CLI says so, and the exit status is the job's.
+A signal the engine was started with ignored (`nohup`, a shell's background job) stays ignored.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ def raise_terminated(signum, frame) -> None:
 
 
 def install() -> None:
-    """SIGTERM and SIGHUP stop a job as Ctrl-C does (main thread only)."""
+    """SIGTERM and SIGHUP stop a job as Ctrl-C does (main thread only; not if ignored: nohup)."""
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, raise_terminated)
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, raise_terminated)
 
 
 class _Ending:
@@ -45,8 +48,9 @@ class _Ending:
 
     def hold(self) -> None:
         if self.saved is None:
-            self.saved = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-            for s in STOP_SIGNALS:
+            self.saved = {s: signal.getsignal(s) for s in STOP_SIGNALS
+                          if signal.getsignal(s) is not signal.SIG_IGN}
+            for s in self.saved:
                 signal.signal(s, _note)
 
     def release(self) -> None:
@@ -57,11 +61,19 @@ class _Ending:
 
 
 _ending: _Ending | None = None
-late: list[str] = []  # stop signals that came after the output was in place
+late: list[int] = []  # stop signals that came after an output was in place, not yet acted on
 
 
 def _note(signum, frame) -> None:
-    late.append(STOP_SIGNALS.get(signum, f"signal {signum}"))
+    late.append(signum)
+
+
+def raise_pending() -> None:
+    """Before a driver starts more work: a stop signal noted while the last job finished stops it now."""
+    if late:
+        signum = late[0]
+        late.clear()
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 @contextmanager

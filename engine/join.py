@@ -37,7 +37,7 @@ from engine.crashpoints import crash_point
 from engine.durable import fsync_dir, fsync_file
 from engine.encoders import CONTAINERS
 from engine.errors import ValidationError
-from engine.sink import check_written, partial_path
+from engine.sink import PartialLock, check_written, partial_path
 from engine.streamcopy import CopyPlan, StreamCopier
 
 
@@ -91,6 +91,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
     through `partial` (default: the sink's hidden sibling). Returns the side-stream packets copied."""
     partial = partial or partial_path(output)
     ext = os.path.splitext(output)[1].lower()
+    lock = PartialLock(partial)  # a later run knows a killed join's partial by its free lock
     container = av.open(partial, mode="w", format=CONTAINERS[ext], options={"fflags": "+bitexact"})
     copier: StreamCopier | None = None
     try:
@@ -167,6 +168,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
         crash_point("join-rename")
         interrupts.committing(output)
         os.replace(partial, output)
+        lock.release()
         fsync_dir(os.path.dirname(os.path.abspath(output)))
         return copied
     except BaseException as exc:
@@ -178,6 +180,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
             pass
         if os.path.exists(partial):
             os.unlink(partial)
+        lock.release()
         if isinstance(exc, av.error.FFmpegError):  # a muxer refusal: one line, like the checks above
             raise ValidationError(f"cannot join the segments into {output}: {exc}") from None
         raise

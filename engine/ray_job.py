@@ -39,6 +39,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from engine import interrupts
 from engine.errors import EngineError, StageError, UserError
 from engine.gpu import GpuMonitor
 from engine.job import JobConfig, check_config, reporter_note
@@ -406,24 +407,32 @@ class RayDriver:
         for inp in self.inputs:
             if inp.report is not None or inp.todo or inp.running or inp.held:
                 continue
-            started = time.perf_counter()
-            inp.job.join()
-            join_s = time.perf_counter() - started
-            inp.job.release()
-            attempts = self._attempts()
-            extra = {"ray": {
-                "where": self.where, "startup_s": round(self.startup_s, 3), "plan_s": round(self.plan_s, 3),
-                "join_s": round(join_s, 3),
-                "cpus_per_segment": self.cpus, "gpus_per_segment": self.gpus,
-                "sequential": inp.job.context.sequential and not inp.job.context.speculative,
-                "speculation": {"frames": inp.job.context.speculation_frames if inp.job.context.speculative
-                                else 0, "hits": inp.hits, "misses": inp.misses,
-                                "prescan_s": round(inp.prescan_s, 3)},
-                "workers": {str(i): w for i, w in sorted(inp.workers.items())},
-                "attempts": {str(s.index): attempts.get(inp.key(s), 0) for s in inp.job.plan.segments
-                             if s.index in inp.results}}}
-            inp.job.notes.extend(self._speculation_notes(inp))
-            inp.report = inp.job.finish(inp.results, self.started, inp.frames_done, join_s, extra)
+            interrupts.raise_pending()  # noted while the input before finished: stop the rest now
+            with interrupts.finishing(inp.job.config.output):  # in place: a signal cannot undo it
+                self._finish_input(inp)
+        if any(inp.report is None for inp in self.inputs):
+            interrupts.raise_pending()
+
+    def _finish_input(self, inp) -> None:
+        """Join `inp`'s segments into its output, remove its work directory, write its report."""
+        started = time.perf_counter()
+        inp.job.join()
+        join_s = time.perf_counter() - started
+        inp.job.release()
+        attempts = self._attempts()
+        extra = {"ray": {
+            "where": self.where, "startup_s": round(self.startup_s, 3), "plan_s": round(self.plan_s, 3),
+            "join_s": round(join_s, 3),
+            "cpus_per_segment": self.cpus, "gpus_per_segment": self.gpus,
+            "sequential": inp.job.context.sequential and not inp.job.context.speculative,
+            "speculation": {"frames": inp.job.context.speculation_frames if inp.job.context.speculative
+                            else 0, "hits": inp.hits, "misses": inp.misses,
+                            "prescan_s": round(inp.prescan_s, 3)},
+            "workers": {str(i): w for i, w in sorted(inp.workers.items())},
+            "attempts": {str(s.index): attempts.get(inp.key(s), 0) for s in inp.job.plan.segments
+                         if s.index in inp.results}}}
+        inp.job.notes.extend(self._speculation_notes(inp))
+        inp.report = inp.job.finish(inp.results, self.started, inp.frames_done, join_s, extra)
 
     # ---- progress -------------------------------------------------------------------------
 

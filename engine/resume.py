@@ -41,7 +41,7 @@ from engine.metrics import RunSnapshot, SegmentCounts
 from engine.progress import Reporter, make_reporter
 from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest
 from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
-from engine.sink import is_image_pattern, partial_path
+from engine.sink import fit_name, is_image_pattern, partial_path
 from engine.source import open_input, read_info
 from engine.video_stream import main_video
 from engine.streamcopy import plan_copy
@@ -65,7 +65,7 @@ def _inside(path: str, directory: str) -> bool:
 
 def default_work_dir(output: str) -> str:
     head, tail = os.path.split(os.path.abspath(output))
-    return os.path.join(head, f".{tail}.engine-work")
+    return os.path.join(head, f".{fit_name(tail, 255 - len('..engine-work'))}.engine-work")
 
 
 def segment_name(index: int, ext: str) -> str:
@@ -326,7 +326,8 @@ def _snapshot(progress: _Progress) -> RunSnapshot:
     done = progress.frames_before + (current.frames_written if current is not None else 0)
     return RunSnapshot(elapsed_s=time.perf_counter() - progress.started, frames_done=done,
                        frames_total=progress.frames_total, stages=snap.stages if snap else [],
-                       segments=SegmentCounts(progress.done, progress.reused, progress.pending))
+                       segments=SegmentCounts(progress.done, progress.reused, progress.pending),
+                       stopping=snap.stopping if snap else None)
 
 
 def _take(work_dir: str) -> int:

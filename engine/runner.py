@@ -452,8 +452,12 @@ class Pipeline:
             self.sink.commit()
         except OSError as exc:  # e.g. the output's place was taken by a directory during the run
             self.sink.abort()
-            raise UserError(f"cannot put the output in place at {exc.filename or 'its path'}: "
+            where = getattr(self.sink, "path", None) or getattr(self.sink, "pattern", None) or exc.filename
+            raise UserError(f"cannot put the output in place at {where or 'its path'}: "
                             f"{exc.strerror or exc}") from None
+        except BaseException:  # a Ctrl-C before the output moved: nothing may be left behind
+            self.sink.abort()
+            raise
         snap = self.snapshot()
         return RunResult(frames_in=self._frames_in, frames_out=snap.frames_done,
                          elapsed_s=snap.elapsed_s, stages=snap.stages, states=dict(self._states_out))

@@ -8,6 +8,7 @@ interrupted or failed job therefore leaves nothing that looks finished.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import math
 import os
@@ -55,8 +56,16 @@ def _partial_parts(path: str, inside: str | None = None) -> tuple[str, str, str]
         name_max = 255
     prefix = f".partial-{_host()}-"
     room = name_max - 1 - len(prefix) - 10 - len(ext.encode())  # a pid has at most 10 digits
-    stem = stem.encode()[:max(room, 1)].decode(errors="ignore")
-    return where, f".{stem}{prefix}", ext
+    return where, f".{fit_name(stem, room)}{prefix}", ext
+
+
+def fit_name(name: str, room: int) -> str:
+    """`name` if it fits in `room` bytes, else its start and a hash of the whole: two long
+    names that share a start must not get one hidden file."""
+    if len(name.encode()) <= room:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name.encode()[:max(room - 9, 1)].decode(errors="ignore") + "~" + digest
 
 
 def partial_path(path: str, inside: str | None = None) -> str:
@@ -66,19 +75,37 @@ def partial_path(path: str, inside: str | None = None) -> str:
     return os.path.join(where, f"{name}{os.getpid()}{ext}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+class PartialLock:
+    """An exclusive flock held on a partial (file or directory) while its writer lives: the
+    kernel drops it when the process dies, however it dies. A pid says less: another
+    container with this hostname has pids of its own."""
+
+    def __init__(self, path: str, directory: bool = False):
+        self.fd: int | None = None
+        try:
+            fd = os.open(path, os.O_RDONLY if directory else os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.fd = fd
+        except OSError:  # held (a live writer), or no locks on this filesystem
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def remove_stale_partials(path: str, inside: str | None = None) -> list[str]:
     """Remove the partials of `path` that runs on this machine left when they were killed
-    (SIGKILL, the OOM killer, a power cut: no handler runs). Returns their names."""
+    (SIGKILL, the OOM killer, a power cut: no handler runs), known by their lock being free.
+    Returns their names."""
     where, name, ext = _partial_parts(path, inside)
     if not os.path.isdir(where):
         return []
@@ -86,9 +113,14 @@ def remove_stale_partials(path: str, inside: str | None = None) -> list[str]:
     removed = []
     for entry in sorted(os.listdir(where)):
         found = pattern.match(entry)
-        if found and int(found.group(1)) != os.getpid() and not _alive(int(found.group(1))):
-            _remove(os.path.join(where, entry))
+        if not found or int(found.group(1)) == os.getpid():
+            continue
+        target = os.path.join(where, entry)
+        lock = PartialLock(target, directory=os.path.isdir(target))
+        if lock.held:  # its writer is gone
+            _remove(target)
             removed.append(entry)
+        lock.release()
     return removed
 
 
@@ -193,6 +225,7 @@ class VideoSink:
         self._copier: StreamCopier | None = None
         self._video_end_s = 0.0
         self._committed = False
+        self._lock: PartialLock | None = None
         self.notes: list[str] = []  # things the user must hear about, printed after the run
         self._converters = ThreadPoolExecutor(max_workers=CONVERTERS, thread_name_prefix="engine-rgb2yuv")
         self._converting: deque[tuple[Frame, Future]] = deque()  # in order; bounded by LOOKAHEAD
@@ -241,6 +274,7 @@ class VideoSink:
         return f"{flags} keeps them" if ext in ENCODERS["prores"].containers else f"a .mov or .mkv with {flags} keeps them"
 
     def _open(self, width: int, height: int, rotation: int = 0) -> None:
+        self._lock = PartialLock(self.partial)  # created and locked before FFmpeg writes it
         try:
             self._container = av.open(self.partial, mode="w",
                                       format=CONTAINERS[os.path.splitext(self.path)[1].lower()])
@@ -348,6 +382,8 @@ class VideoSink:
         interrupts.committing(self.path)
         os.replace(self.partial, self.path)
         self._committed = True
+        if self._lock is not None:
+            self._lock.release()
 
     def abort(self) -> None:
         # Safe twice: the container is dropped after the first close, the file after unlink.
@@ -364,6 +400,8 @@ class VideoSink:
                 pass
         if not self._committed:
             _remove(self.partial)
+        if self._lock is not None:
+            self._lock.release()
 
 
 IMAGE_FORMATS = {".png": [cv2.IMWRITE_PNG_COMPRESSION, 1],
@@ -432,6 +470,7 @@ class ImageSequenceSink:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future] = deque()
         self._names: list[str] = []
+        self._lock: PartialLock | None = None
 
     def _save(self, frame: Frame, name: str) -> None:
         data = frame.data
@@ -447,6 +486,7 @@ class ImageSequenceSink:
     def write(self, frame: Frame) -> None:
         if self._pool is None:
             os.makedirs(self.partial, exist_ok=True)
+            self._lock = PartialLock(self.partial, directory=True)
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="engine-saver")
         name = os.path.basename(self.pattern % (frame.seq + self.start_number))
         self._names.append(name)
@@ -469,10 +509,12 @@ class ImageSequenceSink:
         interrupts.committing(self.pattern)  # one rename a frame: never stopped half way
         if not os.path.isdir(self.directory):
             os.replace(self.partial, self.directory)
-            return
-        for name in self._names:  # the directory already exists: move the files in
-            os.replace(os.path.join(self.partial, name), os.path.join(self.directory, name))
-        os.rmdir(self.partial)
+        else:
+            for name in self._names:  # the directory already exists: move the files in
+                os.replace(os.path.join(self.partial, name), os.path.join(self.directory, name))
+            os.rmdir(self.partial)
+        if self._lock is not None:
+            self._lock.release()
 
     def abort(self) -> None:
         pool, self._pool = self._pool, None
@@ -480,3 +522,5 @@ class ImageSequenceSink:
             pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
         _remove(self.partial)
+        if self._lock is not None:
+            self._lock.release()

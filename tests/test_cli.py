@@ -493,26 +493,74 @@ def test_a_signal_before_the_output_is_in_place_still_stops_the_job():
         interrupts.committing("/tmp/out.mp4")
         _os.kill(_os.getpid(), signal.SIGINT)  # now only noted
         time.sleep(0.05)
-    assert interrupts.late[-1] == "interrupted"
+    assert interrupts.late == [signal.SIGINT]
+    interrupts.late.clear()
     with pytest.raises(KeyboardInterrupt):  # and the handler is back after the job
         _os.kill(_os.getpid(), signal.SIGINT)
         time.sleep(1)
 
 
 def test_partials_of_killed_runs_are_removed_and_live_ones_kept(clip, tmp_path):
-    from engine.sink import partial_path
+    from engine.sink import PartialLock, partial_path
 
     out = tmp_path / "out.mp4"
-    live = partial_path(str(out))  # this process: alive
+    live = partial_path(str(out))  # this process's: its writer holds the lock
+    lock = PartialLock(live)
     stem = os.path.basename(live).rsplit("-", 1)[0]
-    dead = tmp_path / f"{stem}-999999999.mp4"  # no such pid
+    dead = tmp_path / f"{stem}-999999999.mp4"  # nobody holds its lock
     other_host = tmp_path / ".out.partial-zzzzzz-999999999.mp4"
-    for path in (live, dead, other_host):
+    other_output = tmp_path / f"{stem.replace('.out.', '.out2.')}-999999999.mp4"
+    for path in (dead, other_host, other_output):
         open(path, "wb").close()
-    r = run_engine("stream", clip(frames=6), out)
+    try:
+        r = run_engine("stream", clip(frames=6), out)
+    finally:
+        lock.release()
     assert r.returncode == 0, r.stderr
     assert f"removed {dead.name}, left by a run of this job that was killed" in r.stderr
-    assert not dead.exists() and os.path.exists(live) and other_host.exists()
+    assert not dead.exists() and os.path.exists(live) and other_host.exists() and other_output.exists()
+
+
+def test_two_long_output_names_sharing_a_start_get_partials_of_their_own(tmp_path):
+    from engine.resume import default_work_dir
+    from engine.sink import partial_path
+
+    a, b = str(tmp_path / ("a" * 240 + "X.mp4")), str(tmp_path / ("a" * 240 + "Y.mp4"))
+    assert partial_path(a) != partial_path(b)
+    assert default_work_dir(a) != default_work_dir(b)
+    assert max(len(os.path.basename(p).encode()) for p in (partial_path(a), default_work_dir(a))) <= 255
+
+
+def test_an_ignored_sighup_stays_ignored(clip, tmp_path):
+    """`nohup engine ...`: the terminal closing must not stop the job."""
+    out = tmp_path / "out.mp4"
+
+    def nohup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "stream", str(clip(frames=40)), str(out),
+                             "--pipeline", "test.jitter:max_ms=60", "--quiet"], stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, **TESTING}, preexec_fn=nohup)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(p.name.startswith(".out.partial") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert decoded_indices(out) == list(range(40))
+
+
+def test_a_batch_stops_after_the_input_whose_ending_a_signal_met(clip, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (inputs / name).write_bytes(clip(frames=6).read_bytes())
+    out = tmp_path / "out"
+    r = run_engine("stream", inputs, out, "--resume", "--segment", "12f",
+                   env={"ENGINE_CRASH_AT": "work-dir-removal:1:TERM"})  # a.mp4 is in place
+    assert r.returncode == 143 and "engine: error: terminated" in r.stderr, r.stderr
+    assert sorted(os.listdir(out)) == ["a.mp4"]  # complete; b.mp4 never started
 
 
 def test_any_legal_output_name_works_and_a_too_long_one_is_refused_up_front(clip, tmp_path):

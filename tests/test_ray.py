@@ -235,6 +235,18 @@ def test_restarted_driver_reuses_recorded_segments(cluster, media, reference, tm
     assert r["segments"]["reused"] == 2 and r["segments"]["done"] == 4
 
 
+def test_a_stop_signal_after_the_output_is_in_place_lets_the_driver_finish(cluster, media, reference, tmp_path):
+    # was exit 130 over a complete output, with the work directory left behind
+    c, _ = cluster
+    out = tmp_path / "out.mkv"
+    r = stream(media["av"], out, "--ray", c.address, "--encoder", "ffv1", "--segment", "8f",
+               env={"ENGINE_CRASH_AT": "work-dir-removal:1:INT"})
+    assert r.returncode == 0, r.stderr
+    assert "interrupted after the output was complete; the job finished" in r.stderr
+    assert sha256(out) == sha256(reference["ffv1"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv"]
+
+
 def test_a_failing_segment_fails_the_job_with_the_one_machine_error(cluster, media, tmp_path):
     c, _ = cluster
     out = tmp_path / "o.mkv"

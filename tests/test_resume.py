@@ -551,3 +551,14 @@ def test_the_plan_note_says_how_long_the_segments_really_are(tmp_path):
     r = run_engine("stream", eight, tmp_path / "e.mkv", "--pipeline", "none", "--resume", "--segment", "16f")
     assert r.returncode == 0, r.stderr
     assert "segments: 3 of 16 frames in" in r.stderr + r.stdout
+
+
+def test_a_stopping_segment_says_so_in_the_jobs_progress():
+    from types import SimpleNamespace
+
+    from engine.metrics import RunSnapshot
+    from engine.resume import _Progress, _snapshot
+
+    segment = SimpleNamespace(frames_written=3, snapshot=lambda: RunSnapshot(1.0, 3, 10, [], stopping="interrupted"))
+    progress = _Progress(started=0.0, frames_total=10, current=segment)
+    assert _snapshot(progress).stopping == "interrupted"  # was dropped: "eta --:--" until the threads gave up
