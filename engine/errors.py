@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class EngineError(Exception):
     """Base of every error the engine raises on purpose."""
@@ -41,8 +43,6 @@ class Terminated(KeyboardInterrupt):
 
     @property
     def signum(self) -> int:
-        import signal
-
         return self.args[0] if self.args else int(signal.SIGTERM)
 
 

@@ -260,8 +260,8 @@ class InferenceRunner:
 
     def describe(self) -> dict[str, Any]:
         """The settings as resolved on this machine, for the report."""
-        return {**resolved_settings(self.settings, self.cuda), "device": str(self.device), "precision": self.precision,
-                "batch": self.batch, "tile": self.tile, "oom_retries": self.oom_retries,
+        return {**resolved_settings(self.settings, self.cuda), "device": str(self.device),
+                "precision": self.precision, "batch": self.batch, "tile": self.tile, "oom_retries": self.oom_retries,
                 "batches": dict(self.handled),
                 "device_name": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
                 "torch": torch.__version__}

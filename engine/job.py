@@ -18,8 +18,8 @@ from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
 from engine.registry import StageSpec, check_stage_order, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
-from engine.sink import (ImageSequenceSink, VideoSink, frame_name, image_staging, is_image_pattern, partial_path,
-                         pattern_matches, remove_stale_partials)
+from engine.sink import (ImageSequenceSink, VideoSink, frame_name, image_staging, is_image_pattern, name_max,
+                         partial_path, pattern_matches, remove_stale_partials)
 from engine.source import VideoInfo, VideoSource
 from engine.stage import check_frame_size, frame_sizes
 from engine.streamcopy import plan_copy
@@ -66,13 +66,6 @@ def check_writable_directory(path: str, what: str = "output directory") -> None:
         raise UserError(f"{what} is not writable: {path}")
 
 
-def _name_max(directory: str) -> int:
-    try:
-        return os.pathconf(directory if os.path.isdir(directory) else ".", "PC_NAME_MAX")
-    except (OSError, ValueError):
-        return 255
-
-
 def check_output_path(input_path: str, output: str) -> None:
     if is_image_pattern(output) and frame_name(output) is None:  # `%s.png`, `%x`: no frame number
         raise UserError(f"image pattern needs one integer field such as %06d: {output}")
@@ -80,7 +73,7 @@ def check_output_path(input_path: str, output: str) -> None:
     if same_path(input_path, target):
         raise UserError(f"output is the input file: {output}")
     name = os.path.basename(os.path.abspath(target))
-    if len(name.encode()) > _name_max(os.path.dirname(os.path.abspath(target))):
+    if len(name.encode()) > name_max(os.path.dirname(os.path.abspath(target))):
         raise UserError(f"output name is too long for its filesystem ({len(name.encode())} bytes): {output}")
     if not (is_image_pattern(output) and os.path.isdir(target)):  # frames are staged inside it
         check_writable_directory(os.path.dirname(os.path.abspath(target)) or ".")
@@ -213,7 +206,7 @@ def check_report_path(report: str, inputs: list[str], outputs: list[str], create
     not after hours of work."""
     if os.path.isdir(report):
         raise UserError(f"--report names a directory, not a file: {report}")
-    if len(os.path.basename(report).encode()) > _name_max(os.path.dirname(os.path.abspath(report))):
+    if len(os.path.basename(report).encode()) > name_max(os.path.dirname(os.path.abspath(report))):
         raise UserError(f"--report name is too long for its filesystem: {report}")
     for path in inputs:
         if same_path(report, path):

@@ -41,10 +41,10 @@ from engine.metrics import RunSnapshot, SegmentCounts
 from engine.progress import Reporter, make_reporter
 from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest
 from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
-from engine.sink import fit_name, is_image_pattern, partial_path
+from engine.sink import fit_name, is_image_pattern, name_max, partial_path
 from engine.source import open_input, read_info
-from engine.video_stream import main_video
 from engine.streamcopy import plan_copy
+from engine.video_stream import main_video
 
 DEFAULT_SEGMENT = "60"  # seconds of video: minutes of work for a model pipeline
 
@@ -65,7 +65,7 @@ def _inside(path: str, directory: str) -> bool:
 
 def default_work_dir(output: str) -> str:
     head, tail = os.path.split(os.path.abspath(output))
-    return os.path.join(head, f".{fit_name(tail, 255 - len('..engine-work'))}.engine-work")
+    return os.path.join(head, f".{fit_name(tail, name_max(head) - len('..engine-work'))}.engine-work")
 
 
 def segment_name(index: int, ext: str) -> str:

@@ -43,6 +43,14 @@ def _host() -> str:
     return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 
 
+def name_max(directory: str) -> int:
+    """The longest file name, in bytes, that `directory`'s filesystem takes (NAME_MAX)."""
+    try:
+        return os.pathconf(directory if os.path.isdir(directory) else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def _partial_parts(path: str, inside: str | None = None) -> tuple[str, str, str]:
     """(directory, name up to the pid, extension) of `path`'s partial, in `inside` or beside it.
     The name keeps within NAME_MAX whatever `path`'s length: any name legal for the output
@@ -50,12 +58,8 @@ def _partial_parts(path: str, inside: str | None = None) -> tuple[str, str, str]
     head, tail = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(tail)
     where = inside or head
-    try:
-        name_max = os.pathconf(where if os.path.isdir(where) else head, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
     prefix = f".partial-{_host()}-"
-    room = name_max - 1 - len(prefix) - 10 - len(ext.encode())  # a pid has at most 10 digits
+    room = name_max(where) - 1 - len(prefix) - 10 - len(ext.encode())  # a pid has at most 10 digits
     return where, f".{fit_name(stem, room)}{prefix}", ext
 
 
@@ -461,11 +465,11 @@ class ImageSequenceSink:
             raise UserError(f"image pattern needs one integer field such as %06d: {pattern}") from None
         self.pattern = pattern
         self.ext = ext
-        self.directory = os.path.dirname(os.path.abspath(pattern))
         # Frames are staged inside an existing directory, not beside it: a mount point (a
         # docker volume, a drive's root) is another filesystem from its parent, where the
         # renames into place failed after the whole job, and its parent may be read-only.
-        self.partial = partial_path(*image_staging(pattern))
+        self.directory, inside = image_staging(pattern)
+        self.partial = partial_path(self.directory, inside)
         self.workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future] = deque()

@@ -37,11 +37,10 @@ def kept_tags(metadata: dict[str, str]) -> dict[str, str]:
 
 
 def _is_chapter_track(container, stream) -> bool:
-    """The text track a QuickTime/MP4 file keeps its chapters in: carried as chapters."""
+    """The text track a QuickTime/MP4 file with chapters keeps them in: carried as chapters."""
     return (stream.type == "data" and stream.codec_context is None
             and stream.metadata.get("handler_name") in ("SubtitleHandler", "Chapters")
-            and any(n in container.format.name.split(",") for n in CHAPTER_TRACK_FORMATS)
-            and bool(container.chapters()))
+            and any(n in container.format.name.split(",") for n in CHAPTER_TRACK_FORMATS))
 
 
 @dataclass(frozen=True)
