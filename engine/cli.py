@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--decode", choices=["auto", "cpu", "nvdec"], default="auto",
                    help="video decoding: FFmpeg on the CPU, or NVDEC on an NVIDIA GPU (pictures come "
                         "back as nv12/p010); auto: the CPU until a GPU measurement favours NVDEC")
+    s.add_argument("--deinterlace", choices=["off", "auto", "all"], default="off",
+                   help="deinterlace the decoded pictures (FFmpeg's bwdif, one frame per frame) before "
+                        "any stage: auto = the frames flagged interlaced, all = every frame (input "
+                        "flagged wrong); off (default) keeps the woven fields")
     s.add_argument("--allow-truncated", action="store_true",
                    help="a truncated input: encode the frames that can be read, with a note, "
                         "instead of failing")
@@ -87,6 +91,7 @@ def _stream(args: argparse.Namespace) -> int:
                        prores_profile=args.prores_profile,
                        max_frames=args.max_frames, timestamps=args.timestamps,
                        allow_truncated=args.allow_truncated, decode=args.decode,
+                       deinterlace=args.deinterlace,
                        report=args.report, quiet=args.quiet,
                        runner=RunnerOptions(stall_timeout_s=args.stall_timeout,
                                             opencv_threads=args.opencv_threads),
@@ -128,6 +133,8 @@ def _probe(args: argparse.Namespace) -> int:
     if result.sample_aspect_ratio:
         w, h = result.display_size
         print(f"  pixels {result.sample_aspect_ratio.replace('/', ':')} (shown as {w}x{h})")
+    if result.scan and result.scan != "progressive":
+        print(f"  {result.scan} (the stream's header; --deinterlace auto follows each frame's flags)")
     if result.colour:
         print("  colour " + " ".join(f"{k}={v}" for k, v in result.colour.items()))
     for s in result.streams:

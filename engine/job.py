@@ -14,6 +14,7 @@ from engine import interrupts
 from engine.completeness import find_truncation
 from engine.crashpoints import crash_point
 from engine.encoders import choose_encoder, container_for, muxer_codecs
+from engine.deinterlace import check_mode as check_deinterlace_mode
 from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
 from engine.registry import StageSpec, check_stage_order, parse_pipeline
@@ -43,6 +44,7 @@ class JobConfig:
     timestamps: str = "repair"          # broken input timestamps: "repair" or "refuse"
     allow_truncated: bool = False       # a truncated input: keep what could be read
     decode: str = "auto"                # "cpu", "nvdec", or "auto" (see engine/source.py)
+    deinterlace: str = "off"            # "off", "auto", "all" (see engine/deinterlace.py)
     report: str | None = None
     quiet: bool = False
     runner: RunnerOptions = field(default_factory=RunnerOptions)
@@ -111,7 +113,8 @@ class Job:
         if not image_out:
             ext = container_for(config.output)
         source = VideoSource(config.input, max_frames=config.max_frames, timestamps=config.timestamps,
-                             allow_truncated=config.allow_truncated, decode=config.decode)
+                             allow_truncated=config.allow_truncated, decode=config.decode,
+                             deinterlace=config.deinterlace)
         try:
             check_output_size(specs, source.info, video=not image_out)
             early_notes, _ = check_input(config, source.info)  # the source keeps what decodes
@@ -174,6 +177,7 @@ def check_config(config: JobConfig) -> list[StageSpec]:
     if config.timestamps not in TIMESTAMP_MODES:
         raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
                         f"{', '.join(TIMESTAMP_MODES)}")
+    check_deinterlace_mode(config.deinterlace)
     specs = parse_pipeline(config.pipeline)
     check_stage_order(specs)
     check_output_path(config.input, config.output)  # first: `out/` is a directory, not an extension
@@ -298,6 +302,8 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
                            "frames_processed": c["unique"], "frames": result.frames_out,
                            **({"noise": dedup[0].settings["noise"]}
                               if "noise" in (dedup[0].settings or {}) else {})}
+    if job.source.deinterlacer is not None:
+        report["deinterlace"] = job.source.deinterlacer.describe()
     repair = job.source.repair
     report["timestamps"] = {
         "mode": job.config.timestamps,

@@ -68,9 +68,12 @@ def _plain(value: Any) -> Any:
 
 
 def job_key(*, input_path: str, specs: list[StageSpec], encoder: dict[str, Any], container: str,
-            plan: dict[str, Any]) -> dict[str, Any]:
+            plan: dict[str, Any], decoding: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`decoding`: what changes the decoded pictures (--deinterlace), only when set, so the
+    manifests of jobs without it keep their key."""
     return {"input": input_identity(input_path), "pipeline": pipeline_identity(specs),
-            "encoder": encoder, "container": container, "plan": plan, "versions": versions()}
+            "encoder": encoder, "container": container, "plan": plan, "versions": versions(),
+            **({"decoding": decoding} if decoding else {})}
 
 
 def versions() -> dict[str, str]:
@@ -87,6 +90,7 @@ def key_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
                         ("encoder", "the encoder options changed"),
                         ("container", "the output container changed"),
                         ("plan", "the segment plan changed (--segment or --frames)"),
+                        ("decoding", "the decoding options changed (--deinterlace)"),
                         ("versions", "the engine or FFmpeg version changed")):
         if old.get(name) != new.get(name):
             if name == "input":

@@ -35,6 +35,7 @@ class ProbeResult:
     sample_aspect_ratio: str | None = None   # "4/3": anamorphic pixels (None: square)
     display_size: tuple[int, int] | None = None  # how players show it, when the pixels are not square
     colour: dict = field(default_factory=dict)   # FFmpeg's names for matrix, primaries, transfer, range
+    scan: str | None = None    # "progressive", "interlaced, top field first", ...; None: not said
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +49,11 @@ PRIMARIES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240
 TRANSFERS = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 8: "linear",
              13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 18: "arib-std-b67"}
 RANGES = {1: "tv", 2: "pc"}
+# AVFieldOrder, as the stream's parameters say it (0: unknown). TB/BT: fields stored in one
+# order, shown in the other
+SCANS = {1: "progressive", 2: "interlaced, top field first", 3: "interlaced, bottom field first",
+         4: "interlaced, top field coded first, bottom shown first",
+         5: "interlaced, bottom field coded first, top shown first"}
 
 
 def colour_names(info) -> dict[str, str]:
@@ -97,6 +103,6 @@ def probe(path: str) -> ProbeResult:
             timestamps_problem=check.problem, hdr=info.hdr.describe() if info.hdr else None,
             sample_aspect_ratio=str(sar) if sar else None,
             display_size=(round(info.width * sar), info.height) if sar else None,
-            colour=colour_names(info))
+            colour=colour_names(info), scan=SCANS.get(int(main_video(container).codec_context.field_order)))
     finally:
         container.close()

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 
 import av
 
+from engine.deinterlace import LOOKAHEAD, Deinterlacer
 from engine.errors import UserError
 from engine.frame import Frame
 from engine.source import VideoSource, _reason, open_input
@@ -37,21 +38,40 @@ class RangeSource(VideoSource):
     """A `VideoSource` that yields only `frame_range`, numbered first, first+1, ... (the
     runner's reorder buffers and validator start at `first_seq`)."""
 
-    def __init__(self, path: str, frame_range: FrameRange):
-        super().__init__(path)
+    def __init__(self, path: str, frame_range: FrameRange, deinterlace: str = "off"):
+        super().__init__(path, deinterlace=deinterlace)
         self.frame_range = frame_range
         self.first_seq = frame_range.first
         self.frames_total = frame_range.stop - frame_range.first
 
     def frames(self) -> Iterator[Frame]:
-        """Every frame's pts must be the one the packet scan expects at its seq. A decode
-        whose first frame is not `first` (an open-GOP keyframe whose recovering pictures come
-        out late, or not at all) is retried from the keyframe before; past the first frame,
-        a mismatch is an error, never a silent shift."""
+        if self.deinterlace == "off":
+            yield from self._range(self.frame_range)
+            return
+        # each frame's result depends on its neighbours: decode one more either side, so the
+        # range's first and last frames get the pixels a single pass gives them
         span = self.frame_range
+        wide = FrameRange(max(0, span.first - LOOKAHEAD), min(len(span.pts), span.stop + LOOKAHEAD),
+                          span.pts, span.keyframes)
+        deinterlacer = Deinterlacer(self.deinterlace)
+        frames = deinterlacer.frames(self._range(wide))
+        try:
+            for frame in frames:
+                if frame.seq >= span.stop:
+                    break
+                if frame.seq >= span.first:
+                    yield frame
+        finally:
+            frames.close()
+
+    def _range(self, span: FrameRange) -> Iterator[Frame]:
+        """Frames [span.first, span.stop) as decoded. Every frame's pts must be the one the
+        packet scan expects at its seq. A decode whose first frame is not `first` (an open-GOP
+        keyframe whose recovering pictures come out late, or not at all) is retried from the
+        keyframe before; past the first frame, a mismatch is an error, never a silent shift."""
         starts = [k for k in span.keyframes if k <= span.first][::-1] or [0]
         for attempt, key in enumerate(starts):
-            frames = self.decode_from(key)
+            frames = self.decode_from(key, span)
             first = next(frames, None)
             if first is not None and first.pts == span.pts[span.first]:
                 yield first
@@ -64,11 +84,11 @@ class RangeSource(VideoSource):
         raise UserError(f"cannot decode {self.path} from frame {span.first}: no keyframe before it "
                         f"starts a clean decode")
 
-    def decode_from(self, key: int) -> Iterator[Frame]:
-        """The range's frames from a fresh decoder fed from the packet of frame `key` on. If
-        the first frame at or after `first`'s pts is not `first`, it alone comes out
-        (pixel-less), to be rejected."""
-        span = self.frame_range
+    def decode_from(self, key: int, span: FrameRange | None = None) -> Iterator[Frame]:
+        """`span`'s frames (default: the range's) from a fresh decoder fed from the packet of
+        frame `key` on. If the first frame at or after `first`'s pts is not `first`, it alone
+        comes out (pixel-less), to be rejected."""
+        span = span or self.frame_range
         stream = main_video(self._container)
         stream.thread_type = "AUTO"
         tb = self.info.time_base

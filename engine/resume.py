@@ -31,6 +31,7 @@ from engine.completeness import find_truncation, readable_frames
 from engine.crashpoints import crash_point
 from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, container_for, fixed_threads,
                              muxer_codecs, with_options)
+from engine.deinterlace import FILTER as DEINTERLACE_FILTER
 from engine.errors import UserError
 from engine.job import (check_config, check_input, check_output_size, clear_stale_partials, describe_output,
                         environment, replacing_note, reporter_note, write_report)
@@ -145,7 +146,8 @@ class SegmentedJob:
         key = job_key(input_path=config.input, specs=specs,
                       encoder={"name": encoder.name, "codec": encoder.codec, "pix_fmt": encoder.pix_fmt,
                                "options": dict(sorted(encoder.options.items()))},
-                      container=CONTAINERS[ext], plan=plan.as_dict())
+                      container=CONTAINERS[ext], plan=plan.as_dict(),
+                      decoding={"deinterlace": config.deinterlace} if config.deinterlace != "off" else None)
         work_dir = config.work_dir or default_work_dir(config.output)
         for what, path in (("the output", config.output), ("the input", config.input),
                            ("--report", config.report)):
@@ -263,7 +265,8 @@ class SegmentedJob:
             table=self.table, specs=self.specs, encoder=self.encoder,
             output=os.path.join(self.work_dir, segment_name(seg.index, ext)),
             keep_unique=self.context.keep_unique, runner=self.config.runner,
-            state_in=state_in, state_out=state_out, context=self.context)
+            state_in=state_in, state_out=state_out, context=self.context,
+            deinterlace=self.config.deinterlace)
 
     def record(self, seg: Segment, result: SegmentResult) -> None:
         """Note a finished segment in the manifest (atomically): from now on it is reused."""
@@ -304,6 +307,8 @@ class SegmentedJob:
             "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
                          for s in self.specs],
             "sink": self.sink_note,
+            **({"deinterlace": {"mode": self.config.deinterlace, "filter": DEINTERLACE_FILTER}}
+               if self.config.deinterlace != "off" else {}),
             "output_video": describe_output(self.config.output),
             "frames_in": self.plan.frames,
             "frames_out": self.plan.frames,

@@ -164,6 +164,7 @@ class SegmentTask:
     state_in: str | None = None   # the carried state the segment before ended with (npz)
     state_out: str | None = None  # where this segment's end state goes (stateful pipelines)
     context: PipelineContext | None = None  # with decode_start None: how to guess it
+    deinterlace: str = "off"  # --deinterlace (the range decodes a frame either side for it)
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ def speculative_start(task: SegmentTask) -> int:
     if seg.start == 0:
         return 0
     first = max(0, seg.start - context.speculation_frames)
-    source = RangeSource(task.input, task.table.frame_range(first, seg.start))
+    source = RangeSource(task.input, task.table.frame_range(first, seg.start), task.deinterlace)
     try:
         recorder = UniqueRecorder(context.keep_unique)
         Pipeline(source, task.specs[:context.marking], recorder, task.runner).run()
@@ -286,7 +287,8 @@ class SegmentRun:
         self.prescan_s = time.perf_counter() - started if self.speculated else 0.0
         self.task = task
         seg = task.segment
-        self.source = RangeSource(task.input, task.table.frame_range(self.decode_start, task.decode_stop))
+        self.source = RangeSource(task.input, task.table.frame_range(self.decode_start, task.decode_stop),
+                                  task.deinterlace)
         try:
             inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
                               copy_plan=CopyPlan())  # other streams: once, at the join

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import av
 
+from engine.deinterlace import Deinterlacer, check_mode
 from engine.errors import UserError
 from engine.frame import Frame
 from engine.hdr import HdrStatic, read_hdr_static
@@ -155,13 +156,15 @@ class VideoSource:
     name = "decode"
 
     def __init__(self, path: str, *, max_frames: int | None = None, timestamps: str = "repair",
-                 allow_truncated: bool = False, decode: str = "cpu"):
+                 allow_truncated: bool = False, decode: str = "cpu", deinterlace: str = "off"):
         self.path = path
+        self.deinterlace = check_mode(deinterlace)  # see engine/deinterlace.py
         self.max_frames = max_frames
         self.timestamps = timestamps          # "repair" or "refuse": see engine/timestamps.py
         self.allow_truncated = allow_truncated
         self.notes: list[str] = []           # said to the user after the run
         self.repair: TimestampRepair | None = None
+        self.deinterlacer: Deinterlacer | None = None  # with --deinterlace: what it did
         hwaccel = hwaccel_for(decode)
         self.decode = "nvdec" if hwaccel is not None else "cpu"  # what auto resolved to
         self._container = open_input(path, hwaccel)
@@ -178,6 +181,16 @@ class VideoSource:
         return self._container
 
     def frames(self) -> Iterator[Frame]:
+        if self.deinterlace == "off":
+            yield from self._decoded()
+            return
+        # --frames N deinterlaces the first N frames as if the file ended there: so does
+        # --resume, whose packet table stops at N
+        deinterlacer = self.deinterlacer = Deinterlacer(self.deinterlace)
+        yield from deinterlacer.frames(self._decoded())
+        self.notes.append(deinterlacer.note())
+
+    def _decoded(self) -> Iterator[Frame]:
         stream = main_video(self._container)
         stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg, GIL released
         tb = self.info.time_base
@@ -194,11 +207,11 @@ class VideoSource:
                     picture.pts = pts
                     last_end = float((pts + (picture.duration or 0)) * tb)
                     picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
-                    if seq == 0 and picture.interlaced_frame:
+                    if seq == 0 and picture.interlaced_frame and self.deinterlace == "off":
                         self.notes.append(
                             "note: the input is interlaced: its frames were processed as whole pictures (the "
-                            "two fields woven) and written flagged progressive; for model stages, deinterlace "
-                            "it first (FFmpeg's bwdif filter, for one)")
+                            "two fields woven, which model stages see as combing) and most encoders write "
+                            "them flagged progressive; --deinterlace auto deinterlaces them first (bwdif)")
                     frame = Frame.from_picture(seq, pts, tb, picture, self.pixel_format)
                     if picture.rotation:  # display matrix: the sink writes it back out
                         frame.meta["rotation"] = picture.rotation

@@ -287,4 +287,4 @@ def test_interlaced_input_is_said_to_be_written_progressive(tmp_path):
         c.mux(s.encode(None))
     r = run_engine("stream", src, tmp_path / "out.mp4")
     assert r.returncode == 0, r.stderr
-    assert "note: the input is interlaced" in r.stderr and "deinterlace it first" in r.stderr
+    assert "note: the input is interlaced" in r.stderr and "--deinterlace auto deinterlaces them" in r.stderr

@@ -156,6 +156,22 @@ def test_dedup_segments_run_side_by_side_on_speculated_contexts(cluster, media, 
     assert overlapped(workers), workers
 
 
+def test_deinterlaced_segments_on_speculated_contexts_match_one_machine(cluster, media, tmp_path):
+    """--deinterlace reaches every task, the pre-scans too: a guessed context on frames the
+    pre-scan did not deinterlace would miss, and a segment that lacks a neighbour frame for
+    bwdif would differ at its cuts from `--resume` and from the single pass."""
+    c, _ = cluster
+    common = ("--encoder", "ffv1", "--segment", "16f", "--pipeline", DEDUP, "--deinterlace", "all")
+    single, resumed, out = tmp_path / "single.mkv", tmp_path / "resumed.mkv", tmp_path / "ray.mkv"
+    ok(stream(media["pairs"], single, *common[:2], *common[4:]))
+    ok(stream(media["pairs"], resumed, "--resume", *common))
+    ok(stream(media["pairs"], out, "--ray", c.address, *common, "--report", tmp_path / "r.json"))
+    assert sha256(out) == sha256(resumed)
+    assert framemd5(out) == framemd5(single)
+    r = report(tmp_path / "r.json")
+    assert r["deinterlace"]["mode"] == "all" and r["ray"]["speculation"]["misses"] == 0
+
+
 def test_a_wrong_guess_is_run_again_with_the_true_context(cluster, media, reference, tmp_path):
     """A hold (frames 10..50) spans the cuts at 32 and 48: the true chain marks 10, 14, ..., 50
     unique, a fresh one started at s − 16 marks 16, 20, ... (out of step), so segments 2 and 3
