@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 from engine import interrupts
 from engine.errors import UserError
 from engine.job import JobConfig, check_report_path, check_writable_directory, write_report
-from engine.sink import is_image_pattern
+from engine.sink import is_image_pattern, remove_stale_partials
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mxf")
 LIST_EXTENSIONS = (".txt", ".list")
@@ -79,6 +80,9 @@ def batch_configs(config: JobConfig) -> list[JobConfig]:
 def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
     """Every input of a batch; `--report FILE` gets one JSON with a report per input."""
     configs = batch_configs(config)
+    if config.report and not config.quiet:
+        for name in remove_stale_partials(config.report):
+            print(f"[engine] note: removed {name}, left by a run of this job that was killed", file=sys.stderr)
     created = not os.path.exists(config.output)
     try:
         os.makedirs(config.output, exist_ok=True)
@@ -111,7 +115,14 @@ def _run(configs: list[JobConfig], ray_options) -> list[dict]:
         check_config(c)
         open_input(c.input).close()
     reports = []
-    for c in configs:
-        interrupts.raise_pending()  # a stop signal while the input before finished: stop here
-        reports.append(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run())
+    try:
+        for c in configs:
+            interrupts.raise_pending()  # a stop signal while the input before finished: stop here
+            reports.append(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run())
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: say what is finished before main() says stopped
+        if reports:
+            done = ", ".join(c.output for c in configs[:len(reports)])
+            print(f"engine: {len(reports)} of {len(configs)} inputs were finished before the stop: {done}; "
+                  f"the others have no output yet", file=sys.stderr, flush=True)
+        raise
     return reports

@@ -19,8 +19,8 @@ from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
 from engine.registry import StageSpec, check_stage_order, parse_pipeline
 from engine.runner import Pipeline, RunnerOptions, RunResult
-from engine.sink import (ImageSequenceSink, VideoSink, frame_name, image_staging, is_image_pattern, name_max,
-                         partial_path, pattern_matches, remove_stale_partials)
+from engine.sink import (ImageSequenceSink, PartialLock, VideoSink, frame_name, image_staging, is_image_pattern,
+                         name_max, partial_path, pattern_matches, remove_stale_partials)
 from engine.source import VideoInfo, VideoSource
 from engine.stage import check_frame_size, frame_sizes
 from engine.streamcopy import plan_copy
@@ -136,7 +136,7 @@ class Job:
             source.close()
             raise
         return cls(config, specs, source, sink, note,  # never drop a stream silently
-                   clear_stale_partials(config.output) + replacing_note(config.output) + early_notes
+                   clear_stale_partials(config.output, config.report) + replacing_note(config.output) + early_notes
                    + plan.notes())
 
     def run(self, reporter: Reporter | None = None) -> dict:
@@ -188,11 +188,14 @@ def check_config(config: JobConfig) -> list[StageSpec]:
     return specs
 
 
-def clear_stale_partials(output: str) -> list[str]:
-    """Remove the partials of `output` left by runs here that were killed (no handler runs on
-    SIGKILL or the OOM killer, and each pid names a new one); the notes that say so."""
+def clear_stale_partials(output: str, report: str | None = None) -> list[str]:
+    """Remove the partials of `output` (and of the `report`) left by runs here that were
+    killed (no handler runs on SIGKILL or the OOM killer, and each pid names a new one); the
+    notes that say so."""
     removed = remove_stale_partials(*image_staging(output)) if is_image_pattern(output) else \
         remove_stale_partials(output)
+    if report:
+        removed += remove_stale_partials(report)
     return [f"note: removed {name}, left by a run of this job that was killed" for name in removed]
 
 
@@ -350,6 +353,7 @@ def environment() -> dict:
 
 def write_report(path: str, report: dict) -> None:
     tmp = partial_path(path)  # hidden, and as short as a legal name allows
+    lock = PartialLock(tmp)  # held while written: a killed run's is known (clear_stale_partials)
     try:
         with open(tmp, "w") as fh:
             crash_point("report-write")
@@ -363,3 +367,5 @@ def write_report(path: str, report: dict) -> None:
         if isinstance(exc, OSError):
             raise UserError(f"cannot write report {path}: {exc.strerror or exc}") from None
         raise
+    finally:
+        lock.release()

@@ -37,7 +37,7 @@ from engine.crashpoints import crash_point
 from engine.durable import fsync_dir, fsync_file
 from engine.encoders import CONTAINERS
 from engine.errors import ValidationError
-from engine.sink import PartialLock, check_written, partial_path
+from engine.sink import PartialLock, check_written, partial_path, write_error
 from engine.streamcopy import CopyPlan, StreamCopier
 
 
@@ -92,9 +92,10 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
     partial = partial or partial_path(output)
     ext = os.path.splitext(output)[1].lower()
     lock = PartialLock(partial)  # a later run knows a killed join's partial by its free lock
-    container = av.open(partial, mode="w", format=CONTAINERS[ext], options={"fflags": "+bitexact"})
+    container = None
     copier: StreamCopier | None = None
     try:
+        container = av.open(partial, mode="w", format=CONTAINERS[ext], options={"fflags": "+bitexact"})
         first = av.open(parts[0].path)
         try:
             template = first.streams.video[0]
@@ -175,12 +176,16 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
         if copier is not None:
             copier.close()
         try:
-            container.close()
+            if container is not None:
+                container.close()
         except Exception:  # noqa: BLE001 - already failing; the partial goes anyway
             pass
         if os.path.exists(partial):
             os.unlink(partial)
         lock.release()
+        error = write_error(f"output {output}", exc)  # a full disk: the user's, one line, exit 2
+        if error is not None:
+            raise error from None
         if isinstance(exc, av.error.FFmpegError):  # a muxer refusal: one line, like the checks above
             raise ValidationError(f"cannot join the segments into {output}: {exc}") from None
         raise

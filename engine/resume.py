@@ -40,9 +40,10 @@ from engine.manifest import (MANIFEST, Manifest, SegmentRecord, is_temporary, jo
                              save)
 from engine.metrics import RunSnapshot, SegmentCounts
 from engine.progress import Reporter, make_reporter
-from engine.segment_job import PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest
+from engine.segment_job import (WORK_DIR_HINT, PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest,
+                                work_dir_label)
 from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
-from engine.sink import fit_name, is_image_pattern, name_max, partial_path
+from engine.sink import fit_name, is_image_pattern, name_max, output_errors, partial_path
 from engine.source import open_input, read_info
 from engine.streamcopy import plan_copy
 from engine.video_stream import main_video
@@ -175,7 +176,7 @@ class SegmentedJob:
         except BaseException:
             os.close(lock_fd)
             raise
-        notes = [*clear_stale_partials(config.output), *replacing_note(config.output), *input_notes,
+        notes = [*clear_stale_partials(config.output, config.report), *replacing_note(config.output), *input_notes,
                  *copy_plan.notes(),
                  f"segments: {_sizes(plan.segments, length)} in {work_dir}"
                  + (f", {len(reused)} reused" if reused else ""),
@@ -202,14 +203,16 @@ class SegmentedJob:
         results: dict[int, SegmentResult] = {}
         ok = False
         try:
-            for seg in todo:  # in plan order: with dedup, a segment's context comes from the one before
-                progress.current = SegmentRun(self.task(seg))
-                results[seg.index] = progress.current.run()
-                self.record(seg, results[seg.index])
-                progress.frames_before += seg.frames
-                progress.current = None
-                progress.done += 1
-                progress.pending -= 1
+            # the segment files, their states and the manifest: a full disk there is the user's to fix
+            with output_errors(work_dir_label(self.work_dir), WORK_DIR_HINT):
+                for seg in todo:  # in plan order: with dedup, a segment's context comes from the one before
+                    progress.current = SegmentRun(self.task(seg))
+                    results[seg.index] = progress.current.run()
+                    self.record(seg, results[seg.index])
+                    progress.frames_before += seg.frames
+                    progress.current = None
+                    progress.done += 1
+                    progress.pending -= 1
             started = time.perf_counter()
             self.join()
             join_s = time.perf_counter() - started

@@ -258,6 +258,14 @@ class UniqueRecorder:
     notes: list[str] = []
 
 
+WORK_DIR_HINT = " (the segments recorded there are kept: make room and run the job again)"
+
+
+def work_dir_label(work_dir: str) -> str:
+    """What a failed write of a segment names: the work directory, not a file hidden in it."""
+    return f"--resume's work directory {os.path.abspath(work_dir)}"
+
+
 def speculative_start(task: SegmentTask) -> int:
     """c_spec: the context start guessed from a pre-scan of [max(0, s − L), s) with a fresh
     dedup (see the module docstring). The caller's driver checks it against the true one."""
@@ -291,7 +299,8 @@ class SegmentRun:
                                   task.deinterlace)
         try:
             inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
-                              copy_plan=CopyPlan())  # other streams: once, at the join
+                              copy_plan=CopyPlan(),  # other streams: once, at the join
+                              shown_as=work_dir_label(os.path.dirname(task.output)), write_hint=WORK_DIR_HINT)
             self.sink = TrimmingSink(inner, seg.start, seg.end, task.keep_unique)
             states = load_states(task.state_in) if task.state_in else None
             self.pipeline = Pipeline(self.source, task.specs, self.sink, task.runner, states)

@@ -145,16 +145,24 @@ def output_aspect_ratio(sar: Fraction | None, source: tuple[int, int], output: t
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
+def write_error(what: str, exc: BaseException, hint: str = "") -> UserError | None:
+    """The user's problem an error of writing `what` is (a full disk, a limit, a read-only
+    filesystem), as one line naming what they asked for (not a hidden partial); else None."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        return UserError(f"cannot write {what}: {os.strerror(exc.errno)}{hint}")
+    return None
+
+
 @contextmanager
-def output_errors(path: str) -> Iterator[None]:
-    """An OSError of writing the output, as the user's problem it is: one line naming the
-    output they asked for (not its hidden partial), exit 2."""
+def output_errors(what: str, hint: str = "") -> Iterator[None]:
+    """`write_error` around a block: such an OSError becomes its UserError (exit 2)."""
     try:
         yield
     except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
+        error = write_error(what, exc, hint)
+        if error is None:
             raise
-        raise UserError(f"cannot write output {path}: {os.strerror(exc.errno)}") from None
+        raise error from None
 
 
 def check_written(path: str, frames: int, streams: int) -> None:
@@ -215,8 +223,11 @@ class VideoSink:
     name = "encode"
 
     def __init__(self, path: str, encoder: EncoderChoice, source: VideoInfo, *,
-                 input_path: str, copy_plan: CopyPlan, stop_copy_with_video: bool = False):
+                 input_path: str, copy_plan: CopyPlan, stop_copy_with_video: bool = False,
+                 shown_as: str | None = None, write_hint: str = ""):
         self.path = path
+        # what a write error names, and what it adds (a segment: its work dir, and that it resumes)
+        self.shown_as, self.write_hint = shown_as or f"output {path}", write_hint
         self.encoder = encoder
         self.source = source
         self.partial = partial_path(path)
@@ -338,7 +349,7 @@ class VideoSink:
             self._open(width, height, frame.meta.get("rotation", 0))
         self._converting.append((frame, self._converters.submit(self._picture, frame)))
         while len(self._converting) > LOOKAHEAD:
-            with output_errors(self.path):
+            with output_errors(self.shown_as, self.write_hint):
                 self._encode_next()
 
     def _encode_next(self) -> None:
@@ -362,7 +373,7 @@ class VideoSink:
         self._container.mux(packets)
 
     def finish(self, frames: int) -> None:
-        with output_errors(self.path):
+        with output_errors(self.shown_as, self.write_hint):
             self._finish(frames)
 
     def _finish(self, frames: int) -> None:
@@ -484,7 +495,7 @@ class ImageSequenceSink:
                                    IMAGE_FORMATS[self.ext])
         if not ok:
             raise RuntimeError(f"could not encode frame {frame.seq} as {self.ext}")
-        with output_errors(self.pattern), open(os.path.join(self.partial, name), "wb") as fh:
+        with output_errors(f"output {self.pattern}"), open(os.path.join(self.partial, name), "wb") as fh:
             fh.write(encoded.tobytes())
 
     def write(self, frame: Frame) -> None:

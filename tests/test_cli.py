@@ -510,14 +510,17 @@ def test_partials_of_killed_runs_are_removed_and_live_ones_kept(clip, tmp_path):
     dead = tmp_path / f"{stem}-999999999.mp4"  # nobody holds its lock
     other_host = tmp_path / ".out.partial-zzzzzz-999999999.mp4"
     other_output = tmp_path / f"{stem.replace('.out.', '.out2.')}-999999999.mp4"
-    for path in (dead, other_host, other_output):
+    report = tmp_path / "r.json"  # a report is written as a partial too
+    dead_report = tmp_path / (os.path.basename(partial_path(str(report))).rsplit("-", 1)[0] + "-999999999.json")
+    for path in (dead, other_host, other_output, dead_report):
         open(path, "wb").close()
     try:
-        r = run_engine("stream", clip(frames=6), out)
+        r = run_engine("stream", clip(frames=6), out, "--report", report)
     finally:
         lock.release()
     assert r.returncode == 0, r.stderr
     assert f"removed {dead.name}, left by a run of this job that was killed" in r.stderr
+    assert f"removed {dead_report.name}" in r.stderr and not dead_report.exists() and report.exists()
     assert not dead.exists() and os.path.exists(live) and other_host.exists() and other_output.exists()
 
 
@@ -561,6 +564,7 @@ def test_a_batch_stops_after_the_input_whose_ending_a_signal_met(clip, tmp_path)
                    env={"ENGINE_CRASH_AT": "work-dir-removal:1:TERM"})  # a.mp4 is in place
     assert r.returncode == 143 and "engine: error: terminated" in r.stderr, r.stderr
     assert sorted(os.listdir(out)) == ["a.mp4"]  # complete; b.mp4 never started
+    assert f"1 of 2 inputs were finished before the stop: {out / 'a.mp4'}; the others have no output" in r.stderr
 
 
 def test_any_legal_output_name_works_and_a_too_long_one_is_refused_up_front(clip, tmp_path):

@@ -562,3 +562,29 @@ def test_a_stopping_segment_says_so_in_the_jobs_progress():
     segment = SimpleNamespace(frames_written=3, snapshot=lambda: RunSnapshot(1.0, 3, 10, [], stopping="interrupted"))
     progress = _Progress(started=0.0, frames_total=10, current=segment)
     assert _snapshot(progress).stopping == "interrupted"  # was dropped: "eta --:--" until the threads gave up
+
+
+def test_a_full_disk_names_the_work_dir_or_the_output_and_recorded_segments_are_kept(media, tmp_path):
+    """Writes fail as the user's problem (exit 2, one line): a segment's names --resume's work
+    directory (not a file hidden in it), the join's names the output; what is recorded is reused."""
+    import resource
+
+    out, work = tmp_path / "big.mkv", tmp_path / "work"
+    args = [sys.executable, "-m", "engine", "stream", str(media["video"]), str(out), "--pipeline", "none",
+            "--encoder", "ffv1", "--quiet", "--resume", "--segment", "8f", "--work-dir", str(work)]
+
+    def run(limit):  # RLIMIT_FSIZE: any file past `limit` bytes fails with EFBIG, as a full disk would
+        return subprocess.run(args + ["--report", str(tmp_path / "r.json")], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+
+    segment = run(1000)  # an 8-frame FFV1 segment is ~4 kB
+    assert segment.returncode == 2 and segment.stderr.count("\n") == 1, segment.stderr
+    assert segment.stderr.startswith(f"engine: error: cannot write --resume's work directory {work}: "
+                                     "File too large (the segments recorded there are kept")
+    joined = run(20_000)  # every segment fits; the 48-frame output (~29 kB) does not
+    assert joined.returncode == 2 and joined.stderr == f"engine: error: cannot write output {out}: File too large\n"
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if "partial" in p]
+    assert run(1 << 30).returncode == 0
+    assert json.loads((tmp_path / "r.json").read_text())["segments"]["reused"] == 6
+    assert decoded_indices(out) == list(range(48))
