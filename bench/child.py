@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 
 from bench.scenarios import SCENARIOS
+from engine.errors import StageError, UserError
 from engine.gpu import GpuRecorder
+
+USER_ERROR = "bench-child: error: "  # how the parent knows a one-line error from a crash
 
 
 def peak_rss_mib() -> float:
@@ -34,7 +37,11 @@ def main() -> int:
     fn, _ = SCENARIOS[name]
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch, GpuRecorder(interval_s=0.2) as gpu:
         started, cpu_started = time.perf_counter(), time.process_time()
-        result = fn(path, Path(scratch), settings)
+        try:
+            result = fn(path, Path(scratch), settings)
+        except (UserError, StageError) as exc:  # the engine's own one-line errors: the parent shows them as such
+            print(f"{USER_ERROR}{exc}", file=sys.stderr)
+            return 2
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     summary = gpu.record.summary()
     result["gpu"] = summary[0] if summary else None  # the first GPU: the one a scenario uses

@@ -6,14 +6,16 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench.child import USER_ERROR
 from bench.inputs import ROOT, resolve
 from bench.plots import plot_all
-from bench.scenarios import SCENARIOS
+from bench.scenarios import SCENARIOS, kill_resume_problem
 from bench.stats import ratio, summarize
 from engine.job import write_report
 
@@ -22,7 +24,8 @@ def machine() -> dict:
     from engine.gpu import GpuMonitor
     from engine.job import environment
 
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    info = {"cpu": platform.processor() or platform.machine(),
+            "cores": len(os.sched_getaffinity(0)),  # the ones this process may run on (taskset, cgroups)
             **environment()}
     try:
         info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
@@ -42,16 +45,42 @@ def machine() -> dict:
     return info
 
 
+def frame_size(path: Path) -> str:
+    import av
+
+    with av.open(str(path)) as container:
+        cc = container.streams.video[0].codec_context
+        return f"{cc.width}x{cc.height}"
+
+
+class CaseFailed(Exception):
+    pass
+
+
 def run_child(name: str, path: Path, settings: dict) -> dict:
     proc = subprocess.run([sys.executable, "-m", "bench.child", name, str(path), json.dumps(settings)],
                           capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
-        raise SystemExit(f"bench: scenario {name} on {path.name} failed:\n{proc.stderr.strip()}")
+        raise CaseFailed(f"scenario {name} on {path.name} failed: {child_failure(proc)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_failure(proc: subprocess.CompletedProcess) -> str:
+    """Why a timed child failed: the engine's one-line error, the signal that killed it, or
+    (a bug) its whole traceback."""
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        return f"killed by {name}" + (" (out of memory? the kernel's OOM killer sends it)"
+                                      if name == "SIGKILL" else "")
+    for line in proc.stderr.splitlines():
+        if line.startswith(USER_ERROR):
+            return line.removeprefix(USER_ERROR)
+    return f"exit {proc.returncode}\n{proc.stderr.strip()}"
 
 
 def run(args: argparse.Namespace) -> dict:
     inputs = [(spec, resolve(spec)) for spec in args.input]
+    sizes = {spec: frame_size(path) for spec, path in inputs}
     settings = {"encoder": args.encoder, "preset": args.preset, "crf": args.crf, "pipeline": args.pipeline,
                 "model": args.model, "device": args.device, "precision": args.precision, "batch": args.batch,
                 "ring": args.ring, "flow": args.flow, "window": args.window, "overlap": args.overlap,
@@ -59,10 +88,20 @@ def run(args: argparse.Namespace) -> dict:
                 "cuda_graphs": args.cuda_graphs, "decode": args.decode, "opencv_threads": args.opencv_threads}
     cases = [(name, spec, path) for name in args.scenarios for spec, path in inputs]
     samples: dict[str, list[dict]] = {f"{n}@{s}": [] for n, s, _ in cases}
+    if "kill-resume" in args.scenarios:  # before hours go into the other cases
+        for spec, path in inputs:
+            if problem := kill_resume_problem(path):
+                raise SystemExit(f"bench: {spec}: {problem}")
     # Round-robin over cases, so slow drift of a shared machine hits every case alike.
+    runs, done = (args.warmup + args.repeats) * len(cases), 0
     for round_ in range(args.warmup + args.repeats):
         for name, spec, path in cases:
-            result = run_child(name, path, settings)
+            try:
+                result = run_child(name, path, settings)
+            except CaseFailed as exc:
+                raise SystemExit(f"bench: {exc}\nbench: {done} of {runs} runs had finished; no results "
+                                 f"file is written (a part of a run would read as a whole one)") from None
+            done += 1
             if round_ >= args.warmup:
                 samples[f"{name}@{spec}"].append(result)
             print(f"  {'warm-up ' if round_ < args.warmup else ''}{name}@{spec}: "
@@ -72,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
         name, spec = key.split("@", 1)
         typical = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]  # the median run
         results[key] = {
-            "scenario": name, "input": spec, "frames": runs[0]["frames"],
+            "scenario": name, "input": spec, "frames": runs[0]["frames"], "size": sizes[spec],
             "fps": summarize([r["fps"] for r in runs]),
             "wall_s": summarize([r["wall_s"] for r in runs]),
             "cpu_s": summarize([r.get("cpu_s", 0.0) for r in runs]),
@@ -88,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
             "results": results, "ratios": derive_ratios(results)}
 
 
-EXTRA_KEYS = ("worst_psnr_db", "metrics", "output_bytes", "segments", "lost_frames", "segment_frames",
+EXTRA_KEYS = ("worst_psnr_db", "identical", "metrics", "output_bytes", "segments", "lost_frames", "segment_frames",
               "prepare_s", "join_s", "run_s", "tflops", "peak_tflops_fp16", "flops_per_frame")
 
 
@@ -148,7 +187,8 @@ def derive_ratios(results: dict) -> dict:
     for r in results.values():
         by_scenario.setdefault(r["scenario"], []).append(r)
     for name, runs in by_scenario.items():
-        if len(runs) > 1:
+        sizes = {r.get("size") for r in runs}
+        if len(runs) > 1 and len(sizes) == 1 and None not in sizes:  # memory against length, at one frame size
             short, long_ = min(runs, key=lambda r: r["frames"]), max(runs, key=lambda r: r["frames"])
             ratios[f"{name}_rss_growth_{long_['frames']}_vs_{short['frames']}_frames"] = ratio(
                 long_["peak_rss_mib"]["median"], short["peak_rss_mib"]["median"])
@@ -169,7 +209,13 @@ def table(doc: dict) -> str:
 
 
 def compare(a: dict, b: dict) -> str:
-    lines = [f"{'case':<34} {'fps A':>9} {'fps B':>9} {'B/A':>7}"]
+    lines = []
+    for what in ("settings", "machine"):  # a ratio across different settings or machines says so
+        differ = {k for k in set(a.get(what, {})) | set(b.get(what, {}))
+                  if a.get(what, {}).get(k) != b.get(what, {}).get(k) and k != "gpus"}
+        for k in sorted(differ):
+            lines.append(f"{what} differ: {k}: {a.get(what, {}).get(k)!r} → {b.get(what, {}).get(k)!r}")
+    lines.append(f"{'case':<34} {'fps A':>9} {'fps B':>9} {'B/A':>7}")
     for key in sorted(set(a["results"]) | set(b["results"])):
         fa = a["results"].get(key, {}).get("fps", {}).get("median")
         fb = b["results"].get(key, {}).get("fps", {}).get("median")
@@ -182,19 +228,91 @@ def compare(a: dict, b: dict) -> str:
     return "\n".join(lines)
 
 
+MODEL_SCENARIOS = ("model-only", "io-floor", "upscale", "upscale-host", "upscale-dedup", "naive-sequential",
+                   "dedup-quality")
+TORCH_SCENARIOS = MODEL_SCENARIOS[:1] + MODEL_SCENARIOS[2:] + ("vsr-model-only", "vsr", "vsr-deform-cost",
+                                                               "diffusion-vsr-720p", "diffusion-vsr-704",
+                                                               "diffusion-vsr-tiny")
+PIPELINE_SCENARIOS = ("pipeline", "single-pass", "kill-resume")
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every setting a case would refuse, refused before the first case runs (one line, exit 2):
+    a typo must not cost the cases before it, nor run as something else under its name."""
+    from engine.errors import UserError
+    from engine.registry import check_stage_order, parse_pipeline
+    from engine.source import DECODERS
+
+    if args.repeats < 1 or args.warmup < 0:
+        p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.precision not in ("auto", "fp32", "fp16", "bf16"):
+        p.error(f"--precision must be auto, fp32, fp16 or bf16, got {args.precision!r}")
+    if not 0 <= args.batch <= 256 or not 1 <= args.ring <= 8:
+        p.error(f"--batch must be 0 (auto) to 256 and --ring 1 to 8, got {args.batch} and {args.ring}")
+    if not (args.window >= 1 and 0 <= args.overlap and 2 * args.overlap < args.window):
+        p.error(f"--overlap must be >= 0 and less than half the --window, got {args.overlap} and {args.window}")
+    if not 0 <= args.crf <= 51:
+        p.error(f"--crf must be 0..51, got {args.crf}")
+    if args.decode not in DECODERS:
+        p.error(f"--decode must be one of {', '.join(DECODERS)}, got {args.decode!r}")
+    if not 0 <= args.opencv_threads <= 1024:
+        p.error(f"--opencv-threads must be 0..1024, got {args.opencv_threads}")
+    chosen = set(args.scenarios)
+    try:
+        if chosen & set(PIPELINE_SCENARIOS) or any(s.startswith("segmented-") for s in chosen):
+            check_stage_order(parse_pipeline(args.pipeline))
+        if chosen & set(MODEL_SCENARIOS):
+            from engine.models.catalogue import check_model
+
+            check_model(args.model)
+        if chosen & set(TORCH_SCENARIOS) and args.device != "auto":
+            from engine.inference import resolve_device
+
+            resolve_device(args.device)  # a GPU this machine lacks: said now, not after the CPU cases
+    except UserError as exc:
+        p.error(str(exc))
+
+
+def check_out(out: Path) -> None:
+    """The results file can be written: not a directory, in a writable directory (made now)."""
+    if out.is_dir():
+        raise SystemExit(f"bench: --out names a directory, not a file: {out}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"bench: cannot create {out.parent}: {exc.strerror}") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"bench: cannot write results into {out.parent}: not writable")
+
+
+def load_results(path: str) -> dict:
+    """A results file written by a run, or a one-line error."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise SystemExit(f"bench: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise SystemExit(f"bench: {path} is not JSON ({exc})") from None
+    if not isinstance(doc, dict) or "results" not in doc:
+        raise SystemExit(f"bench: {path} is not a bench results file (it has no 'results')")
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("scenarios", nargs="*", default=["transcode-floor", "passthrough"],
-                   help=f"any of: {', '.join(SCENARIOS)}")
+                   help=f"any of: {', '.join(SCENARIOS)} (default: transcode-floor passthrough)")
     p.add_argument("--input", action="append", default=None,
-                   help="720p:300, 1280x720:300, a tests/media clip name, or a path (repeatable)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+                   help="a path, a tests/media clip name, anime-720p[-xLOOPS] (the 1080p clip at 720p; "
+                        "the default), or synthetic WIDTHxHEIGHT:FRAMES / 720p:300 (repeatable)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per case, round-robin (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first (default 1)")
     p.add_argument("--encoder", choices=["x264", "x265"], default="x264",
-                   help="encoder of transcode-floor and the engine scenarios")
-    p.add_argument("--preset", default="ultrafast")
-    p.add_argument("--crf", type=int, default=23)
-    p.add_argument("--pipeline", default="none", help="stages for the 'pipeline' scenario")
+                   help="encoder of the floors, the engine scenarios and the segment scenarios (default x264)")
+    p.add_argument("--preset", default="ultrafast", help="encoder preset (default ultrafast)")
+    p.add_argument("--crf", type=int, default=23, help="encoder crf (default 23)")
+    p.add_argument("--pipeline", default="none",
+                   help="stages for 'pipeline', 'single-pass', 'segmented-*' and 'kill-resume' (default none)")
     p.add_argument("--model", default="animevideov3-x2", help="model for the model scenarios")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (model scenarios)")
     p.add_argument("--precision", default="auto", help="auto, fp32, fp16, bf16 (model scenarios)")
@@ -221,20 +339,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<18} {description}")
         return 0
     if args.compare:
-        a, b = (json.loads(Path(f).read_text()) for f in args.compare)
+        a, b = (load_results(f) for f in args.compare)
         print(compare(a, b))
         return 0
     if args.plot:
-        for path in plot_all(json.loads(Path(args.plot).read_text()), Path(args.plot).with_suffix("")):
+        for path in plot_all(load_results(args.plot), Path(args.plot).with_suffix("")):
             print(path)
         return 0
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         p.error(f"unknown scenario {unknown[0]!r}; choose from: {', '.join(SCENARIOS)}")
-    args.input = args.input or ["anime-720p"]
-    doc = run(args)
+    args.scenarios = list(dict.fromkeys(args.scenarios))  # named twice: one case, not twice the samples
+    args.input = list(dict.fromkeys(args.input or ["anime-720p"]))
+    check_args(p, args)
     out = Path(args.out or ROOT / "bench-results" / time.strftime("%Y%m%d-%H%M%S.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_out(out)  # before the run: a bad --out must not cost its hours
+    try:
+        doc = run(args)
+    except KeyboardInterrupt:  # the children got the Ctrl-C too, and are gone
+        print("bench: interrupted; no results file is written", file=sys.stderr)
+        return 130
+    if out.exists():
+        print(f"bench: replacing {out}", file=sys.stderr)
     write_report(str(out), doc)  # whole or not at all: a cut-short file would read as a finished run
     print(table(doc))
     print(f"results: {out}")

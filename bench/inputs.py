@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -54,20 +55,35 @@ def real_720p(loops: int = 1) -> Path:
     return path
 
 
+NAMED_SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "480p": (854, 480), "4k": (3840, 2160)}
+SYNTHETIC = re.compile(r"(?:(?P<w>\d+)x(?P<h>\d+)|(?P<name>\w+)):(?P<frames>-?\d+)")
+REAL_720P = re.compile(r"anime-720p(?:-x(?P<loops>\d+))?")
+
+
 def resolve(spec: str) -> Path:
-    """'anime-720p' or 'anime-720p-x10' → the real clip at 720p (looped);
-    '720p:300' / '1280x720:300' → synthetic; a name in tests/media or a path → as is."""
-    if spec.startswith("anime-720p"):
-        loops = int(spec.rsplit("-x", 1)[1]) if "-x" in spec else 1
-        return real_720p(loops)
-    named = {"720p": (1280, 720), "1080p": (1920, 1080), "480p": (854, 480), "4k": (3840, 2160)}
-    if ":" in spec:
-        size, frames = spec.split(":", 1)
-        w, h = named[size] if size in named else (int(v) for v in size.split("x"))
-        return synthetic(w, h, int(frames))
-    if (MEDIA / spec).exists():
-        return MEDIA / spec
+    """A path or a tests/media clip name → as is (an existing file always wins); 'anime-720p'
+    or 'anime-720p-x10' → the real clip at 720p (looped); '720p:300' / '1280x720:300' →
+    synthetic. Anything else is a one-line error."""
     path = Path(spec)
-    if not path.exists():
-        raise SystemExit(f"bench: input not found: {spec}")
-    return path.resolve()  # the timed child runs in the repository root
+    if path.is_file():
+        return path.resolve()  # the timed child runs in the repository root
+    if (MEDIA / spec).is_file():
+        return MEDIA / spec
+    if real := REAL_720P.fullmatch(spec):
+        loops = int(real["loops"] or 1)
+        if loops < 1:
+            raise SystemExit(f"bench: {spec}: the clip needs at least one loop (anime-720p-x1)")
+        return real_720p(loops)
+    if synthetic_spec := SYNTHETIC.fullmatch(spec):
+        name, frames = synthetic_spec["name"], int(synthetic_spec["frames"])
+        if name is not None and name.lower() not in NAMED_SIZES:
+            raise SystemExit(f"bench: {spec}: unknown size {name!r}; use WIDTHxHEIGHT or one of "
+                             f"{', '.join(NAMED_SIZES)}")
+        w, h = NAMED_SIZES[name.lower()] if name else (int(synthetic_spec["w"]), int(synthetic_spec["h"]))
+        if not (16 <= w <= 8192 and 16 <= h <= 8192) or w % 2 or h % 2:
+            raise SystemExit(f"bench: {spec}: a synthetic clip needs an even width and height from 16 to 8192")
+        if frames < 1:
+            raise SystemExit(f"bench: {spec}: a synthetic clip needs at least one frame")
+        return synthetic(w, h, frames)
+    raise SystemExit(f"bench: input not found: {spec} (a file, a tests/media clip name, anime-720p[-xN], "
+                     f"or WIDTHxHEIGHT:FRAMES)")

@@ -83,7 +83,13 @@ def plot_queues(doc: dict, out: Path, case: str | None = None) -> Path | None:
 
 
 def plot_all(doc: dict, stem: Path) -> list[Path]:
-    made = [plot_fps(doc, stem.with_name(stem.name + "-fps.png")),
-            plot_stage_time(doc, stem.with_name(stem.name + "-stages.png")),
-            plot_queues(doc, stem.with_name(stem.name + "-queues.png"))]
-    return [p for p in made if p is not None]
+    """The plots a results file has data for; a plot of that name from an earlier run that
+    this one has no data for is removed, so every PNG beside the JSON is of this run."""
+    made = []
+    for suffix, plot in (("-fps.png", plot_fps), ("-stages.png", plot_stage_time), ("-queues.png", plot_queues)):
+        path = stem.with_name(stem.name + suffix)
+        if plot(doc, path) is not None:
+            made.append(path)
+        elif path.exists():
+            path.unlink()
+    return made

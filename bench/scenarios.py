@@ -13,6 +13,7 @@ from typing import Callable
 
 import av
 
+from engine.errors import UserError
 from engine.job import Job, JobConfig  # imported before timing starts
 from engine.progress import RecordingReporter
 from engine.runner import RunnerOptions
@@ -32,12 +33,9 @@ def scenario(name: str, description: str):
 FLOOR_CODECS = {"x264": "libx264", "x265": "libx265"}
 
 
-def _x264_options(settings: dict) -> dict[str, str]:
-    return {"preset": settings["preset"], "crf": str(settings["crf"])}
-
-
 def _floor_options(settings: dict) -> dict[str, str]:
-    options = _x264_options(settings)
+    """The floors' encoder options: the engine scenarios' preset and crf (x264 or x265)."""
+    options = {"preset": settings["preset"], "crf": str(settings["crf"])}
     if settings.get("encoder") == "x265":
         options["x265-params"] = "log-level=error"
     return options
@@ -156,6 +154,10 @@ def model_only(path: Path, scratch: Path, settings: dict) -> dict:
     runner.open()
     runner.plan(*frames[0].shape[:2])
     batch = runner.batch
+    if len(frames) < batch:  # not one whole batch to time
+        runner.close()
+        raise UserError(f"model-only needs at least {batch} frames at batch {batch}; the input has "
+                        f"{len(frames)} (a longer --input, or a smaller --batch)")
     runner.submit(frames[:batch])  # warm-up: kernels chosen, memory allocated
     runner.drain()
     started = time.perf_counter()
@@ -205,7 +207,7 @@ def conv_flops(model, height: int, width: int) -> float:
     return total
 
 
-@scenario("io-floor", "decode + scale to the model's output size + x264: what I/O alone allows")
+@scenario("io-floor", "decode + scale to the model's output size + x264 (or --encoder x265): what I/O alone allows")
 def io_floor(path: Path, scratch: Path, settings: dict) -> dict:
     from engine.models.catalogue import MODELS
 
@@ -214,12 +216,12 @@ def io_floor(path: Path, scratch: Path, settings: dict) -> dict:
     with av.open(str(path)) as src, av.open(str(scratch / "floor.mp4"), "w") as dst:
         vin = src.streams.video[0]
         vin.thread_type = "AUTO"
-        out = dst.add_stream("libx264", rate=vin.average_rate)
+        out = dst.add_stream(FLOOR_CODECS[settings.get("encoder", "x264")], rate=vin.average_rate)
         w, h = vin.codec_context.width * scale, vin.codec_context.height * scale
         out.width, out.height, out.pix_fmt = w, h, "yuv420p"
         out.time_base = vin.time_base
         out.codec_context.time_base = vin.time_base
-        out.codec_context.options = _x264_options(settings)
+        out.codec_context.options = _floor_options(settings)
         for frame in src.decode(vin):
             picture = frame.reformat(width=w, height=h, format="yuv420p", interpolation="FAST_BILINEAR")
             picture.pts, picture.time_base = frame.pts, frame.time_base
@@ -263,11 +265,11 @@ def naive(path: Path, scratch: Path, settings: dict) -> dict:
     frames = 0
     with av.open(str(path)) as src, av.open(str(scratch / "naive.mp4"), "w") as dst:
         vin = src.streams.video[0]
-        out = dst.add_stream("libx264", rate=vin.average_rate)
+        out = dst.add_stream(FLOOR_CODECS[settings.get("encoder", "x264")], rate=vin.average_rate)
         out.width = vin.codec_context.width * model.scale
         out.height = vin.codec_context.height * model.scale
         out.pix_fmt = "yuv420p"
-        out.codec_context.options = _x264_options(settings)
+        out.codec_context.options = _floor_options(settings)
         for frame in src.decode(vin):
             x = torch.from_numpy(frame.to_ndarray(format="rgb24")).to(device)
             with torch.no_grad(), autocast:
@@ -297,7 +299,9 @@ def dedup_quality(path: Path, scratch: Path, settings: dict) -> dict:
             mse = float(np.mean((x - y) ** 2))
             worst = min(worst, 10 * np.log10(255.0 ** 2 / mse) if mse else float("inf"))
             frames += 1
-    return {"frames": frames, "worst_psnr_db": worst}
+    # identical outputs: no finite PSNR, and JSON has no Infinity (strict parsers refuse it)
+    return {"frames": frames, "worst_psnr_db": None if worst == float("inf") else worst,
+            "identical": worst == float("inf")}
 
 
 # ---- diffusion VSR (Stream-DiffVSR architecture, random weights) -----------------------------
@@ -377,8 +381,8 @@ def _engine_file(path: Path, scratch: Path, settings: dict, *, segment: str | No
 
     out = scratch / "out.mp4"
     config = JobConfig(input=str(path), output=str(out), pipeline=settings.get("pipeline", "none"),
-                       encoder="x264", crf=settings["crf"], preset=settings["preset"], quiet=True,
-                       resume=segment is not None, segment=segment)
+                       encoder=settings.get("encoder", "x264"), crf=settings["crf"], preset=settings["preset"],
+                       quiet=True, resume=segment is not None, segment=segment)
     started = time.perf_counter()
     job = SegmentedJob.prepare(config) if segment is not None else Job.prepare(config)
     prepare_s = time.perf_counter() - started  # segmented: packet scan, cut checks, job key
@@ -405,23 +409,45 @@ for _seconds in SEGMENT_LENGTHS_S:
              f"(time and size against single-pass)")(_segmented(_seconds))
 
 
-@scenario("kill-resume", "--resume --segment 60, SIGKILL halfway through the third segment, resume: "
-                         "frames encoded twice (work lost) against the segment length")
-def kill_resume(path: Path, scratch: Path, settings: dict) -> dict:
-    import os
-    import subprocess
-    import sys
-
-    from engine.resume import SegmentedJob
+def kill_resume_frames(path: Path) -> tuple[int, int]:
+    """kill-resume's segment length and the frame the killed run stops at (halfway through the
+    third segment), in frames of `path`."""
     from engine.segments import length_in_frames
     from engine.source import VideoSource
 
     source = VideoSource(str(path))
     segment_frames = length_in_frames("60", source.info.frame_rate)
     source.close()
-    killed_after = int(2.5 * segment_frames)  # frames the killed run encoded
+    return segment_frames, int(2.5 * segment_frames)
+
+
+def kill_resume_problem(path: Path) -> str | None:
+    """Why `path` cannot serve kill-resume (too short to be killed in its third segment), or None."""
+    from engine.source import VideoSource
+
+    source = VideoSource(str(path))
+    frames = source.info.frames_estimate
+    source.close()
+    _, killed_after = kill_resume_frames(path)
+    if frames is not None and frames <= killed_after:
+        return (f"kill-resume needs an input longer than 2.5 segments of 60 s ({killed_after} frames "
+                f"here); it has {frames} (try --input 160x90:14400)")
+    return None
+
+
+@scenario("kill-resume", "--resume --segment 60, SIGKILL halfway through the third segment, resume: "
+                         "frames encoded twice (work lost) against the segment length (input > 150 s)")
+def kill_resume(path: Path, scratch: Path, settings: dict) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    from engine.resume import SegmentedJob
+
+    segment_frames, killed_after = kill_resume_frames(path)
     out = scratch / "out.mp4"
-    args = ["--pipeline", settings.get("pipeline", "none"), "--encoder", "x264", "--crf", str(settings["crf"]),
+    args = ["--pipeline", settings.get("pipeline", "none"), "--encoder", settings.get("encoder", "x264"),
+            "--crf", str(settings["crf"]),
             "--preset", settings["preset"], "--resume", "--segment", "60", "--quiet"]
     proc = subprocess.run([sys.executable, "-m", "engine", "stream", str(path), str(out), *args],
                           env={**os.environ, "ENGINE_CRASH_AT": f"segment-frame:{killed_after}"},
@@ -429,8 +455,8 @@ def kill_resume(path: Path, scratch: Path, settings: dict) -> dict:
     if proc.returncode != -9:
         raise RuntimeError(f"the run to kill ended with {proc.returncode}: {proc.stderr.strip()}")
     config = JobConfig(input=str(path), output=str(out), pipeline=settings.get("pipeline", "none"),
-                       encoder="x264", crf=settings["crf"], preset=settings["preset"], quiet=True,
-                       resume=True, segment="60")
+                       encoder=settings.get("encoder", "x264"), crf=settings["crf"], preset=settings["preset"],
+                       quiet=True, resume=True, segment="60")
     report = SegmentedJob.prepare(config).run(RecordingReporter())
     lost = killed_after + report["frames_encoded"] - report["frames_out"]
     longest = max(s["frames"] for s in report["segments"]["list"])
@@ -473,6 +499,9 @@ def vsr_model_only(path: Path, scratch: Path, settings: dict) -> dict:
 
     v = _vsr_settings(settings)
     frames = _decode(path, v["window"])
+    if len(frames) <= 2 * v["overlap"]:
+        raise UserError(f"vsr-model-only needs more than 2 x overlap ({2 * v['overlap']}) frames; the input "
+                        f"has {len(frames)}")
     runner = WindowRunner(_vsr_net(), 4, WindowSettings(device=v["device"], precision=v["precision"],
                                                         window=v["window"], overlap=v["overlap"]))
     runner.open()
@@ -488,7 +517,7 @@ def vsr_model_only(path: Path, scratch: Path, settings: dict) -> dict:
         info["peak_device_mib"] = torch.cuda.max_memory_allocated(runner.device) / 2**20
     runner.close()
     # frames computed; a stream emits window − 2·overlap of them per window (the overlap's cost)
-    emitted = max(1, len(frames) - 2 * v["overlap"])
+    emitted = len(frames) - 2 * v["overlap"]
     return {"frames": len(frames), "timed_s": timed, "settings": info,
             "metrics": {"s_per_frame": timed / len(frames), "s_per_emitted_frame": timed / emitted,
                         "overlap_cost": len(frames) / emitted - 1}}

@@ -66,6 +66,12 @@ class InferenceSettings:
     ring: int = 3                     # batches in flight (pinned buffers) on CUDA
     memory_fraction: float = 0.6      # of free device memory the batch may plan to use
 
+    def __post_init__(self):  # stages check their options; direct callers (benches, tools) get the same
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        if self.batch < 0 or self.ring < 1:
+            raise ValueError(f"batch must be >= 0 (0: auto) and ring >= 1, got {self.batch} and {self.ring}")
+
 
 # Settings that only a CUDA device has: the report leaves them out of a CPU run, where
 # "cudnn_benchmark": true would read as if it had been in effect.

@@ -25,8 +25,8 @@ def test_summarize_median_and_spread():
     assert ratio(1.0, 0.0) is None and ratio(3.0, 2.0) == 1.5
 
 
-def _result(scenario, spec, frames, fps, rss, cpu_per_frame=0.01):
-    return {"scenario": scenario, "input": spec, "frames": frames,
+def _result(scenario, spec, frames, fps, rss, cpu_per_frame=0.01, size="64x48"):
+    return {"scenario": scenario, "input": spec, "frames": frames, "size": size,
             "fps": summarize([fps]), "wall_s": summarize([frames / fps]),
             "cpu_s": summarize([frames * cpu_per_frame]), "peak_rss_mib": summarize([rss])}
 
@@ -45,6 +45,9 @@ def test_ratios_pair_cases_measured_on_the_same_input():
     assert ratios["passthrough_over_floor_wall_time@a"] == pytest.approx(200.0 / 190.0)
     assert ratios["passthrough_over_floor_cpu_time@a"] == pytest.approx(1.06)
     assert ratios["passthrough_rss_growth_1000_vs_100_frames"] == pytest.approx(1.1)
+    # memory against length only between inputs of one frame size: across sizes it would be the size's
+    results["passthrough@b"]["size"] = results["transcode-floor@b"]["size"] = "1280x720"
+    assert not [k for k in derive_ratios(results) if "rss_growth" in k]
 
 
 def test_model_ratios_engine_against_its_bounds_naive_and_dedup():
@@ -75,6 +78,7 @@ def test_run_keeps_what_the_ratios_need_from_each_child(monkeypatch):
     monkeypatch.setattr(cli, "run_child", child)
     monkeypatch.setattr(cli, "machine", lambda: {})
     monkeypatch.setattr(cli, "resolve", lambda spec: spec)
+    monkeypatch.setattr(cli, "frame_size", lambda path: "64x48")
     options = ("encoder preset crf pipeline model device precision batch ring flow window overlap convert "
                "compile compile_mode cuda_graphs decode opencv_threads").split()
     args = argparse.Namespace(input=["x"], scenarios=["model-only", "upscale"], warmup=0, repeats=1,
@@ -107,6 +111,57 @@ def test_compare_reports_relative_change():
     assert "x@i" in text and "1.500" in text
     assert "y@i" in text and "n/a" in text
     assert "0.9" in text and "1.1" in text
+    assert "differ" not in text
+    a["settings"], b["settings"] = {"opencv_threads": 0, "crf": 23}, {"opencv_threads": 1, "crf": 23}
+    assert compare(a, b).splitlines()[0] == "settings differ: opencv_threads: 0 → 1"
+
+
+def bench(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args, says", [
+    (("model-only", "--precision", "fp64"), "--precision must be auto, fp32, fp16 or bf16, got 'fp64'"),
+    (("model-only", "--batch", "-2"), "--batch must be 0 (auto) to 256"),  # used to spin for ever
+    (("vsr-model-only", "--window", "4", "--overlap", "8"), "--overlap must be >= 0 and less than half"),
+    (("decode", "--repeats", "0"), "--repeats must be >= 1"),
+    (("single-pass", "--pipeline", "nosuch"), "unknown stage 'nosuch'"),
+    (("io-floor", "--model", "nosuch"), "unknown model 'nosuch'"),
+    (("model-only", "--device", "cuda:7"), "device cuda:7 was asked for"),
+    (("decode", "--input", "0x90:10"), "even width and height"),
+    (("decode", "--input", "4x:10"), "unknown size '4x'"),
+    (("kill-resume",), "kill-resume needs an input longer than 2.5 segments"),
+])
+def test_settings_a_case_would_refuse_are_refused_before_any_case_runs(tmp_path, args, says):
+    if "--input" not in args:
+        args += ("--input", "64x48:24")
+    r = bench("decode", *args, "--repeats", "1", "--warmup", "0", "--out", str(tmp_path / "r.json")) \
+        if args[0] != "decode" else bench(*args, "--out", str(tmp_path / "r.json"))
+    assert r.returncode != 0 and says in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "decode@" not in r.stderr  # nothing ran
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_failing_case_says_why_in_one_line_and_writes_no_results(tmp_path):
+    out = tmp_path / "r.json"
+    r = bench("decode", "pipeline", "--pipeline", "test.fail-map:at=3", "--input", "64x48:24",
+              "--repeats", "1", "--warmup", "0", "--out", str(out), env={"ENGINE_STAGE_MODULES": "engine.testing"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "bench: scenario pipeline on synthetic-64x48-24.mp4 failed: stage 'test.fail-map' at frame seq 3" in r.stderr
+    assert "bench: 1 of 2 runs had finished; no results file is written" in r.stderr
+    assert not out.exists()
+
+
+def test_an_existing_file_wins_over_a_spec_of_its_name(tmp_path, monkeypatch):
+    from bench.inputs import resolve
+
+    clip = tmp_path / "anime-720p-mine.mp4"  # was taken for the 720p bench clip
+    clip.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert resolve("anime-720p-mine.mp4") == clip
 
 
 def test_tiny_run_writes_schema_and_plots(tmp_path):

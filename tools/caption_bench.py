@@ -287,10 +287,12 @@ def real(args) -> int:
     from stages.text_detect import TextDetect
 
     started = time.perf_counter()
-    out = Path(args.output)
+    # absolute: the engine runs from the repository root, the scoring from here
+    source, out = str(Path(args.input).resolve()), Path(args.output).resolve()
+    report = out.with_name(out.stem + ".engine-report.json")  # never --json's file, even if named alike
     import subprocess
-    r = subprocess.run([sys.executable, "-m", "engine", "stream", str(args.input), str(out), "--pipeline",
-                        args.pipeline, "--quiet", "--report", str(out.with_suffix(".json"))], cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "engine", "stream", source, str(out), "--pipeline",
+                        args.pipeline, "--quiet", "--report", str(report)], cwd=ROOT)
     if r.returncode:
         return r.returncode
     elapsed = time.perf_counter() - started
@@ -299,7 +301,7 @@ def real(args) -> int:
     detector = TextDetect(every=1, max_side=960)
     detector.open(None)
     had, still, pair = [], [], None
-    with av.open(str(args.input)) as a, av.open(str(out)) as b:  # in step, one frame of each at a time
+    with av.open(source) as a, av.open(str(out)) as b:  # in step, one frame of each at a time
         for i, (x, y) in enumerate(zip(a.decode(video=0), b.decode(video=0))):
             x, y = x.to_ndarray(format="rgb24"), y.to_ndarray(format="rgb24")
             had.append(len(detector.detect(x)) > 0)
@@ -342,6 +344,8 @@ def main() -> int:
     r.add_argument("--frame", type=int, default=200)
     r.add_argument("--json", help="write the figures here")
     args = p.parse_args()
+    if args.command == "quality" and args.frames < 1:
+        p.error(f"--frames must be >= 1, got {args.frames}")
     return {"quality": quality, "real": real}[args.command](args)
 
 

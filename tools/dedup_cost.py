@@ -71,6 +71,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--opencv-threads", type=int, default=RunnerOptions().opencv_threads)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if not args.video.is_file():
+        parser.error(f"video not found: {args.video}")
+    if args.against and not (args.against / "stages" / "dedup.py").is_file():
+        parser.error(f"--against {args.against}: no stages/dedup.py there (give a checkout of this repository)")
     with opencv_thread_setting(args.opencv_threads):  # as the runner sets it for a run
         measure(args)
 
