@@ -21,8 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("stream", help="decode IN, run the pipeline, encode OUT")
-    s.add_argument("input", metavar="IN", help="a video file; or a directory of videos or a .txt/.list "
-                                               "file naming one per line (a batch: OUT is then a directory)")
+    s.add_argument("input", metavar="IN", help="a video file or an image sequence (frames/%%06d.png); or a "
+                                               "directory of videos or a .txt/.list file naming one per line "
+                                               "(a batch: OUT is then a directory)")
     s.add_argument("output", metavar="OUT", help="video file (.mp4 .mkv .mov), image pattern (dir/%%06d.png), "
                                                  "or a directory for a batch")
     s.add_argument("--pipeline", default=DEFAULT_PIPELINE,
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=None, help="encoder preset (x264/x265: ultrafast..veryslow)")
     s.add_argument("--prores-profile", default=None,
                    help="proxy, lt, 422, hq (default), 4444, 4444xq")
+    s.add_argument("--fps", default=None, metavar="RATE",
+                   help="frame rate of an image-sequence input: 24 (the default), 23.976, 30000/1001, ...")
     s.add_argument("--frames", type=int, default=None, dest="max_frames",
                    help="process only the first N frames")
     s.add_argument("--timestamps", choices=["repair", "refuse"], default="repair",
@@ -91,7 +94,7 @@ def _stream(args: argparse.Namespace) -> int:
                        prores_profile=args.prores_profile,
                        max_frames=args.max_frames, timestamps=args.timestamps,
                        allow_truncated=args.allow_truncated, decode=args.decode,
-                       deinterlace=args.deinterlace,
+                       deinterlace=args.deinterlace, fps=args.fps,
                        report=args.report, quiet=args.quiet,
                        runner=RunnerOptions(stall_timeout_s=args.stall_timeout,
                                             opencv_threads=args.opencv_threads),
@@ -130,6 +133,8 @@ def _probe(args: argparse.Namespace) -> int:
     duration = f"{result.duration_s:.3f} s" if result.duration_s is not None else "unknown"
     print(f"{result.path}: {result.format}, {duration}, {result.video_frames} video frames "
           f"at {result.frame_rate or '?'} fps, {result.width}x{result.height} {result.pix_fmt}")
+    if result.format == "image2" and "%" in os.path.basename(result.path):
+        print("  image sequence: its files hold no frame rate; `engine stream --fps` sets it (default 24)")
     if result.sample_aspect_ratio:
         w, h = result.display_size
         print(f"  pixels {result.sample_aspect_ratio.replace('/', ':')} (shown as {w}x{h})")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import av
 
 from engine.source import VideoInfo
+from engine.image_input import open_media
 from engine.video_stream import main_video
 
 
@@ -45,7 +46,7 @@ def tolerance_s(info: VideoInfo) -> float:
 
 def find_truncation(path: str, info: VideoInfo) -> str | None:
     """Why the file ends before its declared duration, or None when its data reaches the end."""
-    with av.open(path) as container:
+    with open_media(path) as container:
         if not container.duration:
             return None  # nothing declared (raw streams, live captures): nothing to hold it to
         if container.format.name.endswith("_pipe") or container.format.name == "image2":
@@ -80,7 +81,7 @@ def readable_frames(path: str, limit: int | None = None) -> int:
     A whole decode: only for an input already found truncated, whose index (a front MP4 moov)
     lists frames it lacks."""
     count = 0
-    with av.open(path) as container:
+    with open_media(path) as container:
         stream = main_video(container)
         stream.thread_type = "AUTO"
         try:

@@ -16,6 +16,7 @@ from fractions import Fraction
 
 import av
 
+from engine.image_input import open_media
 from engine.video_stream import main_video
 
 PQ, HLG = 16, 18  # AVColorTransferCharacteristic SMPTE ST 2084 / ARIB STD-B67
@@ -111,7 +112,7 @@ def read_hdr_static(path: str, color_trc: int) -> HdrStatic | None:
     if color_trc not in (PQ, HLG):
         return None
     try:
-        with av.open(path) as container:
+        with open_media(path) as container:
             for picture in container.decode(main_video(container)):
                 return hdr_static_of(picture)
     except (av.error.FFmpegError, OSError):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import av
 
-from engine import interrupts
+from engine import image_input, interrupts
 from engine.completeness import find_truncation
 from engine.crashpoints import crash_point
 from engine.encoders import choose_encoder, container_for, muxer_codecs
@@ -45,6 +45,7 @@ class JobConfig:
     allow_truncated: bool = False       # a truncated input: keep what could be read
     decode: str = "auto"                # "cpu", "nvdec", or "auto" (see engine/source.py)
     deinterlace: str = "off"            # "off", "auto", "all" (see engine/deinterlace.py)
+    fps: str | None = None              # an image-sequence input's frame rate (engine/image_input.py)
     report: str | None = None
     quiet: bool = False
     runner: RunnerOptions = field(default_factory=RunnerOptions)
@@ -136,7 +137,8 @@ class Job:
             source.close()
             raise
         return cls(config, specs, source, sink, note,  # never drop a stream silently
-                   clear_stale_partials(config.output, config.report) + replacing_note(config.output) + early_notes
+                   clear_stale_partials(config.output, config.report) + replacing_note(config.output)
+                   + image_input_notes(config) + early_notes
                    + plan.notes())
 
     def run(self, reporter: Reporter | None = None) -> dict:
@@ -178,6 +180,7 @@ def check_config(config: JobConfig) -> list[StageSpec]:
         raise UserError(f"invalid --timestamps '{config.timestamps}'; choose one of: "
                         f"{', '.join(TIMESTAMP_MODES)}")
     check_deinterlace_mode(config.deinterlace)
+    register_image_rate(config)
     specs = parse_pipeline(config.pipeline)
     check_stage_order(specs)
     check_output_path(config.input, config.output)  # first: `out/` is a directory, not an extension
@@ -186,6 +189,27 @@ def check_config(config: JobConfig) -> list[StageSpec]:
     if config.report:
         check_report_path(config.report, [config.input], [config.output])
     return specs
+
+
+def register_image_rate(config: JobConfig) -> None:
+    """An image-sequence input's rate, registered for every open of it in this process;
+    `--fps` given for a video is refused (a video keeps its own timestamps)."""
+    if is_image_pattern(config.input):
+        image_input.set_rate(config.input, image_input.parse_rate(config.fps) if config.fps
+                             else image_input.DEFAULT_RATE)
+    elif config.fps is not None:
+        raise UserError(f"--fps is for an image-sequence input (frames/%06d.png); a video keeps its own "
+                        f"timestamps: {config.input}")
+
+
+def image_input_notes(config: JobConfig) -> list[str]:
+    if not is_image_pattern(config.input):
+        return []
+    sequence = image_input.find(config.input)
+    first, last = (os.path.basename(config.input) % n for n in (sequence.first, sequence.first + sequence.count - 1))
+    how = "" if config.fps else " (--fps sets it)"
+    return [f"note: image sequence: {sequence.count} frames, {first} to {last}, at "
+            f"{image_input.rate_of(config.input)} fps{how}"]
 
 
 def clear_stale_partials(output: str, report: str | None = None) -> list[str]:

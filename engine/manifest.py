@@ -33,6 +33,7 @@ from engine import __version__
 from engine.crashpoints import crash_point
 from engine.durable import fsync_dir
 from engine.errors import UserError
+from engine.image_input import find, is_image_pattern
 from engine.registry import StageSpec
 
 MANIFEST = "manifest.json"
@@ -40,6 +41,15 @@ VERSION = 1
 
 
 def input_identity(path: str) -> dict[str, Any]:
+    if is_image_pattern(path):  # every frame's size and mtime: a frame added, removed or rewritten changes it
+        sequence = find(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        stats = [os.stat(os.path.join(directory, os.path.basename(path) % n))
+                 for n in range(sequence.first, sequence.first + sequence.count)]
+        listing = hashlib.sha256("".join(f"{n} {st.st_size} {st.st_mtime_ns}\n" for n, st in
+                                         enumerate(stats, sequence.first)).encode()).hexdigest()
+        return {"path": os.path.abspath(path), "first": sequence.first, "frames": sequence.count,
+                "size": sum(st.st_size for st in stats), "files": listing}
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -90,7 +100,7 @@ def key_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
                         ("encoder", "the encoder options changed"),
                         ("container", "the output container changed"),
                         ("plan", "the segment plan changed (--segment or --frames)"),
-                        ("decoding", "the decoding options changed (--deinterlace)"),
+                        ("decoding", "the decoding options changed (--deinterlace, --fps)"),
                         ("versions", "the engine or FFmpeg version changed")):
         if old.get(name) != new.get(name):
             if name == "input":

@@ -33,8 +33,9 @@ from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, contain
                              muxer_codecs, with_options)
 from engine.deinterlace import FILTER as DEINTERLACE_FILTER
 from engine.errors import UserError
-from engine.job import (check_config, check_input, check_output_size, clear_stale_partials, describe_output,
-                        environment, replacing_note, reporter_note, write_report)
+from engine.image_input import rate_of
+from engine.job import (JobConfig, check_config, check_input, check_output_size, clear_stale_partials,
+                        describe_output, environment, image_input_notes, replacing_note, reporter_note, write_report)
 from engine.join import JoinPart, join_segments
 from engine.manifest import (MANIFEST, Manifest, SegmentRecord, is_temporary, job_key, key_difference, load,
                              save)
@@ -63,6 +64,17 @@ def _sizes(segments, length: int) -> str:
 def _inside(path: str, directory: str) -> bool:
     path, directory = os.path.realpath(path), os.path.realpath(directory)
     return os.path.commonpath([path, directory]) == directory
+
+
+def decoding_key(config: JobConfig) -> dict | None:
+    """What changes the decoded frames or their timestamps beside the input file itself
+    (None when nothing does, so older manifests keep their key)."""
+    key = {}
+    if config.deinterlace != "off":
+        key["deinterlace"] = config.deinterlace
+    if is_image_pattern(config.input):
+        key["fps"] = str(rate_of(config.input))
+    return key or None
 
 
 def default_work_dir(output: str) -> str:
@@ -148,7 +160,7 @@ class SegmentedJob:
                       encoder={"name": encoder.name, "codec": encoder.codec, "pix_fmt": encoder.pix_fmt,
                                "options": dict(sorted(encoder.options.items()))},
                       container=CONTAINERS[ext], plan=plan.as_dict(),
-                      decoding={"deinterlace": config.deinterlace} if config.deinterlace != "off" else None)
+                      decoding=decoding_key(config))
         work_dir = config.work_dir or default_work_dir(config.output)
         for what, path in (("the output", config.output), ("the input", config.input),
                            ("--report", config.report)):
@@ -176,7 +188,8 @@ class SegmentedJob:
         except BaseException:
             os.close(lock_fd)
             raise
-        notes = [*clear_stale_partials(config.output, config.report), *replacing_note(config.output), *input_notes,
+        notes = [*clear_stale_partials(config.output, config.report), *replacing_note(config.output),
+                 *image_input_notes(config), *input_notes,
                  *copy_plan.notes(),
                  f"segments: {_sizes(plan.segments, length)} in {work_dir}"
                  + (f", {len(reused)} reused" if reused else ""),
@@ -269,7 +282,8 @@ class SegmentedJob:
             output=os.path.join(self.work_dir, segment_name(seg.index, ext)),
             keep_unique=self.context.keep_unique, runner=self.config.runner,
             state_in=state_in, state_out=state_out, context=self.context,
-            deinterlace=self.config.deinterlace)
+            deinterlace=self.config.deinterlace,
+            image_rate=str(rate_of(self.config.input)) if is_image_pattern(self.config.input) else None)
 
     def record(self, seg: Segment, result: SegmentResult) -> None:
         """Note a finished segment in the manifest (atomically): from now on it is reused."""

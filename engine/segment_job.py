@@ -56,9 +56,11 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
+from engine import image_input
 from engine.crashpoints import crash_point
 from engine.durable import fsync_dir, fsync_file
 from engine.encoders import EncoderChoice
@@ -165,6 +167,7 @@ class SegmentTask:
     state_out: str | None = None  # where this segment's end state goes (stateful pipelines)
     context: PipelineContext | None = None  # with decode_start None: how to guess it
     deinterlace: str = "off"  # --deinterlace (the range decodes a frame either side for it)
+    image_rate: str | None = None  # an image-sequence input's rate (engine/image_input.py), for workers
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,11 @@ def work_dir_label(work_dir: str) -> str:
     return f"--resume's work directory {os.path.abspath(work_dir)}"
 
 
+def register_image_rate(task: SegmentTask) -> None:
+    if task.image_rate is not None:
+        image_input.set_rate(task.input, Fraction(task.image_rate))
+
+
 def speculative_start(task: SegmentTask) -> int:
     """c_spec: the context start guessed from a pre-scan of [max(0, s − L), s) with a fresh
     dedup (see the module docstring). The caller's driver checks it against the true one."""
@@ -275,6 +283,7 @@ def speculative_start(task: SegmentTask) -> int:
     if seg.start == 0:
         return 0
     first = max(0, seg.start - context.speculation_frames)
+    register_image_rate(task)
     source = RangeSource(task.input, task.table.frame_range(first, seg.start), task.deinterlace)
     try:
         recorder = UniqueRecorder(context.keep_unique)
@@ -289,6 +298,7 @@ class SegmentRun:
     A task without a context start first guesses it (`speculative_start`)."""
 
     def __init__(self, task: SegmentTask):
+        register_image_rate(task)  # a Ray worker's process: the driver's registration is not here
         self.speculated = task.decode_start is None
         started = time.perf_counter()
         self.decode_start = speculative_start(task) if self.speculated else task.decode_start

@@ -28,6 +28,7 @@ import numpy as np
 from engine import interrupts
 from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
 from engine.errors import UserError, ValidationError
+from engine.image_input import frame_name, is_image_pattern  # one naming rule for input and output
 from engine.frame import Frame
 from engine.probe import count_video_packets
 from engine.source import VideoInfo
@@ -242,6 +243,8 @@ class VideoSink:
         self._committed = False
         self._lock: PartialLock | None = None
         self.notes: list[str] = []  # things the user must hear about, printed after the run
+        self._first_shape: tuple[int, ...] = ()
+        self._resized: list[int] = []  # seqs of frames of another size than the first (scaled to it)
         self._converters = ThreadPoolExecutor(max_workers=CONVERTERS, thread_name_prefix="engine-rgb2yuv")
         self._converting: deque[tuple[Frame, Future]] = deque()  # in order; bounded by LOOKAHEAD
         self.encoder_settings: dict[str, str] | None = None  # as the encoder wrote them in its stream
@@ -331,6 +334,15 @@ class VideoSink:
         decoded picture no stage touched, or a model stage's result), else converted from RGB."""
         stream = self._stream
         picture = frame.picture
+        if frame.shape[:2] != self._first_shape:  # the input changed size: a stream holds one
+            if picture is None:
+                data = frame.data
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
+                                                     format="rgb48le" if data.dtype == np.uint16 else "rgb24")
+            matrix = self.colorspace if self.colorspace not in (_UNSPECIFIED, RGB_MATRIX) else None
+            return picture.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
+                                    dst_colorspace=matrix, dst_color_range=self.color_range or None,
+                                    interpolation="LANCZOS")
         if (picture is not None and picture.format.name == stream.pix_fmt
                 and picture.width == stream.width and picture.height == stream.height
                 and (self.color_range == self.source.color_range or picture.color_range == self.color_range)
@@ -345,8 +357,10 @@ class VideoSink:
 
     def write(self, frame: Frame) -> None:
         if self._container is None:
-            height, width = frame.shape[:2]
+            height, width = self._first_shape = frame.shape[:2]
             self._open(width, height, frame.meta.get("rotation", 0))
+        elif frame.shape[:2] != self._first_shape:
+            self._resized.append(frame.seq)
         self._converting.append((frame, self._converters.submit(self._picture, frame)))
         while len(self._converting) > LOOKAHEAD:
             with output_errors(self.shown_as, self.write_hint):
@@ -385,6 +399,11 @@ class VideoSink:
         self._mux_video(self._stream.encode(None))  # flushing is encode(None): a short clip's only packets
         self._copier.finish(self._video_end_s if self.stop_copy_with_video else math.inf)
         self.repaired_packets = self._copier.repaired
+        if self._resized:
+            h, w = self._first_shape
+            self.notes.append(f"note: {len(self._resized)} frame(s) from seq {self._resized[0]} on had "
+                              f"another size than the first frame's {w}x{h}: each was scaled to "
+                              f"{self._stream.width}x{self._stream.height} (a video stream holds one size)")
         if self.repaired_packets:
             self.notes.append("note: repaired the timestamps of " + ", ".join(
                 f"{n} packets of stream {name}" for name, n in self.repaired_packets.items())
@@ -421,23 +440,6 @@ class VideoSink:
 
 IMAGE_FORMATS = {".png": [cv2.IMWRITE_PNG_COMPRESSION, 1],
                  ".webp": [cv2.IMWRITE_WEBP_QUALITY, 101]}  # 101 = lossless WebP
-
-
-def is_image_pattern(path: str) -> bool:
-    """`dir/%06d.png`; a video name may hold a '%' too (`100%.mp4`)."""
-    name = os.path.basename(path)
-    return "%" in name and os.path.splitext(name)[1].lower() not in CONTAINERS
-
-
-def frame_name(pattern: str) -> re.Pattern | None:
-    """The file names the image pattern `pattern` gives frames (``%06d.png``: ``000001.png``
-    ...), as a regex; None for a pattern with no integer field."""
-    head, sep, tail = os.path.basename(pattern).replace("%%", "\0").partition("%")
-    field = re.match(r"[-+ #0]*\d*d", tail)
-    if not sep or field is None:
-        return None
-    return re.compile(re.escape(head).replace("\0", "%") + r"-?\d+"
-                      + re.escape(tail[field.end():]).replace("\0", "%") + "$")
 
 
 def pattern_matches(pattern: str, directory: str) -> list[str]:

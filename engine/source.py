@@ -13,6 +13,7 @@ from engine.deinterlace import Deinterlacer, check_mode
 from engine.errors import UserError
 from engine.frame import Frame
 from engine.hdr import HdrStatic, read_hdr_static
+from engine.image_input import is_image_pattern, open_media
 from engine.timestamps import TimestampRepair, frame_step
 from engine.video_stream import main_video
 
@@ -68,19 +69,22 @@ def hwaccel_for(decode: str):
 
 
 def open_input(path: str, hwaccel=None) -> av.container.InputContainer:
-    """Open `path` for reading, or raise a one-line UserError that says what is wrong."""
-    if not os.path.exists(path):
+    """Open `path` (a video, an image, or an image pattern: engine/image_input.py) for reading,
+    or raise a one-line UserError that says what is wrong."""
+    if is_image_pattern(path):
+        hwaccel = None  # pictures, not a video bitstream: NVDEC has nothing to decode
+    elif not os.path.exists(path):
         raise UserError(f"input not found: {path}")
-    if os.path.isdir(path):
+    elif os.path.isdir(path):
         raise UserError(f"input is a directory, not a video: {path}")
-    if not os.path.isfile(path):  # a FIFO or a device: it is read more than once (side streams, checks)
+    elif not os.path.isfile(path):  # a FIFO or a device: it is read more than once (side streams, checks)
         raise UserError(f"input is not a regular file (a pipe or a device): {path}")
-    if not os.access(path, os.R_OK):
+    elif not os.access(path, os.R_OK):
         raise UserError(f"input is not readable: {path}")
-    if os.path.getsize(path) == 0:
+    elif os.path.getsize(path) == 0:
         raise UserError(f"input is empty (0 bytes): {path}")
     try:
-        container = av.open(path, mode="r", hwaccel=hwaccel) if hwaccel else av.open(path, mode="r")
+        container = open_media(path, hwaccel=hwaccel) if hwaccel else open_media(path)
     except av.error.EOFError:
         raise UserError(f"input has no video frames: {path} (it ends before the first one)") from None
     except (av.error.FFmpegError, OSError) as exc:
@@ -207,6 +211,9 @@ class VideoSource:
                     picture.pts = pts
                     last_end = float((pts + (picture.duration or 0)) * tb)
                     picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
+                    if seq == 0 and any(c.is_alpha for c in picture.format.components):
+                        self.notes.append(f"note: the input has an alpha channel ({picture.format.name}); "
+                                          "stages see RGB and the output has no alpha")
                     if seq == 0 and picture.interlaced_frame and self.deinterlace == "off":
                         self.notes.append(
                             "note: the input is interlaced: its frames were processed as whole pictures (the "

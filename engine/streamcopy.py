@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import av
 
+from engine.image_input import open_media
 from engine.timestamps import TimestampRepair, packet_step
 from engine.video_stream import is_cover_art, main_video
 
@@ -118,7 +119,7 @@ class StreamCopier:
 
     def __init__(self, input_path: str, output: av.container.OutputContainer, plan: CopyPlan,
                  video: av.stream.Stream | None = None):
-        self._input = av.open(input_path)
+        self._input = open_media(input_path)
         self._out: dict[int, av.stream.Stream] = {}
         self._repairs: dict[int, TimestampRepair] = {}
         self._chapters = self._input.chapters() if plan.file_tags else []

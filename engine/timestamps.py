@@ -32,6 +32,7 @@ from fractions import Fraction
 import av
 
 from engine.errors import UserError
+from engine.image_input import open_media
 from engine.video_stream import main_video
 
 # H.264/HEVC reorder frames by at most 16 (the largest decoded picture buffer): in decode
@@ -151,7 +152,7 @@ def scan_video_timestamps(path: str) -> str | None:
     """Why the video timestamps of `path` are broken, or None. For `--timestamps refuse`,
     so that such input is refused before any output exists."""
     check = PacketTimestampCheck()
-    with av.open(path) as container:
+    with open_media(path) as container:
         try:
             for packet in container.demux(main_video(container)):
                 if packet.size:

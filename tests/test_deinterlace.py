@@ -156,7 +156,7 @@ def test_resume_refuses_a_changed_deinterlace_mode(interlaced, tmp_path):
     r = run_engine("stream", interlaced, out, "--encoder", "ffv1", "--resume", "--segment", "6f",
                    "--work-dir", work)
     assert r.returncode == 2
-    assert "the decoding options changed (--deinterlace)" in r.stderr
+    assert "the decoding options changed (--deinterlace, --fps)" in r.stderr
 
 
 def test_probe_names_the_field_order(interlaced, clip):

@@ -1,0 +1,112 @@
+"""Image-sequence input (`frames/%06d.png`): FFmpeg's image2 demuxer, one file per frame.
+
+The files hold no frame rate, so the job gives one (`--fps`, default 24) and registers it
+here (`set_rate`) before anything opens the input: every open of the pattern in this
+process (source, packet scan, completeness check, probe) reads the frames at that rate, and
+a segment's task carries it to a Ray worker, which registers it the same way. Timestamps
+are frame numbers in 1/rate, as FFmpeg gives them.
+
+image2 stops at the first missing file, so a sequence with a gap would come out short
+without a word: `find` refuses it, naming the first missing frame.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+
+from engine.errors import UserError
+
+DEFAULT_RATE = Fraction(24)
+_rates: dict[str, Fraction] = {}   # abspath of a pattern → its frame rate, for this process
+
+
+def is_image_pattern(path: str) -> bool:
+    """`dir/%06d.png`; a video name may hold a '%' too (`100%.mp4`)."""
+    from engine.encoders import CONTAINERS  # here: encoders → hdr → this module
+
+    name = os.path.basename(path)
+    return "%" in name and os.path.splitext(name)[1].lower() not in CONTAINERS
+
+
+def frame_name(pattern: str) -> re.Pattern | None:
+    """The file names the image pattern `pattern` gives frames (``%06d.png``: ``000001.png``
+    ...), as a regex whose group 1 is the number; None for a pattern with no integer field."""
+    head, sep, tail = os.path.basename(pattern).replace("%%", "\0").partition("%")
+    field = re.match(r"[-+ #0]*\d*d", tail)
+    if not sep or field is None:
+        return None
+    return re.compile(re.escape(head).replace("\0", "%") + r"(-?\d+)"
+                      + re.escape(tail[field.end():]).replace("\0", "%") + "$")
+
+
+@dataclass(frozen=True)
+class ImageSequence:
+    pattern: str
+    first: int     # the first frame's number
+    count: int     # frames, numbered first .. first + count - 1 without a gap
+
+
+def find(pattern: str) -> ImageSequence:
+    """The frames `pattern` names on disk, or a one-line UserError (no directory, no frame,
+    a gap, two files for one number)."""
+    named = frame_name(pattern)
+    if named is None:
+        raise UserError(f"image pattern needs one integer field such as %06d: {pattern}")
+    directory = os.path.dirname(os.path.abspath(pattern))
+    if not os.path.isdir(directory):
+        raise UserError(f"input not found: {pattern} (no directory {directory})")
+    numbers: dict[int, str] = {}
+    for name in os.listdir(directory):
+        found = named.match(name)
+        if found and os.path.basename(pattern) % int(found.group(1)) == name:  # %04d: 0001.png, not 1.png
+            numbers[int(found.group(1))] = name
+    if not numbers:
+        raise UserError(f"input not found: no file in {directory} is named by {os.path.basename(pattern)}")
+    first, last = min(numbers), max(numbers)
+    if len(numbers) != last - first + 1:
+        missing = next(n for n in range(first, last + 1) if n not in numbers)
+        raise UserError(f"image sequence {pattern} has a gap: {os.path.basename(pattern % missing)} is "
+                        f"missing between {numbers[first]} and {numbers[last]}")
+    return ImageSequence(pattern, first, len(numbers))
+
+
+def parse_rate(text: str) -> Fraction:
+    """`--fps`: 24, 23.976, 24000/1001 (a decimal of a film/NTSC rate is taken as its exact one)."""
+    try:
+        rate = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"--fps must be a number or a fraction such as 24000/1001, got {text!r}") from None
+    if not 0 < rate <= 1000:
+        raise UserError(f"--fps must be above 0 and at most 1000, got {text}")
+    for exact in (Fraction(24000, 1001), Fraction(30000, 1001), Fraction(60000, 1001)):
+        if rate != exact and abs(rate - exact) < Fraction(1, 1000):  # "23.976" means 24000/1001
+            return exact
+    return rate
+
+
+def set_rate(pattern: str, rate: Fraction) -> None:
+    _rates[os.path.abspath(pattern)] = rate
+
+
+def rate_of(pattern: str) -> Fraction:
+    return _rates.get(os.path.abspath(pattern), DEFAULT_RATE)
+
+
+def open_options(pattern: str) -> dict:
+    """`av.open` keywords for the sequence: image2 at its registered rate from its first number
+    (image2 itself only looks for a first number in 0..4)."""
+    sequence = find(pattern)
+    return {"format": "image2", "options": {"framerate": str(rate_of(pattern)),
+                                            "start_number": str(sequence.first)}}
+
+
+def open_media(path: str, **kwargs) -> av.container.InputContainer:
+    """`av.open(path)` for reading, an image pattern at its rate: every reader of an input uses it."""
+    if is_image_pattern(path):
+        kwargs = {**open_options(path), **kwargs}
+    return av.open(path, mode="r", **kwargs)

@@ -1,0 +1,118 @@
+"""Image-sequence input (`frames/%04d.png`): every frame in order at `--fps`, exact pixels,
+gaps refused, resumable like a video."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from conftest import decoded_indices, run_engine
+from engine.testing import index_frame
+
+
+def write_sequence(directory, count: int, first: int = 1, size=(48, 64), name="%04d.png"):
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        cv2.imwrite(str(directory / (name % (first + i))), cv2.cvtColor(index_frame(i, *size), cv2.COLOR_RGB2BGR))
+    return directory / name
+
+
+def frames_and_times(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        pictures = list(c.decode(s))
+        return [f.to_ndarray(format="rgb24") for f in pictures], [f.pts * s.time_base for f in pictures]
+
+
+def test_a_png_sequence_becomes_a_video_at_the_given_rate_with_exact_pixels(tmp_path):
+    pattern = write_sequence(tmp_path / "in", 12)
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", pattern, out, "--encoder", "ffv1", "--fps", "30000/1001", "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert "note: image sequence: 12 frames, 0001.png to 0012.png, at 30000/1001 fps" in r.stderr
+    pixels, times = frames_and_times(out)
+    assert [round(float(t), 3) for t in times] == [round(1001 / 30000 * n, 3) for n in range(12)]  # Matroska: ms
+    for n, picture in enumerate(pixels):  # FFV1 keeps RGB: the PNGs' pixels exactly
+        assert np.array_equal(picture, index_frame(n, 48, 64))
+    assert json.loads((tmp_path / "r.json").read_text())["output_video"]["frame_rate"] == "30000/1001"
+
+
+def test_the_default_rate_is_said_and_numbering_may_start_anywhere(tmp_path):
+    pattern = write_sequence(tmp_path / "in", 6, first=1000)  # image2 alone looks for a start in 0..4
+    (tmp_path / "in" / "7.png").write_bytes(b"")  # not a name %04d gives: not a frame
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", pattern, out)
+    assert r.returncode == 0, r.stderr
+    assert "6 frames, 1000.png to 1005.png, at 24 fps (--fps sets it)" in r.stderr
+    assert decoded_indices(out) == list(range(6))
+
+
+@pytest.mark.parametrize("case, says", [
+    ("gap", "has a gap: 0004.png is missing between 0001.png and 0006.png"),
+    ("no-dir", "input not found: "),
+    ("no-frames", "no file in"),
+    ("fps-for-video", "--fps is for an image-sequence input"),
+    ("bad-fps", "--fps must be a number or a fraction such as 24000/1001, got 'fast'"),
+])
+def test_bad_sequences_and_rates_are_one_line_errors(clip, tmp_path, case, says):
+    pattern = write_sequence(tmp_path / "in", 6)
+    extra = []
+    if case == "gap":
+        os.unlink(tmp_path / "in" / "0004.png")  # image2 would stop at 3 frames, without a word
+    elif case == "no-dir":
+        pattern = tmp_path / "nowhere" / "%04d.png"
+    elif case == "no-frames":
+        pattern = tmp_path / "in" / "%06d.png"
+    elif case == "fps-for-video":
+        pattern, extra = clip(frames=4), ["--fps", "30"]
+    else:
+        extra = ["--fps", "fast"]
+    r = run_engine("stream", pattern, tmp_path / "out.mp4", *extra)
+    assert r.returncode == 2 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_resume_cuts_a_sequence_and_knows_when_it_or_the_rate_changed(tmp_path):
+    pattern = write_sequence(tmp_path / "in", 20)
+    single, segmented = tmp_path / "single.mkv", tmp_path / "segmented.mkv"
+    assert run_engine("stream", pattern, single, "--encoder", "ffv1", "--fps", "25").returncode == 0
+    r = run_engine("stream", pattern, segmented, "--encoder", "ffv1", "--fps", "25", "--resume",
+                   "--segment", "6f", "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["segments"]["total"] == 4
+    a, b = frames_and_times(single), frames_and_times(segmented)
+    assert a[1] == b[1] and all(np.array_equal(x, y) for x, y in zip(a[0], b[0]))
+    # a kept work directory: another rate, or a frame rewritten, is refused, never mixed in
+    work = tmp_path / "work"
+    args = ("stream", pattern, tmp_path / "o.mkv", "--encoder", "ffv1", "--resume", "--segment", "6f",
+            "--work-dir", work)
+    first = run_engine(*args, "--fps", "25", env={"ENGINE_CRASH_AT": "segment-done:2"})
+    assert first.returncode != 0
+    assert "the decoding options changed (--deinterlace, --fps)" in run_engine(*args, "--fps", "30").stderr
+    os.utime(tmp_path / "in" / "0007.png", ns=(0, 0))
+    assert "the input file changed (files)" in run_engine(*args, "--fps", "25").stderr
+
+
+def test_a_frame_of_another_size_is_scaled_with_a_note_and_alpha_is_said_dropped(tmp_path):
+    pattern = write_sequence(tmp_path / "in", 4)
+    rgba = np.dstack([index_frame(2, 96, 128), np.full((96, 128), 128, np.uint8)])  # twice the size, alpha
+    cv2.imwrite(str(tmp_path / "in" / "0003.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", pattern, out, "--encoder", "ffv1")
+    assert r.returncode == 0, r.stderr
+    # was: the frame's top-left 64x48 corner, silently
+    assert "1 frame(s) from seq 2 on had another size than the first frame's 64x48: each was scaled" in r.stderr
+    pixels, _ = frames_and_times(out)
+    assert [p.shape for p in pixels] == [(48, 64, 3)] * 4
+    scaled = cv2.resize(index_frame(2, 96, 128), (64, 48), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.abs(pixels[2].astype(float) - scaled).mean() < 8  # the whole picture, not a crop of it
+
+
+def test_probe_says_the_rate_is_not_in_the_files(tmp_path):
+    r = run_engine("probe", write_sequence(tmp_path / "in", 3))
+    assert r.returncode == 0 and "3 video frames" in r.stdout and "hold no frame rate" in r.stdout
