@@ -172,6 +172,26 @@ def test_deinterlaced_segments_on_speculated_contexts_match_one_machine(cluster,
     assert r["deinterlace"]["mode"] == "all" and r["ray"]["speculation"]["misses"] == 0
 
 
+def test_an_image_sequence_reaches_the_workers_at_its_rate(cluster, tmp_path):
+    """The rate is not in the files: the task carries it, or a worker would read 24 (or 25) fps."""
+    import cv2
+
+    c, _ = cluster
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(20):
+        cv2.imwrite(str(frames / f"{i + 1:04d}.png"), cv2.cvtColor(index_frame(i), cv2.COLOR_RGB2BGR))
+    common = ("--encoder", "ffv1", "--segment", "6f", "--fps", "30")
+    resumed, out = tmp_path / "resumed.mkv", tmp_path / "ray.mkv"
+    ok(stream(frames / "%04d.png", resumed, "--resume", *common))
+    ok(stream(frames / "%04d.png", out, "--ray", c.address, *common))
+    assert sha256(out) == sha256(resumed)
+    with av.open(str(out)) as container:
+        s = container.streams.video[0]
+        assert [round(float(f.pts * s.time_base), 3) for f in container.decode(s)] == \
+            [round(n / 30, 3) for n in range(20)]
+
+
 def test_a_wrong_guess_is_run_again_with_the_true_context(cluster, media, reference, tmp_path):
     """A hold (frames 10..50) spans the cuts at 32 and 48: the true chain marks 10, 14, ..., 50
     unique, a fresh one started at s − 16 marks 16, 20, ... (out of step), so segments 2 and 3
