@@ -23,6 +23,10 @@ from engine.timestamps import TimestampRepair, packet_step
 from engine.video_stream import is_cover_art, main_video
 
 COPY_TYPES = ("audio", "subtitle", "data", "attachment")
+# cover art: an MP4 holds it as `covr` (JPEG, PNG, BMP), Matroska as an image attachment; the
+# mov muxer writes no covr, so a .mov output cannot keep one
+COVER_MIMETYPES = {"mjpeg": "image/jpeg", "png": "image/png", "bmp": "image/bmp"}
+COVER_OUTPUTS = (".mp4", ".mkv")
 # tags about the input file's own bytes; mkvmerge's carry a language suffix ("BPS-eng")
 STALE_TAGS = {"encoder", "major_brand", "minor_version", "compatible_brands", "vendor_id", "duration",
               "bps", "number_of_frames", "number_of_bytes"}
@@ -50,6 +54,7 @@ class CopyPlan:
 
     copy: list[int] = field(default_factory=list)         # input stream indices, packet copy
     attach: list[int] = field(default_factory=list)       # attachment streams, header copy
+    covers: list[int] = field(default_factory=list)       # cover art (attached pictures), one packet each
     described: list[str] = field(default_factory=list)    # for the user, one per copied stream
     skipped: list[str] = field(default_factory=list)      # "stream #2 (subrip subtitle): reason"
     file_tags: bool = False  # container and video stream tags, chapters (a video output)
@@ -91,7 +96,13 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
                 plan.skipped.append(f"stream #{stream.index} (attachment {stream.name}): "
                                     f"{output_kind} cannot hold attachments (use .mkv to keep it)")
         elif stream.type == "video" and is_cover_art(stream):
-            plan.skipped.append(f"{desc}: cover art (an attached picture) is not carried")
+            if output_kind in COVER_OUTPUTS and codec in COVER_MIMETYPES:
+                plan.covers.append(stream.index)
+                plan.described.append(f"{desc}: cover art")
+            else:
+                why = (f"{output_kind} cannot hold it (use .mp4 or .mkv to keep it)" if output_kind == ".mov"
+                       else f"{output_kind} cannot hold {codec} cover art")
+                plan.skipped.append(f"{desc}: cover art (an attached picture): {why}")
         elif stream.type not in COPY_TYPES:
             plan.skipped.append(f"{desc}: only the first video stream is processed")
         elif codec is None:
@@ -146,13 +157,34 @@ class StreamCopier:
         for index in plan.attach:  # written with the header, no packets
             src = self._input.streams[index]
             output.add_attachment(name=src.name, mimetype=src.mimetype, data=bytes(src.data))
-        self._attachments = len(plan.attach)
+        self._covers = []  # (packet, output stream) for an MP4, muxed before the trailer
+        for index in plan.covers:
+            self._add_cover(input_path, index, output)
+        self._attachments = len(plan.attach) + len(plan.covers)
         self._output = output
         streams = [self._input.streams[i] for i in plan.copy]
         self._packets = self._input.demux(streams) if streams else iter(())
         self._next: av.Packet | None = None
         self._done = not streams
         self.packets = 0
+
+    def _add_cover(self, input_path: str, index: int, output: av.container.OutputContainer) -> None:
+        """Cover art: its one packet, read by an open of its own (the copier's demuxer must
+        stay at the start), into an MP4 cover stream or a Matroska image attachment."""
+        with open_media(input_path) as side:
+            src = side.streams[index]
+            packet = next((p for p in side.demux(src) if p.size), None)
+            if packet is None:
+                return
+            codec = src.codec_context.name
+            if output.format.name == "matroska":
+                name = src.metadata.get("filename") or f"cover.{'jpg' if codec == 'mjpeg' else codec}"
+                output.add_attachment(name=name, mimetype=src.metadata.get("mimetype") or COVER_MIMETYPES[codec],
+                                      data=bytes(packet))
+            else:
+                out = output.add_stream_from_template(src)
+                out.disposition = av.stream.Disposition.attached_pic
+                self._covers.append((packet, out))
 
     @property
     def stream_count(self) -> int:
@@ -198,6 +230,9 @@ class StreamCopier:
 
     def finish(self, until_s: float = math.inf) -> None:
         self.advance(until_s)
+        for packet, out in self._covers:  # the mov muxer keeps it and writes covr with the trailer
+            packet.stream = out
+            self._output.mux(packet)
         self._write_chapters(until_s)
         self.close()
 

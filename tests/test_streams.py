@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import av
+import numpy as np
 import pytest
 
 from conftest import MEDIA, decoded_indices, run_engine
-from make_clip import add_side_streams
+from make_clip import add_side_streams, make_clip
 
 FRAME_S = 1001 / 24000
 SRT = "1\n00:00:00,500 --> 00:00:01,200\nHello\n\n2\n00:00:01,300 --> 00:00:01,900\nWorld\n"
@@ -193,34 +197,66 @@ def test_a_stream_mkv_cannot_hold_gets_no_advice_to_use_mkv():
         assert ("use .mkv" in advice) == (ext != ".mkv")  # mkv takes pcm_s16be; said only where it helps
 
 
-def test_cover_art_is_named_as_such_when_it_is_not_carried(clip, tmp_path):
-    import numpy as np
-
-    src = tmp_path / "with-cover.mp4"
-    with av.open(str(clip(frames=6))) as inp, av.open(str(src), "w") as out:
-        video = out.add_stream_from_template(inp.streams.video[0])
-        cover = out.add_stream("png", rate=1)
-        cover.width, cover.height, cover.pix_fmt = 32, 32, "rgb24"
+def with_cover(video: Path, path: Path, codec: str = "png") -> np.ndarray:
+    """`video` remuxed into `path` with a cover (an attached picture, as MP4 `covr`); the cover's pixels."""
+    art = np.zeros((32, 32, 3), np.uint8)
+    art[:, :16] = (200, 40, 90)
+    with av.open(str(video)) as inp, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        cover = out.add_stream(codec, rate=1)
+        cover.width, cover.height = 32, 32
+        cover.pix_fmt = "rgb24" if codec == "png" else "yuvj420p"
         cover.disposition = av.stream.Disposition.attached_pic
-        art = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
-        packets = [*cover.encode(art), *cover.encode(None)]
+        picture = av.VideoFrame.from_ndarray(art, format="rgb24").reformat(format=cover.pix_fmt)
+        packets = [*cover.encode(picture), *cover.encode(None)]
         for packet in inp.demux(inp.streams.video[0]):
             if packet.size:
-                packet.stream = video
+                packet.stream = stream
                 out.mux(packet)
         for packet in packets:
             packet.stream = cover
             out.mux(packet)
-    r = run_engine("stream", src, tmp_path / "out.mp4")
+    return art
+
+
+def cover_of(path: Path) -> np.ndarray | None:
+    with av.open(str(path)) as c:
+        covers = [s for s in c.streams.video if s.disposition & av.stream.Disposition.attached_pic]
+        return next(iter(c.decode(covers[0]))).to_ndarray(format="rgb24") if covers else None
+
+
+@pytest.mark.parametrize("codec", ["png", "mjpeg"])
+def test_cover_art_is_carried_into_mp4_and_mkv_and_said_lost_in_mov(clip, tmp_path, codec):
+    src = tmp_path / "with-cover.mp4"
+    art = with_cover(clip(frames=6), src, codec)
+    for ext in ("mp4", "mkv"):
+        out = tmp_path / f"out.{ext}"
+        r = run_engine("stream", src, out)
+        assert r.returncode == 0, r.stderr
+        assert f"copying stream #1 ({codec} video): cover art" in r.stderr
+        assert decoded_indices(out) == list(range(6))  # the video, not the cover
+        assert np.abs(cover_of(out).astype(float) - art).mean() < (1 if codec == "png" else 6)
+        again = tmp_path / f"again.{ext}"  # and back out of the output (Matroska: an image attachment)
+        assert run_engine("stream", out, again).returncode == 0
+        assert np.array_equal(cover_of(again), cover_of(out))
+    r = run_engine("stream", src, tmp_path / "out.mov")
     assert r.returncode == 0, r.stderr
-    assert "stream #1 (png video): cover art (an attached picture) is not carried" in r.stderr
-    assert decoded_indices(tmp_path / "out.mp4") == list(range(6))  # the video, not the cover
+    assert "cover art (an attached picture): .mov cannot hold it (use .mp4 or .mkv to keep it)" in r.stderr
+    assert cover_of(tmp_path / "out.mov") is None
+
+
+def test_resume_joins_keep_the_cover(tmp_path):
+    src = tmp_path / "with-cover.mp4"
+    art = with_cover(make_clip(tmp_path / "v.mp4", 24, options={"g": "8"}), src)
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", src, out, "--resume", "--segment", "8f", "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["segments"]["total"] == 3
+    assert np.array_equal(cover_of(out), art) and decoded_indices(out) == list(range(24))
 
 
 def test_the_video_is_the_first_video_stream_that_is_not_cover_art(tmp_path):
     from types import SimpleNamespace
-
-    import numpy as np
 
     from engine.video_stream import main_video
 
