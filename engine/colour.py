@@ -37,11 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.colour_tags import is_full_range
+
 # FFmpeg AVColorSpace → (Kr, Kb). Unspecified (2) is BT.601, as swscale assumes.
 MATRICES = {1: ("bt709", 0.2126, 0.0722), 2: ("bt601", 0.299, 0.114), 4: ("fcc", 0.30, 0.11),
             5: ("bt601", 0.299, 0.114), 6: ("bt601", 0.299, 0.114), 7: ("smpte240m", 0.212, 0.087),
             9: ("bt2020", 0.2627, 0.0593)}
-FULL_RANGE = 2  # AVColorRange: 0 unspecified, 1 MPEG (limited), 2 JPEG (full)
 
 #: Device → host RGB conversions (`tensor_to_array`), counted so tests can prove frames
 #: stayed on the device between model stages.
@@ -92,8 +93,7 @@ class ColourSpec:
         if int(colorspace) not in MATRICES:
             return None
         name, kr, kb = MATRICES[int(colorspace)]
-        full = int(color_range) == FULL_RANGE or pix_fmt.startswith("yuvj")
-        return cls(name, kr, kb, full, chroma_left)
+        return cls(name, kr, kb, is_full_range(color_range, pix_fmt), chroma_left)
 
 
 @dataclass(frozen=True)

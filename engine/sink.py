@@ -27,6 +27,7 @@ import numpy as np
 
 from engine import interrupts
 from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
+from engine.colour_tags import BT709_MATRIX, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED, is_full_range
 from engine.errors import UserError, ValidationError
 from engine.image_input import frame_name, is_image_pattern  # one naming rule for input and output
 from engine.frame import Frame
@@ -34,9 +35,6 @@ from engine.probe import count_video_packets
 from engine.source import VideoInfo
 from engine.streamcopy import CopyPlan, StreamCopier
 
-_UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED / AVCOL_PRI_UNSPECIFIED / AVCOL_TRC_UNSPECIFIED
-LIMITED_RANGE, FULL_RANGE = 1, 2  # AVColorRange MPEG / JPEG (engine/colour.py imports torch)
-RGB_MATRIX, BT709_MATRIX = 0, 1   # AVColorSpace
 
 
 def _host() -> str:
@@ -256,8 +254,7 @@ class VideoSink:
         if (source.colorspace == RGB_MATRIX or is_rgb(source.pix_fmt)) and not is_rgb(encoder.pix_fmt):
             self.colorspace, self.color_range = BT709_MATRIX, LIMITED_RANGE
         # ProRes cannot signal full range (decoders read it as limited): convert, and say so
-        full = self.color_range == FULL_RANGE or source.pix_fmt.startswith("yuvj")
-        if full and encoder.codec.startswith("prores"):
+        if is_full_range(self.color_range, source.pix_fmt) and encoder.codec.startswith("prores"):
             self.color_range = LIMITED_RANGE
             self.notes.append("note: ProRes is limited range: the full-range input is converted to limited range")
         # what a model stage right before the sink may hand over: pictures in the encoder's
@@ -329,6 +326,11 @@ class VideoSink:
         # every stream must exist before the first packet writes the header
         self._copier = StreamCopier(self.input_path, self._container, self.copy_plan, video=stream)
 
+    @property
+    def _matrix(self) -> int | None:
+        """The matrix swscale converts RGB with: the output's tag (None: swscale's default)."""
+        return self.colorspace if self.colorspace not in (UNSPECIFIED, RGB_MATRIX) else None
+
     def _picture(self, frame: Frame) -> av.VideoFrame:
         """The picture to encode: the frame's own if it is already in the stream's format (a
         decoded picture no stage touched, or a model stage's result), else converted from RGB."""
@@ -339,9 +341,8 @@ class VideoSink:
                 data = frame.data
                 picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
                                                      format="rgb48le" if data.dtype == np.uint16 else "rgb24")
-            matrix = self.colorspace if self.colorspace not in (_UNSPECIFIED, RGB_MATRIX) else None
             return picture.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
-                                    dst_colorspace=matrix, dst_color_range=self.color_range or None,
+                                    dst_colorspace=self._matrix, dst_color_range=self.color_range or None,
                                     interpolation="LANCZOS")
         if (picture is not None and picture.format.name == stream.pix_fmt
                 and picture.width == stream.width and picture.height == stream.height
@@ -352,8 +353,7 @@ class VideoSink:
         rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
                                          format="rgb48le" if data.dtype == np.uint16 else "rgb24")
         # convert with the same matrix and range the output is tagged with
-        matrix = self.colorspace if self.colorspace not in (_UNSPECIFIED, RGB_MATRIX) else None
-        return rgb.reformat(format=stream.pix_fmt, dst_colorspace=matrix, dst_color_range=self.color_range or None)
+        return rgb.reformat(format=stream.pix_fmt, dst_colorspace=self._matrix, dst_color_range=self.color_range or None)
 
     def write(self, frame: Frame) -> None:
         if self._container is None:
