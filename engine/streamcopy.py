@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import av
 
+from engine.audio_reencode import AudioReencoder, Reencode, choose_reencode, copy_problem
 from engine.image_input import open_media
 from engine.timestamps import TimestampRepair, packet_step
 from engine.video_stream import is_cover_art, main_video
@@ -55,13 +56,14 @@ class CopyPlan:
     copy: list[int] = field(default_factory=list)         # input stream indices, packet copy
     attach: list[int] = field(default_factory=list)       # attachment streams, header copy
     covers: list[int] = field(default_factory=list)       # cover art (attached pictures), one packet each
+    reencode: dict[int, Reencode] = field(default_factory=dict)  # audio the output cannot hold as it is
     described: list[str] = field(default_factory=list)    # for the user, one per copied stream
     skipped: list[str] = field(default_factory=list)      # "stream #2 (subrip subtitle): reason"
     file_tags: bool = False  # container and video stream tags, chapters (a video output)
     chapters: int = 0        # how many the input has
 
     def notes(self) -> list[str]:
-        out = [f"copying {d}" for d in self.described]
+        out = [d if d.startswith("re-encoding ") else f"copying {d}" for d in self.described]
         if self.chapters:
             out.append(f"copying {self.chapters} chapters")
         out += [f"note: not carried to the output: {s}" for s in self.skipped]
@@ -107,12 +109,28 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
             plan.skipped.append(f"{desc}: only the first video stream is processed")
         elif codec is None:
             plan.skipped.append(f"{desc}: its codec is unknown to FFmpeg, so it cannot be copied")
-        elif codec not in muxer_codecs:
-            advice = " (use .mkv to keep it)" if output_kind != ".mkv" and codec in _matroska_codecs() else ""
-            plan.skipped.append(f"{desc}: {output_kind} cannot hold {codec}{advice}")
         else:
-            plan.copy.append(stream.index)
-            plan.described.append(desc)
+            # the muxer's list, then a real write of the first packet: the list says yes to
+            # some codecs the muxer then refuses (FLAC into .mov), which failed jobs mid-run
+            from engine.encoders import CONTAINERS
+
+            refusal = None if codec not in muxer_codecs else copy_problem(container.name, stream.index,
+                                                                          CONTAINERS[output_kind])
+            problem = (f"{output_kind} cannot hold {codec}" if codec not in muxer_codecs else
+                       None if refusal is None else
+                       f"{output_kind}'s muxer refuses it as it is ({refusal.rstrip('.')})")
+            if problem is None:
+                plan.copy.append(stream.index)
+                plan.described.append(desc)
+                continue
+            choice = (choose_reencode(container.name, stream.index, CONTAINERS[output_kind])
+                      if stream.type == "audio" else None)
+            if choice is not None:  # audio is re-encoded rather than lost
+                plan.reencode[stream.index] = choice
+                plan.described.append(f"re-encoding {desc} to {choice.describe()}: {problem}")
+                continue
+            advice = " (use .mkv to keep it)" if output_kind != ".mkv" and codec in _matroska_codecs() else ""
+            plan.skipped.append(f"{desc}: {problem}{advice}")
     return plan
 
 
@@ -154,6 +172,13 @@ class StreamCopier:
             # broken timestamps: the rule of engine/timestamps.py, the one the video follows
             self._repairs[index] = TimestampRepair(packet_step(src), what=f"{src.type} packet",
                                                    strict=src.type == "audio")
+        self._reencoders: dict[int, AudioReencoder] = {}
+        for index, choice in plan.reencode.items():
+            src = self._input.streams[index]
+            reencoder = self._reencoders[index] = AudioReencoder(src, output, choice)
+            reencoder.stream.metadata.update(kept_tags(src.metadata))
+            self._out[index] = reencoder.stream
+            self._repairs[index] = TimestampRepair(packet_step(src), what=f"{src.type} packet", strict=True)
         for index in plan.attach:  # written with the header, no packets
             src = self._input.streams[index]
             output.add_attachment(name=src.name, mimetype=src.mimetype, data=bytes(src.data))
@@ -162,7 +187,7 @@ class StreamCopier:
             self._add_cover(input_path, index, output)
         self._attachments = len(plan.attach) + len(plan.covers)
         self._output = output
-        streams = [self._input.streams[i] for i in plan.copy]
+        streams = [self._input.streams[i] for i in [*plan.copy, *plan.reencode]]
         self._packets = self._input.demux(streams) if streams else iter(())
         self._next: av.Packet | None = None
         self._done = not streams
@@ -210,7 +235,16 @@ class StreamCopier:
             if self._time(self._next) > until_s:
                 return
             packet, self._next = self._next, None
+            reencoder = self._reencoders.get(packet.stream.index)
+            if reencoder is not None:
+                self._mux_encoded(reencoder.feed(packet))
+                continue
             packet.stream = self._out[packet.stream.index]
+            self._output.mux(packet)
+            self.packets += 1
+
+    def _mux_encoded(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
             self._output.mux(packet)
             self.packets += 1
 
@@ -230,6 +264,8 @@ class StreamCopier:
 
     def finish(self, until_s: float = math.inf) -> None:
         self.advance(until_s)
+        for reencoder in self._reencoders.values():  # what the decoder and encoder still hold
+            self._mux_encoded(reencoder.flush())
         for packet, out in self._covers:  # the mov muxer keeps it and writes covr with the trailer
             packet.stream = out
             self._output.mux(packet)

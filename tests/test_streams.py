@@ -185,7 +185,8 @@ def test_a_stream_mkv_cannot_hold_gets_no_advice_to_use_mkv():
 
     class Container:
         format = type("f", (), {"name": "matroska,webm"})()
-        streams = [Stream(0, "video", "h264"), Stream(1, "data", None), Stream(2, "audio", "pcm_s16be")]
+        # (audio the output cannot hold is re-encoded, not skipped: the advice is for the others)
+        streams = [Stream(0, "video", "h264"), Stream(1, "data", None), Stream(2, "subtitle", "subrip")]
 
         def chapters(self):
             return []
@@ -194,7 +195,7 @@ def test_a_stream_mkv_cannot_hold_gets_no_advice_to_use_mkv():
         notes = plan_copy(Container(), 0, codecs, ext).notes()
         assert any("stream #1" in n and "unknown to FFmpeg" in n and "use .mkv" not in n for n in notes)
         advice = [n for n in notes if "stream #2" in n][0]
-        assert ("use .mkv" in advice) == (ext != ".mkv")  # mkv takes pcm_s16be; said only where it helps
+        assert ("use .mkv" in advice) == (ext != ".mkv")  # mkv takes subrip; said only where it helps
 
 
 def with_cover(video: Path, path: Path, codec: str = "png") -> np.ndarray:
@@ -280,3 +281,89 @@ def test_the_video_is_the_first_video_stream_that_is_not_cover_art(tmp_path):
             out.mux(packet)
     r = run_engine("stream", song, tmp_path / "out.mp4")
     assert r.returncode == 2 and "input has no video stream (only cover art)" in r.stderr
+
+
+def with_audio(video: Path, path: Path, codec: str, layout: str = "stereo", start_s: float = 0.25) -> None:
+    """`video` remuxed into Matroska `path` with a 1 s 440 Hz tone in `codec`, starting at `start_s`."""
+    rate = 48000
+    t = np.arange(rate) / rate
+    tone = np.sin(2 * np.pi * 440 * t)
+    deep = codec == "pcm_s24le"
+    with av.open(str(video)) as inp, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        audio = out.add_stream(codec, rate=rate, layout=layout)
+        fmt = audio.codec_context.format.name
+        packets = [(p, stream) for p in inp.demux(inp.streams.video[0]) if p.size]
+        for start in range(0, rate, 960):
+            chunk = tone[start:start + 960]
+            if fmt.startswith("flt"):
+                samples = chunk.astype(np.float32)
+            else:
+                samples = (chunk * (2 ** 30 if deep or fmt.startswith("s32") else 2 ** 14)).astype(
+                    np.int32 if fmt.startswith("s32") else np.int16)
+            channels = len(av.AudioLayout(layout).channels)
+            data = np.tile(samples, (channels, 1)) if fmt.endswith("p") else np.repeat(samples, channels)[None]
+            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+            frame.sample_rate, frame.pts = rate, start + int(start_s * rate)
+            packets += [(p, audio) for p in audio.encode(frame)]
+        packets += [(p, audio) for p in audio.encode(None)]
+        packets.sort(key=lambda item: float(item[0].pts * item[0].time_base))
+        for packet, target in packets:
+            packet.stream = target
+            out.mux(packet)
+
+
+def decoded_audio(path: Path) -> tuple[float, np.ndarray]:
+    """The first audio frame's time and every sample, as int32 (s16 scaled up) or float."""
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        frames = list(c.decode(stream))
+    first = float(frames[0].pts * frames[0].time_base)
+    arrays = []
+    for f in frames:
+        a = f.to_ndarray()
+        a = a.reshape(-1, len(f.layout.channels)).T if not f.format.is_planar else a
+        arrays.append(a.astype(np.int64) << 16 if a.dtype == np.int16 else a)
+    return first, np.concatenate(arrays, axis=1)
+
+
+@pytest.mark.parametrize("codec, ext, target", [("flac", "mov", "alac"), ("pcm_s24le", "mp4", "flac")])
+def test_lossless_audio_a_container_refuses_is_reencoded_losslessly_in_sync(clip, tmp_path, codec, ext, target):
+    """FFmpeg lists FLAC as a codec .mov holds, and Matroska's PCM for .mp4, yet their muxers
+    refuse them when written: the job failed a few frames in ("Invalid argument")."""
+    src = tmp_path / "in.mkv"
+    with_audio(clip(frames=24), src, codec)
+    out = tmp_path / f"out.{ext}"
+    r = run_engine("stream", src, out, "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert f"re-encoding stream #1 ({codec} audio) to {target} (lossless): .{ext}'s muxer refuses it" in r.stderr
+    (t_in, a_in), (t_out, a_out) = decoded_audio(src), decoded_audio(out)
+    assert abs(t_out - t_in) < 1e-3  # in sync: the input's start
+    assert a_out.shape == a_in.shape and np.array_equal(a_out, a_in)  # every sample, bit for bit
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.name == target
+    assert decoded_indices(out) == list(range(24))
+
+
+def test_lossy_audio_a_container_refuses_becomes_aac_in_sync(clip, tmp_path):
+    src = tmp_path / "in.mkv"
+    with_audio(clip(frames=24), src, "libopus")
+    out = tmp_path / "out.mov"
+    r = run_engine("stream", src, out)
+    assert r.returncode == 0, r.stderr
+    assert "re-encoding stream #1 (opus audio) to aac 256 kb/s: .mov's muxer refuses it" in r.stderr
+    (t_in, a_in), (t_out, a_out) = decoded_audio(src), decoded_audio(out)
+    # AAC starts a frame of priming early (the container says so); the tone's onset is in place
+    onset_in = t_in + np.argmax(np.abs(a_in[0]) > 0.1) / 48000
+    onset_out = t_out + np.argmax(np.abs(a_out[0]) > 0.1) / 48000
+    assert abs(onset_out - onset_in) < 0.002, (onset_in, onset_out)
+    assert abs(a_out.shape[1] - a_in.shape[1]) <= 2048  # the whole tone (AAC pads to whole frames)
+
+
+def test_resume_join_reencodes_too(clip, tmp_path):
+    src = tmp_path / "in.mkv"
+    with_audio(make_clip(tmp_path / "v.mp4", 24, options={"g": "8"}), src, "flac")
+    out = tmp_path / "out.mov"
+    r = run_engine("stream", src, out, "--resume", "--segment", "8f")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(decoded_audio(out)[1], decoded_audio(src)[1])

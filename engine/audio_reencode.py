@@ -1,0 +1,164 @@
+"""Audio the output container cannot hold as it is: re-encoded rather than lost.
+
+Every stream planned for a packet copy is tried before the run: its first packet muxed into
+an in-memory file of the output's format (header, packet, trailer). FFmpeg's list of codecs
+a muxer supports is not enough: FLAC and Opus into .mov, and Matroska's PCM into .mp4, are
+listed yet refused when written, which failed jobs a few frames in. An audio stream that
+fails is re-encoded: lossless audio (PCM, FLAC, ALAC, ...) to the first lossless codec the
+container takes (FLAC, ALAC, PCM) at its own bit depth, lossy audio to AAC at 128 kb/s a
+channel (at most 512). Its frames keep the input's timestamps (the decoder gives them, PyAV
+re-chunks to the encoder's frame size from there), and the encoder's priming is written as
+the container's start delay, as FFmpeg does, so sync holds. A stream of another kind that
+fails is skipped with the muxer's reason.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
+
+import av
+
+LOSSLESS_TARGETS = ("flac", "alac", "pcm_s24le", "pcm_s16le")
+LOSSY_TARGET = "aac"
+LOSSY_BITS_PER_CHANNEL, LOSSY_MAX_BITS = 128_000, 512_000
+SEARCH_PACKETS = 2000  # how far `copy_problem` looks for a stream's first packet
+
+
+def _trial(format_name: str, add: Callable, packets: Callable) -> str | None:
+    """None if a file of `format_name` takes the stream `add` makes and the packets
+    `packets(stream)` gives, header to trailer; else the muxer's reason."""
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # only here: the muxer's reason, which PyAV drops by default
+    try:
+        with av.logging.Capture(True) as logged:
+            output = av.open(io.BytesIO(), mode="w", format=format_name)
+            try:
+                stream = add(output)
+                for packet in packets(stream):
+                    packet.stream = stream
+                    output.mux(packet)
+                output.close()
+                return None
+            except (av.error.FFmpegError, ValueError) as exc:
+                try:
+                    output.close()
+                except (av.error.FFmpegError, ValueError):
+                    pass
+                said = [text.strip() for level, _, text in logged if level <= av.logging.ERROR and text.strip()]
+                return said[0] if said else str(exc)
+    finally:
+        av.logging.set_level(previous)
+
+
+def copy_problem(input_path: str, index: int, format_name: str) -> str | None:
+    """Why the output's muxer refuses stream `index` of the input as it is (None: it takes it)."""
+    from engine.image_input import open_media
+
+    with open_media(input_path) as source:
+        stream = source.streams[index]
+        first = None
+        # a subtitle's first packet may be minutes in: look only so far (the header and the
+        # trailer are then tried alone), not through half the file
+        for _, packet in zip(range(SEARCH_PACKETS), source.demux()):
+            if packet.stream.index == index and packet.size:
+                first = packet
+                break
+        return _trial(format_name, lambda out: out.add_stream_from_template(stream),
+                      lambda _: [first] if first is not None else [])
+
+
+@dataclass(frozen=True)
+class Reencode:
+    """What one audio stream is re-encoded to."""
+
+    codec: str
+    sample_format: str
+    rate: int
+    layout: str
+    bit_rate: int = 0   # lossy only
+
+    def describe(self) -> str:
+        return f"{self.codec} {self.bit_rate // 1000} kb/s" if self.bit_rate else f"{self.codec} (lossless)"
+
+    def add_stream(self, output: av.container.OutputContainer) -> av.audio.stream.AudioStream:
+        stream = output.add_stream(self.codec, rate=self.rate, layout=self.layout, format=self.sample_format)
+        if self.bit_rate:
+            stream.bit_rate = self.bit_rate
+        return stream
+
+
+def _sample_format(codec: av.Codec, source: av.AudioFormat, lossless: bool) -> str | None:
+    """The encoder's format closest to the source's: the same, else one as deep (packed or planar)."""
+    names = [f.name for f in codec.audio_formats or ()]
+    if source.name in names:
+        return source.name
+    deep = source.bits > 16
+    wanted = (["s32", "s32p"] if deep else ["s16", "s16p"]) if lossless else ["fltp", "flt"]
+    return next((n for n in wanted + names if n in names), None)
+
+
+def _rate(codec: av.Codec, rate: int) -> int:
+    rates = list(codec.audio_rates or ())
+    if not rates or rate in rates:
+        return rate
+    higher = [r for r in rates if r >= rate]
+    return min(higher) if higher else max(rates)
+
+
+def choose_reencode(input_path: str, index: int, format_name: str) -> Reencode | None:
+    """The first re-encoding of audio stream `index` the output's muxer takes (tried on a
+    silent frame, as the copy was), or None."""
+    from engine.image_input import open_media
+
+    with open_media(input_path) as source:
+        cc = source.streams[index].codec_context
+        fmt, rate, layout = cc.format, cc.sample_rate, cc.layout.name
+        decoder = av.Codec(cc.name, "r")
+    lossless = decoder.lossless and not decoder.lossy
+    for name in (LOSSLESS_TARGETS if lossless else (LOSSY_TARGET,)):
+        try:
+            codec = av.Codec(name, "w")
+        except av.error.FFmpegError:
+            continue
+        sample_format = _sample_format(codec, fmt, lossless)
+        if sample_format is None:
+            continue
+        channels = len(av.AudioLayout(layout).channels)
+        bits = 0 if lossless else min(LOSSY_MAX_BITS, LOSSY_BITS_PER_CHANNEL * channels)
+        choice = Reencode(name, sample_format, _rate(codec, rate), layout, bits)
+
+        def silence(stream, choice=choice):
+            frame = av.AudioFrame(format=choice.sample_format, layout=choice.layout,
+                                  samples=stream.codec_context.frame_size or 1024)
+            for plane in frame.planes:
+                plane.update(bytes(plane.buffer_size))
+            frame.sample_rate, frame.pts, frame.time_base = choice.rate, 0, Fraction(1, choice.rate)
+            return [*stream.encode(frame), *stream.encode(None)]
+
+        if _trial(format_name, choice.add_stream, silence) is None:
+            return choice
+    return None
+
+
+class AudioReencoder:
+    """Decodes one input audio stream's packets and encodes them as `choice`; the packets to mux."""
+
+    def __init__(self, source: av.audio.stream.AudioStream, output: av.container.OutputContainer,
+                 choice: Reencode):
+        self.source = source
+        self.stream = choice.add_stream(output)
+
+    def feed(self, packet: av.Packet) -> list[av.Packet]:
+        out = []
+        for frame in packet.decode():
+            out += self.stream.encode(frame)
+        return out
+
+    def flush(self) -> list[av.Packet]:
+        out = []
+        for frame in self.source.codec_context.decode(None):
+            out += self.stream.encode(frame)
+        return out + list(self.stream.encode(None))
