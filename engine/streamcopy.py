@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import av
 
-from engine.audio_reencode import AudioReencoder, Reencode, choose_reencode, copy_problem
+from engine.reencode import Reencode, choose_reencode, copy_problem, reencoder
 from engine.image_input import open_media
 from engine.timestamps import TimestampRepair, packet_step
 from engine.video_stream import is_cover_art, main_video
@@ -56,7 +56,7 @@ class CopyPlan:
     copy: list[int] = field(default_factory=list)         # input stream indices, packet copy
     attach: list[int] = field(default_factory=list)       # attachment streams, header copy
     covers: list[int] = field(default_factory=list)       # cover art (attached pictures), one packet each
-    reencode: dict[int, Reencode] = field(default_factory=dict)  # audio the output cannot hold as it is
+    reencode: dict[int, Reencode] = field(default_factory=dict)  # audio, text subtitles the output refuses as they are
     described: list[str] = field(default_factory=list)    # for the user, one per copied stream
     skipped: list[str] = field(default_factory=list)      # "stream #2 (subrip subtitle): reason"
     file_tags: bool = False  # container and video stream tags, chapters (a video output)
@@ -124,14 +124,21 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
                 plan.described.append(desc)
                 continue
             choice = (choose_reencode(container.name, stream.index, CONTAINERS[output_kind])
-                      if stream.type == "audio" else None)
-            if choice is not None:  # audio is re-encoded rather than lost
+                      if stream.type == "audio" or (stream.type == "subtitle" and _is_text(codec)) else None)
+            if choice is not None:  # re-encoded rather than lost
                 plan.reencode[stream.index] = choice
                 plan.described.append(f"re-encoding {desc} to {choice.describe()}: {problem}")
                 continue
             advice = " (use .mkv to keep it)" if output_kind != ".mkv" and codec in _matroska_codecs() else ""
             plan.skipped.append(f"{desc}: {problem}{advice}")
     return plan
+
+
+def _is_text(codec: str) -> bool:
+    try:
+        return bool(av.Codec(codec, "r").text_sub)
+    except (av.error.FFmpegError, ValueError):
+        return False
 
 
 def _matroska_codecs() -> set[str]:
@@ -172,13 +179,14 @@ class StreamCopier:
             # broken timestamps: the rule of engine/timestamps.py, the one the video follows
             self._repairs[index] = TimestampRepair(packet_step(src), what=f"{src.type} packet",
                                                    strict=src.type == "audio")
-        self._reencoders: dict[int, AudioReencoder] = {}
+        self._reencoders = {}
         for index, choice in plan.reencode.items():
             src = self._input.streams[index]
-            reencoder = self._reencoders[index] = AudioReencoder(src, output, choice)
-            reencoder.stream.metadata.update(kept_tags(src.metadata))
-            self._out[index] = reencoder.stream
-            self._repairs[index] = TimestampRepair(packet_step(src), what=f"{src.type} packet", strict=True)
+            made = self._reencoders[index] = reencoder(src, output, choice)
+            made.stream.metadata.update(kept_tags(src.metadata))  # language, title
+            self._out[index] = made.stream
+            self._repairs[index] = TimestampRepair(packet_step(src), what=f"{src.type} packet",
+                                                   strict=src.type == "audio")
         for index in plan.attach:  # written with the header, no packets
             src = self._input.streams[index]
             output.add_attachment(name=src.name, mimetype=src.mimetype, data=bytes(src.data))

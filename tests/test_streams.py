@@ -55,12 +55,27 @@ def test_two_audio_tracks_and_subtitles_survive_in_mkv(multi, tmp_path):
     assert decoded_indices(out) == list(range(48))
 
 
-def test_mp4_skips_what_it_cannot_hold_and_says_so(multi, tmp_path):
+def subtitle_events(path) -> list[tuple[float, float, str]]:
+    """(start, end, text) of every subtitle event, the empty gap samples of mov_text left out."""
+    events = []
+    with av.open(str(path)) as c:
+        stream = c.streams.subtitles[0]
+        for packet in c.demux(stream):
+            for sub in packet.decode() if packet.size else []:
+                text = sub.ass.decode().split(",", 8)[-1]
+                start = round(float(packet.pts * packet.time_base), 3)
+                events.append((start, round(start + float(packet.duration * packet.time_base), 3), text))
+    return events
+
+
+def test_mp4_turns_text_subtitles_into_mov_text_and_says_what_it_cannot_hold(multi, tmp_path):
     out = tmp_path / "out.mp4"
     r = run_engine("stream", multi, out)
     assert r.returncode == 0, r.stderr
-    assert [t for t, _ in streams(out)] == ["video", "audio", "audio"]
-    assert "not carried to the output: stream #3" in r.stderr and "use .mkv" in r.stderr
+    assert [t for t, _ in streams(out)] == ["video", "audio", "audio", "subtitle"]
+    # was: "not carried to the output: stream #3 ... (use .mkv to keep it)"
+    assert "re-encoding stream #3 (srt subtitle) to mov_text: .mp4 cannot hold srt" in r.stderr
+    assert subtitle_events(out) == subtitle_events(multi) and len(subtitle_events(out)) >= 2
     assert "stream #4 (attachment font.ttf): .mp4 cannot hold attachments" in r.stderr
 
 
@@ -185,8 +200,8 @@ def test_a_stream_mkv_cannot_hold_gets_no_advice_to_use_mkv():
 
     class Container:
         format = type("f", (), {"name": "matroska,webm"})()
-        # (audio the output cannot hold is re-encoded, not skipped: the advice is for the others)
-        streams = [Stream(0, "video", "h264"), Stream(1, "data", None), Stream(2, "subtitle", "subrip")]
+        # (audio and text subtitles the output cannot hold are re-encoded: the advice is for the others)
+        streams = [Stream(0, "video", "h264"), Stream(1, "data", None), Stream(2, "subtitle", "pgssub")]
 
         def chapters(self):
             return []
@@ -195,7 +210,7 @@ def test_a_stream_mkv_cannot_hold_gets_no_advice_to_use_mkv():
         notes = plan_copy(Container(), 0, codecs, ext).notes()
         assert any("stream #1" in n and "unknown to FFmpeg" in n and "use .mkv" not in n for n in notes)
         advice = [n for n in notes if "stream #2" in n][0]
-        assert ("use .mkv" in advice) == (ext != ".mkv")  # mkv takes subrip; said only where it helps
+        assert ("use .mkv" in advice) == (ext != ".mkv")  # mkv takes PGS; said only where it helps
 
 
 def with_cover(video: Path, path: Path, codec: str = "png") -> np.ndarray:

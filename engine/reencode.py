@@ -1,4 +1,4 @@
-"""Audio the output container cannot hold as it is: re-encoded rather than lost.
+"""Streams the output container cannot hold as they are: re-encoded rather than lost.
 
 Every stream planned for a packet copy is tried before the run: its first packet muxed into
 an in-memory file of the output's format (header, packet, trailer). FFmpeg's list of codecs
@@ -8,8 +8,10 @@ fails is re-encoded: lossless audio (PCM, FLAC, ALAC, ...) to the first lossless
 container takes (FLAC, ALAC, PCM) at its own bit depth, lossy audio to AAC at 128 kb/s a
 channel (at most 512). Its frames keep the input's timestamps (the decoder gives them, PyAV
 re-chunks to the encoder's frame size from there), and the encoder's priming is written as
-the container's start delay, as FFmpeg does, so sync holds. A stream of another kind that
-fails is skipped with the muxer's reason.
+the container's start delay, as FFmpeg does, so sync holds. Text subtitles (SRT, ASS,
+WebVTT) into .mp4/.mov become mov_text with each event's own time (ASS styling beyond bold,
+italic and colour, and positions, are lost: .mkv keeps them as they are). Bitmap subtitles
+and other streams that fail are skipped with the muxer's reason.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Callable
 import av
 
 LOSSLESS_TARGETS = ("flac", "alac", "pcm_s24le", "pcm_s16le")
+TEXT_TARGET = "mov_text"  # MP4/QuickTime's one text subtitle format
 LOSSY_TARGET = "aac"
 LOSSY_BITS_PER_CHANNEL, LOSSY_MAX_BITS = 128_000, 512_000
 SEARCH_PACKETS = 2000  # how far `copy_problem` looks for a stream's first packet
@@ -72,18 +75,27 @@ def copy_problem(input_path: str, index: int, format_name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Reencode:
-    """What one audio stream is re-encoded to."""
+    """What one audio or text-subtitle stream is re-encoded to."""
 
     codec: str
-    sample_format: str
-    rate: int
-    layout: str
-    bit_rate: int = 0   # lossy only
+    sample_format: str = ""   # audio: the encoder's sample format, rate and layout
+    rate: int = 0
+    layout: str = ""
+    bit_rate: int = 0   # lossy audio only
+    header: bytes = b""  # a subtitle: the decoder's ASS header (its styles), the encoder's input
+    styled: bool = False  # ASS/SSA input, whose layout mov_text cannot keep
 
     def describe(self) -> str:
+        if self.header:
+            return self.codec + (" (ASS styles beyond bold, italic and colour, and positions, are lost; "
+                                 ".mkv keeps them)" if self.styled else "")
         return f"{self.codec} {self.bit_rate // 1000} kb/s" if self.bit_rate else f"{self.codec} (lossless)"
 
-    def add_stream(self, output: av.container.OutputContainer) -> av.audio.stream.AudioStream:
+    def add_stream(self, output: av.container.OutputContainer) -> av.stream.Stream:
+        if self.header:
+            stream = output.add_stream(self.codec)
+            stream.codec_context.subtitle_header = self.header
+            return stream
         stream = output.add_stream(self.codec, rate=self.rate, layout=self.layout, format=self.sample_format)
         if self.bit_rate:
             stream.bit_rate = self.bit_rate
@@ -109,12 +121,17 @@ def _rate(codec: av.Codec, rate: int) -> int:
 
 
 def choose_reencode(input_path: str, index: int, format_name: str) -> Reencode | None:
-    """The first re-encoding of audio stream `index` the output's muxer takes (tried on a
-    silent frame, as the copy was), or None."""
+    """The first re-encoding of stream `index` (audio, or text subtitles) the output's muxer
+    takes (tried as the copy was), or None."""
     from engine.image_input import open_media
 
     with open_media(input_path) as source:
-        cc = source.streams[index].codec_context
+        stream = source.streams[index]
+        if stream.type == "subtitle":
+            return _text_reencode(source, stream, format_name)
+        if stream.type != "audio":
+            return None
+        cc = stream.codec_context
         fmt, rate, layout = cc.format, cc.sample_rate, cc.layout.name
         decoder = av.Codec(cc.name, "r")
     lossless = decoder.lossless and not decoder.lossy
@@ -141,6 +158,50 @@ def choose_reencode(input_path: str, index: int, format_name: str) -> Reencode |
         if _trial(format_name, choice.add_stream, silence) is None:
             return choice
     return None
+
+
+def _text_reencode(source, stream, format_name: str) -> Reencode | None:
+    """mov_text for a text subtitle stream, with its decoder's ASS header (made when the
+    decoder opens: by decoding its first event, or none if it has none)."""
+    cc = stream.codec_context
+    if cc is None or not av.Codec(cc.name, "r").text_sub:
+        return None
+    for _, packet in zip(range(SEARCH_PACKETS), source.demux()):
+        if packet.stream.index == stream.index and packet.size:
+            cc.decode2(packet)
+            break
+    header = cc.subtitle_header
+    if not header:
+        return None
+    choice = Reencode(TEXT_TARGET, header=bytes(header), styled=cc.name in ("ass", "ssa"))
+    return choice if _trial(format_name, choice.add_stream, lambda _: []) is None else None
+
+
+class SubtitleReencoder:
+    """Text subtitle events decoded and encoded as mov_text, each at its own time."""
+
+    def __init__(self, source: av.subtitles.stream.SubtitleStream, output: av.container.OutputContainer,
+                 choice: Reencode):
+        self.source = source
+        self.stream = choice.add_stream(output)
+
+    def feed(self, packet: av.Packet) -> list[av.Packet]:
+        events = self.source.codec_context.decode2(packet)
+        if events is None:
+            return []
+        encoded = self.stream.codec_context.encode_subtitle(events)
+        encoded.pts = encoded.dts = packet.pts
+        encoded.duration, encoded.time_base = packet.duration, packet.time_base
+        encoded.stream = self.stream
+        return [encoded]
+
+    def flush(self) -> list[av.Packet]:
+        return []
+
+
+def reencoder(source: av.stream.Stream, output: av.container.OutputContainer, choice: Reencode):
+    """The re-encoder for `source`'s kind of stream."""
+    return (SubtitleReencoder if choice.header else AudioReencoder)(source, output, choice)
 
 
 class AudioReencoder:
