@@ -56,19 +56,22 @@ def _trial(format_name: str, add: Callable, packets: Callable) -> str | None:
         av.logging.set_level(previous)
 
 
+def _first_packet(source: av.container.InputContainer, index: int) -> av.Packet | None:
+    """Stream `index`'s first packet, looked for only so far: a subtitle's may be minutes in,
+    and reading half the file to find it is not worth it (None: the caller does without)."""
+    for _, packet in zip(range(SEARCH_PACKETS), source.demux()):
+        if packet.stream.index == index and packet.size:
+            return packet
+    return None
+
+
 def copy_problem(input_path: str, index: int, format_name: str) -> str | None:
     """Why the output's muxer refuses stream `index` of the input as it is (None: it takes it)."""
     from engine.image_input import open_media
 
     with open_media(input_path) as source:
         stream = source.streams[index]
-        first = None
-        # a subtitle's first packet may be minutes in: look only so far (the header and the
-        # trailer are then tried alone), not through half the file
-        for _, packet in zip(range(SEARCH_PACKETS), source.demux()):
-            if packet.stream.index == index and packet.size:
-                first = packet
-                break
+        first = _first_packet(source, index)
         return _trial(format_name, lambda out: out.add_stream_from_template(stream),
                       lambda _: [first] if first is not None else [])
 
@@ -166,10 +169,9 @@ def _text_reencode(source, stream, format_name: str) -> Reencode | None:
     cc = stream.codec_context
     if cc is None or not av.Codec(cc.name, "r").text_sub:
         return None
-    for _, packet in zip(range(SEARCH_PACKETS), source.demux()):
-        if packet.stream.index == stream.index and packet.size:
-            cc.decode2(packet)
-            break
+    first = _first_packet(source, stream.index)
+    if first is not None:
+        cc.decode2(first)
     header = cc.subtitle_header
     if not header:
         return None
@@ -177,13 +179,17 @@ def _text_reencode(source, stream, format_name: str) -> Reencode | None:
     return choice if _trial(format_name, choice.add_stream, lambda _: []) is None else None
 
 
-class SubtitleReencoder:
-    """Text subtitle events decoded and encoded as mov_text, each at its own time."""
+class Reencoder:
+    """Decodes one input stream's packets and encodes them as `choice`: `feed` and `flush` give
+    the packets to mux (on `stream`, the output's)."""
 
-    def __init__(self, source: av.subtitles.stream.SubtitleStream, output: av.container.OutputContainer,
-                 choice: Reencode):
+    def __init__(self, source: av.stream.Stream, output: av.container.OutputContainer, choice: Reencode):
         self.source = source
         self.stream = choice.add_stream(output)
+
+
+class SubtitleReencoder(Reencoder):
+    """Text subtitle events decoded and encoded as mov_text, each at its own time."""
 
     def feed(self, packet: av.Packet) -> list[av.Packet]:
         events = self.source.codec_context.decode2(packet)
@@ -199,18 +205,13 @@ class SubtitleReencoder:
         return []
 
 
-def reencoder(source: av.stream.Stream, output: av.container.OutputContainer, choice: Reencode):
+def reencoder(source: av.stream.Stream, output: av.container.OutputContainer, choice: Reencode) -> Reencoder:
     """The re-encoder for `source`'s kind of stream."""
     return (SubtitleReencoder if choice.header else AudioReencoder)(source, output, choice)
 
 
-class AudioReencoder:
-    """Decodes one input audio stream's packets and encodes them as `choice`; the packets to mux."""
-
-    def __init__(self, source: av.audio.stream.AudioStream, output: av.container.OutputContainer,
-                 choice: Reencode):
-        self.source = source
-        self.stream = choice.add_stream(output)
+class AudioReencoder(Reencoder):
+    """Audio frames decoded and encoded, PyAV re-chunking them to the encoder's frame size."""
 
     def feed(self, packet: av.Packet) -> list[av.Packet]:
         out = []
