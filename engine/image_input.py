@@ -109,4 +109,7 @@ def open_media(path: str, **kwargs) -> av.container.InputContainer:
     """`av.open(path)` for reading, an image pattern at its rate: every reader of an input uses it."""
     if is_image_pattern(path):
         kwargs = {**open_options(path), **kwargs}
+        # image2 reads '%' anywhere in the path as a field: the directory's are literal
+        directory, name = os.path.split(path)
+        path = os.path.join(directory.replace("%", "%%"), name)
     return av.open(path, mode="r", **kwargs)

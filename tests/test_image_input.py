@@ -116,3 +116,12 @@ def test_a_frame_of_another_size_is_scaled_with_a_note_and_alpha_is_said_dropped
 def test_probe_says_the_rate_is_not_in_the_files(tmp_path):
     r = run_engine("probe", write_sequence(tmp_path / "in", 3))
     assert r.returncode == 0 and "3 video frames" in r.stdout and "hold no frame rate" in r.stdout
+
+
+def test_a_percent_sign_in_the_directory_is_literal(tmp_path):
+    # image2 reads '%' anywhere in the path as a field; only the file name's is one
+    pattern = write_sequence(tmp_path / "100% done", 3)
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", pattern, out)
+    assert r.returncode == 0, r.stderr
+    assert decoded_indices(out) == [0, 1, 2]
