@@ -80,9 +80,10 @@ def batch_configs(config: JobConfig) -> list[JobConfig]:
 def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
     """Every input of a batch; `--report FILE` gets one JSON with a report per input."""
     configs = batch_configs(config)
-    if config.report and not config.quiet:
+    if config.report:
         for name in remove_stale_partials(config.report):
-            print(f"[engine] note: removed {name}, left by a run of this job that was killed", file=sys.stderr)
+            if not config.quiet:
+                print(f"[engine] note: removed {name}, left by a run of this job that was killed", file=sys.stderr)
     created = not os.path.exists(config.output)
     try:
         os.makedirs(config.output, exist_ok=True)

@@ -26,11 +26,12 @@ _rates: dict[str, Fraction] = {}   # abspath of a pattern → its frame rate, fo
 
 
 def is_image_pattern(path: str) -> bool:
-    """`dir/%06d.png`; a video name may hold a '%' too (`100%.mp4`)."""
+    """`dir/%06d.png`; a file's name may hold a '%' too (`100%.mp4`, `clip 50%.avi`, an existing
+    `100%.png`): an existing file is never a pattern."""
     from engine.encoders import CONTAINERS  # here: encoders → hdr → this module
 
     name = os.path.basename(path)
-    return "%" in name and os.path.splitext(name)[1].lower() not in CONTAINERS
+    return "%" in name and os.path.splitext(name)[1].lower() not in CONTAINERS and not os.path.isfile(path)
 
 
 def frame_name(pattern: str) -> re.Pattern | None:

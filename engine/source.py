@@ -178,6 +178,10 @@ class VideoSource:
         self.frames_total = min(estimate, max_frames) if estimate and max_frames else (
             max_frames or estimate)
         self.width, self.height = self.info.width, self.info.height
+        if self.deinterlace != "off" and self.height < 3:  # bwdif's taps reach two rows either way
+            self._container.close()
+            raise UserError(f"--deinterlace needs a picture at least 3 rows high; {path} is "
+                            f"{self.width}x{self.height}")
         self.frame_rate = float(self.info.frame_rate) if self.info.frame_rate else None
 
     @property
@@ -201,6 +205,7 @@ class VideoSource:
         repair = self.repair = TimestampRepair(frame_step(self.info.frame_rate, tb),
                                                refuse=self.timestamps == "refuse", what="video frame")
         seq = 0
+        alpha_said = False
         hidden = 0  # packets an MP4/MOV edit list hides: decoded for the pictures after them, never shown
         last_end: float | None = None
         try:
@@ -211,7 +216,8 @@ class VideoSource:
                     picture.pts = pts
                     last_end = float((pts + (picture.duration or 0)) * tb)
                     picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
-                    if seq == 0 and any(c.is_alpha for c in picture.format.components):
+                    if not alpha_said and any(c.is_alpha for c in picture.format.components):
+                        alpha_said = True  # any frame: a sequence may mix RGB and RGBA files
                         self.notes.append(f"note: the input has an alpha channel ({picture.format.name}); "
                                           "stages see RGB and the output has no alpha")
                     if seq == 0 and picture.interlaced_frame and self.deinterlace == "off":

@@ -164,3 +164,8 @@ def test_probe_names_the_field_order(interlaced, clip):
     assert r.returncode == 0 and "interlaced, top field first (the stream's header" in r.stdout
     r = run_engine("probe", clip(frames=4), "--json")
     assert json.loads(r.stdout)["scan"] == "progressive"
+
+
+def test_a_picture_too_small_for_bwdif_is_refused_in_one_line(clip, tmp_path):
+    r = run_engine("stream", clip(frames=3, width=16, height=2), tmp_path / "o.mkv", "--deinterlace", "auto")
+    assert r.returncode == 2 and "--deinterlace needs a picture at least 3 rows high" in r.stderr, r.stderr

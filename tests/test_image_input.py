@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import decoded_indices, run_engine
+from make_clip import make_clip
 from engine.testing import index_frame
 
 
@@ -107,6 +108,7 @@ def test_a_frame_of_another_size_is_scaled_with_a_note_and_alpha_is_said_dropped
     assert r.returncode == 0, r.stderr
     # was: the frame's top-left 64x48 corner, silently
     assert "1 frame(s) from seq 2 on had another size than the first frame's 64x48: each was scaled" in r.stderr
+    assert "the input has an alpha channel (rgba)" in r.stderr  # frame 2's: not only a first frame's
     pixels, _ = frames_and_times(out)
     assert [p.shape for p in pixels] == [(48, 64, 3)] * 4
     scaled = cv2.resize(index_frame(2, 96, 128), (64, 48), interpolation=cv2.INTER_AREA).astype(float)
@@ -125,3 +127,12 @@ def test_a_percent_sign_in_the_directory_is_literal(tmp_path):
     r = run_engine("stream", pattern, out)
     assert r.returncode == 0, r.stderr
     assert decoded_indices(out) == [0, 1, 2]
+
+
+def test_an_existing_file_with_a_percent_sign_is_a_video_not_a_pattern(tmp_path):
+    src = tmp_path / "clip 50%.avi"  # was: "image pattern needs one integer field"
+    plain = make_clip(tmp_path / "clip.avi", 4)  # another container than mp4/mkv/mov
+    plain.rename(src)
+    r = run_engine("stream", src, tmp_path / "out.mp4")
+    assert r.returncode == 0, r.stderr
+    assert decoded_indices(tmp_path / "out.mp4") == [0, 1, 2, 3]
