@@ -46,10 +46,11 @@ def machine() -> dict:
 
 
 def frame_size(path: Path) -> str:
-    import av
+    from engine.source import open_input
+    from engine.video_stream import main_video
 
-    with av.open(str(path)) as container:
-        cc = container.streams.video[0].codec_context
+    with open_input(str(path)) as container:  # the video, not a cover listed first
+        cc = main_video(container).codec_context
         return f"{cc.width}x{cc.height}"
 
 

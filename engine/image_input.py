@@ -23,6 +23,7 @@ from engine.errors import UserError
 
 DEFAULT_RATE = Fraction(24)
 _rates: dict[str, Fraction] = {}   # abspath of a pattern → its frame rate, for this process
+_found: dict[tuple[str, int], "ImageSequence"] = {}  # (abspath, directory mtime) → what `find` saw
 
 
 def is_image_pattern(path: str) -> bool:
@@ -61,6 +62,11 @@ def find(pattern: str) -> ImageSequence:
     directory = os.path.dirname(os.path.abspath(pattern))
     if not os.path.isdir(directory):
         raise UserError(f"input not found: {pattern} (no directory {directory})")
+    # every open of the input asks (each segment, each cut check): list a directory of 100k
+    # frames once while its entries stay as they are (adding or removing one changes its mtime)
+    key = (os.path.abspath(pattern), os.stat(directory).st_mtime_ns)
+    if key in _found:
+        return _found[key]
     numbers: dict[int, str] = {}
     for name in os.listdir(directory):
         found = named.match(name)
@@ -73,7 +79,8 @@ def find(pattern: str) -> ImageSequence:
         missing = next(n for n in range(first, last + 1) if n not in numbers)
         raise UserError(f"image sequence {pattern} has a gap: {os.path.basename(pattern % missing)} is "
                         f"missing between {numbers[first]} and {numbers[last]}")
-    return ImageSequence(pattern, first, len(numbers))
+    _found[key] = ImageSequence(pattern, first, len(numbers))
+    return _found[key]
 
 
 def parse_rate(text: str) -> Fraction:

@@ -210,6 +210,12 @@ CONVERTERS = min(4, os.cpu_count() or 1)  # RGB → YUV threads per video sink
 LOOKAHEAD = 2 * CONVERTERS                # frames converted ahead of the encoder
 
 
+def _rgb_picture(data: np.ndarray) -> av.VideoFrame:
+    """Host RGB (uint8, or uint16 for deep input) as a picture swscale can convert."""
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
+                                      format="rgb48le" if data.dtype == np.uint16 else "rgb24")
+
+
 class VideoSink:
     """Encodes frames with PyAV, keeping each frame's pts and the input's colour tags.
 
@@ -337,10 +343,7 @@ class VideoSink:
         stream = self._stream
         picture = frame.picture
         if frame.shape[:2] != self._first_shape:  # the input changed size: a stream holds one
-            if picture is None:
-                data = frame.data
-                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
-                                                     format="rgb48le" if data.dtype == np.uint16 else "rgb24")
+            picture = picture if picture is not None else _rgb_picture(frame.data)
             return picture.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
                                     dst_colorspace=self._matrix, dst_color_range=self.color_range or None,
                                     interpolation="LANCZOS")
@@ -349,9 +352,7 @@ class VideoSink:
                 and (self.color_range == self.source.color_range or picture.color_range == self.color_range)
                 and self.colorspace == self.source.colorspace):
             return picture
-        data = frame.data[: stream.height, : stream.width]  # crops the odd row/column, if any
-        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(data),
-                                         format="rgb48le" if data.dtype == np.uint16 else "rgb24")
+        rgb = _rgb_picture(frame.data[: stream.height, : stream.width])  # crops the odd row/column, if any
         # convert with the same matrix and range the output is tagged with
         return rgb.reformat(format=stream.pix_fmt, dst_colorspace=self._matrix, dst_color_range=self.color_range or None)
 
