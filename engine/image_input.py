@@ -77,7 +77,7 @@ def find(pattern: str) -> ImageSequence:
     first, last = min(numbers), max(numbers)
     if len(numbers) != last - first + 1:
         missing = next(n for n in range(first, last + 1) if n not in numbers)
-        raise UserError(f"image sequence {pattern} has a gap: {os.path.basename(pattern % missing)} is "
+        raise UserError(f"image sequence {pattern} has a gap: {os.path.basename(pattern) % missing} is "
                         f"missing between {numbers[first]} and {numbers[last]}")
     _found[key] = ImageSequence(pattern, first, len(numbers))
     return _found[key]
