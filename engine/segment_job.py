@@ -224,6 +224,12 @@ class TrimmingSink:
     def notes(self) -> list[str]:
         return self.inner.notes
 
+    @property
+    def picture_format(self):
+        # the runner offers stages the sink's picture format; a segment must get the
+        # single pass's offer, or its pixels go through another RGB-to-YUV conversion
+        return self.inner.picture_format
+
 
 def file_digest(path: str) -> tuple[int, str]:
     """(size, sha256) of a file, read in 1 MiB blocks."""

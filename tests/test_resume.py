@@ -253,11 +253,14 @@ def test_a_cut_on_half_a_millisecond_keeps_its_times(tmp_path):
 @pytest.mark.parametrize("pipeline, clip", [("temporal-denoise:radius=2", "noisy"),
                                             ("dedup:max_run=2", "held"),
                                             ("dedup:max_run=2,temporal-denoise:radius=1", "held"),
-                                            ("dedup", "held-lines")])
+                                            ("dedup", "held-lines"),
+                                            ("dedup,upscale:model=animevideov3-x2", "held")])
 def test_context_across_cuts_gives_the_unsegmented_frames(media, tmp_path, pipeline, clip):
     """Window stages and dedup decide exactly as in one pass, whatever the cuts (every 5 frames,
     inside runs of held drawings and inside temporal windows). held-lines: lossy line art whose
-    repeats dedup judges against its codec noise (near, not exact duplicates)."""
+    repeats dedup judges against its codec noise (near, not exact duplicates). upscale: the model
+    hands the sink YUV pictures it converted itself; a segment must be offered that too (it
+    used to convert in the sink, up to 6 levels off)."""
     clip = media[clip]
     seg, plain = tmp_path / "seg.mkv", tmp_path / "plain.mkv"
     r = stream(clip, seg, "--resume", "--segment", "4f", "--encoder", "ffv1", "--pipeline", pipeline,
