@@ -41,21 +41,30 @@ class Deinterlacer:
     """Deinterlaces a stream of decoded `Frame`s in order; `frames()` yields them back, same
     seqs, pts and meta, each holding its deinterlaced picture."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, counted: range | None = None):
         if check_mode(mode) == "off":
             raise ValueError("a Deinterlacer needs a mode other than 'off'")
         self.mode = mode
+        self.counted = counted  # seqs the counts cover (a segment: not its context frames); None: all
         self.frames_in = 0
         self.flagged = 0   # input pictures flagged interlaced (what `auto` deinterlaces)
         self._graph: av.filter.Graph | None = None
+        self._shape: tuple | None = None  # (width, height, format) the graph was configured for
 
     def frames(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         waiting: deque[Frame] = deque()  # pushed, result not out yet (bwdif holds one)
         try:
             for frame in frames:
                 picture = frame.picture
-                self.frames_in += 1
-                self.flagged += bool(picture.interlaced_frame)
+                if self.counted is None or frame.seq in self.counted:
+                    self.frames_in += 1
+                    self.flagged += bool(picture.interlaced_frame)
+                shape = (picture.width, picture.height, picture.format.name)
+                if self._graph is not None and shape != self._shape:
+                    # the input changed size or format: the graph is configured for one, so the
+                    # frames before take the end-of-stream edge rule and a new graph starts
+                    yield from self._results(None, waiting)
+                    self._graph = None
                 waiting.append(frame)
                 yield from self._results(picture, waiting)
             if self._graph is not None:
@@ -65,7 +74,7 @@ class Deinterlacer:
             if close is not None:
                 close()  # a decode cut short (--frames, a segment's end) releases its packets
         if waiting:
-            raise RuntimeError(f"{FILTER} returned {self.frames_in - len(waiting)} of {self.frames_in} frames")
+            raise RuntimeError(f"{FILTER} did not return {len(waiting)} frame(s), from seq {waiting[0].seq}")
 
     def _results(self, picture: av.VideoFrame | None, waiting: deque[Frame]) -> Iterator[Frame]:
         graph = self._graph or self._open(picture)
@@ -92,7 +101,7 @@ class Deinterlacer:
         buffer.link_to(bwdif)
         bwdif.link_to(sink)
         graph.configure()
-        self._graph = graph
+        self._graph, self._shape = graph, (picture.width, picture.height, picture.format.name)
         return graph
 
     @property
@@ -105,8 +114,13 @@ class Deinterlacer:
                 "flagged_interlaced": self.flagged, "deinterlaced": self.deinterlaced}
 
     def note(self) -> str:
-        """What was done, for the user (after the run)."""
-        if self.mode == "auto" and not self.flagged:
-            return ("note: --deinterlace auto: no frame is flagged interlaced, so none was deinterlaced "
-                    "(--deinterlace all treats every frame as interlaced)")
-        return f"note: deinterlaced {self.deinterlaced} of {self.frames_in} frames ({FILTER}, one frame per frame)"
+        return deinterlace_note(self.describe())
+
+
+def deinterlace_note(described: dict) -> str:
+    """What was done (a `Deinterlacer.describe()`, or the sum of a job's segments'), for the user."""
+    if described["mode"] == "auto" and not described["flagged_interlaced"]:
+        return ("note: --deinterlace auto: no frame is flagged interlaced, so none was deinterlaced "
+                "(--deinterlace all treats every frame as interlaced)")
+    return (f"note: deinterlaced {described['deinterlaced']} of {described['frames']} frames "
+            f"({FILTER}, one frame per frame)")

@@ -331,6 +331,8 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
                               if "noise" in (dedup[0].settings or {}) else {})}
     if job.source.deinterlacer is not None:
         report["deinterlace"] = job.source.deinterlacer.describe()
+    if job.source.size_holder.scaled:
+        report["frame_size"] = job.source.size_holder.describe()
     repair = job.source.repair
     report["timestamps"] = {
         "mode": job.config.timestamps,

@@ -86,10 +86,17 @@ def job_key(*, input_path: str, specs: list[StageSpec], encoder: dict[str, Any],
             **({"decoding": decoding} if decoding else {})}
 
 
+#: Raised whenever a segment's bytes change for the same input, options and versions (a
+#: fix in what a segment decodes or encodes): segments an older build recorded must not be
+#: joined with new ones. 2: the picture-format handoff in segments, sizes held at the source.
+SEGMENT_REVISION = "2"
+
+
 def versions() -> dict[str, str]:
-    """What decides the bytes besides the options: the engine's, PyAV's and FFmpeg's versions."""
+    """What decides the bytes besides the options: the engine's, PyAV's and FFmpeg's versions,
+    and the segments' revision."""
     ffmpeg = av.ffmpeg_version_info
-    return {"engine": __version__, "av": av.__version__,
+    return {"engine": __version__, "segments": SEGMENT_REVISION, "av": av.__version__,
             "ffmpeg": ".".join(map(str, ffmpeg)) if isinstance(ffmpeg, tuple) else str(ffmpeg)}
 
 
@@ -121,6 +128,8 @@ class SegmentRecord:
     tail_unique: list[int] = field(default_factory=list)
     state_file: str = ""   # the carried state it ended with (stateful pipelines), and its digest
     state_sha256: str = ""
+    notes: list[str] = field(default_factory=list)   # what its run said (SegmentResult.notes)
+    source: dict = field(default_factory=dict)       # what its source did, in numbers
 
 
 @dataclass

@@ -38,31 +38,29 @@ class RangeSource(VideoSource):
     """A `VideoSource` that yields only `frame_range`, numbered first, first+1, ... (the
     runner's reorder buffers and validator start at `first_seq`)."""
 
-    def __init__(self, path: str, frame_range: FrameRange, deinterlace: str = "off"):
-        super().__init__(path, deinterlace=deinterlace)
+    def __init__(self, path: str, frame_range: FrameRange, deinterlace: str = "off",
+                 frame_size: tuple[int, int] | None = None, counted: range | None = None):
+        super().__init__(path, deinterlace=deinterlace, frame_size=frame_size)
+        # the frames what the source did is counted for: a segment's own, not its context
+        self.counted = counted if counted is not None else range(frame_range.first, frame_range.stop)
+        self.size_holder.counted = self.counted
         self.frame_range = frame_range
         self.first_seq = frame_range.first
         self.frames_total = frame_range.stop - frame_range.first
 
     def frames(self) -> Iterator[Frame]:
-        if self.deinterlace == "off":
-            yield from self._range(self.frame_range)
-            return
-        # each frame's result depends on its neighbours: decode one more either side, so the
-        # range's first and last frames get the pixels a single pass gives them
         span = self.frame_range
-        wide = FrameRange(max(0, span.first - LOOKAHEAD), min(len(span.pts), span.stop + LOOKAHEAD),
-                          span.pts, span.keyframes)
-        deinterlacer = Deinterlacer(self.deinterlace)
-        frames = deinterlacer.frames(self._range(wide))
-        try:
-            for frame in frames:
-                if frame.seq >= span.stop:
-                    break
-                if frame.seq >= span.first:
-                    yield frame
-        finally:
-            frames.close()
+        if self.deinterlace == "off":
+            frames = self._range(span)
+        else:
+            # each frame's result depends on its neighbours: decode one more either side, so the
+            # range's first and last frames get the pixels a single pass gives them
+            wide = FrameRange(max(0, span.first - LOOKAHEAD), min(len(span.pts), span.stop + LOOKAHEAD),
+                              span.pts, span.keyframes)
+            self.deinterlacer = Deinterlacer(self.deinterlace, counted=self.counted)
+            frames = _within(self.deinterlacer.frames(self._range(wide)), span)
+        yield from self.size_holder.frames(frames)
+        self._say_what_was_done()
 
     def _range(self, span: FrameRange) -> Iterator[Frame]:
         """Frames [span.first, span.stop) as decoded. Every frame's pts must be the one the
@@ -114,6 +112,7 @@ class RangeSource(VideoSource):
                         raise UserError(f"input decodes differently from its packets: {self.path} "
                                         f"frame {seq} has pts {picture.pts}, expected {span.pts[seq]}")
                     picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
+                    self._observe(picture)
                     frame = Frame.from_picture(seq, picture.pts, tb, picture, self.pixel_format)
                     if picture.rotation:
                         frame.meta["rotation"] = picture.rotation
@@ -125,3 +124,15 @@ class RangeSource(VideoSource):
             raise UserError(f"input is corrupt at frame {seq}: {self.path} ({_reason(exc)})") from None
         raise UserError(f"input is truncated: {self.path} gave frames up to {seq - 1}, "
                         f"expected up to {span.stop - 1}")
+
+
+def _within(frames: Iterator[Frame], span: FrameRange) -> Iterator[Frame]:
+    """The frames of `span` from a decode that starts and ends outside it (context frames)."""
+    try:
+        for frame in frames:
+            if frame.seq >= span.stop:
+                break
+            if frame.seq >= span.first:
+                yield frame
+    finally:
+        frames.close()

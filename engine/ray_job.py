@@ -295,7 +295,7 @@ class RayDriver:
                 ray.cancel(ref, force=True)
             reporter.stop(self.snapshot() if ok else None)
         if not quiet:
-            reporter_note(reporter, [n for inp in self.inputs for n in self._speculation_notes(inp)])
+            reporter_note(reporter, [n for inp in self.inputs for n in self._after_notes(inp)])
         return [inp.report for inp in self.inputs]
 
     def _check_nodes(self) -> None:
@@ -329,6 +329,12 @@ class RayDriver:
                 notes.append(f"{prefix}segments run in order, one at a time (carried state comes from the "
                              f"segment before)")
         return notes
+
+    def _after_notes(self, inp: _Input) -> list[str]:
+        """What the user hears of an input once its segments are done: what they said, then
+        how the guesses went."""
+        prefix = f"{inp.name}: " if len(self.inputs) > 1 else ""
+        return [prefix + n for n in inp.job.after_notes] + self._speculation_notes(inp)
 
     def _speculation_notes(self, inp: _Input) -> list[str]:
         if not inp.hits + inp.misses:

@@ -32,7 +32,9 @@ from engine.crashpoints import crash_point
 from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, container_for, fixed_threads,
                              muxer_codecs, with_options)
 from engine.deinterlace import FILTER as DEINTERLACE_FILTER
+from engine.deinterlace import deinterlace_note
 from engine.errors import UserError
+from engine.frame_size import SizeHolder, size_note
 from engine.image_input import rate_of
 from engine.job import (JobConfig, check_config, check_input, check_output_size, clear_stale_partials,
                         describe_output, environment, image_input_notes, replacing_note, reporter_note, write_report)
@@ -45,7 +47,7 @@ from engine.segment_job import (WORK_DIR_HINT, PipelineContext, SegmentResult, S
                                 work_dir_label)
 from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
 from engine.sink import fit_name, is_image_pattern, name_max, output_errors, partial_path
-from engine.source import open_input, read_info
+from engine.source import first_frame_size, open_input, read_info
 from engine.streamcopy import plan_copy
 from engine.video_stream import main_video
 
@@ -108,8 +110,10 @@ class SegmentedJob:
     directory; `run` does the segments still missing and the join."""
 
     def __init__(self, config, specs, encoder, copy_plan, table, plan, context, work_dir, lock_fd,
-                 manifest, reused, notes):
+                 manifest, reused, notes, frame_size=None):
         self.config = config
+        self.frame_size = frame_size  # the first frame's: every segment's frames keep it
+        self.after_notes: list[str] = []  # what the segments said, for the whole job (after the run)
         self.specs = specs
         self.encoder = encoder
         self.copy_plan = copy_plan
@@ -195,7 +199,7 @@ class SegmentedJob:
                  + (f", {len(reused)} reused" if reused else ""),
                  *(f"note: cut merged at {m}" for m in plan.merged)]
         return cls(config, specs, encoder, copy_plan, table, plan, context, work_dir, lock_fd,
-                   manifest, reused, notes)
+                   manifest, reused, notes, first_frame_size(config.input))
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -234,8 +238,11 @@ class SegmentedJob:
             reporter.stop(_snapshot(progress) if ok else None)
             self.release()
         gpu = reporter.gpu_report()
-        return self.finish(results, progress.started, progress.frames_before, join_s,
-                           {"gpu": gpu} if gpu is not None else None)
+        report = self.finish(results, progress.started, progress.frames_before, join_s,
+                             {"gpu": gpu} if gpu is not None else None)
+        if self.after_notes and not config.quiet:
+            reporter_note(reporter, self.after_notes)
+        return report
 
     def release(self) -> None:
         """Unlock the work directory (safe to repeat: failure paths and the driver both call it)."""
@@ -248,7 +255,9 @@ class SegmentedJob:
         """After the join: remove the spent work directory, build and write the report."""
         crash_point("work-dir-removal")
         shutil.rmtree(self.work_dir, ignore_errors=True)  # the output is in place: parts are spent
-        report = self._report(results, started, frames_encoded, join_s)
+        done = self.source_numbers()
+        self.after_notes = self.segment_notes(done)
+        report = self._report(results, started, frames_encoded, join_s, done)
         report.update(extra or {})
         if self.config.report:
             write_report(self.config.report, report)
@@ -282,7 +291,7 @@ class SegmentedJob:
             output=os.path.join(self.work_dir, segment_name(seg.index, ext)),
             keep_unique=self.context.keep_unique, runner=self.config.runner,
             state_in=state_in, state_out=state_out, context=self.context,
-            deinterlace=self.config.deinterlace,
+            deinterlace=self.config.deinterlace, frame_size=self.frame_size,
             image_rate=str(rate_of(self.config.input)) if is_image_pattern(self.config.input) else None)
 
     def record(self, seg: Segment, result: SegmentResult) -> None:
@@ -292,7 +301,8 @@ class SegmentedJob:
             seg.start, seg.end, result.frames,
             segment_name(seg.index, os.path.splitext(self.config.output)[1].lower()),
             result.size, result.sha256, result.tail_unique,
-            state_name(seg.index) if result.state_sha256 else "", result.state_sha256)
+            state_name(seg.index) if result.state_sha256 else "", result.state_sha256,
+            result.notes, result.source)
         save(self.work_dir, self.manifest)
 
     def join(self) -> None:
@@ -309,8 +319,28 @@ class SegmentedJob:
         join_segments(parts, self.config.output, input_path=self.config.input, copy_plan=self.copy_plan,
                       copy_until_s=copy_until, partial=self.manifest.join_partial)
 
+    def source_numbers(self) -> dict:
+        """What the sources of all the segments (reused ones too) did, added up."""
+        records = [self.manifest.segments[s.index] for s in self.plan.segments]
+        numbers = {"frame_size": SizeHolder.merge([r.source.get("frame_size", {}) for r in records])}
+        if self.config.deinterlace != "off":
+            parts = [r.source.get("deinterlace", {}) for r in records]
+            frames, flagged = (sum(p.get(k, 0) for p in parts) for k in ("frames", "flagged_interlaced"))
+            numbers["deinterlace"] = {"mode": self.config.deinterlace, "filter": DEINTERLACE_FILTER,
+                                      "frames": frames, "flagged_interlaced": flagged,
+                                      "deinterlaced": flagged if self.config.deinterlace == "auto" else frames}
+        return numbers
+
+    def segment_notes(self, numbers: dict) -> list[str]:
+        """The segments' notes, each said once, and the job's sums of what they counted."""
+        notes = list(dict.fromkeys(n for s in self.plan.segments for n in self.manifest.segments[s.index].notes))
+        if "deinterlace" in numbers:
+            notes.append(deinterlace_note(numbers["deinterlace"]))
+        size = size_note(numbers["frame_size"])
+        return notes + ([size] if size else [])
+
     def _report(self, results: dict[int, SegmentResult], started: float, frames_encoded: int,
-                join_s: float) -> dict:
+                join_s: float, numbers: dict) -> dict:
         elapsed = time.perf_counter() - started
         segments = []
         for seg in self.plan.segments:
@@ -324,8 +354,8 @@ class SegmentedJob:
             "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
                          for s in self.specs],
             "sink": self.sink_note,
-            **({"deinterlace": {"mode": self.config.deinterlace, "filter": DEINTERLACE_FILTER}}
-               if self.config.deinterlace != "off" else {}),
+            **({"deinterlace": numbers["deinterlace"]} if "deinterlace" in numbers else {}),
+            **({"frame_size": numbers["frame_size"]} if numbers["frame_size"]["scaled"] else {}),
             "output_video": describe_output(self.config.output),
             "frames_in": self.plan.frames,
             "frames_out": self.plan.frames,
@@ -336,7 +366,7 @@ class SegmentedJob:
             "segments": {"total": len(segments), "reused": len(self.reused), "done": len(results),
                          "length_frames": self.plan.length_frames, "merged": self.plan.merged,
                          "list": segments},
-            "notes": self.notes,
+            "notes": self.notes + self.after_notes,
             "environment": environment(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -66,6 +66,7 @@ from engine.durable import fsync_dir, fsync_file
 from engine.encoders import EncoderChoice
 from engine.errors import UserError, ValidationError
 from engine.frame import Frame
+from engine.frame_size import size_note
 from engine.metrics import RunSnapshot
 from engine.range_source import RangeSource
 from engine.registry import StageSpec
@@ -168,6 +169,7 @@ class SegmentTask:
     context: PipelineContext | None = None  # with decode_start None: how to guess it
     deinterlace: str = "off"  # --deinterlace (the range decodes a frame either side for it)
     image_rate: str | None = None  # an image-sequence input's rate (engine/image_input.py), for workers
+    frame_size: tuple[int, int] | None = None  # the job's (first frame's) size: engine/frame_size.py
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,10 @@ class SegmentResult:
     decode_start: int = 0    # the context start the run used (speculated or given)
     speculated: bool = False  # decode_start was guessed by a pre-scan: the driver checks it
     prescan_s: float = 0.0   # the pre-scan's wall time (the cost of speculating)
+    #: what the segment's source and sink said (alpha, cropping, ...), and what its source did
+    #: in numbers (`deinterlace`, `frame_size`): the driver adds them up for the whole job
+    notes: list[str] = field(default_factory=list)
+    source: dict = field(default_factory=dict)
 
 
 class TrimmingSink:
@@ -290,7 +296,8 @@ def speculative_start(task: SegmentTask) -> int:
         return 0
     first = max(0, seg.start - context.speculation_frames)
     register_image_rate(task)
-    source = RangeSource(task.input, task.table.frame_range(first, seg.start), task.deinterlace)
+    source = RangeSource(task.input, task.table.frame_range(first, seg.start), task.deinterlace,
+                         task.frame_size)
     try:
         recorder = UniqueRecorder(context.keep_unique)
         Pipeline(source, task.specs[:context.marking], recorder, task.runner).run()
@@ -312,7 +319,7 @@ class SegmentRun:
         self.task = task
         seg = task.segment
         self.source = RangeSource(task.input, task.table.frame_range(self.decode_start, task.decode_stop),
-                                  task.deinterlace)
+                                  task.deinterlace, task.frame_size, counted=range(seg.start, seg.end))
         try:
             inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
                               copy_plan=CopyPlan(),  # other streams: once, at the join
@@ -340,7 +347,20 @@ class SegmentRun:
         return SegmentResult(seg.index, seg.frames, size, digest,
                              list(self.sink.tail_unique) if self.task.keep_unique else [],
                              result.frames_in, result.elapsed_s, state_digest, self.decode_start,
-                             self.speculated, self.prescan_s)
+                             self.speculated, self.prescan_s, *self._said())
+
+    def _said(self) -> tuple[list[str], dict]:
+        """(notes, numbers) for the driver. Counts cover the segment's own frames: the size
+        holder sees only those; the deinterlacer counts only those."""
+        source = self.source
+        numbers = {"frame_size": source.size_holder.describe()}
+        if source.deinterlacer is not None:
+            numbers["deinterlace"] = source.deinterlacer.describe()
+        # the per-segment notes on what was counted are replaced by the job's sums
+        counted = [source.deinterlacer.note() if source.deinterlacer else None,
+                   size_note(numbers["frame_size"])]
+        notes = [n for n in source.notes + self.sink.notes if n not in counted]
+        return notes, numbers
 
 
 def save_states(path: str, states: dict[int, dict[str, np.ndarray]]) -> str:

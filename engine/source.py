@@ -12,6 +12,7 @@ import av
 from engine.deinterlace import Deinterlacer, check_mode
 from engine.errors import UserError
 from engine.frame import Frame
+from engine.frame_size import SizeHolder, size_note
 from engine.hdr import HdrStatic, read_hdr_static
 from engine.image_input import is_image_pattern, open_media
 from engine.timestamps import TimestampRepair, frame_step
@@ -100,6 +101,20 @@ def open_input(path: str, hwaccel=None) -> av.container.InputContainer:
     return container
 
 
+def first_frame_size(path: str) -> tuple[int, int]:
+    """(width, height) of the first decoded frame: the size the whole stream keeps
+    (engine/frame_size.py), which a segment starting elsewhere must be told."""
+    container = open_input(path)
+    try:
+        for picture in container.decode(main_video(container)):
+            return picture.width, picture.height
+    except av.error.FFmpegError as exc:
+        raise UserError(f"input is corrupt at frame 0: {path} ({_reason(exc)})") from None
+    finally:
+        container.close()
+    raise UserError(f"input has no decodable video frames: {path}")
+
+
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
@@ -160,7 +175,8 @@ class VideoSource:
     name = "decode"
 
     def __init__(self, path: str, *, max_frames: int | None = None, timestamps: str = "repair",
-                 allow_truncated: bool = False, decode: str = "cpu", deinterlace: str = "off"):
+                 allow_truncated: bool = False, decode: str = "cpu", deinterlace: str = "off",
+                 frame_size: tuple[int, int] | None = None):
         self.path = path
         self.deinterlace = check_mode(deinterlace)  # see engine/deinterlace.py
         self.max_frames = max_frames
@@ -169,6 +185,9 @@ class VideoSource:
         self.notes: list[str] = []           # said to the user after the run
         self.repair: TimestampRepair | None = None
         self.deinterlacer: Deinterlacer | None = None  # with --deinterlace: what it did
+        # the stream's one size: given (a segment: the job's), else the first frame's
+        self.size_holder = SizeHolder(frame_size)
+        self._alpha_said = self._interlace_said = False
         hwaccel = hwaccel_for(decode)
         self.decode = "nvdec" if hwaccel is not None else "cpu"  # what auto resolved to
         self._container = open_input(path, hwaccel)
@@ -189,14 +208,34 @@ class VideoSource:
         return self._container
 
     def frames(self) -> Iterator[Frame]:
-        if self.deinterlace == "off":
-            yield from self._decoded()
-            return
-        # --frames N deinterlaces the first N frames as if the file ended there: so does
-        # --resume, whose packet table stops at N
-        deinterlacer = self.deinterlacer = Deinterlacer(self.deinterlace)
-        yield from deinterlacer.frames(self._decoded())
-        self.notes.append(deinterlacer.note())
+        frames = self._decoded()
+        if self.deinterlace != "off":
+            # --frames N deinterlaces the first N frames as if the file ended there: so does
+            # --resume, whose packet table stops at N
+            self.deinterlacer = Deinterlacer(self.deinterlace)
+            frames = self.deinterlacer.frames(frames)
+        yield from self.size_holder.frames(frames)
+        self._say_what_was_done()
+
+    def _say_what_was_done(self) -> None:
+        if self.deinterlacer is not None:
+            self.notes.append(self.deinterlacer.note())
+        note = size_note(self.size_holder.describe())
+        if note:
+            self.notes.append(note)
+
+    def _observe(self, picture: av.VideoFrame) -> None:
+        """Notes on what the decoded pictures are, said once."""
+        if not self._alpha_said and any(c.is_alpha for c in picture.format.components):
+            self._alpha_said = True  # any frame: a sequence may mix RGB and RGBA files
+            self.notes.append(f"note: the input has an alpha channel ({picture.format.name}); "
+                              "stages see RGB and the output has no alpha")
+        if not self._interlace_said and picture.interlaced_frame and self.deinterlace == "off":
+            self._interlace_said = True
+            self.notes.append(
+                "note: the input is interlaced: its frames were processed as whole pictures (the "
+                "two fields woven, which model stages see as combing) and most encoders write "
+                "them flagged progressive; --deinterlace auto deinterlaces them first (bwdif)")
 
     def _decoded(self) -> Iterator[Frame]:
         stream = main_video(self._container)
@@ -205,7 +244,6 @@ class VideoSource:
         repair = self.repair = TimestampRepair(frame_step(self.info.frame_rate, tb),
                                                refuse=self.timestamps == "refuse", what="video frame")
         seq = 0
-        alpha_said = False
         hidden = 0  # packets an MP4/MOV edit list hides: decoded for the pictures after them, never shown
         last_end: float | None = None
         try:
@@ -216,15 +254,7 @@ class VideoSource:
                     picture.pts = pts
                     last_end = float((pts + (picture.duration or 0)) * tb)
                     picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
-                    if not alpha_said and any(c.is_alpha for c in picture.format.components):
-                        alpha_said = True  # any frame: a sequence may mix RGB and RGBA files
-                        self.notes.append(f"note: the input has an alpha channel ({picture.format.name}); "
-                                          "stages see RGB and the output has no alpha")
-                    if seq == 0 and picture.interlaced_frame and self.deinterlace == "off":
-                        self.notes.append(
-                            "note: the input is interlaced: its frames were processed as whole pictures (the "
-                            "two fields woven, which model stages see as combing) and most encoders write "
-                            "them flagged progressive; --deinterlace auto deinterlaces them first (bwdif)")
+                    self._observe(picture)
                     frame = Frame.from_picture(seq, pts, tb, picture, self.pixel_format)
                     if picture.rotation:  # display matrix: the sink writes it back out
                         frame.meta["rotation"] = picture.rotation

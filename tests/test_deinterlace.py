@@ -135,16 +135,45 @@ def test_segments_give_the_single_pass_pixels(interlaced, tmp_path, pipeline):
     """Each segment decodes a frame either side for bwdif's taps: a cut changes no pixel."""
     single, segmented = tmp_path / "single.mkv", tmp_path / "segmented.mkv"
     common = ("--encoder", "ffv1", "--deinterlace", "all", "--pipeline", pipeline)
-    assert run_engine("stream", interlaced, single, *common).returncode == 0
+    one = run_engine("stream", interlaced, single, *common, "--report", tmp_path / "one.json")
+    assert one.returncode == 0, one.stderr
     r = run_engine("stream", interlaced, segmented, *common, "--resume", "--segment", "6f",
                    "--report", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["segments"]["total"] == 5 and report["deinterlace"]["mode"] == "all"
+    assert report["segments"]["total"] == 5
+    # the segments' counts add up to the single pass's (context frames are not counted twice)
+    assert report["deinterlace"] == json.loads((tmp_path / "one.json").read_text())["deinterlace"]
+    assert report["deinterlace"]["deinterlaced"] == 30
+    assert r.stderr.count("note: deinterlaced 30 of 30 frames (bwdif") == 1
     a, b = decoded(single), decoded(segmented)
     assert a[1] == b[1]
     different = [i for i, (x, y) in enumerate(zip(a[0], b[0])) if not np.array_equal(x, y)]
     assert different == []
+
+
+def test_a_size_change_restarts_the_filter_and_segments_still_match(tmp_path):
+    """bwdif's graph holds one size: at a change the frames before take the end-of-stream rule,
+    a new graph starts, and the frames are then held at the first size (engine/frame_size.py)."""
+    frames = decoded(write_interlaced(tmp_path / "a.mkv", tff=True, frames=8))[0]  # woven fields
+    directory = tmp_path / "seq"
+    directory.mkdir()
+    for i, img in enumerate(frames + [np.kron(f, np.ones((2, 2, 1), np.uint8)) for f in frames]):
+        av.VideoFrame.from_ndarray(img, format="rgb24").to_image().save(directory / f"{i:04d}.png")
+    pattern = directory / "%04d.png"
+    common = ("--encoder", "ffv1", "--deinterlace", "all", "--fps", "25")
+    single, segmented, alone = tmp_path / "single.mkv", tmp_path / "segmented.mkv", tmp_path / "alone.mkv"
+    r = run_engine("stream", pattern, single, *common)
+    assert r.returncode == 0, r.stderr
+    assert "8 frame(s) from seq 8 on had another size (256x192) than the first frame's 128x96" in r.stderr
+    r = run_engine("stream", pattern, segmented, *common, "--resume", "--segment", "3f")
+    assert r.returncode == 0, r.stderr
+    assert run_engine("stream", pattern, alone, *common, "--frames", "8").returncode == 0
+    a, b, c = decoded(single)[0], decoded(segmented)[0], decoded(alone)[0]
+    assert len(a) == len(b) == 16 and all(x.shape == (96, 128, 3) for x in a)
+    assert [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)] == []
+    # the frames before the change are those of the first size alone, ended there
+    assert all(np.array_equal(x, y) for x, y in zip(a[:8], c))
 
 
 def test_resume_refuses_a_changed_deinterlace_mode(interlaced, tmp_path):

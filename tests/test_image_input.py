@@ -107,12 +107,38 @@ def test_a_frame_of_another_size_is_scaled_with_a_note_and_alpha_is_said_dropped
     r = run_engine("stream", pattern, out, "--encoder", "ffv1")
     assert r.returncode == 0, r.stderr
     # was: the frame's top-left 64x48 corner, silently
-    assert "1 frame(s) from seq 2 on had another size than the first frame's 64x48: each was scaled" in r.stderr
+    assert ("1 frame(s) from seq 2 on had another size (128x96) than the first frame's 64x48: each was "
+            "scaled to it as it was decoded") in r.stderr
     assert "the input has an alpha channel (rgba)" in r.stderr  # frame 2's: not only a first frame's
     pixels, _ = frames_and_times(out)
     assert [p.shape for p in pixels] == [(48, 64, 3)] * 4
     scaled = cv2.resize(index_frame(2, 96, 128), (64, 48), interpolation=cv2.INTER_AREA).astype(float)
     assert np.abs(pixels[2].astype(float) - scaled).mean() < 8  # the whole picture, not a crop of it
+
+
+def test_sizes_are_held_at_the_source_so_windows_and_segments_work(tmp_path):
+    """Frames 6.. twice the size. A temporal window mixing sizes used to fail the job, and
+    under --resume the later segments came out at the other size and the join refused them."""
+    pattern = write_sequence(tmp_path / "in", 6)
+    for i in range(6, 12):
+        big = np.dstack([index_frame(i, 96, 128), np.full((96, 128), 200, np.uint8)])  # and alpha
+        cv2.imwrite(str(tmp_path / "in" / f"{i + 1:04d}.png"), cv2.cvtColor(big, cv2.COLOR_RGBA2BGRA))
+    common = ("--encoder", "ffv1", "--pipeline", "dedup,temporal-denoise:radius=1")
+    single, segmented = tmp_path / "single.mkv", tmp_path / "segmented.mkv"
+    r = run_engine("stream", pattern, single, *common, "--report", tmp_path / "one.json")
+    assert r.returncode == 0, r.stderr
+    r = run_engine("stream", pattern, segmented, *common, "--resume", "--segment", "4f",
+                   "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    a, b = frames_and_times(single)[0], frames_and_times(segmented)[0]
+    assert len(a) == len(b) == 12 and {x.shape for x in a} == {(48, 64, 3)}
+    assert [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)] == []
+    # what the segments' sources did reaches the user once, for the whole job
+    report, one = (json.loads((tmp_path / n).read_text()) for n in ("r.json", "one.json"))
+    assert report["frame_size"] == one["frame_size"] == {"size": [64, 48], "scaled": 6, "first_scaled": 6,
+                                                         "other_sizes": ["128x96"]}
+    assert r.stderr.count("6 frame(s) from seq 6 on had another size (128x96)") == 1
+    assert r.stderr.count("the input has an alpha channel (rgba)") == 1
 
 
 def test_probe_says_the_rate_is_not_in_the_files(tmp_path):

@@ -173,19 +173,23 @@ def test_deinterlaced_segments_on_speculated_contexts_match_one_machine(cluster,
 
 
 def test_an_image_sequence_reaches_the_workers_at_its_rate(cluster, tmp_path):
-    """The rate is not in the files: the task carries it, or a worker would read 24 (or 25) fps."""
+    """The rate is not in the files: the task carries it, or a worker would read 24 (or 25) fps.
+    So is the first frame's size: the last frames are larger, and a segment of only those
+    must still come out at the first frame's size (engine/frame_size.py)."""
     import cv2
 
     c, _ = cluster
     frames = tmp_path / "frames"
     frames.mkdir()
     for i in range(20):
-        cv2.imwrite(str(frames / f"{i + 1:04d}.png"), cv2.cvtColor(index_frame(i), cv2.COLOR_RGB2BGR))
+        size = (48, 64) if i < 14 else (60, 80)
+        cv2.imwrite(str(frames / f"{i + 1:04d}.png"), cv2.cvtColor(index_frame(i, *size), cv2.COLOR_RGB2BGR))
     common = ("--encoder", "ffv1", "--segment", "6f", "--fps", "30")
     resumed, out = tmp_path / "resumed.mkv", tmp_path / "ray.mkv"
     ok(stream(frames / "%04d.png", resumed, "--resume", *common))
-    ok(stream(frames / "%04d.png", out, "--ray", c.address, *common))
+    ok(stream(frames / "%04d.png", out, "--ray", c.address, *common, "--report", tmp_path / "r.json"))
     assert sha256(out) == sha256(resumed)
+    assert report(tmp_path / "r.json")["frame_size"]["scaled"] == 6
     with av.open(str(out)) as container:
         s = container.streams.video[0]
         assert [round(float(f.pts * s.time_base), 3) for f in container.decode(s)] == \
