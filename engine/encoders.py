@@ -189,8 +189,10 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
             continue
         deep = bit_depth > 8 and spec.pix_fmt_deep is not None
         pix_fmt = spec.pix_fmt_deep if deep else spec.pix_fmt_8bit
-        if spec.codec == "ffv1" and source_pix_fmt in _formats(spec.codec):
-            pix_fmt = source_pix_fmt  # lossless stays lossless: no chroma resampling at all
+        # yuvj420p is yuv420p at full range (FFmpeg's old name for it; encoders take the plain one)
+        plain_source = source_pix_fmt.replace("yuvj", "yuv", 1) if source_pix_fmt else None
+        if spec.codec == "ffv1" and plain_source in _formats(spec.codec):
+            pix_fmt = plain_source  # lossless stays lossless: no chroma resampling at all
         elif spec.codec == "ffv1" and source_pix_fmt and is_rgb(source_pix_fmt):
             pix_fmt = "bgr0" if bit_depth <= 8 else "gbrp16le"  # RGB stays RGB (rgb24 is not FFV1's)
         if spec.codec == "prores_ks" and prores_profile in ("4444", "4444xq"):

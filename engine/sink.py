@@ -27,7 +27,7 @@ import numpy as np
 
 from engine import interrupts
 from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
-from engine.colour_tags import BT709_MATRIX, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED, is_full_range
+from engine.colour_tags import BT709_MATRIX, FULL_RANGE, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED, is_full_range
 from engine.errors import UserError, ValidationError
 from engine.image_input import frame_name, is_image_pattern  # one naming rule for input and output
 from engine.frame import Frame
@@ -259,6 +259,8 @@ class VideoSink:
         self.colorspace, self.color_range = source.colorspace, source.color_range
         if (source.colorspace == RGB_MATRIX or is_rgb(source.pix_fmt)) and not is_rgb(encoder.pix_fmt):
             self.colorspace, self.color_range = BT709_MATRIX, LIMITED_RANGE
+        elif is_full_range(self.color_range, source.pix_fmt):
+            self.color_range = FULL_RANGE  # a yuvj format is full range, tagged or not: say so
         # ProRes cannot signal full range (decoders read it as limited): convert, and say so
         if is_full_range(self.color_range, source.pix_fmt) and encoder.codec.startswith("prores"):
             self.color_range = LIMITED_RANGE
@@ -347,11 +349,17 @@ class VideoSink:
             return picture.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
                                     dst_colorspace=self._matrix, dst_color_range=self.color_range or None,
                                     interpolation="LANCZOS")
-        if (picture is not None and picture.format.name == stream.pix_fmt
-                and picture.width == stream.width and picture.height == stream.height
-                and (self.color_range == self.source.color_range or picture.color_range == self.color_range)
+        if (picture is not None and picture.width == stream.width and picture.height == stream.height
                 and self.colorspace == self.source.colorspace):
-            return picture
+            if (picture.format.name == stream.pix_fmt
+                    and (self.color_range == self.source.color_range or picture.color_range == self.color_range)):
+                return picture
+            if (picture.format.name == stream.pix_fmt.replace("yuv", "yuvj", 1) != stream.pix_fmt
+                    and self.color_range == FULL_RANGE):
+                # yuvj420p is yuv420p at full range: the same samples under the name encoders take
+                # (a copy; through RGB it was up to a level off)
+                return picture.reformat(format=stream.pix_fmt, src_color_range=FULL_RANGE,
+                                        dst_color_range=FULL_RANGE)
         rgb = _rgb_picture(frame.data[: stream.height, : stream.width])  # crops the odd row/column, if any
         # convert with the same matrix and range the output is tagged with
         return rgb.reformat(format=stream.pix_fmt, dst_colorspace=self._matrix, dst_color_range=self.color_range or None)

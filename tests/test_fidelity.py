@@ -60,6 +60,30 @@ def test_8bit_stays_8bit(clip, tmp_path):
     assert video_stream_info(out)["pix_fmt"] == "yuv420p"
 
 
+def planes(path) -> tuple[str, int, list[list[np.ndarray]]]:
+    """The decoded pictures' format, range and samples, plane by plane (no conversion)."""
+    with av.open(str(path)) as c:
+        pictures = list(c.decode(video=0))
+    return pictures[0].format.name, int(pictures[0].color_range), [
+        [np.frombuffer(bytes(p), np.uint8).reshape(-1, p.line_size)[:p.height, :p.width] for p in f.planes]
+        for f in pictures]
+
+
+@pytest.mark.parametrize("encoder,ext", [("x264", ".mp4"), ("ffv1", ".mkv")])
+def test_full_range_yuvj_input_is_passed_through_losslessly(clip, tmp_path, encoder, ext):
+    """yuvj420p (MJPEG, phone video) is yuv420p at full range: lossless output keeps every
+    sample. It went through RGB (x264: a level off) and FFV1 chose 4:4:4 for it."""
+    src = clip(frames=6, pix_fmt="yuvj420p", crf=0)
+    out = tmp_path / f"out{ext}"
+    r = run_engine("stream", src, out, "--quiet", "--pipeline", "none", "--encoder", encoder,
+                   *(["--crf", "0"] if encoder == "x264" else []))
+    assert r.returncode == 0, r.stderr
+    (_, in_range, a), (fmt, out_range, b) = planes(src), planes(out)
+    assert in_range == out_range == 2 and fmt in ("yuv420p", "yuvj420p")
+    assert len(a) == len(b) == 6
+    assert all(np.array_equal(x, y) for fa, fb in zip(a, b) for x, y in zip(fa, fb))
+
+
 @pytest.mark.parametrize("encoder,ext", [("x264", ".mp4"), ("prores", ".mov"), ("ffv1", ".mkv")])
 @pytest.mark.parametrize("pipeline", ["none", "resize:scale=1"])
 def test_colour_tags_are_copied(clip, tmp_path, pipeline, encoder, ext):
