@@ -35,15 +35,36 @@ def is_image_pattern(path: str) -> bool:
     return "%" in name and os.path.splitext(name)[1].lower() not in CONTAINERS and not os.path.isfile(path)
 
 
+# FFmpeg's image2 numbering (av_get_frame_filename2): `%d`, or `%Nd`, which it zero-pads to N
+# digits whatever the leading 0 (Python's `%6d` pads with spaces); `%%` is a literal '%'
+_FIELD = re.compile(r"%(\d*)d")
+
+
+def _parts(pattern: str) -> tuple[str, int, str] | None:
+    """(text before, width, text after) of the file name's one number field, '%%' undone;
+    None if it has none, or a field image2 does not take (`%-6d`, `%#x`, two numbers)."""
+    head, sep, tail = os.path.basename(pattern).replace("%%", "\0").partition("%")
+    field = _FIELD.match("%" + tail)
+    if not sep or field is None or "%" in tail[field.end() - 1:]:
+        return None
+    return (head.replace("\0", "%"), int(field.group(1) or 0),
+            tail[field.end() - 1:].replace("\0", "%"))
+
+
+def frame_file(pattern: str, number: int) -> str:
+    """The file name image2 gives frame `number` of `pattern` (``%06d.png``, 7: ``000007.png``)."""
+    head, width, tail = _parts(pattern)
+    return f"{head}{number:0{width + (number < 0)}d}{tail}"
+
+
 def frame_name(pattern: str) -> re.Pattern | None:
     """The file names the image pattern `pattern` gives frames (``%06d.png``: ``000001.png``
-    ...), as a regex whose group 1 is the number; None for a pattern with no integer field."""
-    head, sep, tail = os.path.basename(pattern).replace("%%", "\0").partition("%")
-    field = re.match(r"[-+ #0]*\d*d", tail)
-    if not sep or field is None:
+    ...), as a regex whose group 1 is the number; None for a pattern image2 cannot number."""
+    parts = _parts(pattern)
+    if parts is None:
         return None
-    return re.compile(re.escape(head).replace("\0", "%") + r"(-?\d+)"
-                      + re.escape(tail[field.end():]).replace("\0", "%") + "$")
+    head, _, tail = parts
+    return re.compile(re.escape(head) + r"(-?\d+)" + re.escape(tail) + "$")
 
 
 @dataclass(frozen=True)
@@ -58,7 +79,7 @@ def find(pattern: str) -> ImageSequence:
     a gap, two files for one number)."""
     named = frame_name(pattern)
     if named is None:
-        raise UserError(f"image pattern needs one integer field such as %06d: {pattern}")
+        raise UserError(f"image pattern needs one number field, %d or %06d: {pattern}")
     directory = os.path.dirname(os.path.abspath(pattern))
     if not os.path.isdir(directory):
         raise UserError(f"input not found: {pattern} (no directory {directory})")
@@ -70,14 +91,14 @@ def find(pattern: str) -> ImageSequence:
     numbers: dict[int, str] = {}
     for name in os.listdir(directory):
         found = named.match(name)
-        if found and os.path.basename(pattern) % int(found.group(1)) == name:  # %04d: 0001.png, not 1.png
+        if found and frame_file(pattern, int(found.group(1))) == name:  # %04d: 0001.png, not 1.png
             numbers[int(found.group(1))] = name
     if not numbers:
         raise UserError(f"input not found: no file in {directory} is named by {os.path.basename(pattern)}")
     first, last = min(numbers), max(numbers)
     if len(numbers) != last - first + 1:
         missing = next(n for n in range(first, last + 1) if n not in numbers)
-        raise UserError(f"image sequence {pattern} has a gap: {os.path.basename(pattern) % missing} is "
+        raise UserError(f"image sequence {pattern} has a gap: {frame_file(pattern, missing)} is "
                         f"missing between {numbers[first]} and {numbers[last]}")
     _found[key] = ImageSequence(pattern, first, len(numbers))
     return _found[key]

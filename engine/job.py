@@ -71,7 +71,7 @@ def check_writable_directory(path: str, what: str = "output directory") -> None:
 
 def check_output_path(input_path: str, output: str) -> None:
     if is_image_pattern(output) and frame_name(output) is None:  # `%s.png`, `%x`: no frame number
-        raise UserError(f"image pattern needs one integer field such as %06d: {output}")
+        raise UserError(f"image pattern needs one number field, %d or %06d: {output}")
     target = os.path.dirname(os.path.abspath(output)) if is_image_pattern(output) else output
     if same_path(input_path, target):
         raise UserError(f"output is the input file: {output}")
@@ -206,7 +206,7 @@ def image_input_notes(config: JobConfig) -> list[str]:
     if not is_image_pattern(config.input):
         return []
     sequence = image_input.find(config.input)
-    first, last = (os.path.basename(config.input) % n for n in (sequence.first, sequence.first + sequence.count - 1))
+    first, last = (image_input.frame_file(config.input, n) for n in (sequence.first, sequence.first + sequence.count - 1))
     how = "" if config.fps else " (--fps sets it)"
     return [f"note: image sequence: {sequence.count} frames, {first} to {last}, at "
             f"{image_input.rate_of(config.input)} fps{how}"]

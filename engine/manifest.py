@@ -33,7 +33,7 @@ from engine import __version__
 from engine.crashpoints import crash_point
 from engine.durable import fsync_dir
 from engine.errors import UserError
-from engine.image_input import find, is_image_pattern
+from engine.image_input import find, frame_file, is_image_pattern
 from engine.registry import StageSpec
 
 MANIFEST = "manifest.json"
@@ -44,7 +44,7 @@ def input_identity(path: str) -> dict[str, Any]:
     if is_image_pattern(path):  # every frame's size and mtime: a frame added, removed or rewritten changes it
         sequence = find(path)
         directory = os.path.dirname(os.path.abspath(path))
-        stats = [os.stat(os.path.join(directory, os.path.basename(path) % n))
+        stats = [os.stat(os.path.join(directory, frame_file(path, n)))
                  for n in range(sequence.first, sequence.first + sequence.count)]
         listing = hashlib.sha256("".join(f"{n} {st.st_size} {st.st_mtime_ns}\n" for n, st in
                                          enumerate(stats, sequence.first)).encode()).hexdigest()

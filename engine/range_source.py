@@ -16,7 +16,7 @@ import av
 from engine.deinterlace import LOOKAHEAD, Deinterlacer
 from engine.errors import UserError
 from engine.frame import Frame
-from engine.source import VideoSource, _reason, open_input
+from engine.source import VideoSource, _reason, frame_label, open_input
 from engine.video_stream import main_video
 
 
@@ -121,7 +121,7 @@ class RangeSource(VideoSource):
                     if seq >= span.stop:
                         return
         except av.error.FFmpegError as exc:
-            raise UserError(f"input is corrupt at frame {seq}: {self.path} ({_reason(exc)})") from None
+            raise UserError(f"input is corrupt at {frame_label(self.path, seq)}: {self.path} ({_reason(exc)})") from None
         raise UserError(f"input is truncated: {self.path} gave frames up to {seq - 1}, "
                         f"expected up to {span.stop - 1}")
 

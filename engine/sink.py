@@ -29,7 +29,7 @@ from engine import interrupts
 from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
 from engine.colour_tags import BT709_MATRIX, FULL_RANGE, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED, is_full_range
 from engine.errors import UserError, ValidationError
-from engine.image_input import frame_name, is_image_pattern  # one naming rule for input and output
+from engine.image_input import frame_file, frame_name, is_image_pattern  # one naming rule for input and output
 from engine.frame import Frame
 from engine.probe import count_video_packets
 from engine.source import VideoInfo
@@ -481,10 +481,8 @@ class ImageSequenceSink:
         ext = os.path.splitext(pattern)[1].lower()
         if ext not in IMAGE_FORMATS:
             raise UserError(f"unsupported image format '{ext}'; use one of: {', '.join(IMAGE_FORMATS)}")
-        try:
-            pattern % 1
-        except (TypeError, ValueError):
-            raise UserError(f"image pattern needs one integer field such as %06d: {pattern}") from None
+        if frame_name(pattern) is None:  # FFmpeg's own rule: the sequence must read back as input
+            raise UserError(f"image pattern needs one number field, %d or %06d: {pattern}")
         self.pattern = pattern
         self.ext = ext
         # Frames are staged inside an existing directory, not beside it: a mount point (a
@@ -514,7 +512,7 @@ class ImageSequenceSink:
             os.makedirs(self.partial, exist_ok=True)
             self._lock = PartialLock(self.partial, directory=True)
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="engine-saver")
-        name = os.path.basename(self.pattern % (frame.seq + self.start_number))
+        name = frame_file(self.pattern, frame.seq + self.start_number)
         self._names.append(name)
         self._pending.append(self._pool.submit(self._save, frame, name))
         while len(self._pending) > 2 * self.workers:

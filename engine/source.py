@@ -14,7 +14,7 @@ from engine.errors import UserError
 from engine.frame import Frame
 from engine.frame_size import SizeHolder, size_note
 from engine.hdr import HdrStatic, read_hdr_static
-from engine.image_input import is_image_pattern, open_media
+from engine.image_input import find, frame_file, is_image_pattern, open_media
 from engine.timestamps import TimestampRepair, frame_step
 from engine.video_stream import main_video
 
@@ -109,10 +109,17 @@ def first_frame_size(path: str) -> tuple[int, int]:
         for picture in container.decode(main_video(container)):
             return picture.width, picture.height
     except av.error.FFmpegError as exc:
-        raise UserError(f"input is corrupt at frame 0: {path} ({_reason(exc)})") from None
+        raise UserError(f"input is corrupt at {frame_label(path, 0)}: {path} ({_reason(exc)})") from None
     finally:
         container.close()
     raise UserError(f"input has no decodable video frames: {path}")
+
+
+def frame_label(path: str, seq: int) -> str:
+    """"frame 7", and for an image sequence the file that holds it: "frame 7 (0008.png)"."""
+    if not is_image_pattern(path):
+        return f"frame {seq}"
+    return f"frame {seq} ({frame_file(path, find(path).first + seq)})"
 
 
 def _reason(exc: BaseException) -> str:
@@ -264,7 +271,8 @@ class VideoSource:
                         return
         except av.error.FFmpegError as exc:
             if not (self.allow_truncated and seq):
-                raise UserError(f"input is corrupt at frame {seq}: {self.path} ({_reason(exc)})") from None
+                raise UserError(f"input is corrupt at {frame_label(self.path, seq)}: {self.path} "
+                                f"({_reason(exc)})") from None
             self.notes.append(f"note: reading stopped at frame {seq} ({_reason(exc)}); "
                               f"kept the {seq} frames before it (--allow-truncated)")
             return

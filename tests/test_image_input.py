@@ -59,6 +59,8 @@ def test_the_default_rate_is_said_and_numbering_may_start_anywhere(tmp_path):
     ("no-frames", "no file in"),
     ("fps-for-video", "--fps is for an image-sequence input"),
     ("bad-fps", "--fps must be a number or a fraction such as 24000/1001, got 'fast'"),
+    ("flagged-field", "image pattern needs one number field, %d or %06d"),
+    ("corrupt-frame", "input is corrupt at frame 2 (0003.png): "),
 ])
 def test_bad_sequences_and_rates_are_one_line_errors(clip, tmp_path, case, says):
     pattern = write_sequence(tmp_path / "in", 6)
@@ -71,6 +73,10 @@ def test_bad_sequences_and_rates_are_one_line_errors(clip, tmp_path, case, says)
         pattern = tmp_path / "in" / "%06d.png"
     elif case == "fps-for-video":
         pattern, extra = clip(frames=4), ["--fps", "30"]
+    elif case == "corrupt-frame":  # the file is named, not only its place in the video
+        (tmp_path / "in" / "0003.png").write_bytes((tmp_path / "in" / "0003.png").read_bytes()[:60])
+    elif case == "flagged-field":  # Python formats %#04d, image2 does not take it
+        pattern = tmp_path / "in" / "%#04d.png"
     else:
         extra = ["--fps", "fast"]
     r = run_engine("stream", pattern, tmp_path / "out.mp4", *extra)
@@ -139,6 +145,23 @@ def test_sizes_are_held_at_the_source_so_windows_and_segments_work(tmp_path):
                                                          "other_sizes": ["128x96"]}
     assert r.stderr.count("6 frame(s) from seq 6 on had another size (128x96)") == 1
     assert r.stderr.count("the input has an alpha channel (rgba)") == 1
+
+
+def test_a_width_without_a_zero_is_zero_padded_as_ffmpeg_does(tmp_path):
+    """image2 writes and reads `%4d` as 0001 (Python's `%4d` gives '   1'): the engine names
+    frames its way both ways, so its sequences read back in FFmpeg and FFmpeg's in it."""
+    written = tmp_path / "out" / "%4d.png"
+    r = run_engine("stream", write_sequence(tmp_path / "in", 5), written)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == [f"{n:04d}.png" for n in range(1, 6)]
+    with av.open(str(written), format="image2", options={"start_number": "1"}) as c:  # FFmpeg's own reader
+        assert sum(1 for _ in c.decode(video=0)) == 5
+    again = tmp_path / "again.mkv"
+    r = run_engine("stream", written, again, "--encoder", "ffv1", "--pipeline", "none")
+    assert r.returncode == 0, r.stderr
+    assert "5 frames, 0001.png to 0005.png" in r.stderr
+    r = run_engine("stream", write_sequence(tmp_path / "in", 2), tmp_path / "o" / "%-4d.png")
+    assert r.returncode == 2 and "image pattern needs one number field, %d or %06d" in r.stderr
 
 
 def test_probe_says_the_rate_is_not_in_the_files(tmp_path):
