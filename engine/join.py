@@ -101,6 +101,10 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
             template = first.streams.video[0]
             signature = _signature(template)
             video = container.add_stream_from_template(template)
+            if template.average_rate:
+                # a template gives the codec parameters, not the rate: without it Matroska
+                # wrote no default frame duration, and readers took 23.976 fps for 24000
+                video.codec_context.framerate = template.average_rate
         finally:
             first.close()
         copier = StreamCopier(input_path, container, copy_plan, video=video)

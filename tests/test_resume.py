@@ -207,7 +207,10 @@ def test_b_frame_segments_join_into_matroska(media, tmp_path, encoder):
     assert decoded_indices(seg) == list(range(48))
     with av.open(str(seg)) as c:
         dts = [p.dts for p in c.demux(video=0) if p.size and p.dts is not None]
+        rate = c.streams.video[0].average_rate
     assert dts == sorted(set(dts))  # increasing across the joins
+    with av.open(str(plain)) as c:  # the join wrote no default duration: 24000 fps for 23.976
+        assert rate == c.streams.video[0].average_rate == Fraction(24000, 1001)
 
 
 @pytest.mark.parametrize("ext", ["mp4", "mov", "mkv"])
