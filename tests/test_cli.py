@@ -292,7 +292,7 @@ def test_bad_outputs(clip, tmp_path):
     assert_clean_failure(run_engine("stream", src, src), "output is the input")
     assert_clean_failure(run_engine("stream", src, tmp_path / "x" / "out.mp4"), "does not exist")
     assert_clean_failure(run_engine("stream", src, tmp_path / "out.avi"), "unsupported output extension")
-    assert_clean_failure(run_engine("stream", src, tmp_path / "%s.png"), "needs one integer field")
+    assert_clean_failure(run_engine("stream", src, tmp_path / "%s.png"), "needs one number field, %d or %06d")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
