@@ -239,20 +239,26 @@ def check_report_path(report: str, inputs: list[str], outputs: list[str], create
         raise UserError(f"--report names a directory, not a file: {report}")
     if len(os.path.basename(report).encode()) > name_max(os.path.dirname(os.path.abspath(report))):
         raise UserError(f"--report name is too long for its filesystem: {report}")
-    for path in inputs:
-        if same_path(report, path):
-            raise UserError(f"--report would overwrite the input: {report}")
     parent = os.path.dirname(os.path.abspath(report))
+
+    def a_frame_of(pattern: str) -> bool:
+        named = frame_name(pattern)
+        return (same_path(parent, os.path.dirname(os.path.abspath(pattern)))
+                and named is not None and named.match(os.path.basename(report)) is not None)
+
+    for path in inputs:
+        if same_path(report, path) or (is_image_pattern(path) and a_frame_of(path)):
+            raise UserError(f"--report would overwrite the input: {report}")
+    beside_frames = False
     for output in outputs:
         if is_image_pattern(output):
-            if same_path(parent, os.path.dirname(os.path.abspath(output))):
-                named = frame_name(output)
-                if named is not None and named.match(os.path.basename(report)):
-                    raise UserError(f"--report would overwrite a frame of the output: {report}")
-                return  # beside the frames, in the directory the image sink creates
+            if a_frame_of(output):
+                raise UserError(f"--report would overwrite a frame of the output: {report}")
+            # beside the frames: in the directory the image sink creates
+            beside_frames |= same_path(parent, os.path.dirname(os.path.abspath(output)))
         elif same_path(report, output):
             raise UserError(f"--report would overwrite the output: {report}")
-    if any(same_path(parent, d) for d in created):
+    if beside_frames or any(same_path(parent, d) for d in created):
         return  # the batch's OUT_DIR, made once every check has passed
     check_writable_directory(parent, "report directory")
 

@@ -88,6 +88,11 @@ def open_input(path: str, hwaccel=None) -> av.container.InputContainer:
         container = open_media(path, hwaccel=hwaccel) if hwaccel else open_media(path)
     except av.error.EOFError:
         raise UserError(f"input has no video frames: {path} (it ends before the first one)") from None
+    except RuntimeError as exc:  # PyAV: "Hardware accelerated decode requested but no stream is compatible"
+        if hwaccel is None:
+            raise
+        raise UserError(f"--decode nvdec cannot decode the video of {path}: NVDEC takes H.264, HEVC, AV1, "
+                        f"VP9, VP8, MPEG-1/2/4 and VC-1, not this codec ({exc}); --decode cpu does") from None
     except (av.error.FFmpegError, OSError) as exc:
         if hwaccel is not None:  # creating the CUDA device failed (no GPU, no driver, no permission)
             raise UserError(f"--decode nvdec is not available here: no usable NVIDIA GPU ({_reason(exc)})") from None

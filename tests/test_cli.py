@@ -321,6 +321,16 @@ def test_report_never_replaces_the_input_an_output_or_a_frame(clip, tmp_path):
                                     "--report", tmp_path / "nope" / "r.json"), "report directory does not exist")
     assert_clean_failure(run_engine("stream", src, tmp_path / "f" / "%03d.png", "--pipeline", "none",
                                     "--report", tmp_path / "f" / "002.png"), "overwrite a frame of the output")
+    frames = tmp_path / "seq"  # a frame of an image-sequence input: it came out as JSON, exit 0
+    frames.mkdir()
+    for n in (1, 2):
+        (frames / f"{n:03d}.png").write_bytes(b"a frame")  # refused before anything reads them
+    assert_clean_failure(run_engine("stream", frames / "%03d.png", out, "--pipeline", "none",
+                                    "--report", frames / "001.png"), "--report would overwrite the input")
+    assert (frames / "001.png").read_bytes() == b"a frame"
+    for n in (1, 2):
+        (frames / f"{n:03d}.png").unlink()
+    frames.rmdir()
     (tmp_path / "w").mkdir()  # a resumed job's work directory: removed when the job finishes
     assert_clean_failure(run_engine("stream", src, out, "--pipeline", "none", "--resume",
                                     "--work-dir", tmp_path / "w", "--report", tmp_path / "w" / "r.json"),

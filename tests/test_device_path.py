@@ -228,3 +228,14 @@ def test_nvdec_without_a_gpu_is_a_one_line_error(clip, tmp_path):
     assert "Traceback" not in r.stderr and not out.exists() and not list(tmp_path.iterdir())
     r = run_engine("stream", clip(frames=4, width=64, height=48), out, "--decode", "auto", "--quiet")
     assert r.returncode == 0, r.stderr  # auto is the CPU decoder here
+
+
+def test_nvdec_on_a_codec_it_cannot_decode_is_a_one_line_error(clip, tmp_path):
+    """ProRes has no NVDEC decoder: PyAV raised a RuntimeError (a traceback, exit 1)."""
+    from conftest import run_engine
+
+    out = tmp_path / "out.mp4"
+    src = clip(frames=3, ext=".mov", codec="prores_ks", pix_fmt="yuv422p10le")
+    r = run_engine("stream", src, out, "--decode", "nvdec")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--decode nvdec" in r.stderr and "Traceback" not in r.stderr and not out.exists()
