@@ -20,11 +20,26 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from engine.errors import Terminated
 
 STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+
+
+def unstoppable(cleanup: Callable[[], None],
+                stopped: Callable[[KeyboardInterrupt], None] | None = None) -> None:
+    """Run `cleanup` (waiting for the threads that write a partial output, removing it) to its
+    end whatever stop signals come meanwhile: a second Ctrl-C used to cut the wait short,
+    leave the partial, and end the process under running saver threads (SIGABRT). A signal
+    meanwhile is given to `stopped` (the job's stop), then `cleanup` runs again from its
+    start: it must be safe to run twice."""
+    while True:
+        try:
+            return cleanup()
+        except KeyboardInterrupt as exc:  # Terminated too: it is one
+            if stopped is not None:
+                stopped(exc)
 
 
 def raise_terminated(signum, frame) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterator, Protocol
 import cv2
 import numpy as np
 
+from engine import interrupts
 from engine.channel import EOS, CancelToken, Channel
 from engine.errors import Cancelled, EngineError, StageError, Terminated, UserError
 from engine.frame import Frame
@@ -441,22 +443,22 @@ class Pipeline:
         except KeyboardInterrupt as exc:
             self.token.cancel(Interrupted.by(exc))
         finally:
-            stuck = self._join_all()
-            if self.token.error is None and stuck:
-                self.token.cancel(EngineError(f"threads did not finish: {', '.join(stuck)}"))
-            if self.token.error is not None:
-                self.sink.abort()
+            stopping = sys.exc_info()[1]  # a second Ctrl-C that landed in the except clause
+            if isinstance(stopping, KeyboardInterrupt):
+                self.token.cancel(Interrupted.by(stopping))
+            # the threads' end and the partial's removal: a Ctrl-C now only stops the job
+            interrupts.unstoppable(self._wind_down, lambda exc: self.token.cancel(Interrupted.by(exc)))
         if self.token.error is not None:
             raise self.token.error
         try:
             self.sink.commit()
         except OSError as exc:  # e.g. the output's place was taken by a directory during the run
-            self.sink.abort()
+            interrupts.unstoppable(self.sink.abort)
             where = getattr(self.sink, "path", None) or getattr(self.sink, "pattern", None) or exc.filename
             raise UserError(f"cannot put the output in place at {where or 'its path'}: "
                             f"{exc.strerror or exc}") from None
         except BaseException:  # a Ctrl-C before the output moved: nothing may be left behind
-            self.sink.abort()
+            interrupts.unstoppable(self.sink.abort)
             raise
         snap = self.snapshot()
         return RunResult(frames_in=self._frames_in, frames_out=snap.frames_done,
@@ -492,6 +494,14 @@ class Pipeline:
                         self.token.cancel(StageError(node.name, m.call_seq, TimeoutError(
                             f"stalled: no result for {limit:g} s"), m.call_last))
                         return
+
+    def _wind_down(self) -> None:
+        """Every thread ended (or named as stuck); after a failure, the partial output removed."""
+        stuck = self._join_all()
+        if self.token.error is None and stuck:
+            self.token.cancel(EngineError(f"threads did not finish: {', '.join(stuck)}"))
+        if self.token.error is not None:
+            self.sink.abort()
 
     def _join_all(self) -> list[str]:
         """Join every thread within the grace period. Returns the names of any still running."""

@@ -541,9 +541,10 @@ class ImageSequenceSink:
             self._lock.release()
 
     def abort(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        # safe to run again (interrupts.unstoppable): the pool is dropped once its savers are done
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         self._pending.clear()
         _remove(self.partial)
         if self._lock is not None:
