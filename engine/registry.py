@@ -97,18 +97,35 @@ def stage_class(name: str) -> type[Stage]:
 
 
 def check_stage_order(specs: list[StageSpec]) -> None:
-    """Every stage's `requires` is made by a stage before it (see `Stage.requires`)."""
-    made: set[str] = set()
+    """Every stage's `requires` is made by a stage before it (see `Stage.requires`), and no
+    stage between them changes the frame size: what stages hand on in `meta` (text boxes,
+    masks) is in the pixels of the frames they saw."""
+    made: dict[str, str] = {}   # key → the stage that made it
+    stale: dict[str, tuple[str, str]] = {}  # key → (its maker, the stage whose resize made it stale)
     for spec in specs:
         stage = spec.build()
         missing = [key for key in stage.requires if key not in made]
+        if missing and missing[0] in stale:
+            maker, resizer = stale[missing[0]]
+            raise UserError(f"stage '{spec.name}' works on the {missing[0]} that {maker} made before "
+                            f"{resizer} changes the frame size: put {resizer} before {maker}, or after "
+                            f"the stages that use it")
         if missing:
             makers = [n for n, cls in available_stages().items() if missing[0] in cls.provides]
             raise UserError(f"stage '{spec.name}' works on the {missing[0]} that "
                             f"{' or '.join(makers) or 'another stage'} makes: put "
                             f"{'it' if len(makers) < 2 else 'one'} before {spec.name}"
                             + _preset_hint(spec.name))
-        made.update(stage.provides)
+        if _changes_size(stage):
+            stale.update({key: (maker, spec.name) for key, maker in made.items()})
+            made.clear()
+        made.update(dict.fromkeys(stage.provides, spec.name))
+
+
+def _changes_size(stage: Stage) -> bool:
+    """True if the stage may hand on frames of another size than it takes (None: only its
+    model knows, which counts as a change)."""
+    return any(stage.output_size(w, h) != (w, h) for w, h in ((1920, 1080), (640, 360)))
 
 
 def _preset_hint(name: str) -> str:

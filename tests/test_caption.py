@@ -96,11 +96,25 @@ def test_a_caption_stage_without_the_stage_it_works_on_is_refused(pipeline, need
     assert f"works on the {needs}" in r.stderr and r.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("pipeline,needs,resizer", [
+    ("text-detect,text-mask,resize:width=160,inpaint", "text_mask", "resize"),
+    ("text-detect,resize:width=160,text-mask,inpaint", "text_boxes", "resize"),
+    ("text-detect,upscale,mask-preview", "text_boxes", "upscale")])
+def test_a_size_change_between_caption_stages_is_refused(pipeline, needs, resizer, tmp_path):
+    """Boxes and masks are in the pixels of the frames detected: a resize between used to fail
+    mid-run (OpenCV's dilate assertion, 'negative dimensions'), exit 1."""
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", MEDIA / "anime-320x240.mp4", out, "--pipeline", pipeline)
+    assert r.returncode == 2 and not out.exists() and r.stderr.count("\n") == 1, r.stderr
+    assert f"works on the {needs} that" in r.stderr and f"before {resizer} changes the frame size" in r.stderr
+
+
 def test_caption_stages_in_order_pass_the_check():
     from engine.registry import check_stage_order
 
     for pipeline in ("caption-remove", "caption-preview", "text-detect,mask-preview", "dedup,caption-remove",
-                     "text-detect,text-mask,mask-preview:mode=mask"):
+                     "text-detect,text-mask,mask-preview:mode=mask", "resize:width=160,caption-remove,upscale",
+                     "text-detect,resize:scale=1,text-mask,inpaint"):
         check_stage_order(parse_pipeline(pipeline))
 
 
