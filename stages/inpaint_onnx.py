@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.errors import UserError
 from engine.models.tensor_file import onnx_session
 
 
@@ -57,13 +58,16 @@ class OnnxImageFiller:
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
         self.session = onnx_session(check_filler(path), "inpainting model", options)
-        inputs = self.session.get_inputs()
+        # the user's file, checked where it loads (each worker's open): a one-line user error
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 2:
-            raise ValueError(f"{path}: expected two inputs (image, mask), found {len(inputs)}")
+            raise UserError(f"inpaint: filler {path} is not an inpainting model: it takes {len(inputs)} "
+                            f"input(s), not two (image N×3×H×W, mask N×1×H×W)")
         by_channels = {i.shape[1]: i for i in inputs if len(i.shape) == 4}
-        if set(by_channels) != {1, 3}:
-            raise ValueError(f"{path}: expected inputs N×3×H×W and N×1×H×W, found "
-                             f"{[tuple(i.shape) for i in inputs]}")
+        if set(by_channels) != {1, 3} or len(outputs[0].shape) != 4 or outputs[0].shape[1] != 3:
+            raise UserError(f"inpaint: filler {path} is not an inpainting model: it takes "
+                            f"{[tuple(i.shape) for i in inputs]} and gives {tuple(outputs[0].shape)}, "
+                            f"not N×3×H×W and N×1×H×W to N×3×H×W")
         self.image_input, self.mask_input = by_channels[3], by_channels[1]
         self.uint8 = "uint8" in self.image_input.type
         h, w = self.image_input.shape[2:]

@@ -118,7 +118,15 @@ class TextDetector:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.session = onnx_session(model, "text detection model", options, providers)
-        self.input_name = self.session.get_inputs()[0].name
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        # a DB detector: an image N×3×H×W of any size in, a text-probability map N×1×H×W out
+        # (PP-OCR's recogniser takes 48-row strips and gives N×T×classes; its classifier N×2)
+        shape_in, shape_out = tuple(inputs[0].shape), tuple(outputs[0].shape)
+        if (len(inputs) != 1 or len(shape_in) != 4 or shape_in[1] != 3 or any(isinstance(d, int) for d in shape_in[2:])
+                or len(shape_out) != 4 or shape_out[1] != 1):
+            raise UserError(f"text-detect: {model} is not a PP-OCR detection model: it takes {shape_in} and "
+                            f"gives {shape_out}, not N×3×H×W (any size) to N×1×H×W")
+        self.input_name = inputs[0].name
         self.max_side = max_side
         self.post = DBPostProcess(thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio,
                                   use_dilation=True, score_mode="fast")

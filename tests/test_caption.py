@@ -555,6 +555,23 @@ def test_onnx_filler_errors_are_one_line(tmp_path):
         parse_pipeline(f"inpaint:filler={tmp_path / 'm.pth'}")
 
 
+def test_a_model_of_another_kind_is_a_one_line_error_naming_it(tmp_path):
+    """PP-OCR's recogniser or classifier given as the detector, a detector as the filler: an
+    onnxruntime shape error or an IndexError mid-run, exit 1, before."""
+    from stages.text_detect import bundled_model
+
+    rec, det = bundled_model("rec"), bundled_model("det")
+    if rec is None or det is None:
+        pytest.skip("needs rapidocr's bundled models")
+    out = tmp_path / "out.mp4"
+    for pipeline, says in ((f"text-detect:model={rec},text-mask,inpaint", "is not a PP-OCR detection model"),
+                           (f"text-detect,text-mask,inpaint:filler={det}", "is not an inpainting model")):
+        r = run_engine("stream", MEDIA / "anime-320x240.mp4", out, "--pipeline", pipeline, "--frames", "2")
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and last.startswith("engine: error: ") and says in last, r.stderr
+        assert "Traceback" not in r.stderr and not out.exists()
+
+
 def test_mask_preview_tints_the_mask_and_writes_masks():
     image = np.full((30, 40, 3), 50, np.uint8)
     mask = np.zeros((30, 40), np.uint8)
