@@ -319,9 +319,7 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         "frames_out": result.frames_out,
         "wall_s": round(elapsed, 4),
         "fps": round(result.frames_out / elapsed, 3) if elapsed > 0 else 0.0,
-        "video": {"width": info.width, "height": info.height, "pix_fmt": info.pix_fmt,
-                  "frame_rate": str(info.frame_rate), "codec": info.codec,
-                  **({"hdr10": info.hdr.describe()} if info.hdr else {})},
+        "video": describe_input(info),
         "output_video": describe_output(job.config.output),
         "stages": [s.as_dict(elapsed) for s in result.stages],
         "environment": environment(),
@@ -352,6 +350,13 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
     if reporter.timeline:
         report["timeline"] = reporter.timeline
     return report
+
+
+def describe_input(info: VideoInfo) -> dict:
+    """The report's `video`: the input's video stream as its header says."""
+    return {"width": info.width, "height": info.height, "pix_fmt": info.pix_fmt,
+            "frame_rate": str(info.frame_rate), "codec": info.codec,
+            **({"hdr10": info.hdr.describe()} if info.hdr else {})}
 
 
 def describe_output(path: str) -> dict | None:

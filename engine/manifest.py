@@ -130,6 +130,9 @@ class SegmentRecord:
     state_sha256: str = ""
     notes: list[str] = field(default_factory=list)   # what its run said (SegmentResult.notes)
     source: dict = field(default_factory=dict)       # what its source did, in numbers
+    stages: list = field(default_factory=list)       # its run's figures (SegmentResult.stages, ...)
+    encoder: dict = field(default_factory=dict)
+    dedup: dict = field(default_factory=dict)
 
 
 @dataclass

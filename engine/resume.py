@@ -37,7 +37,7 @@ from engine.errors import UserError
 from engine.frame_size import SizeHolder, size_note
 from engine.image_input import rate_of
 from engine.job import (JobConfig, check_config, check_input, check_output_size, clear_stale_partials,
-                        describe_output, environment, image_input_notes, replacing_note, reporter_note, write_report)
+                        describe_input, describe_output, environment, image_input_notes, replacing_note, reporter_note, write_report)
 from engine.join import JoinPart, join_segments
 from engine.manifest import (MANIFEST, Manifest, SegmentRecord, is_temporary, job_key, key_difference, load,
                              save)
@@ -114,6 +114,7 @@ class SegmentedJob:
         self.config = config
         self.frame_size = frame_size  # the first frame's: every segment's frames keep it
         self.after_notes: list[str] = []  # what the segments said, for the whole job (after the run)
+        self.video: dict | None = None  # the report's `video` (the input's stream)
         self.specs = specs
         self.encoder = encoder
         self.copy_plan = copy_plan
@@ -198,8 +199,10 @@ class SegmentedJob:
                  f"segments: {_sizes(plan.segments, length)} in {work_dir}"
                  + (f", {len(reused)} reused" if reused else ""),
                  *(f"note: cut merged at {m}" for m in plan.merged)]
-        return cls(config, specs, encoder, copy_plan, table, plan, context, work_dir, lock_fd,
-                   manifest, reused, notes, first_frame_size(config.input))
+        job = cls(config, specs, encoder, copy_plan, table, plan, context, work_dir, lock_fd,
+                  manifest, reused, notes, first_frame_size(config.input))
+        job.video = describe_input(info)
+        return job
 
     # ---- the run --------------------------------------------------------------------------
 
@@ -302,7 +305,7 @@ class SegmentedJob:
             segment_name(seg.index, os.path.splitext(self.config.output)[1].lower()),
             result.size, result.sha256, result.tail_unique,
             state_name(seg.index) if result.state_sha256 else "", result.state_sha256,
-            result.notes, result.source)
+            result.notes, result.source, result.stages, result.encoder, result.dedup)
         save(self.work_dir, self.manifest)
 
     def join(self) -> None:
@@ -339,6 +342,33 @@ class SegmentedJob:
         size = size_note(numbers["frame_size"])
         return notes + ([size] if size else [])
 
+    def run_figures(self) -> dict:
+        """The report's `encoder`, `stages` and `dedup`, from every segment's record (reused
+        ones too). Stage items, times and counters add up over segments and include the
+        context frames each decoded (`stages_cover`); dedup's counts are of the segments' own
+        frames, so they equal a single pass's."""
+        records = [self.manifest.segments[s.index] for s in self.plan.segments]
+        figures: dict = {}
+        encoder = next((r.encoder for r in records if r.encoder), None)
+        if encoder:
+            figures["encoder"] = encoder
+        if all(r.stages for r in records):
+            figures["stages"] = _summed_stages([r.stages for r in records])
+            figures["stages_cover"] = {"frames": self.plan.frames,
+                                       "context_frames": sum(_items(r.stages) for r in records) - self.plan.frames}
+        if all(r.dedup for r in records):
+            kinds: dict[str, int] = {}
+            for r in records:
+                for kind, n in r.dedup.items():
+                    kinds[kind] = kinds.get(kind, 0) + n
+            dedup_stage = next((st for st in figures.get("stages", []) if "unique" in st["counters"]), {})
+            figures["dedup"] = {"exact_duplicates": kinds.get("exact_duplicates", 0),
+                                "near_duplicates": kinds.get("near_duplicates", 0),
+                                "frames_processed": kinds.get("unique", 0), "frames": self.plan.frames,
+                                **({"noise": dedup_stage["settings"]["noise"]}
+                                   if "noise" in dedup_stage.get("settings", {}) else {})}
+        return figures
+
     def _report(self, results: dict[int, SegmentResult], started: float, frames_encoded: int,
                 join_s: float, numbers: dict) -> dict:
         elapsed = time.perf_counter() - started
@@ -354,6 +384,8 @@ class SegmentedJob:
             "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
                          for s in self.specs],
             "sink": self.sink_note,
+            **self.run_figures(),
+            **({"video": self.video} if self.video else {}),
             **({"deinterlace": numbers["deinterlace"]} if "deinterlace" in numbers else {}),
             **({"frame_size": numbers["frame_size"]} if numbers["frame_size"]["scaled"] else {}),
             "output_video": describe_output(self.config.output),
@@ -370,6 +402,31 @@ class SegmentedJob:
             "environment": environment(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+def _items(stages: list[dict]) -> int:
+    """Frames a segment's run decoded: what its first stage took (context included)."""
+    return stages[0]["items"] if stages else 0
+
+
+def _summed_stages(runs: list[list[dict]]) -> list[dict]:
+    """Per-stage figures of several runs of one pipeline, added up (fps over their busy time
+    is not a rate of the job: left out)."""
+    summed = []
+    for parts in zip(*runs):
+        first = parts[0]
+        total = {"name": first["name"], "kind": first["kind"], "workers": first["workers"]}
+        for key in ("items", "busy_s", "blocked_s", "wait_in_s", "wait_out_s"):
+            total[key] = round(sum(p[key] for p in parts), 4) if key != "items" else sum(p[key] for p in parts)
+        counters: dict[str, float] = {}
+        for p in parts:
+            for name, n in p["counters"].items():
+                counters[name] = counters.get(name, 0) + n
+        total["counters"] = counters
+        if "settings" in first:
+            total["settings"] = first["settings"]
+        summed.append(total)
+    return summed
 
 
 def _snapshot(progress: _Progress) -> RunSnapshot:

@@ -54,7 +54,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -189,6 +189,11 @@ class SegmentResult:
     #: in numbers (`deinterlace`, `frame_size`): the driver adds them up for the whole job
     notes: list[str] = field(default_factory=list)
     source: dict = field(default_factory=dict)
+    #: the run's figures: per stage (`StageSnapshot.as_dict`; context frames included), the
+    #: encoder as it ran (`VideoSink.describe`), dedup's decisions on the segment's own frames
+    stages: list[dict] = field(default_factory=list)
+    encoder: dict = field(default_factory=dict)
+    dedup: dict = field(default_factory=dict)
 
 
 class TrimmingSink:
@@ -205,11 +210,13 @@ class TrimmingSink:
         self.start, self.end = start, end
         self.written = 0
         self.tail_unique: deque[int] = deque(maxlen=max(keep_unique, 1))
+        self.kinds: Counter[str] = Counter()  # dedup's decisions on [start, end): unique, exact_..., near_...
 
     def write(self, frame: Frame) -> None:
         if frame.seq < self.end and frame.meta.get("dup_of") is None:
             self.tail_unique.append(frame.seq)
         if self.start <= frame.seq < self.end:
+            self.kinds["unique" if frame.meta.get("dup_of") is None else frame.meta.get("dup_kind", "duplicate")] += 1
             self.inner.write(frame)
             self.written += 1
             crash_point("segment-frame")
@@ -347,7 +354,9 @@ class SegmentRun:
         return SegmentResult(seg.index, seg.frames, size, digest,
                              list(self.sink.tail_unique) if self.task.keep_unique else [],
                              result.frames_in, result.elapsed_s, state_digest, self.decode_start,
-                             self.speculated, self.prescan_s, *self._said())
+                             self.speculated, self.prescan_s, *self._said(),
+                             [st.as_dict(result.elapsed_s) for st in result.stages], self.sink.inner.describe(),
+                             dict(self.sink.kinds) if any("unique" in st.counters for st in result.stages) else {})
 
     def _said(self) -> tuple[list[str], dict]:
         """(notes, numbers) for the driver. Counts cover the segment's own frames: the size

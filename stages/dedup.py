@@ -546,5 +546,6 @@ class Dedup(MapStage):
             return frame
         self.count(kind)
         frame.meta["dup_of"] = self.reference
+        frame.meta["dup_kind"] = kind  # a segment's sink counts its own frames by it (resume report)
         frame.drop_pixels()  # it will show its reference's result; free the decoder buffer now
         return frame

@@ -272,9 +272,18 @@ def test_context_across_cuts_gives_the_unsegmented_frames(media, tmp_path, pipel
     assert json.loads((tmp_path / "r.json").read_text())["segments"]["total"] >= 6
     r = stream(clip, plain, "--encoder", "ffv1", "--pipeline", pipeline, "--report", tmp_path / "p.json")
     assert r.returncode == 0, r.stderr
+    segmented, single = (json.loads((tmp_path / n).read_text()) for n in ("r.json", "p.json"))
+    # the figures a single pass reports are there: stages (context frames included, and said),
+    # the encoder as it ran
+    assert [st["name"] for st in segmented["stages"]] == [st["name"] for st in single["stages"]]
+    assert segmented["stages_cover"]["frames"] == 48 and segmented["stages_cover"]["context_frames"] > 0
+    assert segmented["encoder"]["codec"] == single["encoder"]["codec"] == "ffv1"
     if "dedup" in pipeline:  # the clip must exercise dedup for the comparison to mean anything
-        dedup = json.loads((tmp_path / "p.json").read_text())["dedup"]
+        dedup = single["dedup"]
         assert dedup["frames_processed"] < 40
+        # counted on each segment's own frames: the single pass's decisions, not context twice
+        assert {k: v for k, v in segmented["dedup"].items() if k != "noise"} == \
+            {k: v for k, v in dedup.items() if k != "noise"}
         if clip == media["held-lines"]:
             assert dedup["near_duplicates"] >= 10 and dedup["noise"]["pairs"] >= 10
     a, b = frames_of(seg), frames_of(plain)
