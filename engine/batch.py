@@ -2,7 +2,9 @@
 
 IN is a directory (its video files, sorted by name; not recursive) or a list file (`.txt`,
 one path per line, relative to the list's own directory; blank lines and `#` comments
-skipped). Each input gets its own output `OUT_DIR/<input's file name>` and, under
+skipped). Each input gets its own output `OUT_DIR/<input's file name>` (an input whose
+container the engine does not write, `.ts`, `.webm`, `.avi`, ..., goes to `<name>.mkv`:
+Matroska holds every stream the others can) and, under
 `--resume`/`--ray`, its own work directory (beside its output, or `--work-dir DIR/<name>`).
 Every input is checked before any is started; with `--ray` all of their segments share the
 cluster (engine/ray_job.py), else the inputs run one after another on this machine.
@@ -15,6 +17,7 @@ import os
 import sys
 
 from engine import interrupts
+from engine.encoders import CONTAINERS
 from engine.errors import UserError
 from engine.job import JobConfig, check_report_path, check_writable_directory, write_report
 from engine.sink import is_image_pattern, remove_stale_partials
@@ -64,7 +67,7 @@ def batch_configs(config: JobConfig) -> list[JobConfig]:
     inputs = batch_inputs(config.input)
     configs, seen = [], {}
     for path in inputs:
-        name = os.path.basename(path)
+        name = output_name(path)
         if name in seen:
             raise UserError(f"two inputs would write {os.path.join(out_dir, name)}: {seen[name]} and {path}")
         seen[name] = path
@@ -77,9 +80,22 @@ def batch_configs(config: JobConfig) -> list[JobConfig]:
     return configs
 
 
+def output_name(path: str) -> str:
+    """An input's output file name in OUT_DIR: its own, in Matroska where its container is
+    not one the engine writes."""
+    name = os.path.basename(path)
+    stem, ext = os.path.splitext(name)
+    return name if ext.lower() in CONTAINERS else f"{stem}.mkv"
+
+
 def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
     """Every input of a batch; `--report FILE` gets one JSON with a report per input."""
     configs = batch_configs(config)
+    renamed = [c for c in configs if os.path.basename(c.input) != os.path.basename(c.output)]
+    if renamed and not config.quiet:
+        print(f"[engine] note: {len(renamed)} input(s) in containers the engine does not write go to .mkv: "
+              + ", ".join(f"{os.path.basename(c.input)} → {os.path.basename(c.output)}" for c in renamed[:3])
+              + (", ..." if len(renamed) > 3 else ""), file=sys.stderr)
     if config.report:
         for name in remove_stale_partials(config.report):
             if not config.quiet:
@@ -89,41 +105,54 @@ def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
         os.makedirs(config.output, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output directory {config.output}: {exc.strerror}") from None
+    reports: list[dict] = []
     try:
-        reports = _run(configs, ray_options)
-    except BaseException:
+        _run(configs, ray_options, reports)
+    except BaseException as exc:
         if created:
             try:
                 os.rmdir(config.output)  # only when empty: a failed batch leaves no bare directory
             except OSError:
                 pass
+        if config.report and reports:  # the finished inputs' outputs are complete: say so
+            write_report(config.report, {"inputs": reports, "stopped": {
+                "finished": len(reports), "of": len(configs),
+                "reason": str(exc) or type(exc).__name__}})
         raise
     if config.report:
         write_report(config.report, {"inputs": reports})
     return reports
 
 
-def _run(configs: list[JobConfig], ray_options) -> list[dict]:
+def _run(configs: list[JobConfig], ray_options, reports: list[dict]) -> None:
+    """Runs the inputs, appending each finished one's report to `reports`."""
     if ray_options is not None:
         from engine.ray_job import run_on_ray
 
-        return run_on_ray(configs, ray_options)
-    from engine.job import Job, check_config
+        reports.extend(run_on_ray(configs, ray_options))
+        return
+    from engine.job import Job, check_config, check_input
     from engine.resume import SegmentedJob
-    from engine.source import open_input
+    from engine.runner import Interrupted
+    from engine.source import open_input, read_info
 
-    for c in configs:  # options, outputs and each input's header, before hours go into the first
+    for c in configs:  # options, outputs, each input's header and ending, before hours go into the first
         check_config(c)
-        open_input(c.input).close()
-    reports = []
+        container = open_input(c.input)
+        try:
+            info = read_info(container)
+        finally:
+            container.close()
+        check_input(c, info)  # a truncated input (or broken timestamps under refuse) fails now
     try:
         for c in configs:
             interrupts.raise_pending()  # a stop signal while the input before finished: stop here
             reports.append(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run())
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: say what is finished before main() says stopped
+    except BaseException as exc:  # say what is finished before main() says why it stopped
         if reports:
+            # Ctrl-C, SIGTERM, SIGHUP: KeyboardInterrupt between jobs, the runner's Interrupted in one
+            why = "stop" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failure"
             done = ", ".join(c.output for c in configs[:len(reports)])
-            print(f"engine: {len(reports)} of {len(configs)} inputs were finished before the stop: {done}; "
+            print(f"engine: {len(reports)} of {len(configs)} inputs were finished before the {why}: {done}; "
                   f"the others have no output yet", file=sys.stderr, flush=True)
         raise
-    return reports
