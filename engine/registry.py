@@ -125,7 +125,10 @@ def check_stage_order(specs: list[StageSpec]) -> None:
 def _changes_size(stage: Stage) -> bool:
     """True if the stage may hand on frames of another size than it takes (None: only its
     model knows, which counts as a change)."""
-    return any(stage.output_size(w, h) != (w, h) for w, h in ((1920, 1080), (640, 360)))
+    try:
+        return any(stage.output_size(w, h) != (w, h) for w, h in ((1920, 1080), (640, 360)))
+    except UserError:  # a size it refuses at these probe sizes (the real check names the real one)
+        return True
 
 
 def _preset_hint(name: str) -> str:
