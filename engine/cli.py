@@ -164,12 +164,26 @@ def _summary(doc: str | None) -> str:
 def _stages(args: argparse.Namespace) -> int:
     from engine.registry import available_presets, available_stages, stage_options
 
+    if args.name in available_presets():
+        text = available_presets()[args.name]
+        print(f"{args.name}: a preset, {text}")
+        for name in dict.fromkeys(spec.split(":")[0] for spec in text.split(",")):
+            print(f"  {name:<16} {_summary(available_stages()[name].__doc__)}")
+        print(f"Options go on the stages written out (engine stages NAME lists a stage's), not on the preset.")
+        return 0
     if args.name:
         options = stage_options(args.name)  # an unknown name: the usual one-line error
         print(f"{args.name}: {_summary(available_stages()[args.name].__doc__)}")
-        for key, (kind, default) in options.items():
-            print(f"  {key:<16} {kind:<24} default {default}")
-        print(f"  {'workers, queue':<16} {'int':<24} the runner's: threads (ordered stages: 1) and input queue")
+        rows = [*((key, kind, f"default {default}") for key, (kind, default) in options.items()),
+                ("workers, queue", "int", "the runner's: threads (ordered stages: 1) and input queue")]
+        # columns that line up; a type longer than most (a long list of choices) gets its own line
+        key_w = max(len(row[0]) for row in rows) + 2
+        kind_w = min(max(len(row[1]) for row in rows), 30) + 2
+        for key, kind, what in rows:
+            if len(kind) >= kind_w:
+                print(f"  {key:<{key_w}}{kind}\n  {'':<{key_w + kind_w}}{what}")
+            else:
+                print(f"  {key:<{key_w}}{kind:<{kind_w}}{what}")
         return 0
     for name, cls in available_stages().items():
         print(f"{name:<18} {cls.kind:<7} {_summary(cls.__doc__)}")

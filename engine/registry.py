@@ -291,9 +291,15 @@ def load_pipeline_file(path: Path) -> list[StageSpec]:
         raise UserError(f"pipeline file not found: {path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read pipeline file {path}: {exc}") from None
+    unknown = [k for k in doc if k != "stage"]
+    if unknown:  # `[[stages]]`: a typo that used to run as a plain transcode, exit 0
+        raise UserError(f"pipeline file {path}: unknown key '{unknown[0]}'; a pipeline file holds "
+                        f"[[stage]] tables only")
     entries = doc.get("stage", [])
     if not isinstance(entries, list):
         raise UserError(f"pipeline file {path}: expected [[stage]] tables")
+    if not entries:
+        raise UserError(f"pipeline file {path} has no [[stage]] table (--pipeline none runs no stage)")
     specs = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "name" not in entry:

@@ -25,6 +25,8 @@ class Resize(MapStage):
             raise ValueError("width, height and scale must not be negative")
         if not (width or height or scale):
             raise ValueError("give width, height or scale")
+        if scale and (width or height):  # one of them would be ignored without a word
+            raise ValueError("give scale or width/height, not both")
         if max(width, height) > MAX_SIDE:
             raise ValueError(f"width and height must be at most {MAX_SIDE}, got {width}x{height}")
         self.width, self.height, self.scale = width, height, scale

@@ -230,6 +230,8 @@ class TextDetect(MapStage):
         self.detector: TextDetector | None = None
         self.reader: TextReader | None = None
         self._regions: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
+        if not any(a.pixels for a in self.areas):
+            self.regions(1000, 1000)  # fractions overlap, or not, at every size: say so before the run
 
     def weight_files(self) -> list[str]:
         return [str(self.model)]  # the detector decides the masks (resume key)
@@ -243,9 +245,17 @@ class TextDetect(MapStage):
         key = (width, height)
         if key not in self._regions:
             try:
-                self._regions[key] = [a.resolve(width, height) for a in self.areas]
+                regions = [a.resolve(width, height) for a in self.areas]
             except ValueError as exc:  # the user's area against the frames it meets: exit 2, not a stage failure
                 raise UserError(f"text-detect: {exc}") from None
+            for i, (ax0, ay0, ax1, ay1) in enumerate(regions):
+                for j, (bx0, by0, bx1, by1) in enumerate(regions[:i]):
+                    if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+                        # text in the shared band would be detected, counted and filled twice
+                        where = f" in a {width}x{height} frame" if any(a.pixels for a in self.areas) else ""
+                        raise UserError(f"text-detect: areas {self.areas[j]} and {self.areas[i]} overlap{where}: "
+                                        f"give areas that do not, or one that covers both")
+            self._regions[key] = regions
         return self._regions[key]
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:

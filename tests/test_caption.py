@@ -85,6 +85,13 @@ def test_bad_area_is_a_user_error(bad):
         parse_pipeline(f"text-detect:area={bad}")
 
 
+def test_overlapping_areas_are_refused():
+    # the shared band was detected twice, its boxes counted twice
+    with pytest.raises(UserError, match="areas 0/0.7/1/1 and 0/0.6/1/1 overlap"):
+        parse_pipeline("text-detect:area=0/0.7/1/1+0/0.6/1/1")
+    parse_pipeline("text-detect:area=0/0.7/1/1+0/0/1/0.2")  # top and bottom bands: fine
+
+
 @pytest.mark.parametrize("pipeline,needs", [("text-detect,inpaint", "text_mask"), ("inpaint", "text_mask"),
                                             ("text-mask,inpaint", "text_boxes"), ("mask-preview", "text_boxes"),
                                             ("text-detect,mask-preview:mode=mask", "text_mask")])

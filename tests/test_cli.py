@@ -751,3 +751,8 @@ def test_stages_lists_whole_descriptions_and_one_stages_options():
     assert dedup.returncode == 0
     assert any(line.split()[:4] == ["block", "int", "default", "16"] for line in dedup.stdout.splitlines())
     assert_clean_failure(run_engine("stages", "nosuch"), "unknown stage 'nosuch'")
+    preset = run_engine("stages", "caption-remove")  # was: "unknown stage", listing it among the choices
+    assert preset.returncode == 0 and "a preset, text-detect" in preset.stdout and "  inpaint" in preset.stdout
+    upscale = run_engine("stages", "upscale").stdout.splitlines()
+    columns = {line.index("default") for line in upscale if " default " in line}
+    assert len(columns) == 1, upscale  # a long list of choices used to push its row out of line

@@ -75,6 +75,9 @@ def test_toml_pipeline(tmp_path):
     (None, "pipeline file not found"),
     ("[[stage]]\nwidth = 3\n", "has no name"),
     ("[[stage\n", "cannot read pipeline file"),
+    # these ran as a plain transcode, exit 0
+    ('[[stages]]\nname = "dedup"\n', "unknown key 'stages'"),
+    ("", "has no \\[\\[stage\\]\\] table"),
 ])
 def test_bad_toml(tmp_path, content, needle):
     path = tmp_path / "p.toml"
@@ -82,3 +85,9 @@ def test_bad_toml(tmp_path, content, needle):
         path.write_text(content)
     with pytest.raises(UserError, match=needle):
         parse_pipeline(str(path))
+
+
+@pytest.mark.parametrize("options", ["width=32:scale=2", "height=32:scale=0.5"])
+def test_resize_refuses_a_size_and_a_scale_together(options):
+    with pytest.raises(UserError, match="give scale or width/height, not both"):  # scale won, silently
+        parse_pipeline(f"resize:{options}")
