@@ -62,6 +62,7 @@ A learned image inpainter can replace step 4 (`filler=/path/model.onnx`, see
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import cv2
@@ -248,6 +249,16 @@ class Inpaint(WindowStage):
             raise ValueError(f"flow_width must be between 64 and 8192, got {flow_width}")
         if not 64 <= flow_height <= 8192:
             raise ValueError(f"flow_height must be between 64 and 8192, got {flow_height}")
+        given = dict(radius=radius, consistency=consistency, photometric=photometric, flow_width=flow_width,
+                     flow_preset=flow_preset, flow_height=flow_height, recurrent=recurrent,
+                     colour_match=colour_match, dense=dense, memory=memory, carry=carry)
+        defaults = {k: v.default for k, v in inspect.signature(Inpaint.__init__).parameters.items()}
+        unused = [k for k, v in given.items() if v != defaults[k]]
+        if not propagate and unused:  # each was accepted and ignored without a word
+            raise ValueError(f"{', '.join(unused)} {'applies' if len(unused) == 1 else 'apply'} only with "
+                             f"propagate=true")
+        if filler and method != defaults["method"]:
+            raise ValueError("method is the spatial fill's; with filler= the model fills what propagation leaves")
         overlap = radius if propagate else 0
         super().__init__(window_size=window_size or max(2 * overlap + 8, 2 * overlap + 1), overlap=overlap)
         self.radius, self.method, self.propagate = radius, method, propagate

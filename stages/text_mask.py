@@ -150,6 +150,9 @@ def run_filter(stack: np.ndarray, hold: int, min_duration: int) -> np.ndarray:
     return out[pad:pad + len(stack)]
 
 
+GROW = 0.15  # glyph masks widen by this × the text line's height
+
+
 @register_stage("text-mask")
 class TextMask(WindowStage):
     """Masks from text boxes: dilated, gaps between detections filled, steady over time, cut at scene changes."""
@@ -157,11 +160,13 @@ class TextMask(WindowStage):
     requires = ("text_boxes",)
     provides = ("text_mask",)
 
-    def __init__(self, shape: Literal["glyphs", "boxes"] = "glyphs", dilate: int = 4, grow: float = 0.15,
+    def __init__(self, shape: Literal["glyphs", "boxes"] = "glyphs", dilate: int = 4, grow: float = GROW,
                  hold: int = 6,
                  min_duration: int = 4, every: int = 2, cut_threshold: float = CUT_THRESHOLD, window_size: int = 0):
         if not 0 <= grow <= 2:
             raise ValueError(f"grow must be between 0 and 2 (× the text line's height), got {grow}")
+        if shape == "boxes" and grow != GROW:  # grow widens glyph masks; boxes are the boxes
+            raise ValueError("grow applies to shape=glyphs only")
         if not 0 <= dilate <= 200:
             raise ValueError(f"dilate must be between 0 and 200 px, got {dilate}")
         if not 0 <= hold <= 120 or not 1 <= min_duration <= 120:
@@ -267,5 +272,6 @@ class TextMask(WindowStage):
                 results[offset + i] = mask
 
     def describe(self) -> dict[str, Any]:
-        return {"shape": self.shape, "dilate": self.dilate, "grow": self.grow, "hold": self.hold,
+        return {"shape": self.shape, "dilate": self.dilate,
+                **({"grow": self.grow} if self.shape == "glyphs" else {}), "hold": self.hold,
                 "min_duration": self.min_duration, "window": self.window_size}

@@ -20,7 +20,7 @@ from engine.testing import CollectingSink
 from stages.inpaint import Inpaint, composite
 from stages.mask_preview import MaskPreview
 from stages.text_detect import TextDetect, box_filter, parse_areas
-from stages.text_mask import box_mask, fill_holes, glyph_mask, run_filter
+from stages.text_mask import TextMask, box_mask, fill_holes, glyph_mask, run_filter
 
 TB = Fraction(1, 24)
 
@@ -83,6 +83,25 @@ def test_area_fractions_pixels_and_several():
 def test_bad_area_is_a_user_error(bad):
     with pytest.raises(UserError, match="area"):
         parse_pipeline(f"text-detect:area={bad}")
+
+
+@pytest.mark.parametrize("pipeline,says", [
+    ("inpaint:propagate=false:radius=5", "radius applies only with propagate=true"),
+    ("inpaint:propagate=false:memory=false:dense=2", "dense, memory apply only with propagate=true"),
+    ("inpaint:filler={det}:method=telea", "method is the spatial fill's"),
+    ("text-mask:shape=boxes:grow=0.3", "grow applies to shape=glyphs only"),
+])
+def test_options_that_would_be_ignored_are_refused(pipeline, says):
+    """Each was accepted, and the report showed it, while it changed nothing."""
+    from stages.text_detect import bundled_model
+
+    det = bundled_model("det")
+    if "{det}" in pipeline and det is None:
+        pytest.skip("needs rapidocr's bundled models")
+    with pytest.raises(UserError, match=says):
+        parse_pipeline(pipeline.format(det=det))
+    if "grow" in pipeline:
+        assert "grow" not in TextMask(shape="boxes").describe()
 
 
 def test_overlapping_areas_are_refused():
