@@ -262,6 +262,7 @@ class Pipeline:
         def body() -> None:
             index = [n is node for n in self._nodes].index(True) - 1  # the stage's place in the pipeline
             stage = spec.build()
+            metrics.counters.update(dict.fromkeys(stage.counted, 0))
             stage.counters = metrics.counters  # stage counters land straight in the metrics
             size = self._input_sizes[index] or (None, None)
             ctx = StageContext(worker=worker, workers=spec.workers, width=size[0],

@@ -99,6 +99,9 @@ class Stage:
     #: them on the instance.
     requires: tuple[str, ...] = ()
     provides: ClassVar[tuple[str, ...]] = ()
+    #: Counters the stage always reports, 0 until counted: a run that found nothing shows
+    #: `text_frames=0`, and a report reader's `counters["text_frames"]` does not raise.
+    counted: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()

@@ -230,6 +230,7 @@ class Inpaint(WindowStage):
     """Fill text masks from neighbouring frames along DIS optical flow, the rest spatially."""
 
     requires = ("text_mask",)
+    counted = ("text_frames", "filled_pixels", "propagated_pixels", "remembered_pixels")
 
     def __init__(self, radius: int = 12, method: Literal["ns", "telea"] = "ns", propagate: bool = True,
                  feather: int = 3, consistency: float = 1.5, photometric: float = 4.0,

@@ -24,6 +24,8 @@ TINT = np.array([255, 0, 0], np.float32)  # RGB
 class MaskPreview(MapStage):
     """Draw the text mask, boxes and regions over the frame (or write the mask itself)."""
 
+    counted = ("mask_frames",)
+
     def __init__(self, mode: Literal["overlay", "mask"] = "overlay", opacity: float = 0.5):
         super().__init__()
         if not 0 <= opacity <= 1:

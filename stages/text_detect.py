@@ -190,6 +190,7 @@ class TextDetect(MapStage):
     """Find text boxes (PP-OCR detector) in regions of every `every`-th frame."""
 
     provides = ("text_boxes", "text_regions")
+    counted = ("checked_frames", "text_frames", "boxes", "rejected_boxes")
 
     def __init__(self, area: str = DEFAULT_AREA, every: int = 2, model: str = "", max_side: int = 640,
                  thresh: float = 0.3, box_thresh: float = 0.5, unclip_ratio: float = 1.6,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import av
@@ -935,3 +936,15 @@ def test_memory_view_maps_the_remembered_box_onto_another_windows_crop():
         assert np.array_equal(carried[inside], residual[iy, ix])
         assert np.array_equal(colour[~inside], previous[ys[~inside], xs[~inside]])
         assert (genuine[~inside] == 1).all() and (carried[~inside] == 0).all()
+
+
+def test_counters_are_reported_when_nothing_was_found(clip, tmp_path):
+    """A clip without text: the counters were missing, not 0 (`counters["text_frames"]` raised)."""
+    report = tmp_path / "r.json"
+    r = run_engine("stream", clip(frames=6, width=128, height=96), tmp_path / "out.mp4",
+                   "--pipeline", "caption-remove", "--report", report, "--quiet")
+    assert r.returncode == 0, r.stderr
+    counters = {s["name"]: s["counters"] for s in json.loads(report.read_text())["stages"]}
+    assert counters["text-detect"]["text_frames"] == 0 and counters["text-detect"]["checked_frames"] == 3
+    assert counters["inpaint"] == {"text_frames": 0, "filled_pixels": 0, "propagated_pixels": 0,
+                                   "remembered_pixels": 0}
