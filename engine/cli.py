@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"(default: {DEFAULT_PIPELINE})")
     s.add_argument("--encoder", default="auto", help="auto, x264, x265, h264_nvenc, hevc_nvenc, prores, ffv1")
     s.add_argument("--crf", type=int, default=None, help="quality (crf for x264/x265, cq for NVENC)")
-    s.add_argument("--preset", default=None, help="encoder preset (x264/x265: ultrafast..veryslow)")
+    s.add_argument("--preset", default=None, help="encoder speed: ultrafast..placebo (x264, x265) or p1..p7 "
+                   "(NVENC); either scale works with every encoder (translated, said in the encoder line)")
     s.add_argument("--prores-profile", default=None,
                    help="proxy, lt, 422, hq (default), 4444, 4444xq")
     s.add_argument("--fps", default=None, metavar="RATE",

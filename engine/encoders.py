@@ -128,8 +128,23 @@ def muxer_codecs(ext: str) -> set[str]:
         return set(probe.supported_codecs)
 
 
+_failures: dict[tuple, str] = {}  # encoders that would not open in this process, and why
+
+
 def try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str | None = None) -> str | None:
-    """Open the encoder for real on a tiny picture, as the sink will. Returns None on success, else why not."""
+    """Open the encoder for real on a tiny picture, as the sink will. Returns None on success, else why not.
+    A failure is kept for the process: NVENC's first reason ("Cannot load libcuda.so.1") is the
+    one to tell; a second try gave "Operation not permitted" (the second input of a batch)."""
+    key = (codec, pix_fmt, tuple(sorted(options.items())), thread_type)
+    if key not in _failures:
+        failure = _try_open(codec, pix_fmt, options, thread_type)
+        if failure is None:
+            return None
+        _failures[key] = failure
+    return _failures[key]
+
+
+def _try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str | None) -> str | None:
     try:
         ctx = av.CodecContext.create(codec, "w")
     except (av.error.FFmpegError, ValueError) as exc:
@@ -175,6 +190,7 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
     if prores_profile not in PRORES_PROFILES:
         raise UserError(f"invalid ProRes profile '{prores_profile}'; choose one of: "
                         f"{', '.join(PRORES_PROFILES)}")
+    check_preset(preset)
     if crf is not None and not 0 <= crf <= MAX_QUALITY:
         raise UserError(f"--crf must be between 0 and {MAX_QUALITY}, got {crf}")
     if name == "auto":
@@ -205,8 +221,9 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         if spec.quality_option:
             quality = crf if crf is not None else spec.default_quality
             options[spec.quality_option] = str(quality)
+        translated = None
         if spec.default_preset:
-            options["preset"] = preset or spec.default_preset
+            options["preset"], translated = preset_for(spec, preset)
         failure = try_open(spec.codec, pix_fmt, options, spec.thread_type)
         if failure is None:
             reason = "requested" if name != "auto" else (
@@ -218,11 +235,39 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
                        if given is not None and used is None]
             if ignored:  # said, not silently dropped: ProRes and FFV1 have no crf or preset
                 reason += f"; {' and '.join(ignored)} not used by {candidate}"
+            if translated:
+                reason += f"; {translated}"
             return EncoderChoice(candidate, spec, pix_fmt, options, reason)
         refusals.append(failure)
     if name == "auto":
         raise UserError(f"no encoder could be opened for {output_ext}: {'; '.join(refusals)}")
     raise UserError(f"encoder '{name}' cannot be used: {refusals[0]}")
+
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                "veryslow", "placebo")
+NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
+# one --preset for every encoder `auto` may pick: x264's names on NVENC's speed scale and back
+X264_TO_NVENC = dict(zip(X264_PRESETS, ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7", "p7")))
+NVENC_TO_X264 = dict(zip(NVENC_PRESETS, ("ultrafast", "veryfast", "faster", "medium", "slow", "slower", "veryslow")))
+
+
+def check_preset(preset: str | None) -> None:
+    if preset is not None and preset not in X264_PRESETS + NVENC_PRESETS:
+        raise UserError(f"invalid --preset '{preset}'; choose one of: {', '.join(X264_PRESETS)} "
+                        f"(x264, x265) or p1..p7 (NVENC; each side's names work on the other)")
+
+
+def preset_for(spec: EncoderSpec, preset: str | None) -> tuple[str, str | None]:
+    """(the encoder's own preset for `--preset`, a note when it was translated)."""
+    if preset is None:
+        return spec.default_preset, None
+    nvenc = spec.codec.endswith("_nvenc")
+    if nvenc and preset in X264_TO_NVENC:
+        return X264_TO_NVENC[preset], f"--preset {preset} is {X264_TO_NVENC[preset]} for {spec.codec}"
+    if not nvenc and preset in NVENC_TO_X264:
+        return NVENC_TO_X264[preset], f"--preset {preset} is {NVENC_TO_X264[preset]} for {spec.codec}"
+    return preset, None
 
 
 def available_cpus() -> int:

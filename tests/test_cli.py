@@ -255,7 +255,7 @@ def test_corrupt_input_fails_cleanly_or_decodes_everything(clip, tmp_path):
     (["--pipeline", "resize:width=abc"], "not a valid int"),
     (["--encoder", "divx"], "unknown encoder 'divx'"),
     (["--encoder", "prores"], "cannot go in .mp4"),
-    (["--preset", "warp-speed"], "failed to open"),
+    (["--preset", "warp-speed"], "invalid --preset 'warp-speed'; choose one of: ultrafast"),
     (["--pipeline", "dedup:workers=2"], "must run with workers=1"),  # each worker would see gaps
     (["--stall-timeout", "-1"], "--stall-timeout must be a number of seconds > 0"),
     (["--stall-timeout", "nan"], "--stall-timeout must be a number of seconds > 0"),

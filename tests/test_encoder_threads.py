@@ -63,3 +63,24 @@ def test_x265s_settings_are_reported_in_every_container(clip, tmp_path, ext):
     assert result.returncode == 0, result.stderr
     settings = json.loads(report.read_text())["encoder"]["settings"]
     assert settings["frame-threads"].isdigit() and settings["rc"] == "crf" and "wpp" in settings
+
+
+def test_one_preset_name_works_for_x264_and_nvenc():
+    """`--preset ultrafast` failed NVENC's open ('Error setting option preset'), so `auto`
+    skipped the GPU encoder for a name; p1..p7 failed x264's."""
+    from engine.encoders import ENCODERS, preset_for
+
+    assert preset_for(ENCODERS["h264_nvenc"], "ultrafast") == ("p1", "--preset ultrafast is p1 for h264_nvenc")
+    assert preset_for(ENCODERS["h264_nvenc"], "p6")[0] == "p6"
+    assert preset_for(ENCODERS["x264"], "p2") == ("veryfast", "--preset p2 is veryfast for libx264")
+    assert preset_for(ENCODERS["x265"], None) == ("medium", None)
+
+
+def test_an_encoder_that_would_not_open_keeps_its_first_reason(monkeypatch):
+    from engine import encoders
+
+    reasons = iter(["Cannot load libcuda.so.1", "Operation not permitted"])
+    monkeypatch.setattr(encoders, "_failures", {})
+    monkeypatch.setattr(encoders, "_try_open", lambda *args: next(reasons))
+    assert encoders.try_open("h264_nvenc", "yuv420p", {"preset": "p5"}) == "Cannot load libcuda.so.1"
+    assert encoders.try_open("h264_nvenc", "yuv420p", {"preset": "p5"}) == "Cannot load libcuda.so.1"
