@@ -47,6 +47,8 @@ def batch_inputs(input_path: str) -> list[str]:
         if missing:
             raise UserError(f"input list {input_path} names a file that does not exist: {missing[0]}")
     if not paths:
+        if not os.path.isdir(input_path):
+            raise UserError(f"input list {input_path} names no file (one path per line; # starts a comment)")
         raise UserError(f"no video files in {input_path} (looked for {', '.join(VIDEO_EXTENSIONS)})")
     return paths
 

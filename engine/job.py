@@ -118,7 +118,8 @@ class Job:
                              deinterlace=config.deinterlace)
         try:
             check_output_size(specs, source.info, video=not image_out)
-            early_notes, _ = check_input(config, source.info)  # the source keeps what decodes
+            early_notes, truncated = check_input(config, source.info)  # the source keeps what decodes
+            source.truncation_said = truncated  # its note after the run then only gives the count
             video_index = main_video(source.container).index
             if image_out:
                 sink = ImageSequenceSink(config.output)
@@ -139,7 +140,7 @@ class Job:
         return cls(config, specs, source, sink, note,  # never drop a stream silently
                    clear_stale_partials(config.output, config.report) + replacing_note(config.output)
                    + image_input_notes(config) + early_notes
-                   + plan.notes())
+                   + plan.notes() + unused_work_dir_note(config))
 
     def run(self, reporter: Reporter | None = None) -> dict:
         # once the output is in place, a stop signal cannot undo the job (engine/interrupts.py)
@@ -183,9 +184,10 @@ def check_config(config: JobConfig) -> list[StageSpec]:
     register_image_rate(config)
     specs = parse_pipeline(config.pipeline)
     check_stage_order(specs)
-    check_output_path(config.input, config.output)  # first: `out/` is a directory, not an extension
-    if not is_image_pattern(config.output):
+    video_file = not is_image_pattern(config.output) and not os.path.isdir(config.output)
+    if video_file:  # `new/frame.png`: the extension is the mistake, not the missing directory
         container_for(config.output)
+    check_output_path(config.input, config.output)  # an existing `out/` is a directory, not an extension
     if config.report:
         check_report_path(config.report, [config.input], [config.output])
     return specs
@@ -200,6 +202,20 @@ def register_image_rate(config: JobConfig) -> None:
     elif config.fps is not None:
         raise UserError(f"--fps is for an image-sequence input (frames/%06d.png); a video keeps its own "
                         f"timestamps: {config.input}")
+
+
+def unused_work_dir_note(config: JobConfig) -> list[str]:
+    """A run without --resume beside an earlier --resume run's work directory: say it is left
+    as it is (it can hold hours of finished segments; a rerun with --resume continues it)."""
+    if is_image_pattern(config.output):
+        return []
+    from engine.resume import default_work_dir  # resume imports this module
+
+    work_dir = default_work_dir(config.output)
+    if not os.path.isdir(work_dir):
+        return []
+    return [f"note: {work_dir} holds an earlier --resume run of this output; this run does not use it "
+            f"(run with --resume to continue that job, or delete it)"]
 
 
 def image_input_notes(config: JobConfig) -> list[str]:

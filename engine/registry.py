@@ -115,7 +115,7 @@ def check_stage_order(specs: list[StageSpec]) -> None:
             raise UserError(f"stage '{spec.name}' works on the {missing[0]} that "
                             f"{' or '.join(makers) or 'another stage'} makes: put "
                             f"{'it' if len(makers) < 2 else 'one'} before {spec.name}"
-                            + _preset_hint(spec.name))
+                            + _preset_hint(spec.name, [s.name for s in specs]))
         if _changes_size(stage):
             stale.update({key: (maker, spec.name) for key, maker in made.items()})
             made.clear()
@@ -131,10 +131,15 @@ def _changes_size(stage: Stage) -> bool:
         return True
 
 
-def _preset_hint(name: str) -> str:
-    presets = {p: text for p, text in available_presets().items()
-               if any(s.name == name for s in parse_pipeline(text))}
-    return "".join(f" (the {p} preset is {text})" for p, text in list(presets.items())[:1])
+def _preset_hint(name: str, pipeline: list[str] = ()) -> str:
+    """The preset that holds stage `name`; of several, the one holding most of the user's
+    stages (`text-mask,text-detect,inpaint` is caption-remove written in the wrong order)."""
+    presets = {p: {s.name for s in parse_pipeline(text)} for p, text in available_presets().items()}
+    holding = [p for p, names in presets.items() if name in names]
+    if not holding:
+        return ""
+    best = max(holding, key=lambda p: len(presets[p] & set(pipeline)))  # ties: the first by name
+    return f" (the {best} preset is {available_presets()[best]})"
 
 
 @dataclass(frozen=True)

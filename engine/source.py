@@ -197,6 +197,7 @@ class VideoSource:
         self.notes: list[str] = []           # said to the user after the run
         self.repair: TimestampRepair | None = None
         self.deinterlacer: Deinterlacer | None = None  # with --deinterlace: what it did
+        self.truncation_said = False  # the job noted the truncation before the run (engine/job.py)
         # the stream's one size: given (a segment: the job's), else the first frame's
         self.size_holder = SizeHolder(frame_size)
         self._alpha_said = self._interlace_said = False
@@ -313,7 +314,10 @@ class VideoSource:
         if not self.allow_truncated:
             raise UserError(f"input is truncated or corrupt: {self.path} {problem} "
                             "(--allow-truncated keeps the frames that could be read)")
-        self.notes.append(f"note: input is truncated: {problem}; kept them (--allow-truncated)")
+        if self.truncation_said:  # the job said so before the run: now what came of it
+            self.notes.append(f"note: kept the {decoded} frames that could be read")
+        else:
+            self.notes.append(f"note: input is truncated: {problem}; kept them (--allow-truncated)")
 
     def close(self) -> None:
         self._container.close()  # PyAV makes a second close a no-op

@@ -16,6 +16,8 @@ class TemporalDenoise(WindowStage):
     def __init__(self, radius: int = 1, window_size: int = 0):
         if not 1 <= radius <= 30:  # 2·radius+1 frames held: 61 1080p frames are 380 MB already
             raise ValueError(f"radius must be between 1 and 30, got {radius}")
+        if window_size > 512:  # the window's frames are held at once: 512 1080p frames are 3 GB
+            raise ValueError(f"window_size must be at most 512 frames, got {window_size}")
         # overlap = radius: every emitted frame sees `radius` real neighbours on each side
         super().__init__(window_size=window_size or 8 + 2 * radius, overlap=radius)
         self.radius = radius

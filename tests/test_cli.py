@@ -756,3 +756,27 @@ def test_stages_lists_whole_descriptions_and_one_stages_options():
     upscale = run_engine("stages", "upscale").stdout.splitlines()
     columns = {line.index("default") for line in upscale if " default " in line}
     assert len(columns) == 1, upscale  # a long list of choices used to push its row out of line
+
+
+def test_small_messages_say_the_real_problem(clip, tmp_path):
+    src = clip(frames=6)
+    # the extension is the mistake, not the missing directory
+    assert_clean_failure(run_engine("stream", src, tmp_path / "new" / "frame.png"),
+                         "unsupported output extension '.png'")
+    # an empty list file is not a directory without videos
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    assert_clean_failure(run_engine("stream", tmp_path / "empty.txt", tmp_path / "out"), "names no file")
+    # the stages of caption-remove in the wrong order: that preset, not caption-preview
+    assert_clean_failure(run_engine("stream", src, tmp_path / "o.mp4", "--pipeline", "text-mask,text-detect,inpaint"),
+                         "(the caption-remove preset is")
+    assert_clean_failure(run_engine("stream", src, tmp_path / "o.mp4", "--pipeline",
+                                    "temporal-denoise:window_size=100000"), "window_size must be at most 512")
+
+
+def test_a_plain_run_beside_a_resume_work_directory_says_it_leaves_it(clip, tmp_path):
+    out, src = tmp_path / "o.mp4", clip(frames=24)  # 24 frames: keyframes enough for 8f segments
+    killed = run_engine("stream", src, out, "--pipeline", "none", "--resume",
+                        "--segment", "8f", env={"ENGINE_CRASH_AT": "segment-done:1"})
+    assert killed.returncode != 0 and (tmp_path / ".o.mp4.engine-work").is_dir()
+    r = run_engine("stream", src, out, "--pipeline", "none")
+    assert r.returncode == 0 and "holds an earlier --resume run of this output; this run does not use it" in r.stderr
