@@ -159,7 +159,8 @@ class Job:
             result = pipeline.run()
         finally:
             reporter.stop(pipeline.snapshot() if result is not None else None)
-        notes = self.source.notes + getattr(self.sink, "notes", [])
+        notes = self.source.notes + getattr(self.sink, "notes", []) + stage_notes(
+            self.specs, [s.counters for s in result.stages[1:-1]])
         if notes and not config.quiet:
             reporter_note(reporter, notes)
         report = build_report(self, result, reporter)
@@ -167,6 +168,14 @@ class Job:
         if config.report:
             write_report(config.report, report)
         return report
+
+
+def stage_notes(specs: list[StageSpec], counters: list[dict]) -> list[str]:
+    """Each stage's `run_note` on its counters (`counters[i]` is `specs[i]`'s)."""
+    from engine.registry import stage_class
+
+    notes = [stage_class(spec.name).run_note(dict(c)) for spec, c in zip(specs, counters)]
+    return [n for n in notes if n]
 
 
 def check_config(config: JobConfig) -> list[StageSpec]:

@@ -37,7 +37,7 @@ from engine.errors import UserError
 from engine.frame_size import SizeHolder, size_note
 from engine.image_input import rate_of
 from engine.job import (JobConfig, check_config, check_input, check_output_size, clear_stale_partials,
-                        describe_input, describe_output, environment, image_input_notes, replacing_note, reporter_note, write_report)
+                        describe_input, describe_output, environment, image_input_notes, stage_notes, replacing_note, reporter_note, write_report)
 from engine.join import JoinPart, join_segments
 from engine.manifest import (MANIFEST, Manifest, SegmentRecord, is_temporary, job_key, key_difference, load,
                              save)
@@ -337,6 +337,9 @@ class SegmentedJob:
     def segment_notes(self, numbers: dict) -> list[str]:
         """The segments' notes, each said once, and the job's sums of what they counted."""
         notes = list(dict.fromkeys(n for s in self.plan.segments for n in self.manifest.segments[s.index].notes))
+        stages = self.run_figures().get("stages")
+        if stages:  # source, the pipeline's stages, sink
+            notes += stage_notes(self.specs, [st["counters"] for st in stages[1:-1]])
         if "deinterlace" in numbers:
             notes.append(deinterlace_note(numbers["deinterlace"]))
         size = size_note(numbers["frame_size"])

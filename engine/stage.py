@@ -116,6 +116,12 @@ class Stage:
     def close(self) -> None:
         """Release resources. Called exactly once per opened instance, also after a failure."""
 
+    @classmethod
+    def run_note(cls, counters: dict[str, float]) -> str | None:
+        """What the user should hear after a run from this stage's counters (all workers, all
+        segments added up): a run that did nothing it was asked to, say. None: nothing."""
+        return None
+
     def count(self, key: str, n: int | float = 1) -> None:
         """Add to a counter that appears in the progress display and the report."""
         self.counters[key] += n

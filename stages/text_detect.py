@@ -237,6 +237,15 @@ class TextDetect(MapStage):
     def weight_files(self) -> list[str]:
         return [str(self.model)]  # the detector decides the masks (resume key)
 
+    @classmethod
+    def run_note(cls, counters: dict[str, float]) -> str | None:
+        checked, rejected = counters.get("checked_frames", 0), counters.get("rejected_boxes", 0)
+        if not checked or counters.get("text_frames", 0):
+            return None
+        why = (f"; {rejected:g} box(es) were found but rejected by the size filters (min_height, max_height, "
+               f"min_aspect, max_fill)" if rejected else "; check area= (where text is looked for)")
+        return f"note: text-detect found no text in the {checked:g} frames it checked, so nothing was changed{why}"
+
     def open(self, ctx: StageContext) -> None:
         self.detector = TextDetector(self.model, **self.detector_options)
         if self.verify:
