@@ -139,8 +139,11 @@ def _probe(args: argparse.Namespace) -> int:
     if result.sample_aspect_ratio:
         w, h = result.display_size
         print(f"  pixels {result.sample_aspect_ratio.replace('/', ':')} (shown as {w}x{h})")
-    if result.scan and result.scan != "progressive":
-        print(f"  {result.scan} (the stream's header; --deinterlace auto follows each frame's flags)")
+    if result.frame_scan and not result.frame_scan.startswith("progressive"):
+        header = f"; the stream's header says {result.scan}" if result.scan and result.scan not in result.frame_scan else ""
+        print(f"  {result.frame_scan}: the frames' own flags, which --deinterlace auto follows{header}")
+    elif result.scan and result.scan != "progressive":
+        print(f"  {result.scan} (the stream's header; its first frames are flagged progressive)")
     if result.colour:
         print("  colour " + " ".join(f"{k}={v}" for k, v in result.colour.items()))
     for s in result.streams:

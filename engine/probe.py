@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 
 import av
 
@@ -36,6 +37,10 @@ class ProbeResult:
     display_size: tuple[int, int] | None = None  # how players show it, when the pixels are not square
     colour: dict = field(default_factory=dict)   # FFmpeg's names for matrix, primaries, transfer, range
     scan: str | None = None    # "progressive", "interlaced, top field first", ...; None: not said
+    #: what the first decoded frames' own flags say (what --deinterlace auto follows), e.g.
+    #: "interlaced, bottom field first (12 of 12 frames sampled)"; libx264 writes top first in
+    #: its header whatever its frames are
+    frame_scan: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +71,57 @@ def colour_names(info) -> dict[str, str]:
         if value not in unset:
             named[key] = names.get(value, str(value))
     return named
+
+
+SAMPLED_FRAMES = 12
+
+
+def sampled_scan(path: str, frames: int = SAMPLED_FRAMES) -> str | None:
+    """The field order the first `frames` decoded frames carry in their flags. PyAV reads
+    `interlaced_frame` but not top-field-first: FFmpeg's showinfo filter prints both (i:P,
+    i:T, i:B), so the frames go through it with its log captured. None: nothing decoded."""
+    container = open_input(path)
+    pictures = []
+    try:
+        for picture in container.decode(main_video(container)):
+            pictures.append(picture)
+            if len(pictures) >= frames:
+                break
+    except av.error.FFmpegError:
+        pass  # a corrupt file: what decoded is the sample
+    finally:
+        container.close()
+    if not pictures:
+        return None
+    if not any(p.interlaced_frame for p in pictures):
+        return f"progressive ({len(pictures)} of {len(pictures)} frames sampled)"
+    first = pictures[0]
+    graph = av.filter.Graph()
+    buffer = graph.add_buffer(width=first.width, height=first.height, format=first.format,
+                              time_base=first.time_base or Fraction(1, 25))
+    show = graph.add("showinfo")
+    sink = graph.add("buffersink")
+    buffer.link_to(show)
+    show.link_to(sink)
+    graph.configure()
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.INFO)
+    try:
+        with av.logging.Capture(True) as logs:
+            for picture in pictures:
+                if (picture.width, picture.height, picture.format.name) != (first.width, first.height,
+                                                                             first.format.name):
+                    break  # a graph holds one size: the frames before the change are the sample
+                graph.push(picture)
+                graph.pull()
+    finally:
+        av.logging.set_level(level)
+    orders = [line[2].split(" i:", 1)[1][:1] for line in logs if " i:" in line[2]]
+    top, bottom = orders.count("T"), orders.count("B")
+    if not top + bottom:
+        return f"progressive ({len(orders)} of {len(orders)} frames sampled)"
+    order = "top field first" if top >= bottom else "bottom field first"
+    return f"interlaced, {order} ({max(top, bottom)} of {len(orders)} frames sampled)"
 
 
 def count_video_packets(container: av.container.InputContainer) -> int:
@@ -103,6 +159,7 @@ def probe(path: str) -> ProbeResult:
             timestamps_problem=check.problem, hdr=info.hdr.describe() if info.hdr else None,
             sample_aspect_ratio=str(sar) if sar else None,
             display_size=(round(info.width * sar), info.height) if sar else None,
-            colour=colour_names(info), scan=SCANS.get(int(main_video(container).codec_context.field_order)))
+            colour=colour_names(info), scan=SCANS.get(int(main_video(container).codec_context.field_order)),
+            frame_scan=sampled_scan(path))
     finally:
         container.close()

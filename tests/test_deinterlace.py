@@ -188,11 +188,17 @@ def test_resume_refuses_a_changed_deinterlace_mode(interlaced, tmp_path):
     assert "the decoding options changed (--deinterlace, --fps)" in r.stderr
 
 
-def test_probe_names_the_field_order(interlaced, clip):
+def test_probe_names_the_field_order(interlaced, clip, tmp_path):
     r = run_engine("probe", interlaced)
-    assert r.returncode == 0 and "interlaced, top field first (the stream's header" in r.stdout
+    assert r.returncode == 0 and "interlaced, top field first (12 of 12 frames sampled): the frames' own" in r.stdout
+    # libx264 writes top-first in its header whatever its frames say: probe said top first
+    bottom = write_interlaced(tmp_path / "bff.mkv", tff=False, frames=6)
+    r = run_engine("probe", bottom)
+    assert "interlaced, bottom field first (6 of 6 frames sampled)" in r.stdout
+    assert "the stream's header says interlaced, top field first" in r.stdout
     r = run_engine("probe", clip(frames=4), "--json")
     assert json.loads(r.stdout)["scan"] == "progressive"
+    assert json.loads(r.stdout)["frame_scan"] == "progressive (4 of 4 frames sampled)"
 
 
 def test_a_picture_too_small_for_bwdif_is_refused_in_one_line(clip, tmp_path):
