@@ -30,16 +30,45 @@ STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", sign
 def unstoppable(cleanup: Callable[[], None],
                 stopped: Callable[[KeyboardInterrupt], None] | None = None) -> None:
     """Run `cleanup` (waiting for the threads that write a partial output, removing it) to its
-    end whatever stop signals come meanwhile: a second Ctrl-C used to cut the wait short,
-    leave the partial, and end the process under running saver threads (SIGABRT). A signal
-    meanwhile is given to `stopped` (the job's stop), then `cleanup` runs again from its
+    end whatever stop signals come meanwhile: a second Ctrl-C used to cut the wait short, leave
+    the partial, and end the process under running saver threads (SIGABRT).
+
+    While it runs, stop signals are only noted. Catching the KeyboardInterrupt is not enough:
+    Python 3.11's Thread.join, interrupted, can mark a thread that still runs as finished
+    (bpo-45274's fix releases the lock the live thread holds), so the next join returned at
+    once and the partial was removed under a saver still writing into it. A noted signal is
+    given to `stopped` (the job's stop) once cleanup is done, and `cleanup` runs again from its
     start: it must be safe to run twice."""
-    while True:
-        try:
-            return cleanup()
-        except KeyboardInterrupt as exc:  # Terminated too: it is one
-            if stopped is not None:
-                stopped(exc)
+    noted: list[int] = []
+    saved = _note_stops(noted)
+    try:
+        pending: KeyboardInterrupt | None = None
+        while True:
+            try:
+                if pending is not None and stopped is not None:
+                    exc, pending = pending, None
+                    stopped(exc)
+                cleanup()
+                if not noted or stopped is None:
+                    return
+                signum = noted.pop(0)
+                noted.clear()
+                pending = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+            except KeyboardInterrupt as exc:  # one Python raised before the handlers changed
+                pending = exc  # no call here: a signal can only land where the loop catches it
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def _note_stops(noted: list[int]) -> dict[int, object]:
+    """Make the stop signals only append to `noted` (main thread only); the handlers replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    saved = {s: signal.getsignal(s) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+    for s in saved:
+        signal.signal(s, lambda signum, frame: noted.append(signum))
+    return saved
 
 
 def raise_terminated(signum, frame) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -168,6 +167,7 @@ class Pipeline:
         self.token = CancelToken()
         self._threads: list[threading.Thread] = []
         self._started = 0.0
+        self._interrupt: KeyboardInterrupt | None = None  # a Ctrl-C taken while supervising
         self._frames_in = 0
         self._nodes: list[_Node] = []
         self._alive = 0
@@ -442,13 +442,10 @@ class Pipeline:
         try:
             self._supervise()
         except KeyboardInterrupt as exc:
-            self.token.cancel(Interrupted.by(exc))
+            self._interrupt = exc  # no call here: a second Ctrl-C cannot land before the wind-down
         finally:
-            stopping = sys.exc_info()[1]  # a second Ctrl-C that landed in the except clause
-            if isinstance(stopping, KeyboardInterrupt):
-                self.token.cancel(Interrupted.by(stopping))
-            # the threads' end and the partial's removal: a Ctrl-C now only stops the job
-            interrupts.unstoppable(self._wind_down, lambda exc: self.token.cancel(Interrupted.by(exc)))
+            # the threads' end and the partial's removal: a Ctrl-C from here on only stops the job
+            interrupts.unstoppable(self._wind_down, self._stopped)
         if self.token.error is not None:
             raise self.token.error
         try:
@@ -496,8 +493,13 @@ class Pipeline:
                             f"stalled: no result for {limit:g} s"), m.call_last))
                         return
 
+    def _stopped(self, exc: KeyboardInterrupt) -> None:
+        self.token.cancel(Interrupted.by(exc))
+
     def _wind_down(self) -> None:
         """Every thread ended (or named as stuck); after a failure, the partial output removed."""
+        if self._interrupt is not None:
+            self.token.cancel(Interrupted.by(self._interrupt))  # the first error wins: safe to repeat
         stuck = self._join_all()
         if self.token.error is None and stuck:
             self.token.cancel(EngineError(f"threads did not finish: {', '.join(stuck)}"))

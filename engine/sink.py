@@ -495,6 +495,7 @@ class ImageSequenceSink:
         self._pending: deque[Future] = deque()
         self._names: list[str] = []
         self._lock: PartialLock | None = None
+        self._aborted = False
 
     def _save(self, frame: Frame, name: str) -> None:
         data = frame.data
@@ -508,6 +509,8 @@ class ImageSequenceSink:
             fh.write(encoded.tobytes())
 
     def write(self, frame: Frame) -> None:
+        if self._aborted:  # a thread still running after the job stopped must not stage frames again
+            raise RuntimeError("the image sink was aborted")
         if self._pool is None:
             os.makedirs(self.partial, exist_ok=True)
             self._lock = PartialLock(self.partial, directory=True)
@@ -542,6 +545,7 @@ class ImageSequenceSink:
 
     def abort(self) -> None:
         # safe to run again (interrupts.unstoppable): the pool is dropped once its savers are done
+        self._aborted = True
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -507,6 +507,28 @@ def test_unstoppable_cleanup_runs_to_its_end_and_says_each_stop():
     assert runs == [0, 1, 2] and len(stops) == 2 and all(isinstance(s, KeyboardInterrupt) for s in stops)
 
 
+def test_a_real_ctrl_c_waits_until_the_cleanup_is_done():
+    """The signal is blocked, not only caught: an interrupted Thread.join could mark a live
+    saver thread finished (Python 3.11), and the partial was removed under it."""
+    import threading as _threading
+
+    from engine.interrupts import unstoppable
+
+    done, stops = [], []
+    worker = _threading.Thread(target=time.sleep, args=(0.3,))
+
+    def cleanup():
+        if not done:
+            worker.start()
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while waiting for the thread
+        worker.join()
+        done.append(worker.is_alive())
+
+    unstoppable(cleanup, stops.append)
+    assert done[0] is False  # the join waited for the thread's real end
+    assert len(stops) == 1 and isinstance(stops[0], KeyboardInterrupt) and len(done) == 2  # then ran again
+
+
 @pytest.mark.parametrize("resume", [False, True])
 @pytest.mark.parametrize("sig", ["INT", "TERM", "HUP"])
 def test_a_stop_signal_after_the_output_is_in_place_lets_the_job_finish(clip, tmp_path, sig, resume):
