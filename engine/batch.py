@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 
 from engine import interrupts
@@ -119,7 +120,8 @@ def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
         if config.report and reports:  # the finished inputs' outputs are complete: say so
             write_report(config.report, {"inputs": reports, "stopped": {
                 "finished": len(reports), "of": len(configs),
-                "reason": str(exc) or type(exc).__name__}})
+                "reason": interrupts.STOP_SIGNALS[getattr(exc, "signum", signal.SIGINT)]
+                if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__}})
         raise
     if config.report:
         write_report(config.report, {"inputs": reports})

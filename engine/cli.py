@@ -143,7 +143,8 @@ def _probe(args: argparse.Namespace) -> int:
         header = f"; the stream's header says {result.scan}" if result.scan and result.scan not in result.frame_scan else ""
         print(f"  {result.frame_scan}: the frames' own flags, which --deinterlace auto follows{header}")
     elif result.scan and result.scan != "progressive":
-        print(f"  {result.scan} (the stream's header; its first frames are flagged progressive)")
+        frames = "; its first frames are flagged progressive" if result.frame_scan else ""
+        print(f"  {result.scan} (the stream's header{frames})")
     if result.colour:
         print("  colour " + " ".join(f"{k}={v}" for k, v in result.colour.items()))
     for s in result.streams:

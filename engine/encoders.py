@@ -128,20 +128,20 @@ def muxer_codecs(ext: str) -> set[str]:
         return set(probe.supported_codecs)
 
 
-_failures: dict[tuple, str] = {}  # encoders that would not open in this process, and why
+_failures: dict[tuple, str] = {}  # why an encoder would not open, the first time in this process
 
 
 def try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str | None = None) -> str | None:
     """Open the encoder for real on a tiny picture, as the sink will. Returns None on success, else why not.
-    A failure is kept for the process: NVENC's first reason ("Cannot load libcuda.so.1") is the
-    one to tell; a second try gave "Operation not permitted" (the second input of a batch)."""
+    Every call really tries (an NVENC busy with other sessions may open later), but a repeated
+    failure gives its first reason: NVENC's ("Cannot load libcuda.so.1") is the one to tell; a
+    second try said "Operation not permitted" (the second input of a batch)."""
     key = (codec, pix_fmt, tuple(sorted(options.items())), thread_type)
-    if key not in _failures:
-        failure = _try_open(codec, pix_fmt, options, thread_type)
-        if failure is None:
-            return None
-        _failures[key] = failure
-    return _failures[key]
+    failure = _try_open(codec, pix_fmt, options, thread_type)
+    if failure is None:
+        _failures.pop(key, None)
+        return None
+    return _failures.setdefault(key, failure)
 
 
 def _try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str | None) -> str | None:
@@ -248,12 +248,15 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "veryslow", "placebo")
 NVENC_PRESETS = ("p1", "p2", "p3", "p4", "p5", "p6", "p7")
 # one --preset for every encoder `auto` may pick: x264's names on NVENC's speed scale and back
-X264_TO_NVENC = dict(zip(X264_PRESETS, ("p1", "p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7", "p7")))
-NVENC_TO_X264 = dict(zip(NVENC_PRESETS, ("ultrafast", "veryfast", "faster", "medium", "slow", "slower", "veryslow")))
+# lined up at the defaults: x264's medium is NVENC's p5
+X264_TO_NVENC = dict(zip(X264_PRESETS, ("p1", "p2", "p3", "p3", "p4", "p5", "p6", "p7", "p7", "p7")))
+NVENC_TO_X264 = dict(zip(NVENC_PRESETS, ("ultrafast", "superfast", "veryfast", "fast", "medium", "slow", "slower")))
+# NVENC's other names, passed to it as they are (x264 refuses them when it opens)
+NVENC_OTHER_PRESETS = ("default", "hp", "hq", "bd", "ll", "llhq", "llhp", "lossless", "losslesshp")
 
 
 def check_preset(preset: str | None) -> None:
-    if preset is not None and preset not in X264_PRESETS + NVENC_PRESETS:
+    if preset is not None and preset not in X264_PRESETS + NVENC_PRESETS + NVENC_OTHER_PRESETS:
         raise UserError(f"invalid --preset '{preset}'; choose one of: {', '.join(X264_PRESETS)} "
                         f"(x264, x265) or p1..p7 (NVENC; each side's names work on the other)")
 

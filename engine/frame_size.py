@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import av
+
 from engine.frame import Frame
 
 
@@ -55,8 +57,11 @@ class SizeHolder:
             if self.first_scaled is None:
                 self.first_scaled = frame.seq
             self.other_sizes.add((picture.width, picture.height))
-        # same pixel format, matrix and range: only the size changes (reformat keeps the tags and pts)
-        picture = picture.reformat(width=width, height=height, interpolation="LANCZOS")
+        try:  # same pixel format, matrix and range: only the size changes (reformat keeps the tags and pts)
+            picture = picture.reformat(width=width, height=height, interpolation="LANCZOS")
+        except (av.error.FFmpegError, ValueError):  # a format swscale cannot write (pal8 PNG, bayer)
+            picture = picture.reformat(width=width, height=height, interpolation="LANCZOS",
+                                       format="rgb48le" if frame.deep else "rgb24")
         out = Frame.from_picture(frame.seq, frame.pts, frame.time_base, picture,
                                  "rgb48le" if frame.deep else "rgb24")
         out.meta.update(frame.meta)

@@ -54,7 +54,7 @@ def _parts(pattern: str) -> tuple[str, int, str] | None:
 def frame_file(pattern: str, number: int) -> str:
     """The file name image2 gives frame `number` of `pattern` (``%06d.png``, 7: ``000007.png``)."""
     head, width, tail = _parts(pattern)
-    return f"{head}{number:0{width + (number < 0)}d}{tail}"
+    return f"{head}{number:0{width}d}{tail}"
 
 
 def frame_name(pattern: str) -> re.Pattern | None:

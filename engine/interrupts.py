@@ -27,6 +27,9 @@ from engine.errors import Terminated
 STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
+ESCAPE = 3  # stop signals during one cleanup that cut it short after all
+
+
 def unstoppable(cleanup: Callable[[], None],
                 stopped: Callable[[KeyboardInterrupt], None] | None = None) -> None:
     """Run `cleanup` (waiting for the threads that write a partial output, removing it) to its
@@ -38,7 +41,8 @@ def unstoppable(cleanup: Callable[[], None],
     (bpo-45274's fix releases the lock the live thread holds), so the next join returned at
     once and the partial was removed under a saver still writing into it. A noted signal is
     given to `stopped` (the job's stop) once cleanup is done, and `cleanup` runs again from its
-    start: it must be safe to run twice."""
+    start: it must be safe to run twice. The `ESCAPE`-th signal during one cleanup is raised at
+    once (a saver stuck on a hung mount must not leave SIGKILL as the only way out)."""
     noted: list[int] = []
     saved = _note_stops(noted)
     try:
@@ -54,7 +58,9 @@ def unstoppable(cleanup: Callable[[], None],
                 signum = noted.pop(0)
                 noted.clear()
                 pending = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
-            except KeyboardInterrupt as exc:  # one Python raised before the handlers changed
+            except KeyboardInterrupt as exc:  # one Python raised before the handlers changed, or the escape
+                if len(noted) >= ESCAPE:
+                    raise
                 pending = exc  # no call here: a signal can only land where the loop catches it
     finally:
         for signum, handler in saved.items():
@@ -65,9 +71,14 @@ def _note_stops(noted: list[int]) -> dict[int, object]:
     """Make the stop signals only append to `noted` (main thread only); the handlers replaced."""
     if threading.current_thread() is not threading.main_thread():
         return {}
+    def note(signum, frame) -> None:
+        noted.append(signum)
+        if len(noted) >= ESCAPE:
+            raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
     saved = {s: signal.getsignal(s) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     for s in saved:
-        signal.signal(s, lambda signum, frame: noted.append(signum))
+        signal.signal(s, note)
     return saved
 
 

@@ -348,8 +348,8 @@ class SegmentedJob:
     def run_figures(self) -> dict:
         """The report's `encoder`, `stages` and `dedup`, from every segment's record (reused
         ones too). Stage items, times and counters add up over segments and include the
-        context frames each decoded (`stages_cover`); dedup's counts are of the segments' own
-        frames, so they equal a single pass's."""
+        context frames each decoded (`stages_cover`); settings are the first segment's.
+        dedup's counts are of the segments' own frames, so they equal a single pass's."""
         records = [self.manifest.segments[s.index] for s in self.plan.segments]
         figures: dict = {}
         encoder = next((r.encoder for r in records if r.encoder), None)
@@ -364,12 +364,10 @@ class SegmentedJob:
             for r in records:
                 for kind, n in r.dedup.items():
                     kinds[kind] = kinds.get(kind, 0) + n
-            dedup_stage = next((st for st in figures.get("stages", []) if "unique" in st["counters"]), {})
+            # no `noise`: each segment measures its own pairs, and their summaries do not add up
             figures["dedup"] = {"exact_duplicates": kinds.get("exact_duplicates", 0),
                                 "near_duplicates": kinds.get("near_duplicates", 0),
-                                "frames_processed": kinds.get("unique", 0), "frames": self.plan.frames,
-                                **({"noise": dedup_stage["settings"]["noise"]}
-                                   if "noise" in dedup_stage.get("settings", {}) else {})}
+                                "frames_processed": kinds.get("unique", 0), "frames": self.plan.frames}
         return figures
 
     def _report(self, results: dict[int, SegmentResult], started: float, frames_encoded: int,

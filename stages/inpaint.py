@@ -250,9 +250,9 @@ class Inpaint(WindowStage):
             raise ValueError(f"flow_width must be between 64 and 8192, got {flow_width}")
         if not 64 <= flow_height <= 8192:
             raise ValueError(f"flow_height must be between 64 and 8192, got {flow_height}")
-        given = dict(radius=radius, consistency=consistency, photometric=photometric, flow_width=flow_width,
-                     flow_preset=flow_preset, flow_height=flow_height, recurrent=recurrent,
-                     colour_match=colour_match, dense=dense, memory=memory, carry=carry)
+        # (flow_width/flow_height also size the spatial fill's crop: they count without propagation)
+        given = dict(radius=radius, consistency=consistency, photometric=photometric, flow_preset=flow_preset,
+                     recurrent=recurrent, colour_match=colour_match, dense=dense, memory=memory, carry=carry)
         defaults = {k: v.default for k, v in inspect.signature(Inpaint.__init__).parameters.items()}
         unused = [k for k, v in given.items() if v != defaults[k]]
         if not propagate and unused:  # each was accepted and ignored without a word

@@ -244,7 +244,8 @@ class TextDetect(MapStage):
             return None
         why = (f"; {rejected:g} box(es) were found but rejected by the size filters (min_height, max_height, "
                f"min_aspect, max_fill)" if rejected else "; check area= (where text is looked for)")
-        return f"note: text-detect found no text in the {checked:g} frames it checked, so nothing was changed{why}"
+        # no count: under --resume the frames checked include the segments' context frames
+        return f"note: text-detect found no text in any frame it checked, so nothing was changed{why}"
 
     def open(self, ctx: StageContext) -> None:
         self.detector = TextDetector(self.model, **self.detector_options)

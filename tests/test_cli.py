@@ -507,6 +507,23 @@ def test_unstoppable_cleanup_runs_to_its_end_and_says_each_stop():
     assert runs == [0, 1, 2] and len(stops) == 2 and all(isinstance(s, KeyboardInterrupt) for s in stops)
 
 
+def test_the_third_ctrl_c_cuts_a_stuck_cleanup_short():
+    """A saver stuck on a hung mount must not leave SIGKILL as the only way out."""
+    from engine.interrupts import ESCAPE, unstoppable
+
+    def stuck():
+        for _ in range(ESCAPE):
+            os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler raises at the ESCAPE-th signal, in here
+        raise AssertionError("not cut short")
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        unstoppable(stuck, lambda exc: None)
+    assert time.monotonic() - started < 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
 def test_a_real_ctrl_c_waits_until_the_cleanup_is_done():
     """The signal is blocked, not only caught: an interrupted Thread.join could mark a live
     saver thread finished (Python 3.11), and the partial was removed under it."""

@@ -72,15 +72,20 @@ def test_one_preset_name_works_for_x264_and_nvenc():
 
     assert preset_for(ENCODERS["h264_nvenc"], "ultrafast") == ("p1", "--preset ultrafast is p1 for h264_nvenc")
     assert preset_for(ENCODERS["h264_nvenc"], "p6")[0] == "p6"
-    assert preset_for(ENCODERS["x264"], "p2") == ("veryfast", "--preset p2 is veryfast for libx264")
+    assert preset_for(ENCODERS["x264"], "p2") == ("superfast", "--preset p2 is superfast for libx264")
     assert preset_for(ENCODERS["x265"], None) == ("medium", None)
+    # the scales meet at the defaults, both ways
+    assert preset_for(ENCODERS["h264_nvenc"], "medium")[0] == ENCODERS["h264_nvenc"].default_preset == "p5"
+    assert preset_for(ENCODERS["x264"], "p5")[0] == ENCODERS["x264"].default_preset == "medium"
+    assert preset_for(ENCODERS["hevc_nvenc"], "llhq") == ("llhq", None)  # NVENC's own other names pass
 
 
 def test_an_encoder_that_would_not_open_keeps_its_first_reason(monkeypatch):
     from engine import encoders
 
-    reasons = iter(["Cannot load libcuda.so.1", "Operation not permitted"])
+    reasons = iter(["Cannot load libcuda.so.1", "Operation not permitted", None])
     monkeypatch.setattr(encoders, "_failures", {})
     monkeypatch.setattr(encoders, "_try_open", lambda *args: next(reasons))
     assert encoders.try_open("h264_nvenc", "yuv420p", {"preset": "p5"}) == "Cannot load libcuda.so.1"
     assert encoders.try_open("h264_nvenc", "yuv420p", {"preset": "p5"}) == "Cannot load libcuda.so.1"
+    assert encoders.try_open("h264_nvenc", "yuv420p", {"preset": "p5"}) is None  # tried again: it opens now

@@ -167,6 +167,24 @@ def test_a_width_without_a_zero_is_zero_padded_as_ffmpeg_does(tmp_path):
     assert r.returncode == 2 and "image pattern needs one number field, %d or %06d" in r.stderr
 
 
+def test_palette_frames_of_another_size_are_scaled_too(tmp_path):
+    """swscale cannot write pal8: such frames are scaled through RGB (the job failed at the
+    first one, 'Invalid argument')."""
+    from PIL import Image
+
+    directory = tmp_path / "pal"
+    directory.mkdir()
+    for i in range(6):
+        size = (48, 64) if i < 3 else (60, 80)
+        Image.fromarray(index_frame(i, *size)).convert("P").save(directory / f"{i + 1:04d}.png")
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", directory / "%04d.png", out, "--encoder", "ffv1", "--pipeline", "none")
+    assert r.returncode == 0, r.stderr
+    assert "3 frame(s) from seq 3 on had another size (80x60)" in r.stderr
+    pixels, _ = frames_and_times(out)
+    assert [p.shape for p in pixels] == [(48, 64, 3)] * 6
+
+
 def test_probe_says_the_rate_is_not_in_the_files(tmp_path):
     r = run_engine("probe", write_sequence(tmp_path / "in", 3))
     assert r.returncode == 0 and "3 video frames" in r.stdout and "hold no frame rate" in r.stdout

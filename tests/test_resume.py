@@ -282,8 +282,7 @@ def test_context_across_cuts_gives_the_unsegmented_frames(media, tmp_path, pipel
         dedup = single["dedup"]
         assert dedup["frames_processed"] < 40
         # counted on each segment's own frames: the single pass's decisions, not context twice
-        assert {k: v for k, v in segmented["dedup"].items() if k != "noise"} == \
-            {k: v for k, v in dedup.items() if k != "noise"}
+        assert segmented["dedup"] == {k: v for k, v in dedup.items() if k != "noise"}  # noise: one pass only
         if clip == media["held-lines"]:
             assert dedup["near_duplicates"] >= 10 and dedup["noise"]["pairs"] >= 10
     a, b = frames_of(seg), frames_of(plain)
