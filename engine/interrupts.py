@@ -71,6 +71,7 @@ def _note_stops(noted: list[int]) -> dict[int, object]:
     """Make the stop signals only append to `noted` (main thread only); the handlers replaced."""
     if threading.current_thread() is not threading.main_thread():
         return {}
+
     def note(signum, frame) -> None:
         noted.append(signum)
         if len(noted) >= ESCAPE:
