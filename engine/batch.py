@@ -112,6 +112,14 @@ def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
     try:
         _run(configs, ray_options, reports)
     except BaseException as exc:
+        if reports:  # say what is finished before main() says why it stopped
+            from engine.runner import Interrupted
+
+            # Ctrl-C, SIGTERM, SIGHUP: KeyboardInterrupt between jobs, the runner's Interrupted in one
+            why = "stop" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failure"
+            done = ", ".join(r["output"] for r in reports)
+            print(f"engine: {len(reports)} of {len(configs)} inputs were finished before the {why}: {done}; "
+                  f"the others have no output yet", file=sys.stderr, flush=True)
         if created:
             try:
                 os.rmdir(config.output)  # only when empty: a failed batch leaves no bare directory
@@ -133,11 +141,11 @@ def _run(configs: list[JobConfig], ray_options, reports: list[dict]) -> None:
     if ray_options is not None:
         from engine.ray_job import run_on_ray
 
-        reports.extend(run_on_ray(configs, ray_options))
+        in_order = run_on_ray(configs, ray_options, finished=reports)  # filled as inputs finish
+        reports[:] = in_order
         return
     from engine.job import Job, check_config, check_input
     from engine.resume import SegmentedJob
-    from engine.runner import Interrupted
     from engine.source import open_input, read_info
 
     for c in configs:  # options, outputs, each input's header and ending, before hours go into the first
@@ -148,15 +156,6 @@ def _run(configs: list[JobConfig], ray_options, reports: list[dict]) -> None:
         finally:
             container.close()
         check_input(c, info)  # a truncated input (or broken timestamps under refuse) fails now
-    try:
-        for c in configs:
-            interrupts.raise_pending()  # a stop signal while the input before finished: stop here
-            reports.append(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run())
-    except BaseException as exc:  # say what is finished before main() says why it stopped
-        if reports:
-            # Ctrl-C, SIGTERM, SIGHUP: KeyboardInterrupt between jobs, the runner's Interrupted in one
-            why = "stop" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failure"
-            done = ", ".join(c.output for c in configs[:len(reports)])
-            print(f"engine: {len(reports)} of {len(configs)} inputs were finished before the {why}: {done}; "
-                  f"the others have no output yet", file=sys.stderr, flush=True)
-        raise
+    for c in configs:
+        interrupts.raise_pending()  # a stop signal while the input before finished: stop here
+        reports.append(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run())

@@ -90,8 +90,10 @@ def import_ray():
     return ray
 
 
-def run_on_ray(configs: list[JobConfig], options: RayOptions) -> list[dict]:
-    """Run every input's job on Ray; one report per input, in the order given."""
+def run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[dict] | None = None) -> list[dict]:
+    """Run every input's job on Ray; one report per input, in the order given. `finished` (a
+    batch's) gets each input's report as soon as its output is in place, so a batch that
+    fails later can still say which are done."""
     ray = import_ray()
     configs = [_absolute(c) for c in configs]
     for config in configs:  # the cheap checks first: a bad option costs no start-up
@@ -109,7 +111,7 @@ def run_on_ray(configs: list[JobConfig], options: RayOptions) -> list[dict]:
                 planned.exception()  # wait for the plan either way: it holds the work directories
         try:
             plan_s = planned.result()
-            driver = RayDriver(ray, jobs, options, where, startup_s, plan_s)
+            driver = RayDriver(ray, jobs, options, where, startup_s, plan_s, finished)
             return driver.run()
         finally:
             ray.shutdown()
@@ -216,8 +218,9 @@ class RayDriver:
     """Submits tasks, records results as they come, joins each input when it is complete."""
 
     def __init__(self, ray, jobs: list[SegmentedJob], options: RayOptions, where: str, startup_s: float,
-                 plan_s: float = 0.0):
+                 plan_s: float = 0.0, finished: list[dict] | None = None):
         self.ray = ray
+        self.finished = finished if finished is not None else []  # reports, as each input is in place
         self.plan_s = plan_s
         self.options = options
         self.where = where
@@ -439,6 +442,7 @@ class RayDriver:
                          if s.index in inp.results}}}
         inp.job.notes.extend(self._speculation_notes(inp))
         inp.report = inp.job.finish(inp.results, self.started, inp.frames_done, join_s, extra)
+        self.finished.append(inp.report)
 
     # ---- progress -------------------------------------------------------------------------
 
