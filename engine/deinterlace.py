@@ -113,6 +113,13 @@ class Deinterlacer:
         return {"mode": self.mode, "filter": FILTER, "frames": self.frames_in,
                 "flagged_interlaced": self.flagged, "deinterlaced": self.deinterlaced}
 
+    @staticmethod
+    def merge(parts: list[dict], mode: str) -> dict:
+        """One `describe()` of several, from the segments of one job (`mode`'s)."""
+        frames, flagged = (sum(p.get(k, 0) for p in parts) for k in ("frames", "flagged_interlaced"))
+        return {"mode": mode, "filter": FILTER, "frames": frames, "flagged_interlaced": flagged,
+                "deinterlaced": flagged if mode == "auto" else frames}
+
     def note(self) -> str:
         return deinterlace_note(self.describe())
 

@@ -17,7 +17,7 @@ from engine.encoders import choose_encoder, container_for, muxer_codecs
 from engine.deinterlace import check_mode as check_deinterlace_mode
 from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
-from engine.registry import StageSpec, check_stage_order, parse_pipeline
+from engine.registry import StageSpec, check_stage_order, parse_pipeline, stage_class
 from engine.runner import Pipeline, RunnerOptions, RunResult
 from engine.sink import (ImageSequenceSink, PartialLock, VideoSink, frame_name, image_staging, is_image_pattern,
                          name_max, partial_path, pattern_matches, remove_stale_partials)
@@ -172,8 +172,6 @@ class Job:
 
 def stage_notes(specs: list[StageSpec], counters: list[dict]) -> list[str]:
     """Each stage's `run_note` on its counters (`counters[i]` is `specs[i]`'s)."""
-    from engine.registry import stage_class
-
     notes = [stage_class(spec.name).run_note(dict(c)) for spec, c in zip(specs, counters)]
     return [n for n in notes if n]
 

@@ -31,13 +31,13 @@ from engine.completeness import find_truncation, readable_frames
 from engine.crashpoints import crash_point
 from engine.encoders import (CONTAINERS, available_cpus, choose_encoder, container_for, fixed_threads,
                              muxer_codecs, with_options)
-from engine.deinterlace import FILTER as DEINTERLACE_FILTER
-from engine.deinterlace import deinterlace_note
+from engine.deinterlace import Deinterlacer, deinterlace_note
 from engine.errors import UserError
 from engine.frame_size import SizeHolder, size_note
 from engine.image_input import rate_of
 from engine.job import (JobConfig, check_config, check_input, check_output_size, clear_stale_partials,
-                        describe_input, describe_output, environment, image_input_notes, stage_notes, replacing_note, reporter_note, write_report)
+                        describe_input, describe_output, environment, image_input_notes, replacing_note,
+                        reporter_note, stage_notes, write_report)
 from engine.join import JoinPart, join_segments
 from engine.manifest import (MANIFEST, Manifest, SegmentRecord, is_temporary, job_key, key_difference, load,
                              save)
@@ -258,9 +258,9 @@ class SegmentedJob:
         """After the join: remove the spent work directory, build and write the report."""
         crash_point("work-dir-removal")
         shutil.rmtree(self.work_dir, ignore_errors=True)  # the output is in place: parts are spent
-        done = self.source_numbers()
-        self.after_notes = self.segment_notes(done)
-        report = self._report(results, started, frames_encoded, join_s, done)
+        done, figures = self.source_numbers(), self.run_figures()
+        self.after_notes = self.segment_notes(done, figures)
+        report = self._report(results, started, frames_encoded, join_s, done, figures)
         report.update(extra or {})
         if self.config.report:
             write_report(self.config.report, report)
@@ -327,17 +327,15 @@ class SegmentedJob:
         records = [self.manifest.segments[s.index] for s in self.plan.segments]
         numbers = {"frame_size": SizeHolder.merge([r.source.get("frame_size", {}) for r in records])}
         if self.config.deinterlace != "off":
-            parts = [r.source.get("deinterlace", {}) for r in records]
-            frames, flagged = (sum(p.get(k, 0) for p in parts) for k in ("frames", "flagged_interlaced"))
-            numbers["deinterlace"] = {"mode": self.config.deinterlace, "filter": DEINTERLACE_FILTER,
-                                      "frames": frames, "flagged_interlaced": flagged,
-                                      "deinterlaced": flagged if self.config.deinterlace == "auto" else frames}
+            numbers["deinterlace"] = Deinterlacer.merge([r.source.get("deinterlace", {}) for r in records],
+                                                        self.config.deinterlace)
         return numbers
 
-    def segment_notes(self, numbers: dict) -> list[str]:
-        """The segments' notes, each said once, and the job's sums of what they counted."""
+    def segment_notes(self, numbers: dict, figures: dict) -> list[str]:
+        """The segments' notes, each said once, and the job's sums of what they counted
+        (`numbers`: `source_numbers`; `figures`: `run_figures`)."""
         notes = list(dict.fromkeys(n for s in self.plan.segments for n in self.manifest.segments[s.index].notes))
-        stages = self.run_figures().get("stages")
+        stages = figures.get("stages")
         if stages:  # source, the pipeline's stages, sink
             notes += stage_notes(self.specs, [st["counters"] for st in stages[1:-1]])
         if "deinterlace" in numbers:
@@ -371,7 +369,7 @@ class SegmentedJob:
         return figures
 
     def _report(self, results: dict[int, SegmentResult], started: float, frames_encoded: int,
-                join_s: float, numbers: dict) -> dict:
+                join_s: float, numbers: dict, figures: dict) -> dict:
         elapsed = time.perf_counter() - started
         segments = []
         for seg in self.plan.segments:
@@ -385,7 +383,7 @@ class SegmentedJob:
             "pipeline": [{"name": s.name, "options": s.options, "workers": s.workers, "queue": s.queue}
                          for s in self.specs],
             "sink": self.sink_note,
-            **self.run_figures(),
+            **figures,
             **({"video": self.video} if self.video else {}),
             **({"deinterlace": numbers["deinterlace"]} if "deinterlace" in numbers else {}),
             **({"frame_size": numbers["frame_size"]} if numbers["frame_size"]["scaled"] else {}),

@@ -344,7 +344,8 @@ class VideoSink:
         decoded picture no stage touched, or a model stage's result), else converted from RGB."""
         stream = self._stream
         picture = frame.picture
-        if frame.shape[:2] != self._first_shape:  # the input changed size: a stream holds one
+        # a stage handed on frames of another size (the source holds the input's: engine/frame_size.py)
+        if frame.shape[:2] != self._first_shape:  # a stream holds one size
             picture = picture if picture is not None else _rgb_picture(frame.data)
             return picture.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
                                     dst_colorspace=self._matrix, dst_color_range=self.color_range or None,
