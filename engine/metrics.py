@@ -112,6 +112,24 @@ def aggregate(name: str, kind: str, workers: list[WorkerMetrics],
     )
 
 
+def added(before: list[StageSnapshot], now: list[StageSnapshot]) -> list[StageSnapshot]:
+    """The stages of several runs of one pipeline, one after another (`--resume`'s segments),
+    as one: counts and times added up (as the report's `_summed_stages` does), the queues and
+    settings the latest run's."""
+    if not before:
+        return list(now)
+    if not now:
+        return list(before)
+    out = []
+    for b, n in zip(before, now):
+        counters = Counter(b.counters)
+        counters.update(n.counters)
+        out.append(StageSnapshot(n.name, n.kind, n.workers, b.items + n.items, b.busy_s + n.busy_s,
+                                 b.wait_in_s + n.wait_in_s, b.wait_out_s + n.wait_out_s, dict(counters),
+                                 n.queue_fill, n.queue_capacity, n.settings or b.settings))
+    return out
+
+
 @dataclass(frozen=True)
 class SegmentCounts:
     """A segmented (--resume) job: segments finished this run, reused from before, still to do."""
@@ -120,6 +138,7 @@ class SegmentCounts:
     reused: int
     pending: int       # still to finish this run, `running` included
     running: int = 0   # in flight on Ray workers (engine/ray_job.py)
+    context_frames: int = 0  # decoded again at the cuts of finished segments: in the stages' counts
 
     @property
     def total(self) -> int:

@@ -25,6 +25,12 @@ def _eta(seconds: float | None) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
 
 
+def _context(snap: RunSnapshot) -> str:
+    """The summary's word on `--resume`'s stage counts: they include the context frames."""
+    n = snap.segments.context_frames if snap.segments is not None else 0
+    return f"  (stage counts include {n} context frames decoded at segment cuts)" if n else ""
+
+
 def _segments(snap: RunSnapshot) -> str:
     """`--resume`: segments finished, reused and pending; frames then count this run's work."""
     seg = snap.segments
@@ -155,7 +161,7 @@ class LogReporter(Reporter):
 
     def summary(self, snap: RunSnapshot) -> None:
         print(f"[engine] done: {_segments(snap)}{snap.frames_done} frames in {snap.elapsed_s:.2f} s "
-              f"({snap.fps:.1f} fps)", file=self.stream)
+              f"({snap.fps:.1f} fps){_context(snap)}", file=self.stream)
         width = max([16] + [len(s.label) for s in snap.stages])
         for s in snap.stages:
             extra = " ".join(f"{k}={v}" for k, v in s.counters.items())
@@ -243,7 +249,7 @@ class RichReporter(Reporter):
     def summary(self, snap: RunSnapshot) -> None:
         self.console.print(self._table(
             snap, [], f"done: {_segments(snap)}{snap.frames_done} frames in {snap.elapsed_s:.2f} s "
-                      f"({snap.fps:.1f} fps)"))
+                      f"({snap.fps:.1f} fps){_context(snap)}"))
 
 
 def _stage_cells(s: StageSnapshot, elapsed: float) -> list[str]:

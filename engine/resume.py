@@ -41,7 +41,7 @@ from engine.job import (JobConfig, check_config, check_input, check_output_size,
 from engine.join import JoinPart, join_segments
 from engine.manifest import (MANIFEST, Manifest, SegmentRecord, is_temporary, job_key, key_difference, load,
                              save)
-from engine.metrics import RunSnapshot, SegmentCounts
+from engine.metrics import RunSnapshot, SegmentCounts, StageSnapshot, added
 from engine.progress import Reporter, make_reporter
 from engine.segment_job import (WORK_DIR_HINT, PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest,
                                 work_dir_label)
@@ -98,11 +98,16 @@ class _Progress:
 
     started: float
     frames_total: int     # frames this run must encode (reused segments excluded)
-    frames_before: int = 0
     done: int = 0
     reused: int = 0
     pending: int = 0
-    current: SegmentRun | None = None
+    # (frames, stages) of the segments this run finished, and the segment running: replaced as
+    # one, so the reporter never sees a segment both finished and running (or neither)
+    view: tuple[int, list[StageSnapshot], SegmentRun | None] = (0, [], None)
+
+    @property
+    def frames_before(self) -> int:
+        return self.view[0]
 
 
 class SegmentedJob:
@@ -226,11 +231,12 @@ class SegmentedJob:
             # the segment files, their states and the manifest: a full disk there is the user's to fix
             with output_errors(work_dir_label(self.work_dir), WORK_DIR_HINT):
                 for seg in todo:  # in plan order: with dedup, a segment's context comes from the one before
-                    progress.current = SegmentRun(self.task(seg))
-                    results[seg.index] = progress.current.run()
+                    frames, stages, _ = progress.view
+                    current = SegmentRun(self.task(seg))
+                    progress.view = (frames, stages, current)
+                    results[seg.index] = current.run()
                     self.record(seg, results[seg.index])
-                    progress.frames_before += seg.frames
-                    progress.current = None
+                    progress.view = (frames + seg.frames, added(stages, current.snapshot().stages), None)
                     progress.done += 1
                     progress.pending -= 1
             started = time.perf_counter()
@@ -429,12 +435,17 @@ def _summed_stages(runs: list[list[dict]]) -> list[dict]:
 
 
 def _snapshot(progress: _Progress) -> RunSnapshot:
-    current = progress.current
+    """The whole run so far: the stages' figures add the finished segments' to the running
+    one's (per-stage fps is items over the run's elapsed time)."""
+    frames_before, stages_before, current = progress.view
     snap = current.snapshot() if current is not None else None
-    done = progress.frames_before + (current.frames_written if current is not None else 0)
+    done = frames_before + (current.frames_written if current is not None else 0)
     return RunSnapshot(elapsed_s=time.perf_counter() - progress.started, frames_done=done,
-                       frames_total=progress.frames_total, stages=snap.stages if snap else [],
-                       segments=SegmentCounts(progress.done, progress.reused, progress.pending),
+                       frames_total=progress.frames_total,
+                       stages=added(stages_before, snap.stages if snap else []),
+                       segments=SegmentCounts(progress.done, progress.reused, progress.pending,
+                                              context_frames=stages_before[0].items - frames_before
+                                              if stages_before else 0),
                        stopping=snap.stopping if snap else None)
 
 

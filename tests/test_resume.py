@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -525,6 +526,22 @@ def test_progress_counts_segments(media, tmp_path):
     assert "done: segments 3/3 (1 reused, 0 pending)  32 frames" in r.stderr
 
 
+def test_the_summary_adds_up_every_segments_stages(media, tmp_path):
+    """The display's stage figures are the whole run's, as the report's are: they were the
+    running segment's alone (per-stage fps fell at each cut, and the summary listed none)."""
+    report = tmp_path / "r.json"
+    r = run_engine("stream", media["video"], tmp_path / "o.mp4", "--pipeline", "dedup", "--resume",
+                   "--segment", "16f", "--report", report)
+    assert r.returncode == 0, r.stderr
+    said = r.stderr + r.stdout
+    decoded = int(re.search(r"decode +(\d+) items", said).group(1))
+    context = int(re.search(r"stage counts include (\d+) context frames", said).group(1))
+    stages = json.loads(report.read_text())["stages"]
+    assert decoded == stages[0]["items"] == 48 + context and context > 0
+    unique = int(re.search(r"unique=(\d+)", said).group(1))
+    assert unique == next(s for s in stages if s["name"] == "dedup")["counters"]["unique"] > 16
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs two CPUs to change the count between runs")
 def test_resumed_on_fewer_cpus_gives_the_same_bytes(media, tmp_path):
@@ -574,7 +591,7 @@ def test_a_stopping_segment_says_so_in_the_jobs_progress():
     from engine.resume import _Progress, _snapshot
 
     segment = SimpleNamespace(frames_written=3, snapshot=lambda: RunSnapshot(1.0, 3, 10, [], stopping="interrupted"))
-    progress = _Progress(started=0.0, frames_total=10, current=segment)
+    progress = _Progress(started=0.0, frames_total=10, view=(0, [], segment))
     assert _snapshot(progress).stopping == "interrupted"  # was dropped: "eta --:--" until the threads gave up
 
 
