@@ -9,6 +9,11 @@ What describes the file rather than a stream goes too, as FFmpeg's own defaults 
 the container's tags (title, comment, ...), the video stream's tags (title, language) and
 the chapters, which are cut where the output ends. Tags that describe the input's bytes
 (its muxer, mp4 brands, mkvmerge's statistics, durations) are not: they would be wrong.
+
+A start timecode (a QuickTime/MP4 tmcd track, or a `timecode` tag) goes on the output
+video as its `timecode` tag: the mov/mp4 muxers write a tmcd track from it (counted as a
+stream of the output), Matroska keeps the tag. The output's video starts where the input's
+does, so the start timecode is the input's.
 """
 
 from __future__ import annotations
@@ -42,6 +47,43 @@ def kept_tags(metadata: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if not stale(k)}
 
 
+def _tag(metadata: dict[str, str], key: str) -> str | None:
+    """A tag by FFmpeg's lookup rule (case-insensitive: Matroska's read back upper-case)."""
+    return next((v for k, v in metadata.items() if k.lower() == key), None)
+
+
+def _is_timecode_track(stream) -> bool:
+    """A QuickTime/MP4 tmcd track: data FFmpeg cannot decode, its start in a `timecode` tag."""
+    return stream.type == "data" and stream.codec_context is None and _tag(stream.metadata, "timecode") is not None
+
+
+def start_timecode(container, video) -> str | None:
+    """The input's start timecode: the video's tag, the file's, or a timecode track's."""
+    tracks = [_tag(s.metadata, "timecode") for s in container.streams if _is_timecode_track(s)]
+    return (_tag(video.metadata, "timecode") if video is not None else None) or _tag(container.metadata, "timecode") \
+        or next(iter(tracks), None)
+
+
+def timecode_tracks(format_name: str, video, timecode: str) -> int:
+    """How many tmcd tracks the `format_name` muxer writes for `video` tagged `timecode`: a
+    real (empty) write, as a timecode the muxer cannot parse at the video's rate is dropped
+    with a warning only."""
+    import io
+
+    buffer = io.BytesIO()
+    with av.logging.Capture(True):  # the muxer's warning about a bad timecode: reported as a note
+        output = av.open(buffer, mode="w", format=format_name)
+        stream = output.add_stream_from_template(video)
+        if video.average_rate:
+            stream.codec_context.framerate = video.average_rate
+        stream.metadata["timecode"] = timecode
+        output.start_encoding()  # the header: closing an output with no packets writes nothing
+        output.close()
+    buffer.seek(0)
+    with av.open(buffer) as written:
+        return sum(_is_timecode_track(s) for s in written.streams)
+
+
 def _is_chapter_track(container, stream) -> bool:
     """The text track a QuickTime/MP4 file with chapters keeps them in: carried as chapters."""
     return (stream.type == "data" and stream.codec_context is None
@@ -61,11 +103,16 @@ class CopyPlan:
     skipped: list[str] = field(default_factory=list)      # "stream #2 (subrip subtitle): reason"
     file_tags: bool = False  # container and video stream tags, chapters (a video output)
     chapters: int = 0        # how many the input has
+    timecode: str | None = None  # the start timecode the output video is tagged with
+    timecode_tracks: int = 0     # tmcd tracks the output's muxer writes from that tag
+    timecode_note: str = ""
 
     def notes(self) -> list[str]:
         out = [d if d.startswith("re-encoding ") else f"copying {d}" for d in self.described]
         if self.chapters:
             out.append(f"copying {self.chapters} chapters")
+        if self.timecode_note:
+            out.append(self.timecode_note)
         out += [f"note: not carried to the output: {s}" for s in self.skipped]
         return out
 
@@ -81,11 +128,14 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
               muxer_codecs: set[str] | None, output_kind: str) -> CopyPlan:
     """Decide per stream. `muxer_codecs` is what the output container can hold (None for images)."""
     plan = CopyPlan(file_tags=muxer_codecs is not None,
-                    chapters=len(container.chapters()) if muxer_codecs is not None else 0)
+                    chapters=len(container.chapters()) if muxer_codecs is not None else 0,
+                    **_plan_timecode(container, video_index, muxer_codecs, output_kind))
     for stream in container.streams:
         if stream.index == video_index or (plan.chapters and _is_chapter_track(container, stream)):
             continue
         desc = _describe(stream)
+        if _is_timecode_track(stream) and plan.timecode_note:
+            continue  # the output's own, made from the video's tag, or said lost (plan.timecode_note)
         cc = stream.codec_context
         codec = cc.name if cc is not None else None
         if muxer_codecs is None:
@@ -134,6 +184,30 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
     return plan
 
 
+def _plan_timecode(container, video_index: int, muxer_codecs: set[str] | None, output_kind: str) -> dict:
+    """CopyPlan's timecode fields: the start timecode kept as the output video's tag (and
+    the tmcd track the mov/mp4 muxers make of it), or a note saying why it is not."""
+    video = container.streams[video_index] if video_index is not None else None
+    timecode = start_timecode(container, video) if video is not None else None
+    if timecode is None:
+        return {}
+    track = next((s.index for s in container.streams if _is_timecode_track(s)), None)
+    what = f"timecode {timecode}" + (f" (stream #{track}, a timecode track)" if track is not None else "")
+    if muxer_codecs is None:
+        return {"timecode_note": f"note: not carried to the output: {what}: {output_kind} cannot hold it"}
+    from engine.encoders import CONTAINERS
+
+    if output_kind == ".mkv":
+        how = "kept as the video's timecode tag" + (" (Matroska has no timecode track)" if track is not None else "")
+        return {"timecode": timecode, "timecode_note": f"{what}: {how}"}
+    tracks = timecode_tracks(CONTAINERS[output_kind], video, timecode)
+    if not tracks:
+        return {"timecode_note": f"note: not carried to the output: {what}: "
+                                 f"{output_kind}'s muxer refuses it at the video's frame rate"}
+    how = "the timecode track is rewritten from its tag" if track is not None else "written as a timecode track"
+    return {"timecode": timecode, "timecode_tracks": tracks, "timecode_note": f"{what}: {how}"}
+
+
 def _is_text(codec: str) -> bool:
     try:
         return bool(av.Codec(codec, "r").text_sub)
@@ -161,11 +235,15 @@ class StreamCopier:
         self._chapters = self._input.chapters() if plan.file_tags else []
         self._chapter_tracks = 0
         if plan.file_tags:
-            output.metadata.update(kept_tags(self._input.metadata))
+            # a file-wide timecode is the video's (plan.timecode): the mov/mp4 muxers give one to every video stream
+            output.metadata.update({k: v for k, v in kept_tags(self._input.metadata).items() if k.lower() != "timecode"})
             if video is not None:
                 tags = kept_tags(main_video(self._input).metadata)
                 if "name" in tags and "title" not in tags:  # an MP4 track's title reads back as "name"
                     tags["title"] = tags.pop("name")
+                tags = {k: v for k, v in tags.items() if k.lower() != "timecode"}
+                if plan.timecode is not None:  # the mov/mp4 muxers make the tmcd track of it
+                    tags["timecode"] = plan.timecode
                 video.metadata.update(tags)
         for index in plan.copy:
             src = self._input.streams[index]
@@ -194,6 +272,7 @@ class StreamCopier:
         for index in plan.covers:
             self._add_cover(input_path, index, output)
         self._attachments = len(plan.attach) + len(plan.covers)
+        self._timecode_tracks = plan.timecode_tracks if plan.file_tags and video is not None else 0
         self._output = output
         streams = [self._input.streams[i] for i in [*plan.copy, *plan.reencode]]
         self._packets = self._input.demux(streams) if streams else iter(())
@@ -222,7 +301,7 @@ class StreamCopier:
     @property
     def stream_count(self) -> int:
         """Streams besides the video that the output holds (after `finish`: its chapter track too)."""
-        return len(self._out) + self._attachments + self._chapter_tracks
+        return len(self._out) + self._attachments + self._chapter_tracks + self._timecode_tracks
 
     def _time(self, packet: av.Packet) -> float:
         ts = packet.dts if packet.dts is not None else packet.pts

@@ -200,6 +200,7 @@ def test_a_stream_mkv_cannot_hold_gets_no_advice_to_use_mkv():
 
     class Container:
         format = type("f", (), {"name": "matroska,webm"})()
+        metadata: dict = {}
         # (audio and text subtitles the output cannot hold are re-encoded: the advice is for the others)
         streams = [Stream(0, "video", "h264"), Stream(1, "data", None), Stream(2, "subtitle", "pgssub")]
 
@@ -382,3 +383,49 @@ def test_resume_join_reencodes_too(clip, tmp_path):
     r = run_engine("stream", src, out, "--resume", "--segment", "8f")
     assert r.returncode == 0, r.stderr
     assert np.array_equal(decoded_audio(out)[1], decoded_audio(src)[1])
+
+
+def with_timecode(video: Path, path: Path, timecode: str = "01:00:00:00") -> Path:
+    """`video` remuxed into `path` (.mov/.mp4) with a start timecode: FFmpeg writes a tmcd track."""
+    with av.open(str(video)) as inp, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        stream.codec_context.framerate = inp.streams.video[0].average_rate
+        stream.metadata["timecode"] = timecode
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = stream
+                out.mux(packet)
+    return path
+
+
+def timecode_of(path: Path) -> tuple[str | None, int]:
+    """The output video's start timecode tag and how many timecode (tmcd) tracks the file has."""
+    with av.open(str(path)) as c:
+        tags = {k.lower(): v for k, v in c.streams.video[0].metadata.items()}
+        return tags.get("timecode"), sum(s.type == "data" and "timecode" in s.metadata for s in c.streams)
+
+
+@pytest.mark.parametrize("src_ext", [".mov", ".mp4"])
+@pytest.mark.parametrize("out_ext", [".mov", ".mp4", ".mkv"])
+def test_a_timecode_track_is_kept(clip, tmp_path, src_ext, out_ext):
+    """The tmcd track failed the output check ("2 streams in the file, 1 expected")."""
+    src = with_timecode(clip(frames=24, fps=24), tmp_path / f"in{src_ext}")
+    assert timecode_of(src) == ("01:00:00:00", 1)
+    out = tmp_path / f"out{out_ext}"
+    r = run_engine("stream", src, out, "--frames", "12")
+    assert r.returncode == 0, r.stderr
+    assert "unknown" not in r.stderr and "not carried" not in r.stderr
+    how = "kept as the video's timecode tag" if out_ext == ".mkv" else "the timecode track is rewritten from its tag"
+    assert f"timecode 01:00:00:00 (stream #1, a timecode track): {how}" in r.stderr
+    assert timecode_of(out) == ("01:00:00:00", int(out_ext != ".mkv"))
+    assert decoded_indices(out) == list(range(12))
+
+
+def test_resume_gives_the_output_the_start_timecode_once(tmp_path):
+    src = with_timecode(make_clip(tmp_path / "v.mp4", 24, fps=24, options={"g": "8"}), tmp_path / "in.mov",
+                        "10:00:00:00")
+    out = tmp_path / "out.mov"
+    r = run_engine("stream", src, out, "--resume", "--segment", "8f")
+    assert r.returncode == 0, r.stderr
+    assert timecode_of(out) == ("10:00:00:00", 1)  # the input's start, not each segment's
+    assert decoded_indices(out) == list(range(24))
