@@ -8,6 +8,12 @@ where its data really ends: it seeks to just before the declared end and reads t
 of every stream from there (with Cues this is one seek; a file without an index is read to
 its end, which only an unfinalised or damaged file lacks). Video that ends before its audio
 is not truncation: the data end is taken over all streams.
+
+A file need not start at 0 (video after its audio, every stream at 5 s). MP4's duration, as
+FFmpeg reads it, runs from the start. Matroska's segment Duration and FFmpeg's per-track
+DURATION tags are where the data ends (timestamps count from the segment's 0); mkvmerge's
+DURATION statistics tag is a span from the track's first timestamp. A duration shorter than
+the start can only be a span.
 """
 
 from __future__ import annotations
@@ -28,11 +34,20 @@ def _tag_seconds(value: str) -> float | None:
         return None
 
 
+def _span(declared: float, start: float, is_end: bool) -> float:
+    """A declared duration as seconds from `start`: an end time less the start, unless it
+    cannot be one (it ends before the start)."""
+    return declared - start if is_end and declared >= start else declared
+
+
 def declared_video_seconds(stream: av.video.stream.VideoStream) -> float | None:
-    """How long the video track says it is, if it says (Matroska DURATION tag, or the stream's own)."""
+    """How long the video track says it is, from its first frame, if it says (Matroska
+    DURATION tag, or the stream's own)."""
     tagged = _tag_seconds(stream.metadata.get("DURATION", ""))
     if tagged:
-        return tagged
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        by_mkvmerge = any(k.startswith("_STATISTICS") for k in stream.metadata)  # its tags are spans
+        return _span(tagged, start, not by_mkvmerge)
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     return None
@@ -52,7 +67,8 @@ def find_truncation(path: str, info: VideoInfo) -> str | None:
         if container.format.name.endswith("_pipe") or container.format.name == "image2":
             return None  # a still image: its "duration" is one frame's, and a decode reads it whole
         start = (container.start_time or 0) / av.time_base
-        declared_end = start + container.duration / av.time_base
+        declared = container.duration / av.time_base
+        declared_end = start + _span(declared, start, "matroska" in container.format.name)
         # a little before the end: the seek lands on a keyframe at or before the target
         target = max(0.0, declared_end - max(10 * tolerance_s(info), 2.0))
         try:

@@ -342,3 +342,24 @@ def test_a_still_image_is_one_frame_not_a_truncated_video(tmp_path, ext):
     assert r.returncode == 0, r.stderr
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 1
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mp4"])
+@pytest.mark.parametrize("video_s, audio_s", [(0.5, 0.0), (5.0, 5.0), (1.0, None)])
+def test_an_input_that_does_not_start_at_0_is_whole_and_a_cut_one_is_not(tmp_path, ext, video_s, audio_s):
+    """Matroska declares where its data ends, not how long it lasts: an offset start was
+    refused as truncated ("declares 7.021 s but its data ends at 2.005 s")."""
+    pts = [round(video_s * 1000 + i * STEP_MS) for i in range(48)]
+    video = make_clip(tmp_path / f"v{ext}", 48, 64, 48, pts_ms=pts)
+    src = add_side_streams(video, tmp_path / f"in{ext}", [] if audio_s is None else [("eng", audio_s, 2.0)])
+    for extra in ((), ("--resume", "--segment", "12f")):
+        out = tmp_path / f"out{len(extra)}.mkv"
+        result, _ = _stream(src, out, *extra)
+        assert result.returncode == 0, result.stderr
+        assert "truncated" not in result.stderr
+        assert decoded_indices(out) == list(range(48))
+    if ext == ".mkv":  # an MP4 cut short has lost its index (its moov is at the end)
+        cut = tmp_path / f"cut{ext}"
+        cut.write_bytes(src.read_bytes()[: src.stat().st_size * 6 // 10])
+        result, _ = _stream(cut, tmp_path / "cut-out.mkv")
+        assert result.returncode == 2 and "truncated" in result.stderr, result.stderr
