@@ -245,9 +245,14 @@ class StreamCopier:
                 if plan.timecode is not None:  # the mov/mp4 muxers make the tmcd track of it
                     tags["timecode"] = plan.timecode
                 video.metadata.update(tags)
-        for index in plan.copy:
+        self._reencoders = {}
+        for index in sorted([*plan.copy, *plan.reencode]):  # the input's order, copied or re-encoded
             src = self._input.streams[index]
-            out = output.add_stream_from_template(src)
+            if index in plan.reencode:
+                made = self._reencoders[index] = reencoder(src, output, plan.reencode[index])
+                out = made.stream
+            else:
+                out = output.add_stream_from_template(src)
             out.metadata.update(kept_tags(src.metadata))  # language, title, handler name
             try:
                 out.disposition = src.disposition  # default / forced / hearing-impaired flags
@@ -255,14 +260,6 @@ class StreamCopier:
                 pass  # older PyAV cannot set it; the stream itself is still copied
             self._out[index] = out
             # broken timestamps: the rule of engine/timestamps.py, the one the video follows
-            self._repairs[index] = TimestampRepair(packet_step(src), what=f"{src.type} packet",
-                                                   strict=src.type == "audio")
-        self._reencoders = {}
-        for index, choice in plan.reencode.items():
-            src = self._input.streams[index]
-            made = self._reencoders[index] = reencoder(src, output, choice)
-            made.stream.metadata.update(kept_tags(src.metadata))  # language, title
-            self._out[index] = made.stream
             self._repairs[index] = TimestampRepair(packet_step(src), what=f"{src.type} packet",
                                                    strict=src.type == "audio")
         for index in plan.attach:  # written with the header, no packets

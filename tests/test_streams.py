@@ -429,3 +429,47 @@ def test_resume_gives_the_output_the_start_timecode_once(tmp_path):
     assert r.returncode == 0, r.stderr
     assert timecode_of(out) == ("10:00:00:00", 1)  # the input's start, not each segment's
     assert decoded_indices(out) == list(range(24))
+
+
+def with_two_audio_tracks(video: Path, path: Path) -> Path:
+    """`video` remuxed into Matroska `path` with Opus (jpn, default), then AAC (eng, not default)."""
+    rate = 48000
+    tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(rate // 2) / rate)).astype(np.float32)
+    with av.open(str(video)) as inp, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        packets = [(p, stream) for p in inp.demux(inp.streams.video[0]) if p.size]
+        for codec, lang, disposition in (("libopus", "jpn", av.stream.Disposition.default), ("aac", "eng", 0)):
+            audio = out.add_stream(codec, rate=rate, layout="stereo")
+            audio.metadata["language"] = lang
+            audio.disposition = disposition
+            size = audio.codec_context.frame_size or 960
+            for start in range(0, len(tone) - size + 1, size):
+                frame = av.AudioFrame.from_ndarray(np.stack([tone[start:start + size]] * 2), format="fltp",
+                                                   layout="stereo")
+                frame.sample_rate, frame.pts = rate, start
+                packets += [(p, audio) for p in audio.encode(frame)]
+            packets += [(p, audio) for p in audio.encode(None)]
+        packets.sort(key=lambda item: float(item[0].pts * item[0].time_base))
+        for packet, target in packets:
+            packet.stream = target
+            out.mux(packet)
+    return path
+
+
+def audio_tracks(path: Path) -> list[tuple[str, str, bool]]:
+    with av.open(str(path)) as c:
+        return [(s.codec_context.name, s.metadata.get("language"), bool(s.disposition & av.stream.Disposition.default))
+                for s in c.streams.audio]
+
+
+def test_a_reencoded_track_keeps_its_place_and_its_default_flag(tmp_path):
+    """The re-encoded Opus track lost `default` (the copied one became default) and moved last."""
+    src = with_two_audio_tracks(make_clip(tmp_path / "v.mp4", 24, options={"g": "8"}), tmp_path / "in.mkv")
+    assert audio_tracks(src) == [("opus", "jpn", True), ("aac", "eng", False)]
+    for extra in ((), ("--resume", "--segment", "8f")):
+        out = tmp_path / f"out{len(extra)}.mov"
+        r = run_engine("stream", src, out, *extra)
+        assert r.returncode == 0, r.stderr
+        assert "re-encoding stream #1 (opus audio, jpn) to aac" in r.stderr
+        assert audio_tracks(out) == [("aac", "jpn", True), ("aac", "eng", False)]
+        assert decoded_indices(out) == list(range(24))
