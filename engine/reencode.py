@@ -10,8 +10,9 @@ channel (at most 512). Its frames keep the input's timestamps (the decoder gives
 re-chunks to the encoder's frame size from there), and the encoder's priming is written as
 the container's start delay, as FFmpeg does, so sync holds. Text subtitles (SRT, ASS,
 WebVTT) into .mp4/.mov become mov_text with each event's own time (ASS styling beyond bold,
-italic and colour, and positions, are lost: .mkv keeps them as they are). Bitmap subtitles
-and other streams that fail are skipped with the muxer's reason.
+italic and colour, and positions, are lost: .mkv keeps them as they are); mov_text into .mkv
+becomes ASS, as FFmpeg converts it, its styling kept. Bitmap subtitles and other streams that
+fail are skipped with the muxer's reason.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Callable
 import av
 
 LOSSLESS_TARGETS = ("flac", "alac", "pcm_s24le", "pcm_s16le")
-TEXT_TARGET = "mov_text"  # MP4/QuickTime's one text subtitle format
+# MP4/QuickTime's one text subtitle format, else ASS (what FFmpeg gives Matroska: mov_text's
+# bold, italic and colour kept), the first the output's muxer takes
+TEXT_TARGETS = ("mov_text", "ass")
 LOSSY_TARGET = "aac"
 LOSSY_BITS_PER_CHANNEL, LOSSY_MAX_BITS = 128_000, 512_000
 SEARCH_PACKETS = 2000  # how far `copy_problem` looks for a stream's first packet
@@ -175,8 +178,11 @@ def _text_reencode(source, stream, format_name: str) -> Reencode | None:
     header = cc.subtitle_header
     if not header:
         return None
-    choice = Reencode(TEXT_TARGET, header=bytes(header), styled=cc.name in ("ass", "ssa"))
-    return choice if _trial(format_name, choice.add_stream, lambda _: []) is None else None
+    for target in TEXT_TARGETS:
+        choice = Reencode(target, header=bytes(header), styled=cc.name in ("ass", "ssa") and target != "ass")
+        if target != cc.name and _trial(format_name, choice.add_stream, lambda _: []) is None:
+            return choice
+    return None
 
 
 class Reencoder:

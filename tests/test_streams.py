@@ -473,3 +473,18 @@ def test_a_reencoded_track_keeps_its_place_and_its_default_flag(tmp_path):
         assert "re-encoding stream #1 (opus audio, jpn) to aac" in r.stderr
         assert audio_tracks(out) == [("aac", "jpn", True), ("aac", "eng", False)]
         assert decoded_indices(out) == list(range(24))
+
+
+def test_mov_text_into_mkv_becomes_ass_at_the_same_times(clip, clip_dir, tmp_path):
+    """mov_text (an MP4's subtitles) was dropped: ".mkv cannot hold mov_text"."""
+    srt = add_side_streams(clip(frames=48), clip_dir / "subtitles-only.mkv", [], SRT)
+    src = tmp_path / "in.mp4"
+    assert run_engine("stream", srt, src, "--quiet").returncode == 0  # its SubRip becomes mov_text
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", src, out)
+    assert r.returncode == 0, r.stderr
+    assert "re-encoding stream #1 (mov_text subtitle, und) to ass: .mkv cannot hold mov_text" in r.stderr
+    assert "not carried" not in r.stderr
+    with av.open(str(out)) as c:
+        assert c.streams.subtitles[0].codec_context.name in ("ass", "ssa")  # Matroska's S_TEXT/ASS
+    assert subtitle_events(out) == subtitle_events(srt) and len(subtitle_events(out)) == 2
