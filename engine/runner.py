@@ -201,6 +201,8 @@ class Pipeline:
         # there by up to `dup_run` each (see stages/dedup.py).
         overtake = 1 + max((p.dup_run for p in probes), default=0)
         self.reorder_window = in_flight * overtake + sum(capacities) + 1
+        # stages after one that marks duplicates always report how many they skipped (0 too)
+        self._skips = [any(p.dup_run for p in probes[:i]) for i in range(len(probes))]
         self._inboxes = inboxes
         self._handoffs = _handoffs(probes, getattr(self.sink, "picture_format", None))
         # each stage opens with its own input size: after an upscale or a resize it is not the source's
@@ -263,6 +265,8 @@ class Pipeline:
             index = [n is node for n in self._nodes].index(True) - 1  # the stage's place in the pipeline
             stage = spec.build()
             metrics.counters.update(dict.fromkeys(stage.counted, 0))
+            if self._skips[index]:
+                metrics.counters["skipped_duplicates"] += 0
             stage.counters = metrics.counters  # stage counters land straight in the metrics
             size = self._input_sizes[index] or (None, None)
             ctx = StageContext(worker=worker, workers=spec.workers, width=size[0],

@@ -3,7 +3,7 @@
 Lossy video almost never repeats a frame bit for bit, and a global mean difference
 cannot tell codec noise (~0.2/255 over the frame) from a mouth moving (also ~0.2/255).
 Local differences can. A frame is a near-duplicate of the last unique frame (the
-reference) when both hold:
+reference) when all hold:
 
 1. the *largest* mean luma difference over any 16×16 window (at `analysis_width`, which
    averages away some codec noise) is under the block threshold (4.0);
@@ -13,6 +13,16 @@ reference) when both hold:
    threshold (`SIGNED_SHARE` = 2/3 of the line threshold: 3.0). Faint one-pixel-wide
    animation (rain streaks of 6–13/255 over held drawings) is averaged away by test 1 but
    fills a thin window along it.
+3. the guards, for what the luma windows cannot see: the frame's mean luma moved less than
+   the tone threshold (1.0: a fade of 0.7 levels a frame otherwise passed test 1 until it had
+   moved 4, a stair visible on flat areas), and the largest mean |chroma difference| over a
+   window of the area of test 1's (chroma at its own resolution, no wider than
+   `analysis_width`) is under the colour threshold (6.0: a red square turning an equally
+   bright green passed every luma test). Over every pair the luma tests call near on both
+   clips and the whole generalisation set, the tone shift reaches 0.10 and the colour
+   statistic 3.25 (x265 CRF 28): the guards change no decision there. They run last, on the
+   frames both luma tests pass; the reference's chroma planes are kept beside its luma.
+   Tools that replay the rule on lumas alone (tools/label_transitions.py) have no colour.
 
 The signed alternative: a streak that appears or disappears has one sign along its length,
 so its signed mean is its full mean; codec re-coding of a held picture (residual refinement,
@@ -45,10 +55,11 @@ feature itself: a soft blink or mouth movement lies inside the range of the eye'
 own outline. (Found on the generalisation set: with the full gain the 1080p clip downscaled
 to 640 and 480 px lost 2–16 such changes, with a gain in proportion to width/1920 still 1–4.)
 
-The thresholds are 4.0 / caution (test 1) and 4.5 / caution (test 2; its signed threshold
-is 2/3 of that). `caution` (default 1) is the one knob: 2 halves all thresholds (fewer skips,
-safer), 0.5 doubles them; an explicit `threshold` / `line_threshold` fixes that threshold (the
-signed one follows `line_threshold`). Everything is decided from the
+The thresholds are 4.0 / caution (test 1), 4.5 / caution (test 2; its signed threshold
+is 2/3 of that), 1.0 / caution and 6.0 / caution (the guards). `caution` (default 1) is the one
+knob: 2 halves all thresholds (fewer skips, safer), 0.5 doubles them; an explicit `threshold` /
+`line_threshold` / `tone_threshold` / `colour_threshold` fixes that threshold (the signed one
+follows `line_threshold`; 256 turns a test off). Everything is decided from the
 reference and the frame alone: no look-ahead, no history (live streams and `--resume` cuts
 need nothing carried), memory of one frame. The report gives the codec noise it measured
 on edges, `N` (median, 90th percentile, largest over the pairs that reached test 2): the
@@ -150,6 +161,39 @@ def luma(frame: Frame) -> np.ndarray:
     if data.dtype == np.uint16:
         data = (data >> 8).astype(np.uint8)
     return cv2.cvtColor(data, cv2.COLOR_RGB2GRAY)
+
+
+_SEMI_PLANAR = {"nv12", "nv21"}  # one plane of interleaved chroma pairs
+
+
+def chroma(frame: Frame) -> tuple[np.ndarray, np.ndarray] | None:
+    """The frame's two chroma planes as uint8 at their own resolution (views of the decoded
+    planes when 8-bit planar), or None for a picture without colour (grey)."""
+    picture = frame.picture
+    if picture is not None and picture.format.name in _PLANAR_8BIT:
+        fmt = picture.format
+        h, w = fmt.chroma_height(picture.height), fmt.chroma_width(picture.width)
+        if fmt.name in _SEMI_PLANAR:
+            pairs = _plane(picture, 1, h, 2 * w).reshape(h, w, 2)
+            return pairs[..., 0], pairs[..., 1]
+        return _plane(picture, 1, h, w), _plane(picture, 2, h, w)
+    if picture is not None:
+        fmt = picture.format
+        if fmt.name.startswith(("gray", "ya", "mono")):
+            return None
+        if fmt.name.startswith("yuv") and fmt.name.endswith("le") and len(picture.planes) >= 3:
+            # 10/12/16-bit planar: the top 8 bits of the planes, no conversion of the picture
+            h, w = fmt.chroma_height(picture.height), fmt.chroma_width(picture.width)
+            shift = fmt.components[1].bits - 8
+            return tuple((np.frombuffer(pl, "<u2").reshape(-1, pl.line_size // 2)[:h, :w] >> shift)
+                         .astype(np.uint8) for pl in picture.planes[1:3])
+        yuv = picture.reformat(format="yuv444p")  # RGB, palette, p010...: one conversion
+        return _plane(yuv, 1, yuv.height, yuv.width), _plane(yuv, 2, yuv.height, yuv.width)
+    data = frame.data
+    if data.dtype == np.uint16:
+        data = (data >> 8).astype(np.uint8)
+    yuv = cv2.cvtColor(data, cv2.COLOR_RGB2YUV)
+    return yuv[..., 1], yuv[..., 2]
 
 
 def content_hash(frame: Frame) -> int:
@@ -271,6 +315,8 @@ def line_reaches(diff: np.ndarray, length: int, threshold: float,
 
 
 SIGNED_SHARE = 2 / 3  # signed thin-window threshold, as a share of the line threshold
+TONE_THRESHOLD = 1.0    # |shift of the frame's mean luma| that is a fade, not codec noise
+COLOUR_THRESHOLD = 6.0  # largest mean |chroma difference| over a window: a change of colour
 RINGING_GAIN = 0.15  # codec ringing along a shared edge, per unit of its contrast (see above)
 EDGE_RANGE = 32       # a pixel is on a strong edge when its 3×3 range (max − min) reaches this
 EDGE_PIXELS = 256     # fewer strong-edge pixels than this: too few to estimate noise, N = 0
@@ -345,14 +391,16 @@ def edge_noise(excess: np.ndarray, range_a: np.ndarray, range_b: np.ndarray) -> 
 
 @register_stage("dedup")
 class Dedup(MapStage):
-    """Mark exact (xxh3) and near (block-wise, then edge-discounted thin-window luma)
-    duplicates; report each pair's edge noise."""
+    """Mark exact (xxh3) and near (block-wise, then edge-discounted thin-window luma, with
+    tone and colour guards) duplicates; report each pair's edge noise."""
 
     needs_order = True  # compares each frame with the last unique one before it
+    counted = ("unique", "exact_duplicates", "near_duplicates")
 
     def __init__(self, caution: float = 1.0, threshold: float | None = None, block: int = 16,
                  max_run: int = 12, analysis_width: int = 960, line_threshold: float | None = None,
-                 line_length: int = 12):
+                 line_length: int = 12, tone_threshold: float | None = None,
+                 colour_threshold: float | None = None):
         super().__init__()
         if not 0.1 <= caution <= 10:
             raise ValueError(f"caution must be between 0.1 and 10, got {caution}")
@@ -368,8 +416,13 @@ class Dedup(MapStage):
             raise ValueError(f"line_threshold must be between 0 and 256, got {line_threshold}")
         if not 2 <= line_length <= 128:  # the thin-window sums are uint16 (see _line_sums)
             raise ValueError(f"line_length must be between 2 and 128, got {line_length}")
+        for name, value in (("tone_threshold", tone_threshold), ("colour_threshold", colour_threshold)):
+            if value is not None and not 0 <= value <= 256:  # 256: that guard off
+                raise ValueError(f"{name} must be between 0 and 256, got {value}")
         self.caution = caution
         self.threshold = threshold if threshold is not None else 4.0 / caution
+        self.tone_threshold = tone_threshold if tone_threshold is not None else TONE_THRESHOLD / caution
+        self.colour_threshold = colour_threshold if colour_threshold is not None else COLOUR_THRESHOLD / caution
         self.fixed_line_threshold = line_threshold
         self.block, self.max_run = block, max_run
         self.dup_run = max_run  # tells the runner how far duplicates may overtake
@@ -379,6 +432,7 @@ class Dedup(MapStage):
         self._ref_hash = 0
         self._ref_luma: np.ndarray | None = None  # analysis size
         self._ref_full: np.ndarray | None = None  # full resolution, for the thin-window test
+        self._ref_chroma: list[np.ndarray] | None = None  # analysis size (`colour_analysis`)
         self._run = 0
         self._diff_small: np.ndarray | None = None  # scratch, reused: no per-frame allocations
         self._diff_full: np.ndarray | None = None
@@ -407,23 +461,60 @@ class Dedup(MapStage):
             return y, max(2, round(self.block * scale))
         return y, self.block
 
+    def colour_analysis(self, planes: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
+        """The chroma planes no wider than `analysis_width` (as the luma for test 1)."""
+        out = []
+        for c in planes:
+            h, w = c.shape
+            if w > self.analysis_width:
+                c = cv2.resize(c, (self.analysis_width, max(1, round(h * self.analysis_width / w))),
+                               interpolation=cv2.INTER_AREA)
+            out.append(c)
+        return out
+
+    @staticmethod
+    def colour_window(small: np.ndarray, block: int, plane: np.ndarray) -> tuple[int, int]:
+        """The chroma window (width, height) over the picture area of test 1's luma window."""
+        return (max(2, round(block * plane.shape[1] / small.shape[1])),
+                max(2, round(block * plane.shape[0] / small.shape[0])))
+
+    def colour_difference(self, small: np.ndarray, block: int, planes: list[np.ndarray],
+                          reference: list[np.ndarray]) -> float:
+        """Largest mean |chroma difference| over a window of either chroma plane (0..255)."""
+        return max(float(cv2.boxFilter(cv2.absdiff(a, b), cv2.CV_32F, self.colour_window(small, block, a),
+                                       normalize=True, borderType=cv2.BORDER_REFLECT).max())
+                   for a, b in zip(planes, reference))
+
+    @staticmethod
+    def tone_difference(small: np.ndarray, reference: np.ndarray) -> float:
+        """|Shift of the mean luma| between the two frames (analysis size, 0..255)."""
+        return abs(cv2.mean(small)[0] - cv2.mean(reference)[0])
+
     def scores(self, small: np.ndarray, reference: np.ndarray, block: int,
-               full: np.ndarray, full_reference: np.ndarray) -> dict[str, float]:
+               full: np.ndarray, full_reference: np.ndarray, colour=None,
+               colour_reference=None) -> dict[str, float]:
         """The statistics that decide near-duplicates, on whole images: `block` (test 1),
-        `line` and `signed` (test 2's excess statistic and its signed alternative) and `noise`
-        (N, reported only)."""
+        `tone` and, given both frames' `colour_analysis` planes, `colour` (the guards), `line`
+        and `signed` (test 2's excess statistic and its signed alternative) and `noise` (N,
+        reported only)."""
         ra, rb, gain = local_range(full_reference), local_range(full), \
             ringing_gain(full.shape[1], self.analysis_width)
         excess = excess_difference(full_reference, full, ra, rb, gain)
-        return {"block": block_difference(small, reference, block),
-                "line": line_difference(excess, np.zeros_like(excess), self.line_length),
-                "signed": signed_line_difference(full_reference, full, ra, rb, self.line_length, gain),
-                "noise": self.noise(small, reference)}
+        out = {"block": block_difference(small, reference, block),
+               "tone": self.tone_difference(small, reference),
+               "line": line_difference(excess, np.zeros_like(excess), self.line_length),
+               "signed": signed_line_difference(full_reference, full, ra, rb, self.line_length, gain),
+               "noise": self.noise(small, reference)}
+        if colour is not None and colour_reference is not None:
+            out["colour"] = self.colour_difference(small, block, colour, colour_reference)
+        return out
 
     def near_by_scores(self, s: dict[str, float]) -> bool:
-        """The rule of the module docstring on `scores`' statistics."""
-        return s["block"] < self.threshold and (
-            s["line"] < self.line_threshold or s["signed"] < self.signed_line_threshold)
+        """The rule of the module docstring on `scores`' statistics (a guard whose statistic
+        is missing, as in the luma-only tools, passes)."""
+        return (s["block"] < self.threshold and s.get("tone", 0.0) < self.tone_threshold
+                and s.get("colour", 0.0) < self.colour_threshold
+                and (s["line"] < self.line_threshold or s["signed"] < self.signed_line_threshold))
 
     @staticmethod
     def noise(small: np.ndarray, reference: np.ndarray) -> float:
@@ -431,8 +522,9 @@ class Dedup(MapStage):
         ra, rb = local_range(reference), local_range(small)
         return edge_noise(cv2.absdiff(reference, small), ra, rb)
 
-    def _is_near(self, small: np.ndarray, block: int, full: np.ndarray) -> bool:
-        """Both tests of the module docstring: the same decisions as `scores` against the
+    def _is_near(self, small: np.ndarray, block: int, full: np.ndarray,
+                 colour: list[np.ndarray] | None = None) -> bool:
+        """The tests of the module docstring: the same decisions as `scores` against the
         thresholds, at a fraction of the cost."""
         if small.shape != self._ref_luma.shape or full.shape != self._ref_full.shape:
             return False
@@ -449,6 +541,19 @@ class Dedup(MapStage):
             return False
         if float(_block_means(diff, block).max()) >= self.threshold:
             return False
+        # the guards last: only the few frames both luma tests pass pay for them
+        return self._luma_near(small, full) and self._guards_pass(small, block, colour)
+
+    def _guards_pass(self, small: np.ndarray, block: int, colour: list[np.ndarray] | None) -> bool:
+        """Test 1 lets a fade through a level at a time, and a change of colour alone."""
+        if self.tone_difference(small, self._ref_luma) >= self.tone_threshold:
+            return False
+        return colour is None or self._ref_chroma is None or \
+            [c.shape for c in colour] != [c.shape for c in self._ref_chroma] or \
+            self.colour_difference(small, block, colour, self._ref_chroma) < self.colour_threshold
+
+    def _luma_near(self, small: np.ndarray, full: np.ndarray) -> bool:
+        """Test 2, for a frame that passed test 1."""
         # Only candidates pay for the full-resolution test (most changes fail the first one).
         self._noise[min(_NOISE_BINS - 1, int(self.noise(small, self._ref_luma) * 16))] += 1
         if self._diff_full is None or self._diff_full.shape != full.shape:
@@ -493,8 +598,8 @@ class Dedup(MapStage):
     def noise_summary(self) -> dict[str, float | int]:
         """The estimated noise N over the pairs tested so far (histogram, 1/16 steps)."""
         n = int(self._noise.sum())
-        if not n:
-            return {"pairs": 0}
+        if not n:  # the same keys, so that a script reading them needs no special case
+            return {"pairs": 0, "median": None, "p90": None, "max": None}
         cum = np.cumsum(self._noise)
         at = lambda q: float(np.searchsorted(cum, q * n)) / 16  # noqa: E731
         return {"pairs": n, "median": at(0.5), "p90": at(0.9),
@@ -502,6 +607,8 @@ class Dedup(MapStage):
 
     def describe(self) -> dict:
         return {"caution": self.caution, "threshold": round(self.threshold, 4),
+                "tone_threshold": round(self.tone_threshold, 4),
+                "colour_threshold": round(self.colour_threshold, 4),
                 "line_threshold": round(self.line_threshold, 4),
                 "signed_line_threshold": round(self.signed_line_threshold, 4),
                 "noise": self.noise_summary()}
@@ -511,18 +618,32 @@ class Dedup(MapStage):
         """The seq of the last unique frame: what the duplicates since are duplicates of."""
         return self._ref_seq
 
-    def judge(self, seq: int, digest: int, full: np.ndarray) -> str | None:
+    def _keep_colour(self, planes: list[np.ndarray] | None) -> None:
+        """Copy the new reference's chroma into buffers kept between frames (as its luma)."""
+        if planes is None:
+            self._ref_chroma = None
+            return
+        if self._ref_chroma is None or [c.shape for c in self._ref_chroma] != [c.shape for c in planes]:
+            self._ref_chroma = [np.empty_like(c) for c in planes]
+        for kept, c in zip(self._ref_chroma, planes):
+            np.copyto(kept, c)
+
+    def judge(self, seq: int, digest: int, full: np.ndarray,
+              colour: tuple[np.ndarray, np.ndarray] | None = None) -> str | None:
         """The decision for one frame, in order: "exact_duplicates" / "near_duplicates" of the
         reference, or None (unique: it becomes the reference). `digest`: `content_hash`;
-        `full`: its luma (`luma`). Also what tools/label_transitions.py replays."""
+        `full`: its luma (`luma`); `colour`: its chroma planes (`chroma`; None: no colour
+        guard, as in tools/label_transitions.py, which replays this on lumas)."""
         small, block = self.analysis(full)
+        planes = self.colour_analysis(colour) if colour is not None else None
         kind = None
         if self._ref_seq is not None and self._run < self.max_run:
             if digest == self._ref_hash:
                 kind = "exact_duplicates"
-            elif self._is_near(small, block, full):
+            elif self._is_near(small, block, full, planes):
                 kind = "near_duplicates"
         if kind is None:
+            self._keep_colour(planes)
             # Copies: `full` (and `small` when not resized) view the decoder's buffer, which
             # later stages may change or free. The buffer is reused: a fresh 2 MB allocation
             # per frame costs more in page faults than the comparison itself.
@@ -537,7 +658,7 @@ class Dedup(MapStage):
 
     def process(self, frame: Frame) -> Frame:
         before = self.reference
-        kind = self.judge(frame.seq, content_hash(frame), luma(frame))
+        kind = self.judge(frame.seq, content_hash(frame), luma(frame), chroma(frame))
         if kind is None:
             self.count("unique")
             # later stages that sample every k-th frame by seq (text-detect) see unique frames only:

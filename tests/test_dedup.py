@@ -86,6 +86,65 @@ def test_slow_fade_never_drifts_past_the_threshold(tmp_path):
         assert block_difference(gray(f.data), gray(truth), 16) < 3 + 1  # +1: rounding of luma
 
 
+def test_a_fade_changes_each_frame_it_moves_a_level(tmp_path):
+    """Test 1 alone let a fade through in steps of its threshold (4 levels at 0.7 a frame:
+    a visible stair); the tone guard keeps every output within a level of its frame."""
+    base = np.tile(np.linspace(40, 160, 128, dtype=np.float32), (96, 1))
+
+    def fade(seq):
+        return np.repeat((base + seq * 0.7).round().astype(np.uint8)[..., None], 3, axis=2)
+
+    path = make_clip(tmp_path / "fade.mp4", 48, 128, 96, crf=18, image=fade)
+    frames, counters = run(path, [("dedup", {})])
+    decoded, _ = run(path, [])
+    for f, truth in zip(frames, decoded):
+        shown = decoded[f.meta.get("dup_of", f.seq)].data
+        assert abs(float(shown[..., 1].mean()) - float(truth.data[..., 1].mean())) < 1.0 + 0.5, f.seq
+    assert counters["dedup"]["unique"] >= 24  # at most one frame in two skipped
+
+
+_RED, _GREEN = (200, 60, 60), (40, 145, 40)  # luma 102 and 102: a change of colour alone
+
+
+def _colour_square(seq: int) -> np.ndarray:
+    img = np.full((96, 128, 3), 128, np.uint8)
+    img[20:70, 30:90] = _RED if seq // 8 % 2 == 0 else _GREEN
+    return img
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv444p", "yuv420p10le"])
+def test_a_change_of_colour_alone_is_a_change(tmp_path, pix_fmt):
+    codec = "libx264" if pix_fmt != "yuv420p10le" else "ffv1"
+    path = make_clip(tmp_path / f"colour{'.mp4' if codec == 'libx264' else '.mkv'}", 48, 128, 96,
+                     codec=codec, pix_fmt=pix_fmt, image=_colour_square)
+    frames, counters = run(path, [("dedup", {})])
+    assert counters["dedup"]["unique"] >= 6  # each switch of colour at least (max_run adds more)
+    for f in frames:
+        ref = f.meta.get("dup_of", f.seq)
+        assert ref // 8 == f.seq // 8, (f.seq, ref)  # never the square's other colour
+    assert counters["dedup"]["near_duplicates"] + counters["dedup"]["exact_duplicates"] > 30
+
+
+def test_chroma_reads_deep_and_semi_planar_pictures_as_8_bit():
+    from fractions import Fraction
+
+    import av
+    from engine.frame import Frame
+    from stages.dedup import chroma
+
+    rgb = _colour_square(0)
+    as_8bit = chroma(Frame.from_picture(0, 0, Fraction(1, 24), av.VideoFrame.from_ndarray(
+        rgb, format="rgb24").reformat(format="yuv420p"), "yuv420p"))
+    for fmt in ("nv12", "yuv420p10le"):
+        picture = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=fmt)
+        planes = chroma(Frame.from_picture(0, 0, Fraction(1, 24), picture, fmt))
+        for got, want in zip(planes, as_8bit):
+            assert got.shape == want.shape == (48, 64)
+            assert np.abs(got.astype(int) - want).max() <= 1, fmt
+    grey = av.VideoFrame.from_ndarray(rgb[..., 0], format="gray")
+    assert chroma(Frame.from_picture(0, 0, Fraction(1, 24), grey, "gray")) is None
+
+
 def test_max_run_caps_consecutive_duplicates(tmp_path):
     path = make_clip(tmp_path / "still.mkv", 30, 64, 48, codec="ffv1", image=lambda s: index_frame(0))
     frames, _ = run(path, [("dedup", {"max_run": "4"})])
@@ -192,7 +251,7 @@ def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_w
         small, block = stage.analysis(cur)
         s = stage.scores(small, stage._ref_luma, block, cur, ref)
         expected = stage.near_by_scores(s)
-        assert expected == (s["block"] < stage.threshold and (
+        assert expected == (s["block"] < stage.threshold and s["tone"] < stage.tone_threshold and (
             s["line"] < stage.line_threshold or s["signed"] < stage.line_threshold * 2 / 3))
         assert stage._is_near(small, block, cur) == expected, s
         decisions.add((s["block"] < stage.threshold, s["line"] < stage.line_threshold, expected))
@@ -206,7 +265,8 @@ def test_near_duplicate_decision_is_the_scores_against_the_thresholds(analysis_w
 
 @pytest.mark.parametrize("options", [{"line_length": 129}, {"line_length": 1}, {"threshold": -1},
                                      {"max_run": 0}, {"caution": 0}, {"caution": 11}, {"block": 257},
-                                     {"threshold": 300}, {"line_threshold": 257}])
+                                     {"threshold": 300}, {"line_threshold": 257}, {"tone_threshold": -1},
+                                     {"colour_threshold": 257}])
 def test_options_outside_what_the_statistic_supports_are_refused(options):
     from stages.dedup import Dedup
 
@@ -287,6 +347,9 @@ def test_caution_scales_the_thresholds_and_explicit_ones_override():
     assert (bold.threshold, bold.line_threshold) == (8.0, 9.0)
     fixed = Dedup(caution=2, threshold=5, line_threshold=6)
     assert (fixed.threshold, fixed.line_threshold) == (5, 6)
+    assert (default.tone_threshold, default.colour_threshold) == (1.0, 6.0)
+    assert (careful.tone_threshold, careful.colour_threshold) == (0.5, 3.0)
+    assert Dedup(caution=2, tone_threshold=2, colour_threshold=9).colour_threshold == 9
 
 
 def test_caution_changes_the_decisions(tmp_path):
@@ -337,3 +400,18 @@ def test_report_gives_the_estimated_noise(tmp_path):
     assert noise["pairs"] >= 1 and 0 <= noise["median"] <= noise["p90"] <= noise["max"]
     settings = [s["settings"] for s in report["stages"] if s["name"] == "dedup"][0]
     assert settings["caution"] == 1.0 and settings["noise"] == noise
+
+
+def test_counters_and_noise_keys_are_reported_when_nothing_was_skipped(tmp_path):
+    from conftest import run_engine
+    import json
+
+    path = make_clip(tmp_path / "moving.mp4", 12, 128, 96, image=_moving_dot)
+    r = run_engine("stream", path, tmp_path / "out.mp4", "--pipeline", "dedup,resize:scale=2",
+                   "--report", tmp_path / "r.json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    counters = {s["name"]: s["counters"] for s in report["stages"]}
+    assert counters["dedup"] == {"unique": 12, "exact_duplicates": 0, "near_duplicates": 0}
+    assert counters["resize"]["skipped_duplicates"] == 0
+    assert report["dedup"]["noise"] == {"pairs": 0, "median": None, "p90": None, "max": None}
