@@ -195,10 +195,18 @@ class Reencoder:
 
 
 class SubtitleReencoder(Reencoder):
-    """Text subtitle events decoded and encoded as mov_text, each at its own time."""
+    """Text subtitle events decoded and encoded as mov_text or ASS, each at its own time. An
+    event the decoder refuses (corrupt) is skipped and counted in `undecodable`: one broken
+    line must not fail the job."""
+
+    undecodable = 0
 
     def feed(self, packet: av.Packet) -> list[av.Packet]:
-        events = self.source.codec_context.decode2(packet)
+        try:
+            events = self.source.codec_context.decode2(packet)
+        except av.error.FFmpegError:
+            self.undecodable += 1
+            return []
         if events is None:
             return []
         encoded = self.stream.codec_context.encode_subtitle(events)

@@ -47,6 +47,15 @@ def kept_tags(metadata: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if not stale(k)}
 
 
+def stream_tags(metadata: dict[str, str]) -> dict[str, str]:
+    """A stream's `kept_tags`, its title as a title: an MP4 track's reads back as "name"
+    (the udta atom it is written to), which every muxer would write as a tag of that name."""
+    tags = kept_tags(metadata)
+    if "name" in tags and "title" not in tags:
+        tags["title"] = tags.pop("name")
+    return tags
+
+
 def _tag(metadata: dict[str, str], key: str) -> str | None:
     """A tag by FFmpeg's lookup rule (case-insensitive: Matroska's read back upper-case)."""
     return next((v for k, v in metadata.items() if k.lower() == key), None)
@@ -238,9 +247,7 @@ class StreamCopier:
             # a file-wide timecode is the video's (plan.timecode): the mov/mp4 muxers give one to every video stream
             output.metadata.update({k: v for k, v in kept_tags(self._input.metadata).items() if k.lower() != "timecode"})
             if video is not None:
-                tags = kept_tags(main_video(self._input).metadata)
-                if "name" in tags and "title" not in tags:  # an MP4 track's title reads back as "name"
-                    tags["title"] = tags.pop("name")
+                tags = stream_tags(main_video(self._input).metadata)
                 tags = {k: v for k, v in tags.items() if k.lower() != "timecode"}
                 if plan.timecode is not None:  # the mov/mp4 muxers make the tmcd track of it
                     tags["timecode"] = plan.timecode
@@ -253,7 +260,7 @@ class StreamCopier:
                 out = made.stream
             else:
                 out = output.add_stream_from_template(src)
-            out.metadata.update(kept_tags(src.metadata))  # language, title, handler name
+            out.metadata.update(stream_tags(src.metadata))  # language, title, handler name
             try:
                 out.disposition = src.disposition  # default / forced / hearing-impaired flags
             except (AttributeError, ValueError):
@@ -345,6 +352,13 @@ class StreamCopier:
     def repaired(self) -> dict[str, int]:
         """Packets whose timestamps were regenerated, per stream ("#1 audio": 12)."""
         return {f"#{i} {r.what.split()[0]}": r.repaired for i, r in self._repairs.items() if r.repaired}
+
+    @property
+    def undecodable(self) -> dict[str, int]:
+        """Subtitle events a re-encode skipped because they could not be decoded, per stream."""
+        # named from the repairs: the input's streams are gone once `finish` has closed it
+        return {f"#{i} {self._repairs[i].what.split()[0]}": r.undecodable for i, r in self._reencoders.items()
+                if getattr(r, "undecodable", 0)}
 
     def finish(self, until_s: float = math.inf) -> None:
         self.advance(until_s)

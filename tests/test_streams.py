@@ -488,3 +488,65 @@ def test_mov_text_into_mkv_becomes_ass_at_the_same_times(clip, clip_dir, tmp_pat
     with av.open(str(out)) as c:
         assert c.streams.subtitles[0].codec_context.name in ("ass", "ssa")  # Matroska's S_TEXT/ASS
     assert subtitle_events(out) == subtitle_events(srt) and len(subtitle_events(out)) == 2
+
+
+def with_titled_tracks(video: Path, path: Path, corrupt: bool = False) -> Path:
+    """`video` remuxed into MP4 `path` with a titled AAC track and a titled mov_text track (two
+    events, mov_text samples made by hand; `corrupt`: the second is raw text, which the
+    decoder refuses)."""
+    from fractions import Fraction
+
+    with av.open(str(video)) as inp, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        stream.metadata["title"] = "Main video"
+        packets = [(p, stream) for p in inp.demux(inp.streams.video[0]) if p.size]
+        audio = out.add_stream("aac", rate=48000, layout="stereo")
+        audio.metadata.update({"title": "Director commentary", "language": "eng"})
+        subtitles = out.add_stream("mov_text")
+        subtitles.codec_context.subtitle_header = b"[Script Info]\nScriptType: v4.00+\n\n[Events]\n"  # to open
+        subtitles.metadata.update({"title": "English SDH", "language": "eng"})
+        frame = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = 48000, 0
+        packets += [(p, audio) for p in [*audio.encode(frame), *audio.encode(None)]]
+        for start, text in ((500, b"Hello"), (1300, b"World")):
+            sample = text[:2] if corrupt and start > 500 else len(text).to_bytes(2, "big") + text
+            packet = av.Packet(sample)
+            packet.pts = packet.dts = start
+            packet.duration, packet.time_base = 500, Fraction(1, 1000)
+            packets.append((packet, subtitles))
+        packets.sort(key=lambda item: float(item[0].pts * item[0].time_base))
+        for packet, target in packets:
+            packet.stream = target
+            out.mux(packet)
+    return path
+
+
+def titles(path: Path) -> list[str | None]:
+    """Every stream's title: a title, or an MP4 track's name (how MP4 reads one back)."""
+    with av.open(str(path)) as c:
+        found = [s.metadata.get("title") or (s.metadata.get("name") if c.format.name.startswith("mov") else None)
+                 for s in c.streams]
+    return found
+
+
+@pytest.mark.parametrize("out_ext", [".mp4", ".mov", ".mkv"])
+def test_track_titles_from_an_mp4_are_kept_as_titles(clip, tmp_path, out_ext):
+    """Only the video's title survived: MP4 reads a title back as "name", which .mp4 dropped
+    and .mkv wrote as a NAME tag."""
+    src = with_titled_tracks(clip(frames=24), tmp_path / "in.mp4")
+    assert titles(src)[:3] == ["Main video", "Director commentary", "English SDH"]
+    out = tmp_path / f"out{out_ext}"
+    r = run_engine("stream", src, out)
+    assert r.returncode == 0, r.stderr
+    assert titles(out)[:3] == ["Main video", "Director commentary", "English SDH"]
+    with av.open(str(out)) as c:
+        assert not any("NAME" in s.metadata or "name" in s.metadata and out_ext == ".mkv" for s in c.streams)
+
+
+def test_a_subtitle_event_that_cannot_be_decoded_is_said_skipped(clip, tmp_path):
+    src = with_titled_tracks(clip(frames=48), tmp_path / "in.mp4", corrupt=True)
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", src, out)
+    assert r.returncode == 0, r.stderr
+    assert "not carried to the output: 1 event(s) of stream #2 subtitle that could not be decoded" in r.stderr
+    assert [text for _, _, text in subtitle_events(out)] == ["Hello"]
