@@ -156,6 +156,8 @@ def _run(configs: list[JobConfig], ray_options, reports: list[dict]) -> None:
         finally:
             container.close()
         check_input(c, info)  # a truncated input (or broken timestamps under refuse) fails now
-    for c in configs:
+    for number, c in enumerate(configs, 1):
         interrupts.raise_pending()  # a stop signal while the input before finished: stop here
+        if not c.quiet:  # which input the lines below are about, in a log of hundreds
+            print(f"[engine] input {number} of {len(configs)}: {c.input} → {c.output}", file=sys.stderr, flush=True)
         reports.append(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run())

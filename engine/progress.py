@@ -7,6 +7,7 @@ Three reporters behind one interface: `RichReporter` (live display on a terminal
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Callable, TextIO
@@ -250,6 +251,12 @@ class RichReporter(Reporter):
         self.console.print(self._table(
             snap, [], f"done: {_segments(snap)}{snap.frames_done} frames in {snap.elapsed_s:.2f} s "
                       f"({snap.fps:.1f} fps){_context(snap)}"))
+        if self.console.width < 72:  # the compact table has no counters column: the results
+            from rich.markup import escape  # a user looks for (duplicates, text frames) below it
+
+            for st in snap.stages:
+                if st.counters:
+                    self.console.print(escape(f"{st.name}: " + " ".join(f"{k}={v}" for k, v in st.counters.items())))
 
 
 def _stage_cells(s: StageSnapshot, elapsed: float) -> list[str]:
@@ -265,6 +272,8 @@ def make_reporter(quiet: bool, stream: TextIO = sys.stderr, record_gpu: bool = F
     report is wanted)."""
     if quiet:
         return NullReporter(record_gpu)
-    if stream.isatty():
+    # a dumb terminal (Emacs' shell, some CI runners) cannot redraw: rich's live display draws
+    # nothing there, so it gets the plain lines a log gets
+    if stream.isatty() and os.environ.get("TERM", "") not in ("dumb", "unknown"):
         return RichReporter()
     return LogReporter(stream)

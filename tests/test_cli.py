@@ -673,6 +673,10 @@ def test_a_batch_writes_other_containers_as_mkv_and_checks_every_input_before_th
     assert r.returncode == 0, r.stderr
     assert "b.ts → b.mkv" in r.stderr
     assert sorted(os.listdir(out)) == ["a.mp4", "b.mkv"] and decoded_indices(out / "b.mkv") == list(range(6))
+    # each input's lines start with its name: a log of many inputs says whose summary is whose
+    first, second = (r.stderr.index(f"[engine] input {n} of 2: {inputs / name} → {out / made}")
+                     for n, name, made in ((1, "a.mp4", "a.mp4"), (2, "b.ts", "b.mkv")))
+    assert first < r.stderr.index("done: 6 frames") < second < r.stderr.rindex("done: 6 frames")
 
 
 def test_a_failing_batch_says_which_inputs_are_finished_and_reports_them(clip, tmp_path):

@@ -46,9 +46,24 @@ def test_rich_reporter_renders_stage_table():
         assert cell in text
 
 
-def test_reporter_choice():
+def test_a_narrow_summary_still_gives_the_counters():
+    text = rendered_summary(40)
+    assert "counters" not in text and "resize: scaled=7" in text  # the compact table has no such column
+    assert "resize: scaled" not in rendered_summary(100)  # there the table holds them
+
+
+def test_reporter_choice(monkeypatch):
     assert isinstance(make_reporter(quiet=True), NullReporter)
     assert isinstance(make_reporter(quiet=False, stream=io.StringIO()), LogReporter)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert isinstance(make_reporter(quiet=False, stream=Terminal()), RichReporter)
+    monkeypatch.setenv("TERM", "dumb")  # rich's live display draws nothing there: plain lines
+    assert isinstance(make_reporter(quiet=False, stream=Terminal()), LogReporter)
 
 
 def test_model_stage_shows_where_it_runs():
