@@ -418,6 +418,9 @@ class VideoSink:
             self.notes.append("note: repaired the timestamps of " + ", ".join(
                 f"{n} packets of stream {name}" for name, n in self.repaired_packets.items())
                 + " by the video's rule (see --timestamps)")
+        for name, count in self._copier.hidden.items():
+            self.notes.append(f"note: not carried to the output: {count} packet(s) of stream {name} that the "
+                              f"input's edit list hides (players never play them)")
         for name, count in self._copier.undecodable.items():
             self.notes.append(f"note: not carried to the output: {count} event(s) of stream {name} that "
                               f"could not be decoded (corrupt)")

@@ -282,6 +282,12 @@ class StreamCopier:
         self._packets = self._input.demux(streams) if streams else iter(())
         self._next: av.Packet | None = None
         self._done = not streams
+        # audio an MP4/MOV edit list hides (packet.is_discard): players never play it, and a
+        # muxer without edit lists (Matroska) would; only the last such packet before the
+        # shown ones is copied, the decoder's pre-roll (AAC's priming is one)
+        self._preroll: dict[int, av.Packet] = {}
+        self._ready: list[av.Packet] = []
+        self._hidden: dict[int, int] = {}
         self.packets = 0
 
     def _add_cover(self, input_path: str, index: int, output: av.container.OutputContainer) -> None:
@@ -315,13 +321,10 @@ class StreamCopier:
         """Mux every copied packet whose time is at or before `until_s`."""
         while not self._done:
             if self._next is None:
-                self._next = next(self._packets, None)
+                self._next = self._read()
                 if self._next is None:
                     self._done = True
                     return
-                if self._next.size == 0:  # demuxer's end-of-stream marker, nothing to copy
-                    self._next = None
-                    continue
                 self._repair(self._next)
             if self._time(self._next) > until_s:
                 return
@@ -333,6 +336,33 @@ class StreamCopier:
             packet.stream = self._out[packet.stream.index]
             self._output.mux(packet)
             self.packets += 1
+
+    def _read(self) -> av.Packet | None:
+        """The next packet to copy, in the input's order, less the hidden audio (`_preroll`)."""
+        while not self._ready:
+            packet = next(self._packets, None)
+            if packet is None:  # hidden audio after the last shown: the edit ends before it
+                for index in self._preroll:
+                    self._hidden[index] = self._hidden.get(index, 0) + 1
+                self._preroll.clear()
+                return None
+            if packet.size == 0:  # demuxer's end-of-stream marker, nothing to copy
+                continue
+            index = packet.stream.index
+            if packet.is_discard and packet.stream.type == "audio":
+                if index in self._preroll:
+                    self._hidden[index] = self._hidden.get(index, 0) + 1
+                self._preroll[index] = packet
+                continue
+            if index in self._preroll:
+                self._ready.append(self._preroll.pop(index))
+            self._ready.append(packet)
+        return self._ready.pop(0)
+
+    @property
+    def hidden(self) -> dict[str, int]:
+        """Audio packets not copied because the input's edit list hides them, per stream."""
+        return {f"#{i} {self._repairs[i].what.split()[0]}": n for i, n in self._hidden.items()}
 
     def _mux_encoded(self, packets: list[av.Packet]) -> None:
         for packet in packets:

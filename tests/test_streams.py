@@ -550,3 +550,21 @@ def test_a_subtitle_event_that_cannot_be_decoded_is_said_skipped(clip, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "not carried to the output: 1 event(s) of stream #2 subtitle that could not be decoded" in r.stderr
     assert [text for _, _, text in subtitle_events(out)] == ["Hello"]
+
+
+def test_audio_an_edit_list_hides_is_not_played_in_mkv(clip, clip_dir, tmp_path):
+    """The first 0.5 s of audio, outside the MP4's edit list, played in .mkv (whose muxer moved
+    every stream 0.5 s later to start at 0): only one packet of decoder pre-roll is kept."""
+    src = add_side_streams(clip(frames=48), clip_dir / "hidden-audio.mp4", [("eng", -0.5, 2.5)])
+    with av.open(str(src)) as c:
+        shown = sum(1 for p in c.demux(c.streams.audio[0]) if p.size and not p.is_discard)
+    for ext in (".mkv", ".mp4"):
+        out = tmp_path / f"out{ext}"
+        r = run_engine("stream", src, out)
+        assert r.returncode == 0, r.stderr
+        video_start, _, _ = span(out, 0)
+        audio_start, _, packets = span(out, 1)
+        assert video_start - audio_start < 2 * 1024 / 48000
+        assert packets == shown + 1  # the one before the edit starts: the decoder's pre-roll
+        assert "packet(s) of stream #1 audio that the input's edit list hides" in r.stderr
+        assert decoded_indices(out) == list(range(48))
