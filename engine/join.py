@@ -86,9 +86,10 @@ def _fill_leading_dts(packets):
 
 
 def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_plan: CopyPlan,
-                  copy_until_s: float = math.inf, partial: str | None = None) -> int:
+                  copy_until_s: float = math.inf, partial: str | None = None) -> list[str]:
     """Write `parts` (in order) and the planned side streams of `input_path` to `output`,
-    through `partial` (default: the sink's hidden sibling). Returns the side-stream packets copied."""
+    through `partial` (default: the sink's hidden sibling). Returns the side-stream copy's
+    notes (repaired timestamps, packets not carried: `StreamCopier.notes`)."""
     partial = partial or partial_path(output)
     ext = os.path.splitext(output)[1].lower()
     lock = PartialLock(partial)  # a later run knows a killed join's partial by its free lock
@@ -166,7 +167,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
                                       f"{part.frames} expected")
             total += count
         copier.finish(copy_until_s)
-        copied = copier.packets
+        notes = copier.notes()
         container.close()
         check_written(partial, total, 1 + copier.stream_count)
         fsync_file(partial)
@@ -175,7 +176,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
         os.replace(partial, output)
         lock.release()
         fsync_dir(os.path.dirname(os.path.abspath(output)))
-        return copied
+        return notes
     except BaseException as exc:
         if copier is not None:
             copier.close()

@@ -119,6 +119,7 @@ class SegmentedJob:
         self.config = config
         self.frame_size = frame_size  # the first frame's: every segment's frames keep it
         self.after_notes: list[str] = []  # what the segments said, for the whole job (after the run)
+        self.join_notes: list[str] = []  # what the join's side-stream copy said
         self.video: dict | None = None  # the report's `video` (the input's stream)
         self.specs = specs
         self.encoder = encoder
@@ -265,7 +266,7 @@ class SegmentedJob:
         crash_point("work-dir-removal")
         shutil.rmtree(self.work_dir, ignore_errors=True)  # the output is in place: parts are spent
         done, figures = self.source_numbers(), self.run_figures()
-        self.after_notes = self.segment_notes(done, figures)
+        self.after_notes = self.segment_notes(done, figures) + self.join_notes
         report = self._report(results, started, frames_encoded, join_s, done, figures)
         report.update(extra or {})
         if self.config.report:
@@ -325,8 +326,9 @@ class SegmentedJob:
             copy_until = float((pts[-1] + last_step) * self.table.time_base)
         self.manifest.join_partial = partial_path(self.config.output)
         save(self.work_dir, self.manifest)
-        join_segments(parts, self.config.output, input_path=self.config.input, copy_plan=self.copy_plan,
-                      copy_until_s=copy_until, partial=self.manifest.join_partial)
+        self.join_notes = join_segments(parts, self.config.output, input_path=self.config.input,
+                                        copy_plan=self.copy_plan, copy_until_s=copy_until,
+                                        partial=self.manifest.join_partial)
 
     def source_numbers(self) -> dict:
         """What the sources of all the segments (reused ones too) did, added up."""

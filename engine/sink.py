@@ -414,16 +414,7 @@ class VideoSink:
             self.notes.append(f"note: {len(self._resized)} frame(s) from seq {self._resized[0]} on had "
                               f"another size than the first frame's {w}x{h}: each was scaled to "
                               f"{self._stream.width}x{self._stream.height} (a video stream holds one size)")
-        if self.repaired_packets:
-            self.notes.append("note: repaired the timestamps of " + ", ".join(
-                f"{n} packets of stream {name}" for name, n in self.repaired_packets.items())
-                + " by the video's rule (see --timestamps)")
-        for name, count in self._copier.hidden.items():
-            self.notes.append(f"note: not carried to the output: {count} packet(s) of stream {name} that the "
-                              f"input's edit list hides (players never play them)")
-        for name, count in self._copier.undecodable.items():
-            self.notes.append(f"note: not carried to the output: {count} event(s) of stream {name} that "
-                              f"could not be decoded (corrupt)")
+        self.notes += self._copier.notes()
         self._container.close()
         self._container = None
         check_written(self.partial, frames, 1 + self._copier.stream_count)

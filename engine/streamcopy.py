@@ -390,6 +390,20 @@ class StreamCopier:
         return {f"#{i} {self._repairs[i].what.split()[0]}": r.undecodable for i, r in self._reencoders.items()
                 if getattr(r, "undecodable", 0)}
 
+    def notes(self) -> list[str]:
+        """What the user must hear about the copy (after `finish`): repaired timestamps, and
+        packets not carried."""
+        out = []
+        if self.repaired:
+            out.append("note: repaired the timestamps of " + ", ".join(
+                f"{n} packets of stream {name}" for name, n in self.repaired.items())
+                + " by the video's rule (see --timestamps)")
+        out += [f"note: not carried to the output: {n} packet(s) of stream {name} that the input's edit "
+                f"list hides (players never play them)" for name, n in self.hidden.items()]
+        out += [f"note: not carried to the output: {n} event(s) of stream {name} that could not be "
+                f"decoded (corrupt)" for name, n in self.undecodable.items()]
+        return out
+
     def finish(self, until_s: float = math.inf) -> None:
         self.advance(until_s)
         for reencoder in self._reencoders.values():  # what the decoder and encoder still hold

@@ -543,13 +543,15 @@ def test_track_titles_from_an_mp4_are_kept_as_titles(clip, tmp_path, out_ext):
         assert not any("NAME" in s.metadata or "name" in s.metadata and out_ext == ".mkv" for s in c.streams)
 
 
-def test_a_subtitle_event_that_cannot_be_decoded_is_said_skipped(clip, tmp_path):
-    src = with_titled_tracks(clip(frames=48), tmp_path / "in.mp4", corrupt=True)
-    out = tmp_path / "out.mkv"
-    r = run_engine("stream", src, out)
-    assert r.returncode == 0, r.stderr
-    assert "not carried to the output: 1 event(s) of stream #2 subtitle that could not be decoded" in r.stderr
-    assert [text for _, _, text in subtitle_events(out)] == ["Hello"]
+def test_a_subtitle_event_that_cannot_be_decoded_is_said_skipped(tmp_path):
+    src = with_titled_tracks(make_clip(tmp_path / "v.mp4", 48, options={"g": "12"}), tmp_path / "in.mp4",
+                             corrupt=True)
+    for extra in ((), ("--resume", "--segment", "12f")):  # the join says it too
+        out = tmp_path / f"out{len(extra)}.mkv"
+        r = run_engine("stream", src, out, *extra)
+        assert r.returncode == 0, r.stderr
+        assert "not carried to the output: 1 event(s) of stream #2 subtitle that could not be decoded" in r.stderr
+        assert [text for _, _, text in subtitle_events(out)] == ["Hello"]
 
 
 def test_audio_an_edit_list_hides_is_not_played_in_mkv(clip, clip_dir, tmp_path):
@@ -558,9 +560,9 @@ def test_audio_an_edit_list_hides_is_not_played_in_mkv(clip, clip_dir, tmp_path)
     src = add_side_streams(clip(frames=48), clip_dir / "hidden-audio.mp4", [("eng", -0.5, 2.5)])
     with av.open(str(src)) as c:
         shown = sum(1 for p in c.demux(c.streams.audio[0]) if p.size and not p.is_discard)
-    for ext in (".mkv", ".mp4"):
-        out = tmp_path / f"out{ext}"
-        r = run_engine("stream", src, out)
+    for ext, extra in ((".mkv", ()), (".mp4", ()), (".mkv", ("--resume", "--segment", "12f"))):
+        out = tmp_path / f"out{len(extra)}{ext}"
+        r = run_engine("stream", src, out, *extra)
         assert r.returncode == 0, r.stderr
         video_start, _, _ = span(out, 0)
         audio_start, _, packets = span(out, 1)
