@@ -115,7 +115,7 @@ class Job:
             ext = container_for(config.output)
         source = VideoSource(config.input, max_frames=config.max_frames, timestamps=config.timestamps,
                              allow_truncated=config.allow_truncated, decode=config.decode,
-                             deinterlace=config.deinterlace)
+                             deinterlace=config.deinterlace, count_frames=not config.quiet)
         try:
             check_output_size(specs, source.info, video=not image_out)
             early_notes, truncated = check_input(config, source.info)  # the source keeps what decodes

@@ -168,6 +168,7 @@ class RunSnapshot:
     workers: list[WorkerSnapshot] = field(default_factory=list)  # --ray: one per segment in flight
 
     recent_fps: float | None = None  # over the last RateWindow.window_s, when a display keeps one
+    total_estimated: bool = False    # frames_total is duration × rate (until engine/frame_count.py counts)
     stopping: str | None = None      # why the run is stopping (Ctrl-C, a failed stage), until it has
 
     @property
@@ -186,6 +187,8 @@ class RunSnapshot:
         rate = self.current_fps
         if not self.frames_total or self.frames_done == 0 or rate <= 0:
             return None
+        if self.total_estimated and self.frames_done >= self.frames_total:
+            return None  # past a guessed end: the end is not known, not reached
         return max(0.0, (self.frames_total - self.frames_done) / rate)
 
 

@@ -43,7 +43,7 @@ def _segments(snap: RunSnapshot) -> str:
 
 
 def _done(snap: RunSnapshot) -> str:
-    total = f"{snap.frames_total}" if snap.frames_total else "?"
+    total = f"{'~' if snap.total_estimated else ''}{snap.frames_total}" if snap.frames_total else "?"
     return f"{_segments(snap)}{snap.frames_done}/{total}"
 
 
@@ -233,11 +233,13 @@ class RichReporter(Reporter):
         from rich.text import Text
 
         total = snap.frames_total or max(snap.frames_done, 1)
+        if snap.total_estimated and snap.frames_done >= total:
+            total = None  # past a guessed end: rich pulses the bar
         header = (f"{_done(snap)} frames  {snap.current_fps:.1f} fps  elapsed {_eta(snap.elapsed_s)}"
                   f"  eta {_eta(snap.eta_s)}")
         if snap.stopping is not None:
             header = f"stopping ({snap.stopping}): waiting for the stages to end"
-        bar = ProgressBar(total=total, completed=min(snap.frames_done, total),
+        bar = ProgressBar(total=total, completed=min(snap.frames_done, total or snap.frames_done),
                           width=min(60, self.console.width))
         top = Table.grid()  # a grid ends its lines; a bare ProgressBar does not, and the
         top.add_row(Text(header, overflow="fold"))  # header after it was cut below ~110 columns

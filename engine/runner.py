@@ -218,6 +218,7 @@ class Pipeline:
         error = self.token.error
         return RunSnapshot(elapsed_s=elapsed, frames_done=stages[-1].items,
                            frames_total=self.source.frames_total, stages=stages,
+                           total_estimated=getattr(self.source, "frames_estimated", False),
                            stopping=(str(error) or type(error).__name__) if error is not None else None)
 
     # ---- threads --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import av
 from engine.deinterlace import Deinterlacer, check_mode
 from engine.errors import UserError
 from engine.frame import Frame
+from engine.frame_count import PacketCount
 from engine.frame_size import SizeHolder, size_note
 from engine.hdr import HdrStatic, read_hdr_static
 from engine.image_input import find, frame_file, is_image_pattern, open_media
@@ -188,7 +189,7 @@ class VideoSource:
 
     def __init__(self, path: str, *, max_frames: int | None = None, timestamps: str = "repair",
                  allow_truncated: bool = False, decode: str = "cpu", deinterlace: str = "off",
-                 frame_size: tuple[int, int] | None = None):
+                 frame_size: tuple[int, int] | None = None, count_frames: bool = False):
         self.path = path
         self.deinterlace = check_mode(deinterlace)  # see engine/deinterlace.py
         self.max_frames = max_frames
@@ -209,6 +210,13 @@ class VideoSource:
         estimate = self.info.frames_estimate
         self.frames_total = min(estimate, max_frames) if estimate and max_frames else (
             max_frames or estimate)
+        # `count_frames` (a job's display): a total from duration × rate is a guess, which a
+        # count of the packets on a thread replaces (engine/frame_count.py)
+        self.frames_estimated = not (self.info.frames_declared or is_image_pattern(path)  # found: exact
+                                     or (max_frames and estimate and max_frames <= estimate))
+        self._count: PacketCount | None = None
+        if count_frames and self.frames_estimated:
+            self._count = PacketCount(path, self._counted)
         self.width, self.height = self.info.width, self.info.height
         if self.deinterlace != "off" and self.height < 3:  # bwdif's taps reach two rows either way
             self._container.close()
@@ -319,5 +327,11 @@ class VideoSource:
         else:
             self.notes.append(f"note: input is truncated: {problem}; kept them (--allow-truncated)")
 
+    def _counted(self, n: int) -> None:
+        self.frames_total = min(n, self.max_frames) if self.max_frames else n
+        self.frames_estimated = False
+
     def close(self) -> None:
+        if self._count is not None:
+            self._count.stop()
         self._container.close()  # PyAV makes a second close a no-op

@@ -225,3 +225,37 @@ def test_a_narrow_terminal_keeps_the_figures_that_fit():
     text = rendered_summary(40)
     assert "stage" in text and "items" in text and "3/8" in text and "resize" in text
     assert "blocked" not in text and "…" not in text
+
+
+def test_a_guessed_total_is_marked_and_gives_no_eta_past_its_end():
+    snap = RunSnapshot(2.0, 50, 97, [], total_estimated=True)
+    out = io.StringIO()
+    LogReporter(out).draw(snap, [])
+    assert "50/~97 frames" in out.getvalue() and snap.eta_s is not None
+    past = RunSnapshot(6.0, 110, 97, [], total_estimated=True)
+    assert past.eta_s is None  # was 00:00 for the last third of a variable-rate file
+    assert RunSnapshot(6.0, 97, 97, []).eta_s == 0.0  # a known total reached is the end
+
+
+def test_a_matroska_inputs_total_is_counted_from_its_packets(tmp_path):
+    from make_clip import make_clip
+
+    from engine.source import VideoSource
+
+    # 24 frames at 10 fps then 96 at ~60: duration × average rate guesses 97
+    pts = [i * 100 for i in range(24)] + [2400 + i * 17 for i in range(96)]
+    path = make_clip(tmp_path / "vfr.mkv", 120, 64, 48, pts_ms=pts)
+    guessed = VideoSource(str(path))
+    assert guessed.frames_estimated and guessed.frames_total != 120
+    guessed.close()
+    source = VideoSource(str(path), count_frames=True)
+    source._count._thread.join(30)
+    assert (source.frames_total, source.frames_estimated) == (120, False)
+    source.close()
+    capped = VideoSource(str(path), max_frames=110, count_frames=True)
+    capped._count._thread.join(30)
+    assert capped.frames_total == 110
+    capped.close()
+    early = VideoSource(str(path), count_frames=True)
+    early.close()  # the job ended first: the count stops with it, no thread left behind
+    assert not early._count._thread.is_alive()
