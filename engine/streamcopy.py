@@ -73,18 +73,18 @@ def start_timecode(container, video) -> str | None:
         or next(iter(tracks), None)
 
 
-def timecode_tracks(format_name: str, video, timecode: str) -> int:
-    """How many tmcd tracks the `format_name` muxer writes for `video` tagged `timecode`: a
-    real (empty) write, as a timecode the muxer cannot parse at the video's rate is dropped
-    with a warning only."""
+def timecode_tracks(format_name: str, rate, timecode: str) -> int:
+    """How many tmcd tracks the `format_name` muxer writes for a video at `rate` tagged
+    `timecode`: a real (empty) write, as a timecode the muxer cannot parse at that rate is
+    dropped with a warning only. The stream is x264's, whatever the input's codec: the
+    output's is an encoder's, and the muxer may refuse the input's (FFV1 in .mov)."""
     import io
 
     buffer = io.BytesIO()
     with av.logging.Capture(True):  # the muxer's warning about a bad timecode: reported as a note
         output = av.open(buffer, mode="w", format=format_name)
-        stream = output.add_stream_from_template(video)
-        if video.average_rate:
-            stream.codec_context.framerate = video.average_rate
+        stream = output.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
         stream.metadata["timecode"] = timecode
         output.start_encoding()  # the header: closing an output with no packets writes nothing
         output.close()
@@ -209,7 +209,7 @@ def _plan_timecode(container, video_index: int, muxer_codecs: set[str] | None, o
     if output_kind == ".mkv":
         how = "kept as the video's timecode tag" + (" (Matroska has no timecode track)" if track is not None else "")
         return {"timecode": timecode, "timecode_note": f"{what}: {how}"}
-    tracks = timecode_tracks(CONTAINERS[output_kind], video, timecode)
+    tracks = timecode_tracks(CONTAINERS[output_kind], video.average_rate or video.guessed_rate or 25, timecode)
     if not tracks:
         return {"timecode_note": f"note: not carried to the output: {what}: "
                                  f"{output_kind}'s muxer refuses it at the video's frame rate"}

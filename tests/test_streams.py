@@ -570,3 +570,22 @@ def test_audio_an_edit_list_hides_is_not_played_in_mkv(clip, clip_dir, tmp_path)
         assert packets == shown + 1  # the one before the edit starts: the decoder's pre-roll
         assert "packet(s) of stream #1 audio that the input's edit list hides" in r.stderr
         assert decoded_indices(out) == list(range(48))
+
+
+def test_a_matroska_timecode_tag_becomes_a_timecode_track(tmp_path):
+    """The tag alone (no tmcd track) made the mov muxer write one the output check did not
+    expect; the muxer's check of it must not need the input's codec (FFV1: not in .mov)."""
+    video = make_clip(tmp_path / "v.mkv", 12, codec="ffv1")
+    src = tmp_path / "in.mkv"
+    with av.open(str(video)) as inp, av.open(str(src), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        stream.metadata["timecode"] = "00:10:00:00"
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = stream
+                out.mux(packet)
+    out = tmp_path / "out.mov"
+    r = run_engine("stream", src, out)
+    assert r.returncode == 0, r.stderr
+    assert "timecode 00:10:00:00: written as a timecode track" in r.stderr
+    assert timecode_of(out) == ("00:10:00:00", 1)
