@@ -113,6 +113,7 @@ class CopyPlan:
     file_tags: bool = False  # container and video stream tags, chapters (a video output)
     chapters: int = 0        # how many the input has
     timecode: str | None = None  # the start timecode the output video is tagged with
+    timecode_track: int | None = None  # the input's tmcd track it comes from, if any
     timecode_tracks: int = 0     # tmcd tracks the output's muxer writes from that tag
     timecode_note: str = ""
 
@@ -143,8 +144,12 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
         if stream.index == video_index or (plan.chapters and _is_chapter_track(container, stream)):
             continue
         desc = _describe(stream)
-        if _is_timecode_track(stream) and plan.timecode_note:
+        if stream.index == plan.timecode_track:
             continue  # the output's own, made from the video's tag, or said lost (plan.timecode_note)
+        if _is_timecode_track(stream):
+            plan.skipped.append(f"stream #{stream.index} (timecode data): another video stream's timecode "
+                                f"(only the first video stream is processed)")
+            continue
         cc = stream.codec_context
         codec = cc.name if cc is not None else None
         if muxer_codecs is None:
@@ -200,21 +205,25 @@ def _plan_timecode(container, video_index: int, muxer_codecs: set[str] | None, o
     timecode = start_timecode(container, video) if video is not None else None
     if timecode is None:
         return {}
-    track = next((s.index for s in container.streams if _is_timecode_track(s)), None)
+    tracks = [s for s in container.streams if _is_timecode_track(s)]
+    track = next((s.index for s in tracks if _tag(s.metadata, "timecode") == timecode),
+                 tracks[0].index if tracks else None)
     what = f"timecode {timecode}" + (f" (stream #{track}, a timecode track)" if track is not None else "")
+    lost = f"note: not carried to the output: {what}: "
     if muxer_codecs is None:
-        return {"timecode_note": f"note: not carried to the output: {what}: {output_kind} cannot hold it"}
-    from engine.encoders import CONTAINERS
-
+        return {"timecode_track": track, "timecode_note": lost + f"{output_kind} cannot hold it"}
     if output_kind == ".mkv":
         how = "kept as the video's timecode tag" + (" (Matroska has no timecode track)" if track is not None else "")
-        return {"timecode": timecode, "timecode_note": f"{what}: {how}"}
-    tracks = timecode_tracks(CONTAINERS[output_kind], video.average_rate or video.guessed_rate or 25, timecode)
-    if not tracks:
-        return {"timecode_note": f"note: not carried to the output: {what}: "
-                                 f"{output_kind}'s muxer refuses it at the video's frame rate"}
+        return {"timecode": timecode, "timecode_track": track, "timecode_note": f"{what}: {how}"}
+    from engine.encoders import CONTAINERS
+
+    made = timecode_tracks(CONTAINERS[output_kind], video.average_rate or video.guessed_rate or 25, timecode)
+    if not made:
+        return {"timecode_track": track,
+                "timecode_note": lost + f"{output_kind}'s muxer refuses it at the video's frame rate"}
     how = "the timecode track is rewritten from its tag" if track is not None else "written as a timecode track"
-    return {"timecode": timecode, "timecode_tracks": tracks, "timecode_note": f"{what}: {how}"}
+    return {"timecode": timecode, "timecode_track": track, "timecode_tracks": made,
+            "timecode_note": f"{what}: {how}"}
 
 
 def _is_text(codec: str) -> bool:

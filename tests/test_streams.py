@@ -589,3 +589,25 @@ def test_a_matroska_timecode_tag_becomes_a_timecode_track(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "timecode 00:10:00:00: written as a timecode track" in r.stderr
     assert timecode_of(out) == ("00:10:00:00", 1)
+
+
+def test_only_the_main_videos_timecode_track_is_taken_for_it():
+    from types import SimpleNamespace
+
+    from engine.streamcopy import plan_copy
+
+    def stream(index, kind, timecode=None):
+        return SimpleNamespace(index=index, type=kind, codec_context=None, disposition=0,
+                               metadata={"timecode": timecode} if timecode else {})
+
+    container = SimpleNamespace(
+        format=SimpleNamespace(name="mov,mp4,m4a,3gp,3g2,mj2"), metadata={}, chapters=lambda: [],
+        streams=[stream(0, "video", "01:00:00:00"), stream(1, "data", "02:00:00:00"),
+                 stream(2, "data", "01:00:00:00")])
+    plan = plan_copy(container, 0, {"h264"}, ".mkv")
+    assert (plan.timecode, plan.timecode_track) == ("01:00:00:00", 2)
+    assert plan.notes() == [
+        "timecode 01:00:00:00 (stream #2, a timecode track): kept as the video's timecode tag "
+        "(Matroska has no timecode track)",
+        "note: not carried to the output: stream #1 (timecode data): another video stream's timecode "
+        "(only the first video stream is processed)"]
