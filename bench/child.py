@@ -32,8 +32,25 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class ReadSettings(dict):
+    """The bench's settings, noting which ones a scenario reads: the results file lists only
+    those (a BasicVSR++ run's said model=animevideov3-x2, an option it never used)."""
+
+    def __init__(self, values: dict) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
 def main() -> int:
-    name, path, settings = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    name, path, settings = sys.argv[1], Path(sys.argv[2]), ReadSettings(json.loads(sys.argv[3]))
     fn, _ = SCENARIOS[name]
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch, GpuRecorder(interval_s=0.2) as gpu:
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -48,7 +65,9 @@ def main() -> int:
     # a scenario may time only its own part (model-only: not the decoding that fills memory)
     timed = result.pop("timed_s", wall)
     result["wall_s"] = timed
-    result["cpu_s"] = cpu  # every thread of this process, decoding and encoding included
+    # over the same part as wall_s: every thread of this process, decoding and encoding included
+    result["cpu_s"] = result.pop("timed_cpu_s", cpu)
+    result["settings_read"] = sorted(settings.read)
     result["fps"] = result["frames"] / timed if timed else 0.0
     result["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(result))

@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> dict:
         name, spec = key.split("@", 1)
         typical = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]  # the median run
         results[key] = {
-            "scenario": name, "input": spec, "frames": runs[0]["frames"], "size": sizes[spec],
+            # what the case ran at: the input's size unless the scenario resizes (diffusion-vsr)
+            "scenario": name, "input": spec, "frames": runs[0]["frames"], "size": typical.get("size", sizes[spec]),
             "fps": summarize([r["fps"] for r in runs]),
             "wall_s": summarize([r["wall_s"] for r in runs]),
             "cpu_s": summarize([r.get("cpu_s", 0.0) for r in runs]),
@@ -123,8 +124,11 @@ def run(args: argparse.Namespace) -> dict:
             "settings": typical.get("settings"),
             **{k: typical[k] for k in EXTRA_KEYS if k in typical},
         }
+    read = {k for runs in samples.values() for r in runs for k in r.get("settings_read", [])}
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
-            "settings": {**settings, "warmup": args.warmup, "repeats": args.repeats},
+            # the options the cases read: others given or defaulted played no part
+            "settings": {**{k: v for k, v in settings.items() if k in read},
+                         "warmup": args.warmup, "repeats": args.repeats},
             "results": results, "ratios": derive_ratios(results)}
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / ".bench-cache"
+# made inputs and random-weight models (up to ~3 GB): outside the checkout, as the tests' cache
+CACHE = Path(os.environ.get("ENGINE_BENCH_CACHE", Path.home() / ".cache" / "engine-bench"))
 MEDIA = ROOT / "tests" / "media"
 
 
@@ -16,7 +18,7 @@ def synthetic(width: int, height: int, frames: int, fps: str = "24000/1001") -> 
     sys.path.insert(0, str(ROOT / "tools"))
     from make_clip import make_clip
 
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"synthetic-{width}x{height}-{frames}.mp4"
     if not path.exists():
         partial = path.with_suffix(".partial.mp4")
@@ -30,7 +32,7 @@ def real_720p(loops: int = 1) -> Path:
     played `loops` times back to back with continuous timestamps. 456 frames per loop."""
     import av
 
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"anime-720p-x{loops}.mp4"
     if path.exists():
         return path

@@ -126,8 +126,8 @@ def _model_settings(settings: dict) -> dict:
     return m
 
 
-def _upscale_spec(settings: dict) -> str:
-    m = _model_settings(settings)
+def _upscale_spec(settings: dict, **overrides) -> str:
+    m = {**_model_settings(settings), **overrides}
     return "upscale:" + ":".join(f"{k}={v}" for k, v in m.items())
 
 
@@ -160,17 +160,17 @@ def model_only(path: Path, scratch: Path, settings: dict) -> dict:
                         f"{len(frames)} (a longer --input, or a smaller --batch)")
     runner.submit(frames[:batch])  # warm-up: kernels chosen, memory allocated
     runner.drain()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     count = 0
     for i in range(0, len(frames) - batch + 1, batch):
         runner.submit(frames[i:i + batch])
         count += batch
     runner.drain()
-    timed = time.perf_counter() - started
+    timed, timed_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     info = runner.describe()
     runner.close()
     flops = conv_flops(model, *frames[0].shape[:2])
-    return {"frames": count, "timed_s": timed, "settings": info, "flops_per_frame": flops,
+    return {"frames": count, "timed_s": timed, "timed_cpu_s": timed_cpu, "settings": info, "flops_per_frame": flops,
             "tflops": flops * count / timed / 1e12 if timed else None,
             "peak_tflops_fp16": peak_tflops(info.get("device_name", ""))}
 
@@ -239,7 +239,7 @@ def upscale(path: Path, scratch: Path, settings: dict) -> dict:
 
 @scenario("upscale-host", "as upscale, with the older host path: RGB on the host in and out (convert=host)")
 def upscale_host(path: Path, scratch: Path, settings: dict) -> dict:
-    return _engine(path, scratch, settings, _upscale_spec({**settings, "convert": "host"}))
+    return _engine(path, scratch, settings, _upscale_spec(settings, convert="host"))
 
 
 @scenario("upscale-dedup", "the engine's default shape: decode → dedup → upscale → encode")
@@ -307,10 +307,11 @@ def dedup_quality(path: Path, scratch: Path, settings: dict) -> dict:
 # ---- diffusion VSR (Stream-DiffVSR architecture, random weights) -----------------------------
 
 def _diffusion_model_dir(size: str) -> Path:
-    """A random-weight model directory, written once into .bench-cache (the full one is ~3 GB)."""
+    """A random-weight model directory, written once into the bench cache (the full one is ~3 GB)."""
+    from bench.inputs import CACHE
     from engine.models.diffusion_vsr_random import write_random_model
 
-    root = Path(__file__).resolve().parent.parent / ".bench-cache" / f"diffusion-vsr-{size}"
+    root = CACHE / f"diffusion-vsr-{size}"
     if not (root / "tokenizer" / "tokenizer_config.json").exists():  # written last: a complete dir
         write_random_model(str(root), size)
     return root
@@ -345,17 +346,17 @@ def _diffusion_vsr(path: Path, settings: dict, size: str, lr_w: int, lr_h: int) 
     model.frames = 0
     if model.cuda:
         torch.cuda.reset_peak_memory_stats(model.device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for i in range(2, count + 2):
         model.step(frames[i], i)
-    timed = time.perf_counter() - started
+    timed, timed_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     info = model.describe()
     info["config"] = size
     info["input"] = f"{lr_w}x{lr_h}"
     if model.cuda:
         info["peak_device_mib"] = torch.cuda.max_memory_allocated(model.device) / 2**20
     model.close()
-    return {"frames": count, "timed_s": timed, "settings": info}
+    return {"frames": count, "timed_s": timed, "timed_cpu_s": timed_cpu, "size": info["input"], "settings": info}
 
 
 @scenario("diffusion-vsr-720p", "Stream-DiffVSR architecture, random weights: 320x180 -> 1280x720 (GPU)")
@@ -507,9 +508,9 @@ def vsr_model_only(path: Path, scratch: Path, settings: dict) -> dict:
     runner.open()
     if runner.cuda:
         runner.run(frames[:2])  # warm-up: cudnn picks its kernels
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     runner.run(frames)
-    timed = time.perf_counter() - started
+    timed, timed_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     info = runner.describe()
     if runner.cuda:
         import torch
@@ -518,7 +519,7 @@ def vsr_model_only(path: Path, scratch: Path, settings: dict) -> dict:
     runner.close()
     # frames computed; a stream emits window − 2·overlap of them per window (the overlap's cost)
     emitted = len(frames) - 2 * v["overlap"]
-    return {"frames": len(frames), "timed_s": timed, "settings": info,
+    return {"frames": len(frames), "timed_s": timed, "timed_cpu_s": timed_cpu, "settings": info,
             "metrics": {"s_per_frame": timed / len(frames), "s_per_emitted_frame": timed / emitted,
                         "overlap_cost": len(frames) / emitted - 1}}
 
@@ -565,20 +566,21 @@ def vsr_deform_cost(path: Path, scratch: Path, settings: dict) -> dict:
     mask = torch.rand(1, 16 * 9, h, w, generator=g).to(device)
     repeats = int(settings.get("repeats_inner", 3 if device.type == "cuda" else 1))
 
-    def timed(fn) -> float:
+    def timed(fn) -> tuple[float, float]:
         with torch.no_grad(), autocast(device, precision):
             fn()  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             for _ in range(repeats):
                 fn()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-        return (time.perf_counter() - started) / repeats
+        return (time.perf_counter() - started) / repeats, (time.process_time() - cpu_started) / repeats
 
-    conv_s = timed(lambda: F.conv2d(x, weight, None, 1, 1))
-    deform_s = timed(lambda: modulated_deform_conv2d(x, offset, mask, weight, None, 1, 1, 1, 1, 16))
-    return {"frames": 1, "timed_s": deform_s,
+    conv_s, _ = timed(lambda: F.conv2d(x, weight, None, 1, 1))
+    deform_s, deform_cpu_s = timed(lambda: modulated_deform_conv2d(x, offset, mask, weight, None, 1, 1, 1, 1, 16))
+    # one "frame" is one call of the layer at the input's size: fps is calls per second
+    return {"frames": 1, "timed_s": deform_s, "timed_cpu_s": deform_cpu_s,
             "metrics": {"deform_s": deform_s, "conv_s": conv_s, "deform_vs_conv": deform_s / conv_s,
                         "size": f"{w}x{h}", "precision": precision}}

@@ -189,3 +189,26 @@ def test_tiny_run_writes_schema_and_plots(tmp_path):
     for suffix in ("fps", "stages"):
         png = tmp_path / f"run-{suffix}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_say_what_each_case_ran_at_and_read(tmp_path):
+    """The file's settings are the options the cases read (a vsr run listed the upscale model),
+    cpu_s covers the timed part as wall_s does (vsr-deform-cost gave the whole scenario's CPU
+    time, 6× its wall time on 2 cores), and size is what the case ran at (diffusion-vsr resizes)."""
+    import os
+
+    out = tmp_path / "run.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "vsr-deform-cost", "diffusion-vsr-tiny", "--input", "64x48:4",
+         "--device", "cpu", "--repeats", "1", "--warmup", "0", "--out", str(out), "--no-plots"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, "ENGINE_BENCH_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert (tmp_path / "cache" / "diffusion-vsr-tiny").is_dir()  # not in the checkout
+    assert {"device", "precision"} <= set(doc["settings"]) and not {"model", "encoder", "pipeline"} & set(doc["settings"])
+    tiny = doc["results"]["diffusion-vsr-tiny@64x48:4"]
+    assert tiny["size"] == tiny["settings"]["input"] == "80x48"
+    assert doc["results"]["vsr-deform-cost@64x48:4"]["size"] == "64x48"
+    for r in doc["results"].values():
+        assert r["cpu_s"]["median"] <= r["wall_s"]["median"] * (os.cpu_count() or 1) * 1.5 + 0.05, r["scenario"]

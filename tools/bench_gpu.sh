@@ -54,7 +54,7 @@ if [[ $part == all || $part == e2e ]]; then
 fi
 
 # diffusion-vsr (not in `all`): needs diffusers + transformers importable (carry their wheels: the GPU
-# machine has no network) and writes a ~3 GB random-weight model into .bench-cache/ on first use.
+# machine has no network) and writes a ~3 GB random-weight model into the bench cache (~/.cache/engine-bench) on first use.
 if [[ $part == diffusion ]]; then
   python -m pytest -q -p no:cacheprovider tests/test_diffusion_vsr.py 2>&1 | tail -4 || true
   for precision in fp16 bf16; do
