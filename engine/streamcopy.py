@@ -69,8 +69,8 @@ def _is_timecode_track(stream) -> bool:
 def start_timecode(container, video) -> str | None:
     """The input's start timecode: the video's tag, the file's, or a timecode track's."""
     tracks = [_tag(s.metadata, "timecode") for s in container.streams if _is_timecode_track(s)]
-    return (_tag(video.metadata, "timecode") if video is not None else None) or _tag(container.metadata, "timecode") \
-        or next(iter(tracks), None)
+    return (_tag(video.metadata, "timecode") if video is not None else None) \
+        or _tag(container.metadata, "timecode") or next(iter(tracks), None)
 
 
 def timecode_tracks(format_name: str, rate, timecode: str) -> int:
@@ -143,13 +143,13 @@ def plan_copy(container: av.container.InputContainer, video_index: int,
     for stream in container.streams:
         if stream.index == video_index or (plan.chapters and _is_chapter_track(container, stream)):
             continue
-        desc = _describe(stream)
         if stream.index == plan.timecode_track:
             continue  # the output's own, made from the video's tag, or said lost (plan.timecode_note)
         if _is_timecode_track(stream):
             plan.skipped.append(f"stream #{stream.index} (timecode data): another video stream's timecode "
                                 f"(only the first video stream is processed)")
             continue
+        desc = _describe(stream)
         cc = stream.codec_context
         codec = cc.name if cc is not None else None
         if muxer_codecs is None:
@@ -254,7 +254,8 @@ class StreamCopier:
         self._chapter_tracks = 0
         if plan.file_tags:
             # a file-wide timecode is the video's (plan.timecode): the mov/mp4 muxers give one to every video stream
-            output.metadata.update({k: v for k, v in kept_tags(self._input.metadata).items() if k.lower() != "timecode"})
+            tags = kept_tags(self._input.metadata)
+            output.metadata.update({k: v for k, v in tags.items() if k.lower() != "timecode"})
             if video is not None:
                 tags = stream_tags(main_video(self._input).metadata)
                 tags = {k: v for k, v in tags.items() if k.lower() != "timecode"}
