@@ -363,3 +363,17 @@ def test_an_input_that_does_not_start_at_0_is_whole_and_a_cut_one_is_not(tmp_pat
         cut.write_bytes(src.read_bytes()[: src.stat().st_size * 6 // 10])
         result, _ = _stream(cut, tmp_path / "cut-out.mkv")
         assert result.returncode == 2 and "truncated" in result.stderr, result.stderr
+
+
+def test_a_matroska_track_duration_is_read_as_its_writer_meant_it():
+    from types import SimpleNamespace
+
+    from engine.completeness import declared_video_seconds
+
+    def track(**tags):  # starting at 1 s, DURATION 00:00:03
+        return SimpleNamespace(metadata={"DURATION": "00:00:03.000000000", **tags}, start_time=1000,
+                               time_base=Fraction(1, 1000), duration=None)
+
+    assert declared_video_seconds(track()) == pytest.approx(2.0)  # FFmpeg's: where the track ends
+    assert declared_video_seconds(track(_STATISTICS_WRITING_APP="mkvmerge v80")) == pytest.approx(3.0)  # a span
+    assert declared_video_seconds(track(DURATION="00:00:00.500000000")) == pytest.approx(0.5)  # ends before 1 s
