@@ -261,6 +261,33 @@ def test_a_corrupt_or_missing_checkpoint_is_one_line(tmp_path):
         assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_an_image_model_or_garbage_is_not_a_basicvsrpp_checkpoint(tmp_path):
+    """A Real-ESRGAN file (BasicSR's params/params_ema wrapper) and bytes torch reads as a
+    legacy pickle (KeyError: 101) are one-line UserErrors, not a crash once the run started."""
+    from engine.models.archs import SRVGGNetCompact
+
+    torch.save({"params_ema": SRVGGNetCompact(num_feat=8, num_conv=1, upscale=2).state_dict()}, tmp_path / "esr.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"hello world" * 10)
+    for name, message in (("esr.pth", "esr.pth: not a BasicVSR++ checkpoint (its 'params_ema' wrapper is "
+                                      "BasicSR's layout"),
+                          ("garbage.pth", "cannot load BasicVSR++ checkpoint garbage.pth: not a PyTorch "
+                                          "checkpoint (KeyError: 101)")):
+        with pytest.raises(UserError) as info:
+            load_checkpoint(tmp_path / name)
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_a_cut_checkpoint_or_a_directory_is_refused_when_the_stage_is_built(tmp_path):
+    data = _mmagic_checkpoint(random_net(8, 1), tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
+    (tmp_path / "dir.pth").mkdir()
+    for name, message in (("cut.pth", "cannot load BasicVSR++ checkpoint cut.pth: the file is truncated"),
+                          ("dir.pth", "dir.pth is a directory; checkpoint= takes a .pth file")):
+        with pytest.raises(UserError) as info:
+            make_spec("basicvsrpp", {"checkpoint": str(tmp_path / name)}).build()
+        assert message in str(info.value)
+
+
 def test_released_names_resolve_in_the_models_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("ENGINE_MODELS_DIR", str(tmp_path))
     with pytest.raises(UserError) as info:

@@ -354,3 +354,75 @@ def test_a_broken_onnx_model_is_a_user_error(tmp_path):
         path.write_bytes(data)
         with pytest.raises(UserError, match=rf"cannot load text detection model .*{name}: not a usable ONNX model \("):
             onnx_session(path, "text detection model")
+
+
+# ---- a user's broken model file: one line naming it, exit 2, before the run ------------------
+
+def _small_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    torch.save({"params": SRVGGNetCompact(num_feat=8, num_conv=1, upscale=2).state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("percent", [10, 50, 90, 99])
+def test_a_cut_checkpoint_is_refused_when_the_stage_is_built(tmp_path, percent):
+    """torch.load says only "[Errno 22] Invalid argument" for a zip cut short; the constructor finds it."""
+    from engine.errors import UserError
+    from engine.registry import make_spec
+
+    data = _small_checkpoint(tmp_path / "good.pth").read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[:len(data) * percent // 100])
+    with pytest.raises(UserError, match=r"^cannot load model cut\.pth: the file is truncated or corrupt"):
+        make_spec("upscale", {"model": str(cut), "device": "cpu"}).build()
+
+
+def test_a_checkpoint_of_no_known_architecture_is_one_line(tmp_path):
+    from engine.errors import UserError
+
+    for name, obj, says in (
+            ("list.pth", [1, 2, 3], "not a checkpoint of a known architecture (it holds a list, not a state dict)"),
+            ("other.pth", {"w": torch.zeros(2)},
+             "not a checkpoint of a known architecture (expected SRVGGNetCompact or RRDBNet keys)"),
+            ("part.pth", {k: v for k, v in RRDBNet(scale=4, num_feat=8, num_block=1, num_grow_ch=4)
+                          .state_dict().items() if not k.startswith("conv_hr")},
+             'not a complete RRDBNet checkpoint (Missing key(s) in state_dict: "conv_hr.weight", "conv_hr.bias")')):
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(UserError) as info:
+            load_model(str(tmp_path / name))
+        assert str(info.value) == f"cannot load model {name}: {says}"
+
+
+def test_a_cut_checkpoint_exits_2_before_the_run(tmp_path):
+    from conftest import MEDIA, run_engine
+    from test_cli import assert_clean_failure
+
+    data = _small_checkpoint(tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
+    r = run_engine("stream", MEDIA / "anime-320x240.mp4", tmp_path / "o.mp4", "--pipeline",
+                   f"upscale:model={tmp_path / 'cut.pth'}:device=cpu")
+    assert_clean_failure(r, "cannot load model cut.pth: the file is truncated or corrupt")
+
+
+def test_a_directory_given_as_model_says_it_is_one(tmp_path):
+    from engine.errors import UserError
+    from engine.models.catalogue import check_model
+
+    (tmp_path / "net.pth").mkdir()
+    with pytest.raises(UserError, match=r"net\.pth is a directory; model= takes a \.param or \.pth file"):
+        check_model(str(tmp_path / "net.pth"))
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.5, 0.7, 0.99])
+def test_a_cut_param_file_is_named_and_said_to_be_truncated(tmp_path, fraction):
+    from engine.errors import UserError
+
+    param, weights = MODELS["animevideov3-x2"].files()
+    text = param.read_text()
+    (tmp_path / "m.param").write_text(text[:int(len(text) * fraction)])
+    (tmp_path / "m.bin").write_bytes(weights.read_bytes())
+    with pytest.raises(UserError) as info:
+        load_model(str(tmp_path / "m.param"))
+    message = str(info.value)
+    assert message.startswith("cannot load model m.param: ") and message.count("m.param") == 1
+    assert message.endswith("the file is truncated or malformed") and "index" not in message

@@ -129,15 +129,29 @@ class RRDBNet(nn.Module):
         return net
 
 
-def from_checkpoint(state: dict) -> nn.Module:
-    """Build the right architecture for a Real-ESRGAN-style checkpoint (params_ema preferred)."""
+def from_checkpoint(state: object) -> nn.Module:
+    """Build the right architecture for a Real-ESRGAN-style checkpoint (params_ema preferred).
+
+    Anything else is a ValueError saying so in one line."""
+    if not isinstance(state, dict):
+        raise ValueError(f"not a checkpoint of a known architecture (it holds a {type(state).__name__}, "
+                         "not a state dict)")
     for key in ("params_ema", "params"):
         if key in state and isinstance(state[key], dict):
             state = state[key]
             break
     state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state:
-        return RRDBNet.from_state_dict(state)
-    if "body.0.weight" in state:
-        return SRVGGNetCompact.from_state_dict(state)
-    raise ValueError("not a known checkpoint layout (expected SRVGGNetCompact or RRDBNet keys)")
+        arch = RRDBNet
+    elif "body.0.weight" in state:
+        arch = SRVGGNetCompact
+    else:
+        raise ValueError("not a checkpoint of a known architecture (expected SRVGGNetCompact or RRDBNet keys)")
+    try:
+        return arch.from_state_dict(state)
+    except (KeyError, RuntimeError, IndexError) as exc:  # a key missing, or a tensor of the wrong shape
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        if lines[0].startswith("Error(s) in loading") and len(lines) > 1:  # load_state_dict's heading
+            lines = lines[1:]
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else lines[0].split(". ")[0]
+        raise ValueError(f"not a complete {arch.__name__} checkpoint ({detail.rstrip(':.')})") from exc

@@ -21,7 +21,6 @@ Checkpoints (`load_checkpoint`): a state dict, or mmagic's `{"state_dict": {"gen
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -355,12 +354,16 @@ def _tensors(obj: object, source: str) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
         raise UserError(f"{source}: not a BasicVSR++ checkpoint (no state dict of tensors)")
+    wrapper = next((k for k in ("params_ema", "params") if isinstance(obj.get(k), dict)), None)
+    if wrapper is not None:  # BasicSR's layout: Real-ESRGAN and other image models
+        raise UserError(f"{source}: not a BasicVSR++ checkpoint (its '{wrapper}' wrapper is BasicSR's "
+                        "layout, as Real-ESRGAN's image models use; for those use upscale:model=FILE)")
     if any(k.startswith("generator.") for k in obj):  # mmagic's model: generator + other parts
         obj = {k[len("generator."):]: v for k, v in obj.items() if k.startswith("generator.")}
     obj = {k.removeprefix("module."): v for k, v in obj.items()}
     bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
-        raise UserError(f"{source}: key '{bad}' is not a tensor")
+        raise UserError(f"{source}: not a BasicVSR++ checkpoint (key '{bad}' is not a tensor)")
     return obj
 
 
@@ -405,6 +408,6 @@ def load_checkpoint(path: str | Path) -> BasicVSRPlusPlus:
         raise UserError(f"BasicVSR++ checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # noqa: BLE001 - garbage raises KeyError, a cut file OSError, ...
         raise UserError(f"cannot load BasicVSR++ checkpoint {name}: {load_failure(exc)}") from exc
     return from_state_dict(_tensors(obj, name), name)

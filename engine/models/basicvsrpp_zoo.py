@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.models.tensor_file import file_problem
 
 ENV_DIR = "ENGINE_MODELS_DIR"
 DEFAULT_DIR = Path("~/.cache/engine/models")
@@ -68,6 +69,11 @@ def resolve_checkpoint(checkpoint: str, directory: str = "") -> Path:
         raise UserError(f"unknown BasicVSR++ checkpoint '{checkpoint}'; give a .pth file or one of: "
                         f"{', '.join(RELEASES)}")
     path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        raise UserError(f"BasicVSR++ checkpoint {checkpoint} is a directory; checkpoint= takes a .pth file")
     if not path.is_file():
         raise UserError(f"BasicVSR++ checkpoint not found: {checkpoint}")
+    problem = file_problem(path)
+    if problem is not None:  # a cut or empty file: found here rather than once the run has started
+        raise UserError(f"cannot load BasicVSR++ checkpoint {path.name}: {problem}")
     return path

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.models.tensor_file import file_problem
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,13 @@ def check_model(name: str) -> ModelInfo | None:
         return info
     if not name.endswith((".param", ".pth", ".pt")):
         raise UserError(f"unknown model '{name}'; `engine models` lists them, or give a .param or .pth file")
+    if os.path.isdir(name):
+        raise UserError(f"model {name} is a directory; model= takes a .param or .pth file")
     if not os.path.isfile(name):
         raise UserError(f"model file not found: {name}")
     if name.endswith(".param") and not os.path.isfile(name[:-len(".param")] + ".bin"):
         raise UserError(f"{os.path.basename(name)}: its weights {os.path.basename(name)[:-6]}.bin are missing")
+    problem = file_problem(name) if not name.endswith(".param") else None
+    if problem is not None:  # a cut or empty checkpoint: found here rather than once the run has started
+        raise UserError(f"cannot load model {os.path.basename(name)}: {problem}")
     return None

@@ -7,7 +7,6 @@ computes, border handling included.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -77,13 +76,20 @@ def load_model(name_or_path: str) -> Upscaler:
         return Upscaler(net, info.scale, info.pre_pad, info.pad_mode, info.multiple, info.name,
                         info.residual).eval()
     path = Path(name_or_path)
-    try:
-        if path.suffix == ".param":
+    if path.suffix == ".param":
+        try:
             net = load_ncnn(path)
-        else:
-            net = from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
-    except (NcnnFormatError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise UserError(f"cannot load model {path.name}: {load_failure(exc)}") from exc
+        except NcnnFormatError as exc:  # its message names the file
+            raise UserError(f"cannot load model {exc}") from exc
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - garbage raises KeyError, a cut file OSError, ...
+            raise UserError(f"cannot load model {path.name}: {load_failure(exc)}") from exc
+        try:
+            net = from_checkpoint(state)
+        except ValueError as exc:
+            raise UserError(f"cannot load model {path.name}: {exc}") from exc
     net.eval()
     # user files get the Real-ESRGAN border handling, the convention of both formats' authors
     return Upscaler(net, _measure_scale(net, path.name), USER_MODEL_PAD, "reflect", 1, path.name).eval()

@@ -59,24 +59,41 @@ def parse_param(text: str) -> list[LayerSpec]:
     lines = [line.split() for line in text.splitlines() if line.strip()]
     if not lines or lines[0] != [str(MAGIC)]:
         raise NcnnFormatError("not an ncnn text .param file (magic 7767517 missing)")
-    layer_count = int(lines[1][0])
+    cut = "the file is truncated or malformed"
+    try:
+        layer_count = int(lines[1][0])
+    except (IndexError, ValueError):
+        raise NcnnFormatError(f"no layer count after the magic number: {cut}") from None
     layers = []
-    for fields in lines[2:2 + layer_count]:
-        kind, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
-        blobs = fields[4:4 + n_in + n_out]
-        params: dict[int, float | int | list[float | int]] = {}
-        for item in fields[4 + n_in + n_out:]:
-            key_text, _, value = item.partition("=")
-            key = int(key_text)
-            if key <= -23300:  # an array: "count,v1,v2,..."
-                values = [_number(v) for v in value.split(",")]
-                params[-key - 23300] = values[1:1 + int(values[0])]
-            else:
-                params[key] = _number(value)
-        layers.append(LayerSpec(kind, name, blobs[:n_in], blobs[n_in:], params))
+    for number, fields in enumerate(lines[2:2 + layer_count], start=3):
+        try:
+            layers.append(_layer(fields))
+        except (IndexError, ValueError):  # a line cut short ("Convolution conv 1"), a "key=" without value
+            raise NcnnFormatError(f"layer line {number} ({' '.join(fields)[:40]!r}) is incomplete: {cut}") from None
     if len(layers) != layer_count:
-        raise NcnnFormatError(f".param declares {layer_count} layers but lists {len(layers)}")
+        raise NcnnFormatError(f"declares {layer_count} layers but lists {len(layers)}: {cut}")
     return layers
+
+
+def _layer(fields: list[str]) -> LayerSpec:
+    """One layer line: type, name, input and output counts, blob names, then key=value params."""
+    kind, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
+    blobs = fields[4:4 + n_in + n_out]
+    if len(blobs) != n_in + n_out:
+        raise ValueError("blobs missing")
+    params: dict[int, float | int | list[float | int]] = {}
+    for item in fields[4 + n_in + n_out:]:
+        key_text, _, value = item.partition("=")
+        key = int(key_text)
+        if key <= -23300:  # an array: "count,v1,v2,..."
+            values = [_number(v) for v in value.split(",")]
+            count = int(values[0])
+            if len(values) != 1 + count:
+                raise ValueError("array cut short")
+            params[-key - 23300] = values[1:1 + count]
+        else:
+            params[key] = _number(value)
+    return LayerSpec(kind, name, blobs[:n_in], blobs[n_in:], params)
 
 
 class _WeightReader:

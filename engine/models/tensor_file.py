@@ -7,7 +7,29 @@ users get the first line, or what the refusal means.
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
+import zipfile
+
+TRUNCATED = "the file is truncated or corrupt (its zip archive is incomplete)"
+
+
+def file_problem(path) -> str | None:
+    """Why the file at `path` cannot be a PyTorch checkpoint, found cheaply and without torch
+    (stage constructors call it, before any thread starts), or None: then only torch.load can tell.
+
+    torch.save writes a zip archive, whose directory is at its very end: a file cut anywhere
+    loses it (torch itself then fails with "[Errno 22] Invalid argument")."""
+    if os.path.isdir(path):
+        return "it is a directory, not a checkpoint file"
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    with open(path, "rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"
+    if zipped and not zipfile.is_zipfile(path):
+        return TRUNCATED
+    return None
 
 
 def load_failure(exc: BaseException) -> str:
@@ -17,7 +39,11 @@ def load_failure(exc: BaseException) -> str:
     if isinstance(exc, EOFError):  # torch says nothing more
         return "the file is empty or ends early"
     if "central directory" in text or "PytorchStreamReader failed" in text:
-        return "the file is truncated or corrupt (its zip archive is incomplete)"
+        return TRUNCATED
+    if isinstance(exc, OSError) and exc.errno == errno.EINVAL:  # torch's zip reader seeking past the end
+        return TRUNCATED
+    if isinstance(exc, OSError) and exc.strerror:  # unreadable: say why, without the errno
+        return exc.strerror[0].lower() + exc.strerror[1:]
     first = (text.splitlines() or [""])[0].split(". ")[0].rstrip(".")  # the first sentence, not a cut one
     if " " not in first:  # garbage makes torch's legacy reader raise KeyError('101') and the like
         return f"not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
