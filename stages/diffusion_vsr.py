@@ -44,6 +44,8 @@ class DiffusionVSR(WindowStage):
                 raise ValueError(f"{name} must be 0 (auto) or at least {MIN_TILE} latent pixels, got {value}")
         if not 0 <= tile_overlap <= 64:
             raise ValueError(f"tile_overlap must be between 0 and 64, got {tile_overlap}")
+        if not controlnet_scale >= 0:  # a negative scale pushes the output away from the guide
+            raise ValueError(f"controlnet_scale must be 0 (no guidance) or more, got {controlnet_scale}")
         if not 1 <= group <= 64:
             raise ValueError(f"group must be between 1 and 64, got {group}")
         if device != "auto" and device != "cpu" and not device.startswith("cuda"):
@@ -96,7 +98,8 @@ class DiffusionVSR(WindowStage):
     def describe(self) -> dict[str, Any]:
         if self.model is None:
             return {}
-        return {"model": self.model_dir, **self.model.describe()}
+        # one frame per model call whatever `group` (frames handed over at once): the label's "batch"
+        return {"model": self.model_dir, **self.model.describe(), "batch": 1, "group": self.window_size}
 
     def close(self) -> None:
         if self.model is not None:

@@ -325,6 +325,38 @@ def test_flow_option_errors(tmp_path):
             check_flow("raft", str(tmp_path / "raft.pth"))
 
 
+def test_cut_flow_weights_or_a_directory_are_refused_when_the_stage_is_built(tmp_path):
+    """torch.load says only "[Errno 22] Invalid argument" for a zip cut short: the constructor says what it is."""
+    torch.save({"w": torch.zeros(64, 64)}, tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
+    (tmp_path / "dir.pth").mkdir()
+    for name, message in (("cut.pth", "cannot read spynet flow weights .*cut.pth: the file is truncated or corrupt"),
+                          ("dir.pth", "dir.pth is a directory; flow_weights= takes a checkpoint file")):
+        with pytest.raises(UserError, match=message):
+            check_flow("spynet", str(tmp_path / name))
+
+
+def test_a_file_given_as_model_dir_or_a_negative_controlnet_scale_is_refused(model_dir, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"model\.safetensors is a file; model= takes a model directory"):
+        make_spec("diffusion-vsr", {"model": str(tmp_path / "model.safetensors")})
+    with pytest.raises(UserError, match="controlnet_scale must be 0 .no guidance. or more, got -1"):
+        make_spec("diffusion-vsr", {"model": str(model_dir), "controlnet_scale": "-1"}).build()
+
+
+def test_settings_say_one_frame_per_call_and_the_group(model_dir, model):
+    """The progress label reads batch (or window) off the settings: it said "batch ?"."""
+    from engine.metrics import StageSnapshot
+
+    stage = make_spec("diffusion-vsr", {"model": str(model_dir), "device": "cpu", "group": "3"}).build()
+    stage.model = model  # the loaded model; opening another would cost the libraries' import again
+    settings = stage.describe()
+    assert settings["group"] == 3 and settings["batch"] == 1
+    label = StageSnapshot("diffusion-vsr", "window", 1, 0, 0.0, 0.0, 0.0, settings=settings).label
+    assert label == "diffusion-vsr [cpu fp32 batch 1]"
+
+
 # ---- broken model directories ---------------------------------------------------------------
 
 def _break(root: Path, kind: str) -> str:
@@ -434,6 +466,7 @@ def test_cli_end_to_end(model_dir, tmp_path):
     text = json.dumps(settings)
     for key in ("attention", "vae_tile", "unet_tile", "oom_retries", "s_per_frame_denoise"):
         assert key in text
+    assert settings["settings"]["group"] == 2 and settings["settings"]["batch"] == 1
 
 
 def test_cli_broken_directory_exits_2_with_one_line(tmp_path):

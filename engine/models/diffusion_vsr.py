@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from engine.errors import UserError
+from engine.models.tensor_file import file_problem
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 #: component → (files that must all exist, one-of alternatives that must exist)
@@ -70,6 +71,9 @@ def check_model_dir(path: str) -> None:
     """One-line UserError naming the first thing missing or inconsistent in a model directory."""
     if not path:
         raise UserError("diffusion-vsr needs model=DIR (a local Stream-DiffVSR directory in diffusers layout)")
+    if os.path.isfile(path):
+        raise UserError(f"diffusion-vsr model {path} is a file; model= takes a model directory "
+                        "(diffusers layout: unet/, vae/, controlnet/, ...)")
     if not os.path.isdir(path):
         raise UserError(f"diffusion-vsr model directory not found: {path}")
     for name, (required, one_of) in COMPONENTS.items():
@@ -113,8 +117,13 @@ def check_flow(kind: str, weights: str) -> None:
         return
     if not weights:
         raise UserError(f"flow={kind} needs flow_weights=PATH (a local checkpoint; nothing is downloaded)")
+    if os.path.isdir(weights):
+        raise UserError(f"flow weights {weights} is a directory; flow_weights= takes a checkpoint file")
     if not os.path.isfile(weights):
         raise UserError(f"flow weights not found: {weights}")
+    problem = file_problem(weights)
+    if problem is not None:  # a cut or empty file: found here rather than once the run has started
+        raise UserError(f"cannot read {kind} flow weights {weights}: {problem}")
     if kind == "raft":
         if importlib.util.find_spec("torchvision") is None:
             raise UserError("flow=raft needs torchvision, which is not installed "
