@@ -62,7 +62,7 @@ class InferenceSettings:
     cuda_graphs: bool = False         # replay a captured CUDA graph per batch shape (CUDA only)
     batch: int = 0                    # frames per model call; 0: from frame size and free memory
     tile: int = 0                     # tile side in input pixels; 0: only when a frame does not fit
-    tile_overlap: int = 32            # input pixels shared by neighbouring tiles, blended
+    tile_overlap: int = 32            # input pixels shared by neighbouring tiles, blended (at most tile // 4)
     ring: int = 3                     # batches in flight (pinned buffers) on CUDA
     memory_fraction: float = 0.6      # of free device memory the batch may plan to use
 
@@ -162,6 +162,12 @@ def _ramp(length: int, start: int, end: int, total: int, fade: int) -> torch.Ten
     return w
 
 
+def tile_overlap(overlap: int, tile: int) -> int:
+    """The overlap tiles of side `tile` really blend over: at most a quarter of the tile (an
+    automatic tile may be small: keep most of it new). The stages' option checks follow it."""
+    return min(overlap, tile // 4) if tile else overlap
+
+
 def tiled_forward(model: nn.Module, x: torch.Tensor, scale: int, tile: int, overlap: int,
                   batch: int) -> torch.Tensor:
     """Run `model` over overlapping tiles of `x` (N×C×H×W) and blend them into one output.
@@ -171,7 +177,7 @@ def tiled_forward(model: nn.Module, x: torch.Tensor, scale: int, tile: int, over
     """
     n, c, h, w = x.shape
     th, tw = min(tile, h), min(tile, w)
-    overlap = min(overlap, tile // 4)  # an automatic tile may be small: keep most of it new
+    overlap = tile_overlap(overlap, tile)
     ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
     out = weight = None
     boxes = [(y, x0) for y in ys for x0 in xs]
@@ -268,6 +274,7 @@ class InferenceRunner:
         """The settings as resolved on this machine, for the report."""
         return {**resolved_settings(self.settings, self.cuda), "device": str(self.device),
                 "precision": self.precision, "batch": self.batch, "tile": self.tile, "oom_retries": self.oom_retries,
+                "tile_overlap": tile_overlap(self.settings.tile_overlap, self.tile),
                 "batches": dict(self.handled),
                 "device_name": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
                 "torch": torch.__version__}

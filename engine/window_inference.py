@@ -27,7 +27,7 @@ import torch
 
 from engine.errors import UserError
 from engine.inference import (MIN_TILE, Precision, autocast, halved_tile, resolve_device, resolve_precision,
-                              resolved_settings, set_backends, tiled_forward)
+                              resolved_settings, set_backends, tile_overlap, tiled_forward)
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class WindowRunner:
     def describe(self) -> dict[str, Any]:
         return {**resolved_settings(self.settings, self.cuda), "device": str(self.device),
                 "precision": self.precision, "window": self.window, "tile": self.tile, "offload": self.offload,
+                "tile_overlap": tile_overlap(self.settings.tile_overlap, self.tile),
                 "oom_retries": self.oom_retries,
                 "device_name": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
                 "torch": torch.__version__}

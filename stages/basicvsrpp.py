@@ -45,8 +45,10 @@ class BasicVSRPP(WindowStage):
             raise ValueError(f"overlap must be >= 0 and less than half the window ({window}), got {overlap}")
         if tile != 0 and tile < MIN_SIDE:
             raise ValueError(f"tile must be 0 (auto) or at least {MIN_SIDE} pixels, got {tile}")
-        if not 0 <= tile_overlap < (tile // 2 if tile else 256):
-            raise ValueError(f"tile_overlap must be between 0 and half the tile, got {tile_overlap}")
+        most = tile // 4 if tile else 255  # the blend uses at most a quarter of a tile (inference.tile_overlap)
+        if not 0 <= tile_overlap <= most:
+            raise ValueError(f"tile_overlap must be between 0 and {most}"
+                             f"{f' (a quarter of tile={tile})' if tile else ''}, got {tile_overlap}")
         if device != "auto" and device != "cpu" and not device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
         self.path = resolve_checkpoint(checkpoint, models_dir)  # before any thread starts

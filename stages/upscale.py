@@ -25,6 +25,7 @@ from engine.stage import BatchStage, StageContext, check_frame_size
 
 MAX_BATCH = 8  # engine.inference.MAX_BATCH, repeated so that checking a pipeline needs no torch
 MAX_GPUS = 8   # cuda:all sizes the reorder window for this many (counting GPUs needs torch)
+MAX_TILE_OVERLAP = 255  # with automatic tiles (a quarter of each tile applies at most)
 
 
 @register_stage("upscale")
@@ -33,7 +34,7 @@ class Upscale(BatchStage):
 
     takes_device = True
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch: int = 0, tile: int = 0, tile_overlap: int = 32,
+    def __init__(self, model: str = DEFAULT_MODEL, batch: int = 0, tile: int = 0, tile_overlap: int | None = None,
                  device: str = "auto", precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto",
                  channels_last: bool = True, compile: bool = False, cudnn_benchmark: bool = True,
                  tf32: bool = True, ring: int = 3, convert: Literal["device", "host"] = "device",
@@ -44,8 +45,12 @@ class Upscale(BatchStage):
             raise ValueError(f"batch must be between 0 (auto) and 256, got {batch}")
         if tile != 0 and tile < 64:
             raise ValueError(f"tile must be 0 (auto) or at least 64 pixels, got {tile}")
-        if not 0 <= tile_overlap < (tile // 2 if tile else 256):
-            raise ValueError(f"tile_overlap must be between 0 and half the tile, got {tile_overlap}")
+        # the blend uses at most a quarter of a tile (engine.inference.tiled_forward); not given:
+        # 32, or that quarter when less, so the smallest tile works without one
+        most = tile // 4 if tile else MAX_TILE_OVERLAP
+        if tile_overlap is not None and not 0 <= tile_overlap <= most:
+            raise ValueError(f"tile_overlap must be between 0 and {most}"
+                             f"{f' (a quarter of tile={tile})' if tile else ''}, got {tile_overlap}")
         if not 1 <= ring <= 8:
             raise ValueError(f"ring must be between 1 and 8, got {ring}")
         devices = re.split(r"[,+]", device)  # "+" on the command line, where "," separates stages
@@ -60,10 +65,12 @@ class Upscale(BatchStage):
         check_model(model)  # unknown name, missing file, weights not installed: before any thread starts
         super().__init__(batch_size=batch or MAX_BATCH)
         self.model_name = model
-        self.options = dict(batch=batch, tile=tile, tile_overlap=tile_overlap, device=device,
+        self.options = dict(batch=batch, tile=tile, device=device,
                             precision=precision, channels_last=channels_last, compile=compile,
                             cudnn_benchmark=cudnn_benchmark, tf32=tf32, ring=ring,
                             compile_mode=compile_mode, cuda_graphs=cuda_graphs)
+        if tile_overlap is not None:
+            self.options["tile_overlap"] = tile_overlap
         # frames that may be in flight at once: a ring per device (cuda:all: at most MAX_GPUS)
         self.devices = MAX_GPUS if device == "cuda:all" else len(devices)
         self.span = self.batch_size * ring * self.devices

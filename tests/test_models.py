@@ -426,3 +426,19 @@ def test_a_cut_param_file_is_named_and_said_to_be_truncated(tmp_path, fraction):
     message = str(info.value)
     assert message.startswith("cannot load model m.param: ") and message.count("m.param") == 1
     assert message.endswith("the file is truncated or malformed") and "index" not in message
+
+
+def test_the_smallest_tile_works_with_the_default_overlap():
+    """tile=64 is the documented minimum: the default overlap (32) used to refuse it. The blend
+    uses at most a quarter of a tile, and the check and its message say exactly that bound."""
+    from engine.errors import UserError
+    from engine.registry import make_spec
+
+    for tile in (64, 65):
+        make_spec("upscale", {"tile": str(tile), "device": "cpu"}).build()
+    make_spec("upscale", {"tile": "64", "tile_overlap": "16", "device": "cpu"}).build()
+    with pytest.raises(UserError) as info:
+        make_spec("upscale", {"tile": "64", "tile_overlap": "17", "device": "cpu"}).build()
+    assert str(info.value) == "stage 'upscale': tile_overlap must be between 0 and 16 (a quarter of tile=64), got 17"
+    runner = InferenceRunner(load_model("animevideov3-x2"), 2, InferenceSettings(device="cpu", tile=64))
+    assert runner.describe()["tile_overlap"] == 16  # what the blend uses, not the 32 asked for
