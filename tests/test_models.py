@@ -442,3 +442,37 @@ def test_the_smallest_tile_works_with_the_default_overlap():
     assert str(info.value) == "stage 'upscale': tile_overlap must be between 0 and 16 (a quarter of tile=64), got 17"
     runner = InferenceRunner(load_model("animevideov3-x2"), 2, InferenceSettings(device="cpu", tile=64))
     assert runner.describe()["tile_overlap"] == 16  # what the blend uses, not the 32 asked for
+
+
+@pytest.mark.parametrize("scale", [2, 1])
+def test_rrdbnet_x2_x1_pad_odd_frames_and_tiles_to_their_unshuffle(tmp_path, scale):
+    """RealESRGAN_x2plus's layout pixel-unshuffles by 2 (x1: by 4): like Real-ESRGAN's own
+    inference the input is reflected up to a multiple of that after the pre-pad, and the output
+    cropped to exactly scale × the input, on whole frames and on (odd) tiles."""
+    import torch.nn.functional as F
+
+    from engine.inference import tiled_forward
+    from engine.models.catalogue import USER_MODEL_PAD as P
+
+    torch.manual_seed(0)
+    torch.save({"params_ema": RRDBNet(scale=scale, num_feat=8, num_block=1, num_grow_ch=4).state_dict()},
+               tmp_path / "rrdb.pth")
+    model = load_model(str(tmp_path / "rrdb.pth"))
+    m = 4 // scale
+    assert model.multiple == m
+    x = torch.rand(1, 3, 47, 61)
+    with torch.no_grad():
+        whole = model(x)
+        extra_h, extra_w = -(47 + 2 * P) % m, -(61 + 2 * P) % m
+        by_hand = model.net(F.pad(x, (P, P + extra_w, P, P + extra_h), mode="reflect"))
+        assert torch.equal(whole, by_hand[..., P * scale:(P + 47) * scale, P * scale:(P + 61) * scale])
+        for tile in (33, 32):  # odd tiles, and tiles whose edge ones are odd (61 = 32 + 29)
+            tiled = tiled_forward(model, x, scale, tile, 8, batch=4)
+            assert tiled.shape == whole.shape == (1, 3, 47 * scale, 61 * scale)
+            # tiles see reflected borders, not their neighbours: close, not equal, to the whole frame
+            assert (tiled - whole).abs().mean() < 0.3 * whole.std()
+    frame = np.random.default_rng(0).integers(0, 256, (47, 61, 3), dtype=np.uint8)
+    for tile in (0, 33):  # the device runner's path, frames as integers
+        settings = InferenceSettings(device="cpu", precision="fp32", tile=tile, tile_overlap=8)
+        (out,) = upscale(model, scale, [frame], settings)
+        assert out.shape == (47 * scale, 61 * scale, 3)

@@ -97,6 +97,8 @@ class RRDBNet(nn.Module):
                  num_block: int = 23, num_grow_ch: int = 32):
         super().__init__()
         self.scale = scale
+        # the unshuffle needs sides divisible by this: Real-ESRGAN's inference pads to it ("mod_scale")
+        self.input_multiple = 4 // scale
         num_in_ch *= {4: 1, 2: 4, 1: 16}[scale]
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])

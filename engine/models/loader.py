@@ -91,5 +91,7 @@ def load_model(name_or_path: str) -> Upscaler:
         except ValueError as exc:
             raise UserError(f"cannot load model {path.name}: {exc}") from exc
     net.eval()
-    # user files get the Real-ESRGAN border handling, the convention of both formats' authors
-    return Upscaler(net, _measure_scale(net, path.name), USER_MODEL_PAD, "reflect", 1, path.name).eval()
+    # user files get the Real-ESRGAN border handling, the convention of both formats' authors; an
+    # RRDBNet at x2/x1 pixel-unshuffles its input, so it is padded (reflected) to a multiple of 2/4
+    multiple = getattr(net, "input_multiple", 1)
+    return Upscaler(net, _measure_scale(net, path.name), USER_MODEL_PAD, "reflect", multiple, path.name).eval()
