@@ -132,7 +132,8 @@ class Job:
                                         source_pix_fmt=source.info.pix_fmt, hdr=source.info.hdr)
                 plan = plan_copy(source.container, video_index, muxer_codecs(ext), ext)
                 sink = VideoSink(config.output, choice, source.info, input_path=config.input,
-                                 copy_plan=plan, stop_copy_with_video=config.max_frames is not None)
+                                 copy_plan=plan, stop_copy_with_video=config.max_frames is not None,
+                                 video_jumps=source.jumps)
                 note = choice.note
         except BaseException:
             source.close()

@@ -229,7 +229,7 @@ class VideoSink:
 
     def __init__(self, path: str, encoder: EncoderChoice, source: VideoInfo, *,
                  input_path: str, copy_plan: CopyPlan, stop_copy_with_video: bool = False,
-                 shown_as: str | None = None, write_hint: str = ""):
+                 shown_as: str | None = None, write_hint: str = "", video_jumps=None):
         self.path = path
         # what a write error names, and what it adds (a segment: its work dir, and that it resumes)
         self.shown_as, self.write_hint = shown_as or f"output {path}", write_hint
@@ -238,6 +238,7 @@ class VideoSink:
         self.partial = partial_path(path)
         self.input_path = input_path
         self.copy_plan = copy_plan
+        self.video_jumps = video_jumps  # the source's JumpLog: copied streams follow the video's jumps back
         # with --frames N, other streams end where the video ends; otherwise all of them go
         self.stop_copy_with_video = stop_copy_with_video
         self._container: av.container.OutputContainer | None = None
@@ -332,7 +333,8 @@ class VideoSink:
             stream.set_display_rotation(rotation)
         self._stream = stream
         # every stream must exist before the first packet writes the header
-        self._copier = StreamCopier(self.input_path, self._container, self.copy_plan, video=stream)
+        self._copier = StreamCopier(self.input_path, self._container, self.copy_plan, video=stream,
+                                    video_jumps=self.video_jumps)
 
     @property
     def _matrix(self) -> int | None:

@@ -16,7 +16,7 @@ from engine.frame_count import PacketCount
 from engine.frame_size import SizeHolder, size_note
 from engine.hdr import HdrStatic, read_hdr_static
 from engine.image_input import find, frame_file, is_image_pattern, open_media
-from engine.timestamps import TimestampRepair, frame_step
+from engine.timestamps import JumpLog, TimestampRepair, frame_step
 from engine.video_stream import main_video
 
 
@@ -207,6 +207,7 @@ class VideoSource:
         self._container = open_input(path, hwaccel)
         self.info = read_info(self._container)
         self.pixel_format = "rgb48le" if self.info.bit_depth > 8 else "rgb24"
+        self.jumps = JumpLog(self.info.time_base)  # where the video's timestamps went back: the copier follows
         estimate = self.info.frames_estimate
         self.frames_total = min(estimate, max_frames) if estimate and max_frames else (
             max_frames or estimate)
@@ -263,7 +264,8 @@ class VideoSource:
         stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg, GIL released
         tb = self.info.time_base
         repair = self.repair = TimestampRepair(frame_step(self.info.frame_rate, tb),
-                                               refuse=self.timestamps == "refuse", what="video frame")
+                                               refuse=self.timestamps == "refuse", what="video frame",
+                                               jump_log=self.jumps)
         seq = 0
         hidden = 0  # packets an MP4/MOV edit list hides: decoded for the pictures after them, never shown
         last_end: float | None = None

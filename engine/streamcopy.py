@@ -19,13 +19,14 @@ does, so the start timecode is the input's.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import dataclass, field
 
 import av
 
 from engine.reencode import Reencode, choose_reencode, copy_problem, reencoder
 from engine.image_input import open_media
-from engine.timestamps import TimestampRepair, packet_step
+from engine.timestamps import JumpLog, TimestampRepair, packet_step
 from engine.video_stream import is_cover_art, main_video
 
 COPY_TYPES = ("audio", "subtitle", "data", "attachment")
@@ -246,8 +247,12 @@ class StreamCopier:
     """
 
     def __init__(self, input_path: str, output: av.container.OutputContainer, plan: CopyPlan,
-                 video: av.stream.Stream | None = None):
+                 video: av.stream.Stream | None = None, video_jumps: JumpLog | None = None):
         self._input = open_media(input_path)
+        # the video's jumps back (a concatenated input): a stream jumping at the same place is
+        # placed as the video was, not continued from where it stood (engine/timestamps.py)
+        self._video_jumps = video_jumps
+        self._jumps_used: dict[int, int] = {}  # per stream: how many of the video's jumps it followed
         self._out: dict[int, av.stream.Stream] = {}
         self._repairs: dict[int, TimestampRepair] = {}
         self._chapters = self._input.chapters() if plan.file_tags else []
@@ -291,6 +296,7 @@ class StreamCopier:
         streams = [self._input.streams[i] for i in [*plan.copy, *plan.reencode]]
         self._packets = self._input.demux(streams) if streams else iter(())
         self._next: av.Packet | None = None
+        self._next_placed = False  # `_next`'s timestamps repaired (it may wait for the video's jump)
         self._done = not streams
         # audio an MP4/MOV edit list hides (packet.is_discard): players never play it, and a
         # muxer without edit lists (Matroska) would; only the last such packet before the
@@ -327,15 +333,23 @@ class StreamCopier:
         ts = packet.dts if packet.dts is not None else packet.pts
         return float(ts * packet.time_base) if ts is not None else -math.inf
 
-    def advance(self, until_s: float) -> None:
-        """Mux every copied packet whose time is at or before `until_s`."""
+    def advance(self, until_s: float, final: bool = False) -> None:
+        """Mux every copied packet whose time is at or before `until_s`. `final`: the video is
+        all written (no jump of its own is still to come)."""
         while not self._done:
             if self._next is None:
                 self._next = self._read()
                 if self._next is None:
                     self._done = True
                     return
-                self._repair(self._next)
+                self._next_placed = False
+            if not self._next_placed:
+                if not self._repair(self._next, final):
+                    return  # a jump back the video has not reached yet: wait for its frame
+                self._next_placed = True
+            if self._next.dts is None and self._next.pts is None:  # dropped: overlapped the part before
+                self._next = None
+                continue
             if self._time(self._next) > until_s:
                 return
             packet, self._next = self._next, None
@@ -379,14 +393,38 @@ class StreamCopier:
             self._output.mux(packet)
             self.packets += 1
 
-    def _repair(self, packet: av.Packet) -> None:
-        """Missing or non-increasing dts: regenerated, pts moved with it (see engine/timestamps.py)."""
+    def _repair(self, packet: av.Packet, final: bool) -> bool:
+        """Missing or non-increasing dts: regenerated, pts moved with it (see engine/timestamps.py).
+        False: the packet jumps back where the video has not been decoded yet (ask again later).
+        A packet the repair drops is left with no timestamps."""
+        index = packet.stream.index
+        repair = self._repairs[index]
         dts = packet.dts if packet.dts is not None else packet.pts
-        fixed = self._repairs[packet.stream.index](dts, packet.duration)
-        if fixed != dts:
+        jump_to = None
+        if self._video_jumps is not None and repair.jumps_back(dts):
+            tb = Fraction(packet.time_base)
+            before, after = repair.last_input * tb, dts * tb
+            start = self._jumps_used.get(index, 0)  # the video's jumps this stream has not followed yet
+            found = self._video_jumps.match(before, after, start)
+            if found is None and not final and len(self._video_jumps.jumps) <= start:
+                return False
+            if found is not None:
+                self._jumps_used[index] = found + 1
+                jump = self._video_jumps.jumps[found]
+                jump_to = round((jump.out + after - jump.after) / tb)
+        fixed = repair(dts, packet.duration, jump_to)
+        if fixed is None:
+            packet.pts = packet.dts = None
+        elif fixed != dts:
             shift = fixed - dts if dts is not None else 0
             packet.pts = packet.pts + shift if packet.pts is not None and dts is not None else fixed
             packet.dts = fixed
+        return True
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Packets dropped at a jump back because they overlapped the part before, per stream."""
+        return {f"#{i} {r.what.split()[0]}": r.dropped for i, r in self._repairs.items() if r.dropped}
 
     @property
     def repaired(self) -> dict[str, int]:
@@ -408,6 +446,9 @@ class StreamCopier:
             out.append("note: repaired the timestamps of " + ", ".join(
                 f"{n} packets of stream {name}" for name, n in self.repaired.items())
                 + " by the video's rule (see --timestamps)")
+        out += [f"note: not carried to the output: {n} packet(s) of stream {name} that overlapped the part "
+                f"before it where the input's timestamps go back (each part is placed where its video is: "
+                f"the streams stay in sync)" for name, n in self.dropped.items()]
         out += [f"note: not carried to the output: {n} packet(s) of stream {name} that the input's edit "
                 f"list hides (players never play them)" for name, n in self.hidden.items()]
         out += [f"note: not carried to the output: {n} event(s) of stream {name} that could not be "
@@ -415,7 +456,7 @@ class StreamCopier:
         return out
 
     def finish(self, until_s: float = math.inf) -> None:
-        self.advance(until_s)
+        self.advance(until_s, final=True)
         for reencoder in self._reencoders.values():  # what the decoder and encoder still hold
             self._mux_encoded(reencoder.flush())
         for packet, out in self._covers:  # the mov muxer keeps it and writes covr with the trailer

@@ -18,15 +18,25 @@ copied audio/subtitle packets in `engine.streamcopy`):
   container's own durations are summed instead. Audio runs count samples
   (frame_size / sample_rate) for the same reason.
 
-Each stream is repaired on its own by the same rule; since a concatenation (or a broken
-recorder) breaks every stream at the same point, each continues from where it stood and
-they stay in sync to within a frame. The count of frames and packets repaired goes to the
-user in one line and to the report.
+Each stream is repaired by the same rule, but a jump back in one stream's own timestamps
+(where a concatenated part starts) does not continue the other streams from where each stood:
+the parts of a stream are rarely as long as the video's (an AAC track carries its priming and
+its last packet's padding, 27 ms more than 2 s of video per part), and continuing each stream
+on its own drifted the audio 27 ms later at every join. The video's repair logs each jump it
+meets (`JumpLog`: where the input jumped from and to, and where the video's frame went) and a
+copied stream jumping back at the same place of the input (both ends within `JUMP_MATCH_S`)
+is placed the video's way: its first packet after the jump at the output time the video gave
+the same input time, then its own step from there. Where the part before ran longer than its
+video, its packets wholly inside that overlap are dropped (and counted), and the first that
+reaches past it starts where the part before ends: the audio stays continuous, each part late
+by less than one packet, and the next jump places the next part afresh (no drift). The count of frames and packets repaired
+goes to the user in one line and to the report.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -39,13 +49,46 @@ from engine.video_stream import main_video
 # order a healthy pts is later than every pts more than this many packets before it.
 REORDER_DEPTH = 16
 MODES = ("repair", "refuse")
+JUMP_MATCH_S = 1.0  # a copied stream's jump back is the video's when both ends are this close
+
+
+@dataclass(frozen=True)
+class Jump:
+    """Where one stream's input timestamps went back, in seconds: from `before` to `after`,
+    and where the repair put the item at `after`."""
+
+    before: Fraction
+    after: Fraction
+    out: Fraction
+
+
+class JumpLog:
+    """The video's jumps back, appended by the source's repair (decode thread) and read by the
+    side-stream copier (sink thread): a list only ever appended to."""
+
+    def __init__(self, time_base: Fraction) -> None:
+        self.time_base = Fraction(time_base)
+        self.jumps: list[Jump] = []
+
+    def add(self, before: int, after: int, out: int) -> None:
+        tb = self.time_base
+        self.jumps.append(Jump(before * tb, after * tb, out * tb))
+
+    def match(self, before: Fraction, after: Fraction, start: int = 0) -> int | None:
+        """The index of the video's first jump from `start` on at the same place of the input as
+        a copied stream's, if any (in order: the parts of `cat a.ts a.ts` jump alike)."""
+        for i in range(start, len(self.jumps)):
+            jump = self.jumps[i]
+            if abs(jump.before - before) <= JUMP_MATCH_S and abs(jump.after - after) <= JUMP_MATCH_S:
+                return i
+        return None
 
 
 class TimestampRepair:
     """The rule above for one stream. Call it with each timestamp in presentation order."""
 
     def __init__(self, step: Fraction | None, *, refuse: bool = False, what: str = "frame",
-                 strict: bool = True):
+                 strict: bool = True, jump_log: JumpLog | None = None):
         self.step = step            # one frame (or packet) in time_base units; None: use durations
         self.refuse = refuse
         self.strict = strict        # False: an equal timestamp is fine (two subtitles at once)
@@ -59,13 +102,39 @@ class TimestampRepair:
         self._last_duration: int | Fraction | None = None
         self._interval: int | None = None    # the last interval between two good timestamps
         self._run_step: Fraction | None = None
+        self.jump_log = jump_log             # the video's: where it jumped back, for the copier
+        self.last_input: int | None = None   # the last timestamp given (not None), as it came
+        self.dropped = 0                     # items wholly inside the part before (`jump_to`): dropped
+        self._overlap = False                # a part placed by `jump_to` may overlap the one before
 
-    def __call__(self, pts: int | None, duration: int | Fraction | None = None) -> int:
+    def jumps_back(self, pts: int | None) -> bool:
+        """Whether `pts` goes back from the last input timestamp (a concatenated part starts)."""
+        return pts is not None and self.last_input is not None and pts < self.last_input
+
+    def __call__(self, pts: int | None, duration: int | Fraction | None = None,
+                 jump_to: int | None = None) -> int | None:
+        """The repaired timestamp. `jump_to` (at a jump back, `jumps_back`): where the video
+        put the same input time; the run starts there, and returns None for an item that
+        would start before the last one (to be dropped)."""
+        jumped = self.jumps_back(pts)
+        before = self.last_input
+        if pts is not None:
+            self.last_input = pts
+        out = self._repair(pts, duration, jump_to)
+        if jumped and self.jump_log is not None and out is not None:
+            self.jump_log.add(before, pts, out)
+        return out
+
+    def _repair(self, pts: int | None, duration, jump_to: int | None) -> int | None:
         index, self._index = self._index, self._index + 1
+        if jump_to is not None and self.last is not None and not self.refuse:
+            self._run_anchor, self._run_units, self._overlap = jump_to, Fraction(0), True
+            self._run_step = self._choose_step()
+            return self._place(self._run_anchor, index, duration)
         if pts is not None and (self.last is None or pts > self.last or (not self.strict and pts == self.last)):
             if self.last is not None and self._run_anchor is None and pts > self.last:
                 self._interval = pts - self.last  # between two good timestamps
-            self._run_anchor = None
+            self._run_anchor, self._overlap = None, False
             self.last = pts
             self._last_duration = duration
             return pts
@@ -84,7 +153,24 @@ class TimestampRepair:
             self._run_anchor, self._run_units = self.last, Fraction(0)
             self._run_step = self._choose_step()
         self._run_units += self._run_step or Fraction(self._last_duration or duration or 1)
-        new = max(self.last + 1, self._run_anchor + round(self._run_units))
+        return self._place(self._run_anchor + round(self._run_units), index, duration)
+
+    def _place(self, new: int, index: int, duration) -> int | None:
+        length = self._run_step or self._last_duration
+        if self._overlap and length:
+            # The part before ran longer than its video (AAC priming and padding): items wholly
+            # inside it go; the first that reaches past its end starts there, and the part
+            # follows on late by less than one item (the next jump places the next part afresh).
+            end_before = self.last + round(length)
+            if new + length <= end_before:
+                self.dropped += 1
+                return None
+            if new < end_before:
+                self._run_anchor += end_before - new
+                new = end_before
+            self._overlap = False
+        if new <= self.last:
+            new = self.last + 1
         self.last = new
         self._last_duration = duration
         self.repaired += 1

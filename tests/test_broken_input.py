@@ -128,6 +128,38 @@ def test_backward_jump_in_every_stream_continues_the_timeline(media, tmp_path):
     _assert_in_sync(video, audio, 96)
 
 
+def test_concatenated_parts_with_longer_audio_never_drift(media, tmp_path):
+    """Each part's AAC runs ~30 ms past its 2 s of video (priming, padding): continuing every
+    stream from where it stood drifted the audio that much later at every join (130 ms after
+    five parts). Each part's audio now starts where its video does, late by under one packet."""
+    d = tmp_path
+    video = make_clip(d / "v.mp4", 48, 64, 48, fps=FPS)
+    longer = add_side_streams(video, d / "longer.mkv", [("eng", 0.0, 2.03)])
+    part = d / "part.ts"
+    with av.open(str(longer)) as i, av.open(str(part), "w") as o:
+        outs = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for packet in i.demux():
+            if packet.dts is not None:
+                packet.stream = outs[packet.stream.index]
+                o.mux(packet)
+    with av.open(str(part)) as c:
+        a = c.streams.audio[0]
+        pkts = [p for p in c.demux(a) if p.size and p.pts is not None]
+        part_audio = float((pkts[-1].pts + pkts[-1].duration - pkts[0].pts) * a.time_base)
+    assert part_audio > 2.02  # longer than the part's video by more than one packet
+    out = d / "out.mkv"
+    result, report = _stream(concat_bytes([part] * 5, d / "cat.ts"), out)
+    assert result.returncode == 0, result.stderr
+    video_t, audio = _times(out)
+    assert len(video_t) == 240
+    packet_s = 1024 / 48000
+    # the last part's audio starts with its video (at 8 s) and runs its own length, give or take a packet
+    assert abs(audio[-1][1] - (video_t[192] + part_audio)) < packet_s
+    gaps = [b[0] - a[1] for a, b in zip(audio, audio[1:])]
+    assert max(abs(g) for g in gaps) < 0.002, "audio has a hole or an overlap"
+    assert "overlapped the part before it" in result.stderr  # the audio that would not fit, said
+
+
 def test_missing_pts_get_a_regular_timeline(media, tmp_path):
     out = tmp_path / "out.mkv"
     result, report = _stream(media["raw"], out)
