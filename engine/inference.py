@@ -74,13 +74,14 @@ class InferenceSettings:
 
 
 # Settings that only a CUDA device has: the report leaves them out of a CPU run, where
-# "cudnn_benchmark": true would read as if it had been in effect.
-CUDA_ONLY_SETTINGS = ("cudnn_benchmark", "tf32", "cuda_graphs")
+# "cudnn_benchmark": true would read as if it had been in effect. `ring` too: the CPU runs
+# one batch at a time (one slot).
+CUDA_ONLY_SETTINGS = ("cudnn_benchmark", "tf32", "cuda_graphs", "ring")
 
 
-def resolved_settings(settings, cuda: bool) -> dict[str, Any]:
+def resolved_settings(settings, cuda: bool, cuda_only: tuple[str, ...] = CUDA_ONLY_SETTINGS) -> dict[str, Any]:
     """A settings dataclass for the report: as given, less what this device does not have."""
-    return {k: v for k, v in asdict(settings).items() if cuda or k not in CUDA_ONLY_SETTINGS}
+    return {k: v for k, v in asdict(settings).items() if cuda or k not in cuda_only}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
-from engine.inference import (MIN_TILE, Precision, autocast, halved_tile, resolve_device, resolve_precision,
-                              resolved_settings, set_backends, tile_overlap, tiled_forward)
+from engine.inference import (CUDA_ONLY_SETTINGS, MIN_TILE, Precision, autocast, halved_tile, resolve_device,
+                              resolve_precision, resolved_settings, set_backends, tile_overlap, tiled_forward)
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,12 @@ class WindowRunner:
             p.requires_grad_(False)
 
     def describe(self) -> dict[str, Any]:
-        return {**resolved_settings(self.settings, self.cuda), "device": str(self.device),
-                "precision": self.precision, "window": self.window, "tile": self.tile, "offload": self.offload,
+        # offload (and the memory share that decides it) moves features to host memory: on the
+        # CPU they are there already, so a CPU report leaves them out rather than say "on"
+        cuda_only = (*CUDA_ONLY_SETTINGS, "offload", "memory_fraction")
+        return {**resolved_settings(self.settings, self.cuda, cuda_only), "device": str(self.device),
+                "precision": self.precision, "window": self.window, "tile": self.tile,
+                **({"offload": self.offload} if self.cuda else {}),
                 "tile_overlap": tile_overlap(self.settings.tile_overlap, self.tile),
                 "oom_retries": self.oom_retries,
                 "device_name": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",

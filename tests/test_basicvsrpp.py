@@ -485,6 +485,13 @@ def test_alignment_under_bf16_autocast_stays_close_to_fp32():
     assert error < 0.05, error
 
 
+def test_a_cpu_report_leaves_out_the_offload_it_does_not_do():
+    """offload=on keeps features in pinned host memory on CUDA; on the CPU they are there already."""
+    info = WindowRunner(random_net(8, 1), 4, WindowSettings(device="cpu", offload="on")).describe()
+    assert info["device"] == "cpu"
+    assert not {"offload", "memory_fraction", "cudnn_benchmark", "tf32"} & set(info)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_fp16_matches_cpu_and_offload_changes_nothing():

@@ -216,8 +216,9 @@ def test_cpu_auto_settings_are_resolved_and_reported():
     info = runner.describe()
     assert info["device"] == "cpu" and info["precision"] == "fp32" and info["batch"] == 1
     assert info["tile"] == 0  # a 320×240 frame fits in memory whole
-    # CUDA's backend flags are not reported on the CPU, where "tf32": true would mislead
-    assert not {"cudnn_benchmark", "tf32", "cuda_graphs"} & set(info) and info["channels_last"] is True
+    # CUDA's backend flags are not reported on the CPU, where "tf32": true would mislead; nor the
+    # ring of batches in flight: the CPU runs one batch at a time
+    assert not {"cudnn_benchmark", "tf32", "cuda_graphs", "ring"} & set(info) and info["channels_last"] is True
 
 
 def test_upscaler_pads_tiny_frames_without_failing():
