@@ -367,6 +367,7 @@ def build_report(job: Job, result: RunResult, reporter: Reporter) -> dict:
         "video_frames_repaired": repair.repaired if repair else 0,
         "first_repaired_seq": repair.first_bad if repair else None,
         "packets_repaired": getattr(job.sink, "repaired_packets", {}),
+        "packets_dropped": getattr(job.sink, "dropped_packets", {}),
     }
     gpu = reporter.gpu_report()
     if gpu is not None:

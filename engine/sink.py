@@ -254,6 +254,7 @@ class VideoSink:
         self._converting: deque[tuple[Frame, Future]] = deque()  # in order; bounded by LOOKAHEAD
         self.encoder_settings: dict[str, str] | None = None  # as the encoder wrote them in its stream
         self.repaired_packets: dict[str, int] = {}  # copied streams whose timestamps were regenerated
+        self.dropped_packets: dict[str, int] = {}  # copied packets dropped where concatenated parts overlap
         # the matrix and range the output is tagged with and converted to: the input's, but
         # RGB-coded input (PNG, RGB H.264, FFV1 RGB) into YUV gets BT.709 (sRGB's primaries)
         # at limited range; a YUV stream tagged "RGB" is not valid H.264/HEVC
@@ -411,6 +412,7 @@ class VideoSink:
         self._mux_video(self._stream.encode(None))  # flushing is encode(None): a short clip's only packets
         self._copier.finish(self._video_end_s if self.stop_copy_with_video else math.inf)
         self.repaired_packets = self._copier.repaired
+        self.dropped_packets = self._copier.dropped  # at jumps back: overlapped the part before
         if self._resized:
             h, w = self._first_shape
             self.notes.append(f"note: {len(self._resized)} frame(s) from seq {self._resized[0]} on had "
