@@ -19,8 +19,8 @@ does, so the start timecode is the input's.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import av
 
