@@ -33,6 +33,9 @@ class Upscale(BatchStage):
     """Upscale every (unique) frame with a super-resolution model."""
 
     takes_device = True
+    #: `batches`: model batches of every worker. A counter, since the report adds up counters over
+    #: workers but takes settings from one (engine/metrics.py `aggregate`)
+    counted = ("inferred", "batches")
 
     def __init__(self, model: str = DEFAULT_MODEL, batch: int = 0, tile: int = 0, tile_overlap: int | None = None,
                  device: str = "auto", precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto",
@@ -77,6 +80,7 @@ class Upscale(BatchStage):
         self.convert = convert
         self.runner = None
         self.handoff, self.picture_format = "array", None
+        self.workers = 1
 
     def weight_files(self) -> list[str]:
         info = check_model(self.model_name)
@@ -96,6 +100,7 @@ class Upscale(BatchStage):
 
         model = load_model(self.model_name)
         self.scale = model.scale
+        self.workers = ctx.workers
         if ctx.width and ctx.height:  # a user's checkpoint: its scale is known only now
             check_frame_size("upscale", ctx.width * model.scale, ctx.height * model.scale)
         settings = InferenceSettings(**self.options)
@@ -151,14 +156,18 @@ class Upscale(BatchStage):
                 else:
                     frame.data = result
             self.count("inferred", len(frames))
+            self.count("batches")
             batches.append(frames)
         return batches
 
     def describe(self) -> dict[str, Any]:
         if self.runner is None:
             return {}
-        return {"model": self.model_name, "scale": self.scale, "convert": self.convert,
+        info = {"model": self.model_name, "scale": self.scale, "convert": self.convert,
                 "handoff": self.handoff, **self.runner.describe()}
+        if self.workers > 1:  # this worker's share only, where the report shows one worker's settings:
+            del info["batches"]  # the counter `batches` has every worker's
+        return info
 
     def close(self) -> None:
         if self.runner is not None:

@@ -243,3 +243,19 @@ def test_nvdec_on_a_codec_it_cannot_decode_is_a_one_line_error(clip, tmp_path):
     r = run_engine("stream", src, out, "--decode", "nvdec")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--decode nvdec cannot decode the video of" in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_every_workers_batches_are_counted(clip, workers):
+    """The report adds up counters over a stage's workers but shows one worker's settings: with
+    workers=3, settings' batches said 2 of 6. The counter has them all; the settings' per-kind
+    breakdown is shown only where it is the whole stage's."""
+    path = clip(frames=6, width=64, height=48)
+    frames, result = _run(path, [("upscale", {"model": MODEL, "batch": "1", "workers": str(workers)})], frames=6)
+    stage = result.stages[1]
+    assert len(frames) == 6 and stage.workers == workers
+    assert stage.counters["batches"] == 6 and stage.counters["inferred"] == 6
+    if workers == 1:
+        assert sum(stage.settings["batches"].values()) == 6
+    else:
+        assert "batches" not in stage.settings
