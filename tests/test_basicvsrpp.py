@@ -277,12 +277,14 @@ def test_an_image_model_or_garbage_is_not_a_basicvsrpp_checkpoint(tmp_path):
         assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
-def test_a_cut_checkpoint_or_a_directory_is_refused_when_the_stage_is_built(tmp_path):
+def test_a_cut_or_foreign_checkpoint_or_a_directory_is_refused_when_the_stage_is_built(tmp_path):
     data = _mmagic_checkpoint(random_net(8, 1), tmp_path / "good.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
     (tmp_path / "dir.pth").mkdir()
+    (tmp_path / "garbage.pth").write_bytes(b"hello world" * 10)
     for name, message in (("cut.pth", "cannot load BasicVSR++ checkpoint cut.pth: the file is truncated"),
-                          ("dir.pth", "dir.pth is a directory; checkpoint= takes a .pth file")):
+                          ("dir.pth", "dir.pth is a directory; checkpoint= takes a .pth file"),
+                          ("garbage.pth", "garbage.pth: not a PyTorch checkpoint (neither a zip archive nor a pickle)")):
         with pytest.raises(UserError) as info:
             make_spec("basicvsrpp", {"checkpoint": str(tmp_path / name)}).build()
         assert message in str(info.value)
@@ -293,7 +295,7 @@ def test_released_names_resolve_in_the_models_directory(tmp_path, monkeypatch):
     with pytest.raises(UserError) as info:
         resolve_checkpoint("reds4")
     assert RELEASES["reds4"].file in str(info.value) and RELEASES["reds4"].url in str(info.value)
-    (tmp_path / RELEASES["reds4"].file).write_bytes(b"x")
+    torch.save({}, tmp_path / RELEASES["reds4"].file)  # any checkpoint: its content is checked at load
     assert resolve_checkpoint("reds4") == tmp_path / RELEASES["reds4"].file
     with pytest.raises(UserError, match="unknown BasicVSR.. checkpoint 'reds5'"):
         resolve_checkpoint("reds5")
@@ -460,7 +462,7 @@ def test_cli_end_to_end_and_a_bad_checkpoint_is_exit_2(tmp_path, clip):
     assert failed.returncode == 2 and not (tmp_path / "no.mkv").exists()
     errors = [line for line in failed.stderr.splitlines() if "error" in line]
     assert errors == ["engine: error: cannot load BasicVSR++ checkpoint bad.pth: not a PyTorch "
-                      "checkpoint of plain tensors (weights_only loading refused it)"], failed.stderr
+                      "checkpoint (neither a zip archive nor a pickle)"], failed.stderr
     assert "Traceback" not in failed.stderr
 
 

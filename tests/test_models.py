@@ -394,6 +394,21 @@ def test_a_checkpoint_of_no_known_architecture_is_one_line(tmp_path):
         assert str(info.value) == f"cannot load model {name}: {says}"
 
 
+def test_bytes_that_are_no_checkpoint_are_refused_when_the_stage_is_built(tmp_path):
+    """torch read text as a legacy pickle and raised KeyError: 101 once the run had started."""
+    from engine.errors import UserError
+    from engine.registry import make_spec
+
+    (tmp_path / "text.pth").write_bytes(b"hello world" * 10)
+    with pytest.raises(UserError, match=r"^cannot load model text\.pth: not a PyTorch checkpoint \(neither"):
+        make_spec("upscale", {"model": str(tmp_path / "text.pth")}).build()
+    legacy = tmp_path / "legacy.pth"  # torch.save's pre-1.6 format, a pickle: torch.load decides
+    torch.save({"params": SRVGGNetCompact(num_feat=8, num_conv=1, upscale=2).state_dict()}, legacy,
+               _use_new_zipfile_serialization=False)
+    make_spec("upscale", {"model": str(legacy)}).build()
+    assert load_model(str(legacy)).scale == 2
+
+
 def test_a_cut_checkpoint_exits_2_before_the_run(tmp_path):
     from conftest import MEDIA, run_engine
     from test_cli import assert_clean_failure

@@ -121,13 +121,13 @@ def check_flow(kind: str, weights: str) -> None:
         raise UserError(f"flow weights {weights} is a directory; flow_weights= takes a checkpoint file")
     if not os.path.isfile(weights):
         raise UserError(f"flow weights not found: {weights}")
-    problem = file_problem(weights)
-    if problem is not None:  # a cut or empty file: found here rather than once the run has started
-        raise UserError(f"cannot read {kind} flow weights {weights}: {problem}")
     if kind == "raft":
         if importlib.util.find_spec("torchvision") is None:
             raise UserError("flow=raft needs torchvision, which is not installed "
                             "(use flow=spynet or flow=dis, or install torchvision)")
+    problem = file_problem(weights)
+    if problem is not None:  # a cut or foreign file: found here rather than once the run has started
+        raise UserError(f"cannot read {kind} flow weights {weights}: {problem}")
 
 
 def _check_loading_info(path: str, name: str, info: dict) -> None:

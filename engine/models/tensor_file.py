@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import tarfile
 import zipfile
 
 TRUNCATED = "the file is truncated or corrupt (its zip archive is incomplete)"
@@ -20,15 +21,19 @@ def file_problem(path) -> str | None:
     (stage constructors call it, before any thread starts), or None: then only torch.load can tell.
 
     torch.save writes a zip archive, whose directory is at its very end: a file cut anywhere
-    loses it (torch itself then fails with "[Errno 22] Invalid argument")."""
+    loses it (torch itself then fails with "[Errno 22] Invalid argument"). Other bytes than a
+    zip, a pickle or a tar archive are not a checkpoint (torch raised KeyError: 101 for text)."""
     if os.path.isdir(path):
         return "it is a directory, not a checkpoint file"
     if os.path.getsize(path) == 0:
         return "the file is empty"
     with open(path, "rb") as fh:
-        zipped = fh.read(4) == b"PK\x03\x04"
-    if zipped and not zipfile.is_zipfile(path):
-        return TRUNCATED
+        head = fh.read(4)
+    if head == b"PK\x03\x04":
+        return None if zipfile.is_zipfile(path) else TRUNCATED
+    # torch.save's older format is a pickle (protocol 2: b"\x80\x02"); older still, a tar archive
+    if head[:1] != b"\x80" and not tarfile.is_tarfile(path):
+        return "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
     return None
 
 
