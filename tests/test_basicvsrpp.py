@@ -284,7 +284,8 @@ def test_a_cut_or_foreign_checkpoint_or_a_directory_is_refused_when_the_stage_is
     (tmp_path / "garbage.pth").write_bytes(b"hello world" * 10)
     for name, message in (("cut.pth", "cannot load BasicVSR++ checkpoint cut.pth: the file is truncated"),
                           ("dir.pth", "dir.pth is a directory; checkpoint= takes a .pth file"),
-                          ("garbage.pth", "garbage.pth: not a PyTorch checkpoint (neither a zip archive nor a pickle)")):
+                          ("garbage.pth", "garbage.pth: not a PyTorch checkpoint (neither a zip archive nor a "
+                                          "pickle)")):
         with pytest.raises(UserError) as info:
             make_spec("basicvsrpp", {"checkpoint": str(tmp_path / name)}).build()
         assert message in str(info.value)
