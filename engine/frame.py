@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.colour_tags import TO_RGB
+
 
 @dataclass(eq=False, slots=True)
 class Frame:
@@ -66,7 +68,7 @@ class Frame:
                 self._tensor = None
             else:
                 # the picture's own range: PyAV would otherwise assume limited range
-                self._data = self._picture.to_ndarray(format=self._pixel_format,
+                self._data = self._picture.to_ndarray(format=self._pixel_format, interpolation=TO_RGB,
                                                       src_color_range=self._picture.color_range)
                 self._picture = None  # the array is now the truth; free the decoder buffer
         return self._data

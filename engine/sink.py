@@ -27,7 +27,7 @@ import numpy as np
 
 from engine import interrupts
 from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
-from engine.colour_tags import BT709_MATRIX, FULL_RANGE, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED, is_full_range
+from engine.colour_tags import FROM_RGB, BT709_MATRIX, FULL_RANGE, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED, is_full_range
 from engine.errors import UserError, ValidationError
 from engine.image_input import frame_file, frame_name, is_image_pattern  # one naming rule for input and output
 from engine.frame import Frame
@@ -366,7 +366,8 @@ class VideoSink:
                                         dst_color_range=FULL_RANGE)
         rgb = _rgb_picture(frame.data[: stream.height, : stream.width])  # crops the odd row/column, if any
         # convert with the same matrix and range the output is tagged with
-        return rgb.reformat(format=stream.pix_fmt, dst_colorspace=self._matrix, dst_color_range=self.color_range or None)
+        return rgb.reformat(format=stream.pix_fmt, dst_colorspace=self._matrix, dst_color_range=self.color_range or None,
+                            interpolation=FROM_RGB)
 
     def write(self, frame: Frame) -> None:
         if self._container is None:
@@ -387,6 +388,8 @@ class VideoSink:
         # ProRes writes each frame's own primaries and transfer into its header (a picture
         # converted from RGB has neither): without these, BT.709 and PQ came out unspecified
         picture.color_primaries, picture.color_trc = self.source.color_primaries, self.source.color_trc
+        if self.colorspace is not None:  # and its matrix: a converted picture's is unspecified, and
+            picture.colorspace = self.colorspace  # players then take BT.709 for a BT.601 SD source
         self._copier.advance(frame.time)
         self._mux_video(self._stream.encode(picture))
         rate = self.source.frame_rate

@@ -228,6 +228,53 @@ def test_anamorphic_video_keeps_its_display_shape(tmp_path, ext, pipeline, frame
         assert Fraction(s.width, s.height) * s.sample_aspect_ratio == Fraction(16, 9)
 
 
+def test_a_stage_in_rgb_gets_the_exact_conversion_and_hands_back_the_same_luma(tmp_path):
+    """swscale's default YUV -> RGB rounds down and takes the nearest chroma: a stage saw the
+    real clip 1 level dark on average (up to 16 off at colour edges), and a frame through an
+    RGB stage that changed nothing came out 1.1 levels darker in FFV1 (3 % of luma exact)."""
+    import torch
+
+    from engine.colour import picture_planes, spec_for, yuv_to_rgb
+    from engine.frame import Frame
+
+    src = MEDIA / "anime-320x240.mp4"
+    with av.open(str(src)) as c:
+        picture = next(c.decode(video=0))
+        fmt, spec = spec_for(picture)
+        exact = yuv_to_rgb([torch.from_numpy(np.array(p))[None].float() for p in picture_planes(picture, fmt)],
+                           fmt, spec)[0].permute(1, 2, 0).mul(255).round().clamp(0, 255).numpy()
+        seen = Frame.from_picture(0, 0, Fraction(1, 24), picture, "rgb24").data.astype(int)
+    assert np.abs(seen - exact).max() <= 1 and abs((seen - exact).mean()) < 0.02
+    live = MEDIA / "live-handheld-426x240.mkv"  # natural colours: 1.6 % of pixels clip in 8-bit RGB
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", live, out, "--quiet", "--frames", "6", "--encoder", "ffv1", "--pipeline", "test.add:value=0",
+                   env={"ENGINE_STAGE_MODULES": "engine.testing"})
+    assert r.returncode == 0, r.stderr
+    with av.open(str(live)) as a, av.open(str(out)) as b:
+        for x, y in zip(a.decode(video=0), b.decode(video=0)):
+            assert y.format.name == "yuv420p"
+            lx, ly = x.to_ndarray()[:240].astype(int), y.to_ndarray()[:240].astype(int)
+            assert (lx == ly).mean() > 0.98 and abs((ly - lx).mean()) < 0.05  # was 3 % exact, 1.1 dark
+
+
+@pytest.mark.parametrize("ext", [".mov", ".mkv"])
+def test_prores_frames_carry_the_outputs_matrix(clip, tmp_path, ext):
+    """ProRes writes each frame's matrix into its header: a frame converted from RGB had none,
+    so a BT.601 source read back as unspecified (players take BT.709 at HD: 26 levels off)."""
+    from make_clip import make_clip
+
+    src = make_clip(tmp_path / "bt601.mp4", 3, options={
+        "x264-params": "colorprim=smpte170m:transfer=smpte170m:colormatrix=smpte170m"})
+    assert video_stream_info(src)["tags"][:3] == (6, 6, 6)
+    out = tmp_path / f"out{ext}"
+    r = run_engine("stream", src, out, "--quiet", "--encoder", "prores", "--pipeline", "test.add:value=0",
+                   env={"ENGINE_STAGE_MODULES": "engine.testing"})
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        frame = next(c.decode(video=0))
+        assert (int(frame.colorspace), int(frame.color_primaries), int(frame.color_trc)) == (6, 6, 6)
+
+
 def test_output_aspect_ratio_fits_the_bitstream_fields():
     from engine.sink import output_aspect_ratio
 
