@@ -62,6 +62,9 @@ ENCODERS: dict[str, EncoderSpec] = {
 AUTO_ORDER = ("h264_nvenc", "x264", "prores")
 AUTO_ORDER_DEEP = ("hevc_nvenc", "x265", "x264", "prores")  # keep 10-bit input 10-bit
 MAX_QUALITY = 51  # x264/x265 crf and NVENC cq both top out here (x264 clamps above it silently)
+# --crf 0: x264's crf 0 is lossless at 8 bits only (10-bit came back up to 5 levels off), its qp 0
+# at every depth; x265's crf 0 is not lossless at all, its lossless mode is
+LOSSLESS_OPTIONS = {"libx264": {"qp": "0"}, "libx265": {"x265-params": "lossless=1"}}
 PRORES_PROFILES = {"proxy": "0", "lt": "1", "422": "2", "hq": "3", "4444": "4", "4444xq": "5"}
 
 
@@ -207,7 +210,9 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         pix_fmt = spec.pix_fmt_deep if deep else spec.pix_fmt_8bit
         # yuvj420p is yuv420p at full range (FFmpeg's old name for it; encoders take the plain one)
         plain_source = source_pix_fmt.replace("yuvj", "yuv", 1) if source_pix_fmt else None
-        if spec.codec == "ffv1" and plain_source in _formats(spec.codec):
+        # --crf 0 into x264/x265 asks for lossless: their lossless mode, in the input's own format
+        lossless = crf == 0 and spec.codec in LOSSLESS_OPTIONS
+        if (spec.codec == "ffv1" or lossless) and plain_source in _formats(spec.codec):
             pix_fmt = plain_source  # lossless stays lossless: no chroma resampling at all
         elif spec.codec == "ffv1" and source_pix_fmt and is_rgb(source_pix_fmt):
             pix_fmt = "bgr0" if bit_depth <= 8 else "gbrp16le"  # RGB stays RGB (rgb24 is not FFV1's)
@@ -218,7 +223,10 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
             options["x265-params"] = ":".join([options["x265-params"], *hdr.x265_params()])
         if spec.codec == "prores_ks":
             options["profile"] = PRORES_PROFILES[prores_profile]
-        if spec.quality_option:
+        if lossless:
+            for key, value in LOSSLESS_OPTIONS[spec.codec].items():
+                options[key] = ":".join(filter(None, (options.get(key), value))) if key == "x265-params" else value
+        elif spec.quality_option:
             quality = crf if crf is not None else spec.default_quality
             options[spec.quality_option] = str(quality)
         translated = None

@@ -216,6 +216,19 @@ def _rgb_picture(data: np.ndarray) -> av.VideoFrame:
                                       format="rgb48le" if data.dtype == np.uint16 else "rgb24")
 
 
+def _cropped(picture: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+    """The top-left `width`×`height` of `picture` in its own format, plane by plane: cutting an
+    odd last column or row drops the chroma samples that covered it alone, and nothing else
+    (through RGB the rest of the chroma was resampled: 12 % of it exact, up to 27 off)."""
+    out = av.VideoFrame(width, height, picture.format.name)
+    for src, dst in zip(picture.planes, out.planes):
+        row = min(src.line_size, dst.line_size)  # the samples and some padding: never past either
+        np.frombuffer(dst, np.uint8).reshape(-1, dst.line_size)[:dst.height, :row] = \
+            np.frombuffer(src, np.uint8).reshape(-1, src.line_size)[:dst.height, :row]
+    out.colorspace, out.color_range = picture.colorspace, picture.color_range
+    return out
+
+
 class VideoSink:
     """Encodes frames with PyAV, keeping each frame's pts and the input's colour tags.
 
@@ -296,7 +309,9 @@ class VideoSink:
     def _keep_odd_advice(self) -> str:
         flags = "--encoder prores --prores-profile 4444"  # 4:4:4: no chroma subsampling to round to
         ext = os.path.splitext(self.path)[1].lower()
-        return f"{flags} keeps them" if ext in ENCODERS["prores"].containers else f"a .mov or .mkv with {flags} keeps them"
+        ffv1 = "--encoder ffv1 (lossless)" + ("" if ext == ".mkv" else " into a .mkv")
+        prores = flags if ext in ENCODERS["prores"].containers else f"a .mov or .mkv with {flags}"
+        return f"{ffv1} or {prores} keeps them"
 
     def _open(self, width: int, height: int, rotation: int = 0) -> None:
         self._lock = PartialLock(self.partial)  # created and locked before FFmpeg writes it
@@ -307,10 +322,12 @@ class VideoSink:
             raise UserError(f"cannot write output {self.path}: {exc}") from None
         src = self.source
         stream = self._container.add_stream(self.encoder.codec, rate=src.frame_rate)
-        # 4:2:0 and 4:2:2 need even sizes; crop the odd last row/column rather than fail.
+        # 4:2:0 and 4:2:2 need even sizes in x264, x265, NVENC and ProRes: crop the odd last
+        # row/column rather than fail (exactly: `_cropped`). FFV1 codes any size.
         chroma = av.VideoFormat(self.encoder.pix_fmt)
-        stream.width = width - (width % 2 if chroma.chroma_width(2) != 2 else 0)
-        stream.height = height - (height % 2 if chroma.chroma_height(2) != 2 else 0)
+        odd_ok = self.encoder.codec == "ffv1"
+        stream.width = width - (width % 2 if chroma.chroma_width(2) != 2 and not odd_ok else 0)
+        stream.height = height - (height % 2 if chroma.chroma_height(2) != 2 and not odd_ok else 0)
         if (stream.width, stream.height) != (width, height):
             self.notes.append(
                 f"note: cropped {width}x{height} to {stream.width}x{stream.height}: "
@@ -353,6 +370,10 @@ class VideoSink:
             return picture.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
                                     dst_colorspace=self._matrix, dst_color_range=self.color_range or None,
                                     interpolation="LANCZOS")
+        if (picture is not None and (picture.width, picture.height) != (stream.width, stream.height)
+                and picture.format.name == stream.pix_fmt and self.colorspace == self.source.colorspace
+                and (self.color_range == self.source.color_range or picture.color_range == self.color_range)):
+            return _cropped(picture, stream.width, stream.height)  # the odd row/column an encoder refuses
         if (picture is not None and picture.width == stream.width and picture.height == stream.height
                 and self.colorspace == self.source.colorspace):
             if (picture.format.name == stream.pix_fmt

@@ -257,6 +257,30 @@ def test_a_stage_in_rgb_gets_the_exact_conversion_and_hands_back_the_same_luma(t
             assert (lx == ly).mean() > 0.98 and abs((ly - lx).mean()) < 0.05  # was 3 % exact, 1.1 dark
 
 
+@pytest.mark.parametrize("encoder", ["x264", "x265"])
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv444p", "yuv420p10le", "yuv422p10le"])
+def test_crf_0_is_lossless_in_the_inputs_own_format(tmp_path, encoder, pix_fmt):
+    """x264's crf 0 is lossless at 8 bits only (10-bit came back up to 5 levels off) and went
+    to 4:2:0 whatever the input; x265's crf 0 is not lossless at all."""
+    from make_clip import make_clip
+
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    src = make_clip(tmp_path / "src.mkv", 3, codec="ffv1", pix_fmt=pix_fmt, image=lambda s: images[s])
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", src, out, "--quiet", "--encoder", encoder, "--crf", "0")
+    assert r.returncode == 0, r.stderr
+    dtype = "<u2" if pix_fmt.endswith("le") else np.uint8
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        for x, y in zip(a.decode(video=0), b.decode(video=0)):
+            assert y.format.name == pix_fmt
+            for p, q in zip(x.planes, y.planes):
+                step = np.dtype(dtype).itemsize
+                pa = np.frombuffer(p, dtype).reshape(-1, p.line_size // step)[:p.height, :p.width]
+                qa = np.frombuffer(q, dtype).reshape(-1, q.line_size // step)[:q.height, :q.width]
+                assert np.array_equal(pa, qa)
+
+
 @pytest.mark.parametrize("ext", [".mov", ".mkv"])
 def test_prores_frames_carry_the_outputs_matrix(clip, tmp_path, ext):
     """ProRes writes each frame's matrix into its header: a frame converted from RGB had none,
