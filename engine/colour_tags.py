@@ -4,6 +4,7 @@ converts pixels on the model stages' device, does)."""
 
 from __future__ import annotations
 
+import av
 from av.video.reformatter import Interpolation
 
 # swscale's YUV -> RGB (a stage's `frame.data`, PNG frames) by default rounds down and takes
@@ -18,6 +19,30 @@ FROM_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
 UNSPECIFIED = 2                 # AVCOL_SPC / AVCOL_PRI / AVCOL_TRC _UNSPECIFIED
 RGB_MATRIX, BT709_MATRIX = 0, 1  # AVColorSpace
 LIMITED_RANGE, FULL_RANGE = 1, 2  # AVColorRange: 0 unspecified, 1 MPEG (limited), 2 JPEG (full)
+
+
+def limited_grey_as_yuv(picture):
+    """A grey picture tagged limited range as YUV 4:4:4 of its depth with neutral chroma, the
+    same samples; any other picture as it is. swscale takes every grey picture as full range
+    whatever its tag, so limited grey came out squeezed (16 -> 30, 235 -> 218)."""
+    import numpy as np
+
+    fmt = picture.format
+    if not fmt.name.startswith("gray") or int(picture.color_range) != LIMITED_RANGE:
+        return picture
+    bits = fmt.components[0].bits
+    out = av.VideoFrame(picture.width, picture.height,
+                        "yuv444p" if bits <= 8 else f"yuv444p{bits}le")
+    dtype = np.dtype(np.uint8) if bits <= 8 else np.dtype("<u2")
+    for i, plane in enumerate(out.planes):
+        view = np.frombuffer(plane, dtype).reshape(-1, plane.line_size // dtype.itemsize)[:plane.height, :plane.width]
+        if i == 0:
+            src = picture.planes[0]
+            view[...] = np.frombuffer(src, dtype).reshape(-1, src.line_size // dtype.itemsize)[:src.height, :src.width]
+        else:
+            view[...] = 1 << (bits - 1)  # no colour
+    out.color_range, out.colorspace = LIMITED_RANGE, picture.colorspace
+    return out
 
 
 def is_full_range(color_range: int, pix_fmt: str = "") -> bool:

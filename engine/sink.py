@@ -27,7 +27,8 @@ import numpy as np
 
 from engine import interrupts
 from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
-from engine.colour_tags import FROM_RGB, BT709_MATRIX, FULL_RANGE, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED, is_full_range
+from engine.colour_tags import (FROM_RGB, BT709_MATRIX, FULL_RANGE, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED,
+                                is_full_range, limited_grey_as_yuv)
 from engine.errors import UserError, ValidationError
 from engine.image_input import frame_file, frame_name, is_image_pattern  # one naming rule for input and output
 from engine.frame import Frame
@@ -376,6 +377,13 @@ class VideoSink:
             return _cropped(picture, stream.width, stream.height)  # the odd row/column an encoder refuses
         if (picture is not None and picture.width == stream.width and picture.height == stream.height
                 and self.colorspace == self.source.colorspace):
+            if (picture.format.name.startswith("gray") and not stream.pix_fmt.startswith("gray")
+                    and self.color_range == LIMITED_RANGE and int(picture.color_range) == LIMITED_RANGE):
+                # limited grey into YUV: its samples are the luma (through RGB swscale took them
+                # as full range and squeezed them, 16 -> 30)
+                return limited_grey_as_yuv(picture).reformat(
+                    format=stream.pix_fmt, src_color_range=LIMITED_RANGE, dst_color_range=LIMITED_RANGE,
+                    interpolation=FROM_RGB)
             if (picture.format.name == stream.pix_fmt
                     and (self.color_range == self.source.color_range or picture.color_range == self.color_range)):
                 return picture

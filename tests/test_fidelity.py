@@ -257,6 +257,32 @@ def test_a_stage_in_rgb_gets_the_exact_conversion_and_hands_back_the_same_luma(t
             assert (lx == ly).mean() > 0.98 and abs((ly - lx).mean()) < 0.05  # was 3 % exact, 1.1 dark
 
 
+@pytest.mark.parametrize("pipeline", ["none", "test.add:value=0"])
+def test_limited_range_grey_keeps_its_levels_in_yuv(tmp_path, pipeline):
+    """swscale takes every grey picture as full range: limited grey written as YUV came out
+    squeezed (16 -> 30, 235 -> 218), straight and through an RGB stage."""
+    src = tmp_path / "grey.mkv"
+    bands = np.array([16, 60, 128, 200, 235] * 13, np.uint8)[:64]
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("ffv1", rate=24)
+        s.width, s.height, s.pix_fmt = 64, 48, "gray"
+        s.codec_context.color_range = 1  # limited ("tv")
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(np.tile(bands, (48, 1)), format="gray")
+            f.pts, f.color_range = i, 1
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", src, out, "--quiet", "--encoder", "x264", "--crf", "10", "--pipeline", pipeline,
+                   env={"ENGINE_STAGE_MODULES": "engine.testing"})
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        assert int(c.streams.video[0].codec_context.color_range) == 1
+        frame = next(c.decode(video=0))
+        luma = frame.to_ndarray()[:48].astype(int)
+    assert np.abs(luma - bands[None, :].astype(int)).max() <= 2
+
+
 @pytest.mark.parametrize("encoder", ["x264", "x265"])
 @pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv444p", "yuv420p10le", "yuv422p10le"])
 def test_crf_0_is_lossless_in_the_inputs_own_format(tmp_path, encoder, pix_fmt):
