@@ -134,6 +134,16 @@ def open_options(pattern: str) -> dict:
                                             "start_number": str(sequence.first)}}
 
 
+_SCHEME = re.compile(r"[A-Za-z0-9+.-]+:")
+
+
+def local_name(path: str) -> str:
+    """`path` as FFmpeg must be given a local file: a relative name that starts like a URL
+    scheme ("clip16:9.mkv", ".out.partial-..:x.mp4") is read as a protocol ("Protocol not
+    found") unless it starts with ./"""
+    return os.path.join(".", path) if not os.path.isabs(path) and _SCHEME.match(path) else path
+
+
 def open_media(path: str, **kwargs) -> av.container.InputContainer:
     """`av.open(path)` for reading, an image pattern at its rate: every reader of an input uses it."""
     if is_image_pattern(path):
@@ -141,4 +151,4 @@ def open_media(path: str, **kwargs) -> av.container.InputContainer:
         # image2 reads '%' anywhere in the path as a field: the directory's are literal
         directory, name = os.path.split(path)
         path = os.path.join(directory.replace("%", "%%"), name)
-    return av.open(path, mode="r", **kwargs)
+    return av.open(local_name(path), mode="r", **kwargs)

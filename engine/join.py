@@ -37,6 +37,7 @@ from engine.crashpoints import crash_point
 from engine.durable import fsync_dir, fsync_file
 from engine.encoders import CONTAINERS
 from engine.errors import ValidationError
+from engine.image_input import local_name
 from engine.sink import PartialLock, check_written, partial_path, write_error
 from engine.streamcopy import CopyPlan, StreamCopier
 
@@ -96,8 +97,8 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
     container = None
     copier: StreamCopier | None = None
     try:
-        container = av.open(partial, mode="w", format=CONTAINERS[ext], options={"fflags": "+bitexact"})
-        first = av.open(parts[0].path)
+        container = av.open(local_name(partial), mode="w", format=CONTAINERS[ext], options={"fflags": "+bitexact"})
+        first = av.open(local_name(parts[0].path))
         try:
             template = first.streams.video[0]
             signature = _signature(template)
@@ -114,7 +115,7 @@ def join_segments(parts: list[JoinPart], output: str, *, input_path: str, copy_p
         total = 0
         for part in parts:
             count = 0
-            with av.open(part.path) as seg:
+            with av.open(local_name(part.path)) as seg:
                 stream = seg.streams.video[0]
                 if _signature(stream) != signature:
                     raise ValidationError(f"cannot join {os.path.basename(part.path)}: encoded with "

@@ -30,7 +30,7 @@ from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
 from engine.colour_tags import (FROM_RGB, BT709_MATRIX, FULL_RANGE, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED,
                                 is_full_range, limited_grey_as_yuv)
 from engine.errors import UserError, ValidationError
-from engine.image_input import frame_file, frame_name, is_image_pattern  # one naming rule for input and output
+from engine.image_input import frame_file, frame_name, is_image_pattern, local_name  # one naming rule for input and output
 from engine.frame import Frame
 from engine.probe import count_video_packets
 from engine.source import VideoInfo
@@ -167,7 +167,7 @@ def output_errors(what: str, hint: str = "") -> Iterator[None]:
 
 def check_written(path: str, frames: int, streams: int) -> None:
     """Re-probe a closed output: exactly `frames` video packets and `streams` streams."""
-    written = av.open(path)
+    written = av.open(local_name(path))
     try:
         found = len(written.streams)
         count = count_video_packets(written)
@@ -317,7 +317,7 @@ class VideoSink:
     def _open(self, width: int, height: int, rotation: int = 0) -> None:
         self._lock = PartialLock(self.partial)  # created and locked before FFmpeg writes it
         try:
-            self._container = av.open(self.partial, mode="w",
+            self._container = av.open(local_name(self.partial), mode="w",
                                       format=CONTAINERS[os.path.splitext(self.path)[1].lower()])
         except (av.error.FFmpegError, OSError) as exc:
             raise UserError(f"cannot write output {self.path}: {exc}") from None

@@ -850,3 +850,21 @@ def test_a_plain_run_beside_a_resume_work_directory_says_it_leaves_it(clip, tmp_
     assert killed.returncode != 0 and (tmp_path / ".o.mp4.engine-work").is_dir()
     r = run_engine("stream", src, out, "--pipeline", "none")
     assert r.returncode == 0 and "holds an earlier --resume run of this output; this run does not use it" in r.stderr
+
+
+def test_names_that_start_like_a_url_scheme_are_local_files(clip, tmp_path):
+    """FFmpeg reads "clip16:9.mp4" as the protocol "clip16": input, output and probe failed
+    with "Protocol not found" unless the name started with ./"""
+    (tmp_path / "clip16:9.mp4").write_bytes(clip(frames=6).read_bytes())
+
+    def engine(*args):  # relative names: run where the files are
+        return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    r = engine("stream", "clip16:9.mp4", "out:1.mkv", "--pipeline", "none")
+    assert r.returncode == 0, r.stderr
+    assert decoded_indices(tmp_path / "out:1.mkv") == list(range(6))
+    r = engine("stream", "clip16:9.mp4", "seg:2.mp4", "--pipeline", "none", "--resume", "--segment", "3f")
+    assert r.returncode == 0, r.stderr
+    assert decoded_indices(tmp_path / "seg:2.mp4") == list(range(6))
+    assert engine("probe", "clip16:9.mp4").returncode == 0
