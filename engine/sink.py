@@ -217,6 +217,9 @@ def _rgb_picture(data: np.ndarray) -> av.VideoFrame:
                                       format="rgb48le" if data.dtype == np.uint16 else "rgb24")
 
 
+NO_BITSTREAM_SAR = ("ffv1", "prores_ks")  # codecs whose stream holds no pixel aspect ratio
+
+
 def _cropped(picture: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
     """The top-left `width`×`height` of `picture` in its own format, plane by plane: cutting an
     odd last column or row drops the chroma samples that covered it alone, and nothing else
@@ -348,6 +351,16 @@ class VideoSink:
         sar = output_aspect_ratio(src.sample_aspect_ratio, (src.width, src.height), (width, height))
         if sar is not None:  # anamorphic input: the same picture shape on screen
             cc.sample_aspect_ratio = sar
+            if self._container.format.name == "matroska" and self.encoder.codec in NO_BITSTREAM_SAR:
+                # Matroska takes the shape from the track's display size, which PyAV cannot set;
+                # x264/x265 carry it in their bitstream, FFV1 and ProRes do not
+                shown = round(stream.width * sar)
+                self.notes.append(
+                    f"note: the pixels are {sar.numerator}:{sar.denominator} (shown as {shown}x{stream.height}), "
+                    f"which {self.encoder.name} in .mkv cannot record here: players show the output with square "
+                    f"pixels. `mkvpropedit OUT --edit track:v1 --set display-width={shown} --set "
+                    f"display-height={stream.height}` restores the shape"
+                    + ("; ProRes into .mov keeps it" if self.encoder.codec == "prores_ks" else ""))
         if rotation:  # honour the input's display rotation: players turn the output alike
             stream.set_display_rotation(rotation)
         self._stream = stream

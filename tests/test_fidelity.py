@@ -325,6 +325,19 @@ def test_prores_frames_carry_the_outputs_matrix(clip, tmp_path, ext):
         assert (int(frame.colorspace), int(frame.color_primaries), int(frame.color_trc)) == (6, 6, 6)
 
 
+@pytest.mark.parametrize("encoder, said", [("ffv1", True), ("prores", True), ("x264", False)])
+def test_a_pixel_shape_matroska_cannot_hold_is_said(tmp_path, encoder, said):
+    """FFV1 and ProRes carry no pixel aspect ratio in their bitstream and PyAV cannot set
+    Matroska's display size: the output plays with square pixels, which was silent."""
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", MEDIA / "anime-320x240.mp4", out, "--frames", "3", "--encoder", encoder)
+    assert r.returncode == 0, r.stderr
+    note = "the pixels are 4:3 (shown as 427x240)"
+    assert (note in r.stderr) == said, r.stderr
+    with av.open(str(out)) as c:  # what the note is about: read back without the shape, or with it
+        assert (c.streams.video[0].sample_aspect_ratio is None) == said
+
+
 def test_output_aspect_ratio_fits_the_bitstream_fields():
     from engine.sink import output_aspect_ratio
 
