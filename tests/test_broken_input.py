@@ -41,16 +41,20 @@ def media(tmp_path_factory):
     vfr_pts = _video_pts(vfr)
     made["vfr_broken"] = rewrite_video_pts(vfr, d / "vfr_broken.mkv",  # frames 30-34 all at frame 29's pts
                                            lambda n, pts: vfr_pts[29] if 30 <= n <= 34 else pts)
-    ts = d / "half.ts"
-    with av.open(str(good)) as i, av.open(str(ts), "w") as o:
+    made["concat"] = concat_bytes([as_ts(good, d / "half.ts")] * 2, d / "concat.ts")  # every stream jumps back at frame 48
+    made["originals"], made["vfr_pts"] = originals, vfr_pts
+    return made
+
+
+def as_ts(src, dst):
+    """`src`'s streams remuxed into MPEG-TS (whose parts `cat` joins)."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
         outs = {s.index: o.add_stream_from_template(s) for s in i.streams}
         for packet in i.demux():
             if packet.dts is not None:
                 packet.stream = outs[packet.stream.index]
                 o.mux(packet)
-    made["concat"] = concat_bytes([ts, ts], d / "concat.ts")  # every stream jumps back at frame 48
-    made["originals"], made["vfr_pts"] = originals, vfr_pts
-    return made
+    return dst
 
 
 def _video_pts(path) -> list[int]:
@@ -135,13 +139,7 @@ def test_concatenated_parts_with_longer_audio_never_drift(media, tmp_path):
     d = tmp_path
     video = make_clip(d / "v.mp4", 48, 64, 48, fps=FPS)
     longer = add_side_streams(video, d / "longer.mkv", [("eng", 0.0, 2.03)])
-    part = d / "part.ts"
-    with av.open(str(longer)) as i, av.open(str(part), "w") as o:
-        outs = {s.index: o.add_stream_from_template(s) for s in i.streams}
-        for packet in i.demux():
-            if packet.dts is not None:
-                packet.stream = outs[packet.stream.index]
-                o.mux(packet)
+    part = as_ts(longer, d / "part.ts")
     with av.open(str(part)) as c:
         a = c.streams.audio[0]
         pkts = [p for p in c.demux(a) if p.size and p.pts is not None]

@@ -16,6 +16,14 @@ FRAME_S = 1001 / 24000
 SRT = "1\n00:00:00,500 --> 00:00:01,200\nHello\n\n2\n00:00:01,300 --> 00:00:01,900\nWorld\n"
 
 
+
+def _mux_in_time_order(out, packets) -> None:
+    """Mux (packet, output stream) pairs made stream by stream, interleaved by time."""
+    packets.sort(key=lambda item: float(item[0].pts * item[0].time_base))
+    for packet, target in packets:
+        packet.stream = target
+        out.mux(packet)
+
 def span(path, index):
     """(first packet time, end of last packet, packet count) of stream `index`, from packets."""
     with av.open(str(path)) as c:
@@ -323,10 +331,7 @@ def with_audio(video: Path, path: Path, codec: str, layout: str = "stereo", star
             frame.sample_rate, frame.pts = rate, start + int(start_s * rate)
             packets += [(p, audio) for p in audio.encode(frame)]
         packets += [(p, audio) for p in audio.encode(None)]
-        packets.sort(key=lambda item: float(item[0].pts * item[0].time_base))
-        for packet, target in packets:
-            packet.stream = target
-            out.mux(packet)
+        _mux_in_time_order(out, packets)
 
 
 def decoded_audio(path: Path) -> tuple[float, np.ndarray]:
@@ -449,10 +454,7 @@ def with_two_audio_tracks(video: Path, path: Path) -> Path:
                 frame.sample_rate, frame.pts = rate, start
                 packets += [(p, audio) for p in audio.encode(frame)]
             packets += [(p, audio) for p in audio.encode(None)]
-        packets.sort(key=lambda item: float(item[0].pts * item[0].time_base))
-        for packet, target in packets:
-            packet.stream = target
-            out.mux(packet)
+        _mux_in_time_order(out, packets)
     return path
 
 
@@ -514,10 +516,7 @@ def with_titled_tracks(video: Path, path: Path, corrupt: bool = False) -> Path:
             packet.pts = packet.dts = start
             packet.duration, packet.time_base = 500, Fraction(1, 1000)
             packets.append((packet, subtitles))
-        packets.sort(key=lambda item: float(item[0].pts * item[0].time_base))
-        for packet, target in packets:
-            packet.stream = target
-            out.mux(packet)
+        _mux_in_time_order(out, packets)
     return path
 
 
