@@ -24,6 +24,7 @@ def _mux_in_time_order(out, packets) -> None:
         packet.stream = target
         out.mux(packet)
 
+
 def span(path, index):
     """(first packet time, end of last packet, packet count) of stream `index`, from packets."""
     with av.open(str(path)) as c:
