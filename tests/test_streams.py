@@ -16,7 +16,6 @@ FRAME_S = 1001 / 24000
 SRT = "1\n00:00:00,500 --> 00:00:01,200\nHello\n\n2\n00:00:01,300 --> 00:00:01,900\nWorld\n"
 
 
-
 def _mux_in_time_order(out, packets) -> None:
     """Mux (packet, output stream) pairs made stream by stream, interleaved by time."""
     packets.sort(key=lambda item: float(item[0].pts * item[0].time_base))
