@@ -498,12 +498,18 @@ def test_model_weights_are_part_of_the_job_key(tmp_path):
     from engine.manifest import pipeline_identity
     from engine.registry import parse_pipeline
 
+    import zipfile
+
+    def save(content: bytes) -> None:  # a zip archive, as torch.save writes: the stage checks that much
+        with zipfile.ZipFile(weights, "w") as z:
+            z.writestr("net/data.pkl", content)
+
     weights = tmp_path / "net.pth"
-    weights.write_bytes(b"one")
+    save(b"one")
     specs = parse_pipeline(f"upscale:model={weights}")
     before = pipeline_identity(specs)
     assert before[0]["weights"] == {str(weights): sha256(weights)}
-    weights.write_bytes(b"two")
+    save(b"two")
     assert pipeline_identity(specs) != before
 
 
