@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.colour_tags import is_full_range
+from engine.planes import plane_rows
 
 # FFmpeg AVColorSpace → (Kr, Kb). Unspecified (2) is BT.601, as swscale assumes.
 MATRICES = {1: ("bt709", 0.2126, 0.0722), 2: ("bt601", 0.299, 0.114), 4: ("fcc", 0.30, 0.11),
@@ -151,8 +152,7 @@ def picture_planes(picture: Any, fmt: PlaneFormat) -> list[np.ndarray]:
     """Views of a decoded picture's planes, without copying (line padding cut off by striding)."""
     views = []
     for plane, shape in zip(picture.planes, plane_shapes(fmt, picture.height, picture.width)):
-        itemsize = fmt.dtype.itemsize
-        rows = np.frombuffer(plane, fmt.dtype).reshape(-1, plane.line_size // itemsize)
+        rows = plane_rows(plane, fmt.dtype)
         views.append(rows[:shape[0], :int(np.prod(shape[1:]))].reshape(shape))
     return views
 
@@ -248,7 +248,7 @@ def planes_to_picture(planes: list[np.ndarray], fmt: PlaneFormat, colorspace: in
     height, width = planes[0].shape[:2]
     picture = av.VideoFrame(width, height, fmt.name)
     for plane, data in zip(picture.planes, planes):
-        rows = np.frombuffer(plane, fmt.dtype).reshape(-1, plane.line_size // fmt.dtype.itemsize)
+        rows = plane_rows(plane, fmt.dtype)
         flat = data.reshape(data.shape[0], -1)
         rows[:flat.shape[0], :flat.shape[1]] = flat
     if colorspace is not None:

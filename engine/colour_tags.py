@@ -7,6 +7,8 @@ from __future__ import annotations
 import av
 from av.video.reformatter import Interpolation
 
+from engine.planes import plane_rows
+
 # swscale's YUV -> RGB (a stage's `frame.data`, PNG frames) by default rounds down and takes
 # the nearest chroma: on the 1080p clip 1.0 level dark on average and up to 16 off at colour
 # edges, and a 4:2:0 picture through RGB and back came out 1.1 levels darker (3 % of luma exact).
@@ -25,20 +27,18 @@ def limited_grey_as_yuv(picture):
     """A grey picture tagged limited range as YUV 4:4:4 of its depth with neutral chroma, the
     same samples; any other picture as it is. swscale takes every grey picture as full range
     whatever its tag, so limited grey came out squeezed (16 -> 30, 235 -> 218)."""
-    import numpy as np
-
     fmt = picture.format
     if not fmt.name.startswith("gray") or int(picture.color_range) != LIMITED_RANGE:
         return picture
     bits = fmt.components[0].bits
     out = av.VideoFrame(picture.width, picture.height,
                         "yuv444p" if bits <= 8 else f"yuv444p{bits}le")
-    dtype = np.dtype(np.uint8) if bits <= 8 else np.dtype("<u2")
+    dtype = "<u1" if bits <= 8 else "<u2"
     for i, plane in enumerate(out.planes):
-        view = np.frombuffer(plane, dtype).reshape(-1, plane.line_size // dtype.itemsize)[:plane.height, :plane.width]
+        view = plane_rows(plane, dtype)[:plane.height, :plane.width]
         if i == 0:
             src = picture.planes[0]
-            view[...] = np.frombuffer(src, dtype).reshape(-1, src.line_size // dtype.itemsize)[:src.height, :src.width]
+            view[...] = plane_rows(src, dtype)[:src.height, :src.width]
         else:
             view[...] = 1 << (bits - 1)  # no colour
     out.color_range, out.colorspace = LIMITED_RANGE, picture.colorspace

@@ -32,6 +32,7 @@ from engine.colour_tags import (FROM_RGB, BT709_MATRIX, FULL_RANGE, LIMITED_RANG
 from engine.errors import UserError, ValidationError
 from engine.image_input import frame_file, frame_name, is_image_pattern, local_name  # one naming rule for input and output
 from engine.frame import Frame
+from engine.planes import plane_rows
 from engine.probe import count_video_packets
 from engine.source import VideoInfo
 from engine.streamcopy import CopyPlan, StreamCopier
@@ -227,8 +228,7 @@ def _cropped(picture: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
     out = av.VideoFrame(width, height, picture.format.name)
     for src, dst in zip(picture.planes, out.planes):
         row = min(src.line_size, dst.line_size)  # the samples and some padding: never past either
-        np.frombuffer(dst, np.uint8).reshape(-1, dst.line_size)[:dst.height, :row] = \
-            np.frombuffer(src, np.uint8).reshape(-1, src.line_size)[:dst.height, :row]
+        plane_rows(dst)[:dst.height, :row] = plane_rows(src)[:dst.height, :row]
     out.colorspace, out.color_range = picture.colorspace, picture.color_range
     return out
 
@@ -384,23 +384,20 @@ class VideoSink:
             return picture.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
                                     dst_colorspace=self._matrix, dst_color_range=self.color_range or None,
                                     interpolation="LANCZOS")
-        if (picture is not None and (picture.width, picture.height) != (stream.width, stream.height)
-                and picture.format.name == stream.pix_fmt and self.colorspace == self.source.colorspace
-                and (self.color_range == self.source.color_range or picture.color_range == self.color_range)):
-            return _cropped(picture, stream.width, stream.height)  # the odd row/column an encoder refuses
-        if (picture is not None and picture.width == stream.width and picture.height == stream.height
-                and self.colorspace == self.source.colorspace):
-            if (picture.format.name.startswith("gray") and not stream.pix_fmt.startswith("gray")
+        if picture is not None and self.colorspace == self.source.colorspace:
+            same_size = (picture.width, picture.height) == (stream.width, stream.height)
+            if (picture.format.name == stream.pix_fmt
+                    and (self.color_range == self.source.color_range or picture.color_range == self.color_range)):
+                # as it is, or less the odd row/column an encoder refuses
+                return picture if same_size else _cropped(picture, stream.width, stream.height)
+            if (same_size and picture.format.name.startswith("gray") and not stream.pix_fmt.startswith("gray")
                     and self.color_range == LIMITED_RANGE and int(picture.color_range) == LIMITED_RANGE):
                 # limited grey into YUV: its samples are the luma (through RGB swscale took them
                 # as full range and squeezed them, 16 -> 30)
                 return limited_grey_as_yuv(picture).reformat(
                     format=stream.pix_fmt, src_color_range=LIMITED_RANGE, dst_color_range=LIMITED_RANGE,
                     interpolation=FROM_RGB)
-            if (picture.format.name == stream.pix_fmt
-                    and (self.color_range == self.source.color_range or picture.color_range == self.color_range)):
-                return picture
-            if (picture.format.name == stream.pix_fmt.replace("yuv", "yuvj", 1) != stream.pix_fmt
+            if (same_size and picture.format.name == stream.pix_fmt.replace("yuv", "yuvj", 1) != stream.pix_fmt
                     and self.color_range == FULL_RANGE):
                 # yuvj420p is yuv420p at full range: the same samples under the name encoders take
                 # (a copy; through RGB it was up to a level off)
@@ -430,8 +427,8 @@ class VideoSink:
         # ProRes writes each frame's own primaries and transfer into its header (a picture
         # converted from RGB has neither): without these, BT.709 and PQ came out unspecified
         picture.color_primaries, picture.color_trc = self.source.color_primaries, self.source.color_trc
-        if self.colorspace is not None:  # and its matrix: a converted picture's is unspecified, and
-            picture.colorspace = self.colorspace  # players then take BT.709 for a BT.601 SD source
+        # and its matrix: a converted picture's is unspecified, and players then take BT.709 for BT.601
+        picture.colorspace = self.colorspace
         self._copier.advance(frame.time)
         self._mux_video(self._stream.encode(picture))
         rate = self.source.frame_rate

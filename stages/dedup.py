@@ -137,6 +137,7 @@ import numpy as np
 import xxhash
 
 from engine.frame import Frame
+from engine.planes import plane_rows
 from engine.registry import register_stage
 from engine.stage import MapStage
 
@@ -146,8 +147,7 @@ _PLANAR_8BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj44
 
 def _plane(picture, index: int, height: int, width: int) -> np.ndarray:
     """A zero-copy view of one 8-bit plane, without its row padding."""
-    plane = picture.planes[index]
-    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:height, :width]
+    return plane_rows(picture.planes[index])[:height, :width]
 
 
 def luma(frame: Frame) -> np.ndarray:
@@ -185,8 +185,7 @@ def chroma(frame: Frame) -> tuple[np.ndarray, np.ndarray] | None:
             # 10/12/16-bit planar: the top 8 bits of the planes, no conversion of the picture
             h, w = fmt.chroma_height(picture.height), fmt.chroma_width(picture.width)
             shift = fmt.components[1].bits - 8
-            return tuple((np.frombuffer(pl, "<u2").reshape(-1, pl.line_size // 2)[:h, :w] >> shift)
-                         .astype(np.uint8) for pl in picture.planes[1:3])
+            return tuple((plane_rows(pl, "<u2")[:h, :w] >> shift).astype(np.uint8) for pl in picture.planes[1:3])
         yuv = picture.reformat(format="yuv444p")  # RGB, palette, p010...: one conversion
         return _plane(yuv, 1, yuv.height, yuv.width), _plane(yuv, 2, yuv.height, yuv.width)
     data = frame.data
