@@ -215,15 +215,14 @@ class VideoSource:
         # count of the packets on a thread replaces (engine/frame_count.py)
         self.frames_estimated = not (self.info.frames_declared or is_image_pattern(path)  # found: exact
                                      or (max_frames and estimate and max_frames <= estimate))
-        self._count: PacketCount | None = None
-        if count_frames and self.frames_estimated:
-            self._count = PacketCount(path, self._counted)
         self.width, self.height = self.info.width, self.info.height
         if self.deinterlace != "off" and self.height < 3:  # bwdif's taps reach two rows either way
             self._container.close()
             raise UserError(f"--deinterlace needs a picture at least 3 rows high; {path} is "
                             f"{self.width}x{self.height}")
         self.frame_rate = float(self.info.frame_rate) if self.info.frame_rate else None
+        # last: a refused input leaves no counting thread behind
+        self._count = PacketCount(path, self._counted) if count_frames and self.frames_estimated else None
 
     @property
     def container(self) -> av.container.InputContainer:

@@ -383,10 +383,15 @@ class StreamCopier:
             self._ready.append(packet)
         return self._ready.pop(0)
 
+    def _label(self, index: int) -> str:
+        """"#1 audio": a copied stream as the notes and the report name it (from its repair:
+        the input's streams are gone once `finish` has closed it)."""
+        return f"#{index} {self._repairs[index].what.split()[0]}"
+
     @property
     def hidden(self) -> dict[str, int]:
         """Audio packets not copied because the input's edit list hides them, per stream."""
-        return {f"#{i} {self._repairs[i].what.split()[0]}": n for i, n in self._hidden.items()}
+        return {self._label(i): n for i, n in self._hidden.items()}
 
     def _mux_encoded(self, packets: list[av.Packet]) -> None:
         for packet in packets:
@@ -424,19 +429,17 @@ class StreamCopier:
     @property
     def dropped(self) -> dict[str, int]:
         """Packets dropped at a jump back because they overlapped the part before, per stream."""
-        return {f"#{i} {r.what.split()[0]}": r.dropped for i, r in self._repairs.items() if r.dropped}
+        return {self._label(i): r.dropped for i, r in self._repairs.items() if r.dropped}
 
     @property
     def repaired(self) -> dict[str, int]:
         """Packets whose timestamps were regenerated, per stream ("#1 audio": 12)."""
-        return {f"#{i} {r.what.split()[0]}": r.repaired for i, r in self._repairs.items() if r.repaired}
+        return {self._label(i): r.repaired for i, r in self._repairs.items() if r.repaired}
 
     @property
     def undecodable(self) -> dict[str, int]:
         """Subtitle events a re-encode skipped because they could not be decoded, per stream."""
-        # named from the repairs: the input's streams are gone once `finish` has closed it
-        return {f"#{i} {self._repairs[i].what.split()[0]}": r.undecodable for i, r in self._reencoders.items()
-                if getattr(r, "undecodable", 0)}
+        return {self._label(i): r.undecodable for i, r in self._reencoders.items() if getattr(r, "undecodable", 0)}
 
     def notes(self) -> list[str]:
         """What the user must hear about the copy (after `finish`): repaired timestamps, and

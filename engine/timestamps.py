@@ -29,8 +29,8 @@ is placed the video's way: its first packet after the jump at the output time th
 the same input time, then its own step from there. Where the part before ran longer than its
 video, its packets wholly inside that overlap are dropped (and counted), and the first that
 reaches past it starts where the part before ends: the audio stays continuous, each part late
-by less than one packet, and the next jump places the next part afresh (no drift). The count of frames and packets repaired
-goes to the user in one line and to the report.
+by less than one packet, and the next jump places the next part afresh (no drift). The count
+of frames and packets repaired goes to the user in one line and to the report.
 """
 
 from __future__ import annotations
