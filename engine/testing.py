@@ -83,6 +83,18 @@ class ListSource:
         self.closed = True
 
 
+class ImagesSource(ListSource):
+    """A `ListSource` of the given H×W×3 images, one frame each (pts and time base as ListSource's)."""
+
+    def __init__(self, images: list[np.ndarray], **options) -> None:
+        super().__init__(len(images), height=images[0].shape[0], width=images[0].shape[1], **options)
+        self.images = images
+
+    def frames(self) -> Iterator[Frame]:
+        for seq, image in enumerate(self.images):
+            yield Frame.from_array(seq, seq * self.pts_step, self.time_base, image)
+
+
 class CollectingSink:
     name = "collect"
 

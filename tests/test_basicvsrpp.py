@@ -7,7 +7,6 @@ does not depend on the size, and no pip package ships BasicVSR++ weights (see RE
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -18,14 +17,13 @@ import torch.nn.functional as F
 
 import mmagic_reference
 from engine.errors import UserError
-from engine.frame import Frame
 from engine.inference import halved_tile
 from engine.models.basicvsrpp import BasicVSRPlusPlus, flow_warp, from_state_dict, load_checkpoint
 from engine.models.basicvsrpp_zoo import RELEASES, resolve_checkpoint
 from engine.models.deform import modulated_deform_conv2d
 from engine.registry import make_spec
 from engine.runner import Pipeline, RunnerOptions
-from engine.testing import CollectingSink, ListSource
+from engine.testing import CollectingSink, ImagesSource
 from engine.window_inference import WindowRunner, WindowSettings
 
 
@@ -304,20 +302,11 @@ def test_released_names_resolve_in_the_models_directory(tmp_path, monkeypatch):
 
 # ---- the window stage ---------------------------------------------------------------------------
 
-class FramesSource(ListSource):
-    def __init__(self, frames: list[np.ndarray]):
-        super().__init__(len(frames), height=frames[0].shape[0], width=frames[0].shape[1])
-        self.images = frames
-
-    def frames(self):
-        for seq, image in enumerate(self.images):
-            yield Frame.from_array(seq, seq * 1001, Fraction(1, 24000), image)
-
 
 def run_stage(frames: list[np.ndarray], checkpoint: Path, **options) -> list[np.ndarray]:
     spec = make_spec("basicvsrpp", {"checkpoint": str(checkpoint), "device": "cpu", **options})
     sink = CollectingSink()
-    Pipeline(FramesSource(frames), [spec], sink, RunnerOptions(join_timeout_s=5)).run()
+    Pipeline(ImagesSource(frames), [spec], sink, RunnerOptions(join_timeout_s=5)).run()
     assert [f.seq for f in sink.frames] == list(range(len(frames)))
     return [f.data for f in sink.frames]
 

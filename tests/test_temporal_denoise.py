@@ -11,21 +11,11 @@ from engine.errors import UserError
 from engine.frame import Frame
 from engine.registry import make_spec
 from engine.runner import Pipeline, RunnerOptions
-from engine.testing import CollectingSink, ListSource
+from engine.testing import CollectingSink, ImagesSource
 
 
 def _frame(seq: int, image: np.ndarray) -> Frame:
     return Frame.from_array(seq, seq * 1001, Fraction(1, 24000), image)
-
-
-class ImagesSource(ListSource):
-    def __init__(self, images: list[np.ndarray]):
-        super().__init__(len(images), height=images[0].shape[0], width=images[0].shape[1])
-        self.images = images
-
-    def frames(self):
-        for seq, image in enumerate(self.images):
-            yield _frame(seq, image)
 
 
 def _denoise(images: list[np.ndarray], **options) -> list[np.ndarray]:
