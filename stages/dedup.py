@@ -450,26 +450,24 @@ class Dedup(MapStage):
         """The signed thin-window threshold: SIGNED_SHARE × the line threshold."""
         return SIGNED_SHARE * self.line_threshold
 
+    def _narrowed(self, plane: np.ndarray) -> np.ndarray:
+        """`plane` no wider than `analysis_width` (area filter: averages away some codec noise)."""
+        h, w = plane.shape
+        if w <= self.analysis_width:
+            return plane
+        scale = self.analysis_width / w
+        return cv2.resize(plane, (self.analysis_width, max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
     def analysis(self, y: np.ndarray) -> tuple[np.ndarray, int]:
-        """Luma at analysis size (averaging away some codec noise) and the matching block."""
-        h, w = y.shape
+        """Luma at analysis size and the matching block."""
+        w = y.shape[1]
         if w > self.analysis_width:
-            scale = self.analysis_width / w
-            y = cv2.resize(y, (self.analysis_width, max(1, round(h * scale))),
-                           interpolation=cv2.INTER_AREA)
-            return y, max(2, round(self.block * scale))
+            return self._narrowed(y), max(2, round(self.block * (self.analysis_width / w)))
         return y, self.block
 
     def colour_analysis(self, planes: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
         """The chroma planes no wider than `analysis_width` (as the luma for test 1)."""
-        out = []
-        for c in planes:
-            h, w = c.shape
-            if w > self.analysis_width:
-                c = cv2.resize(c, (self.analysis_width, max(1, round(h * self.analysis_width / w))),
-                               interpolation=cv2.INTER_AREA)
-            out.append(c)
-        return out
+        return [self._narrowed(c) for c in planes]
 
     @staticmethod
     def colour_window(small: np.ndarray, block: int, plane: np.ndarray) -> tuple[int, int]:
