@@ -1,9 +1,11 @@
-"""The ordering rule, in one class."""
+"""The ordering rule (`ReorderBuffer`), and the gate that keeps parallel workers within it."""
 
 from __future__ import annotations
 
 import heapq
-from typing import Generic, Protocol, TypeVar
+import threading
+import time
+from typing import Any, Generic, Protocol, TypeVar
 
 from engine.errors import ValidationError
 
@@ -20,9 +22,10 @@ class ReorderBuffer(Generic[T]):
 
     The rule:
     - `push(item)` returns the (possibly empty) run of items that are now in order.
-    - At most `window` items may wait for a missing seq. Upstream parallelism is bounded
-      (workers × batch + queue capacities), so more than that can only mean the missing
-      frame was lost: that is an error, never a silent skip.
+    - At most `window` items may wait for a missing seq. Upstream disorder is bounded
+      (workers × batch + queue capacities, and parallel workers wait at a `WorkerGate`),
+      so more than that can only mean the missing frame was lost: that is an error, never
+      a silent skip.
     - A seq seen twice, or one already released, is an error.
     - `finish()` at end of stream raises if anything is still waiting: a gap that can
       never fill.
@@ -67,3 +70,59 @@ class ReorderBuffer(Generic[T]):
             raise ValidationError(
                 f"frame seq {self.next_seq} never arrived; {len(self._heap)} later frames "
                 f"were waiting for it at end of stream")
+
+
+class WorkerGate:
+    """Bounds how far the parallel workers of one stage may run ahead of the slowest.
+
+    The reorder window downstream assumes disorder is bounded by what is in flight. With
+    `workers > 1` it is not: while one worker is stuck on frame s (an expensive frame, a
+    descheduled thread), the others keep taking frames and the consumer keeps buffering
+    them, until s looks lost. So a worker waits before taking another frame while the
+    stage has taken `lead` seqs past the oldest frame any worker holds, unless it holds
+    that frame itself: the holder of the oldest frame never waits, so the stage always
+    moves on (no deadlock), and disorder stays within `lead` plus what one worker holds.
+    """
+
+    def __init__(self, workers: int, lead: int, token: Any):
+        self.lead = lead
+        self._token = token
+        self._held: list[set[int]] = [set() for _ in range(workers)]
+        self._taken = -1  # the highest seq any worker has taken
+        self._cond = threading.Condition()
+        token.watch(self)
+
+    def _may_take(self, worker: int) -> bool:
+        holders = [(min(h), w) for w, h in enumerate(self._held) if h]
+        if not holders:
+            return True
+        oldest, holder = min(holders)
+        return holder == worker or self._taken - oldest < self.lead
+
+    def wait_turn(self, worker: int) -> float:
+        """Block until `worker` may take a frame. Returns seconds spent waiting."""
+        started = None
+        with self._cond:
+            while not self._may_take(worker):
+                self._token.raise_if_cancelled()
+                if started is None:
+                    started = time.perf_counter()
+                self._cond.wait(0.5)
+        return 0.0 if started is None else time.perf_counter() - started
+
+    def took(self, worker: int, seq: int, holds: bool) -> None:
+        """`worker` took frame `seq`; `holds`: it keeps it (a duplicate is passed straight on)."""
+        with self._cond:
+            self._taken = max(self._taken, seq)
+            if holds:
+                self._held[worker].add(seq)
+
+    def passed(self, worker: int, seq: int) -> None:
+        """`worker` handed frame `seq` on."""
+        with self._cond:
+            self._held[worker].discard(seq)
+            self._cond.notify_all()
+
+    def wake(self) -> None:  # the run was cancelled: waiters see it at once
+        with self._cond:
+            self._cond.notify_all()

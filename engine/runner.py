@@ -41,9 +41,13 @@ from engine.errors import Cancelled, EngineError, StageError, Terminated, UserEr
 from engine.frame import Frame
 from engine.metrics import RunSnapshot, StageSnapshot, WorkerMetrics, aggregate
 from engine.registry import StageSpec
-from engine.reorder import ReorderBuffer
+from engine.reorder import ReorderBuffer, WorkerGate
 from engine.stage import BatchStage, MapStage, Stage, StageContext, WindowStage, frame_sizes
 from engine.validate import SequenceValidator
+
+# How far (in frames each worker holds) a parallel stage's workers may run ahead of the
+# slowest before they wait for it (see WorkerGate).
+GATE_LEAD = 8
 
 
 class Source(Protocol):
@@ -147,6 +151,7 @@ class _Node:
     kind: str
     inbox: Channel | None
     metrics: list[WorkerMetrics]
+    gate: WorkerGate | None = None  # parallel workers: how far they may run ahead of the slowest
 
 
 class Pipeline:
@@ -190,13 +195,20 @@ class Pipeline:
         inboxes = [Channel(f"→{name}", cap, prod, self.token)
                    for name, cap, prod in zip(consumers, capacities, producers)]
         self._nodes.append(_Node(self.source.name, "source", None, [WorkerMetrics()]))
+        leads = []
         for spec, probe, inbox in zip(self.specs, probes, inboxes):
+            # a worker may be this many seqs past the oldest frame a sibling holds; more
+            # than what the workers hold, so that ordinary jitter never makes one wait
+            lead = GATE_LEAD * spec.workers * probe.span if spec.workers > 1 else 0
+            leads.append(lead + spec.workers if lead else 0)  # + each worker's one take past it
             self._nodes.append(_Node(spec.name, probe.kind, inbox,
-                                     [WorkerMetrics() for _ in range(spec.workers)]))
+                                     [WorkerMetrics() for _ in range(spec.workers)],
+                                     WorkerGate(spec.workers, lead, self.token) if lead else None))
         self._nodes.append(_Node(self.sink.name, "sink", inboxes[-1], [WorkerMetrics()]))
         # Frames arrive out of order only through parallel workers, and how far ahead one can
-        # get is bounded by everything in flight between the source and the sink.
-        in_flight = sum(spec.workers * probe.span for spec, probe in zip(self.specs, probes))
+        # get is bounded by everything in flight between the source and the sink, and by
+        # each parallel stage's gate.
+        in_flight = sum(spec.workers * probe.span for spec, probe in zip(self.specs, probes)) + sum(leads)
         # Duplicates skip batches and windows, so they can overtake the unique frames held
         # there by up to `dup_run` each (see stages/dedup.py).
         overtake = 1 + max((p.dup_run for p in probes), default=0)
@@ -261,6 +273,9 @@ class Pipeline:
 
     def _run_worker(self, node: _Node, spec: StageSpec, worker: int, out: Channel) -> None:
         metrics = node.metrics[worker]
+        inbox: Any = node.inbox
+        if node.gate is not None:
+            inbox, out = _GatedInbox(inbox, node.gate, worker), _GatedOut(out, node.gate, worker)
 
         def body() -> None:
             index = [n is node for n in self._nodes].index(True) - 1  # the stage's place in the pipeline
@@ -281,7 +296,7 @@ class Pipeline:
                 if stage.carries_state and index in self._states_in:
                     stage.import_state(self._states_in[index])
                 metrics.settings = stage.describe()
-                self._drive(stage, node.inbox, out, metrics)
+                self._drive(stage, inbox, out, metrics)
                 with metrics.busy(None):
                     tail = stage.flush()
                     if stage.carries_state:
@@ -521,6 +536,35 @@ class Pipeline:
                 except KeyboardInterrupt as exc:  # a second Ctrl-C must not skip the cleanup
                     self.token.cancel(Interrupted.by(exc))
         return [t.name for t in self._threads if t.is_alive()]
+
+
+class _GatedInbox:
+    """A parallel worker's inbox: it waits its turn at the stage's gate before each take."""
+
+    def __init__(self, inbox: Channel, gate: WorkerGate, worker: int):
+        self._inbox, self._gate, self._worker = inbox, gate, worker
+
+    def get(self) -> tuple[Any, float]:
+        waited = self._gate.wait_turn(self._worker)
+        item, blocked = self._inbox.get()
+        if item is not EOS:
+            self._gate.took(self._worker, item.seq, holds=item.meta.get("dup_of") is None)
+        return item, waited + blocked
+
+
+class _GatedOut:
+    """A parallel worker's outbox: a frame put on is no longer held at the gate."""
+
+    def __init__(self, out: Channel, gate: WorkerGate, worker: int):
+        self._out, self._gate, self._worker = out, gate, worker
+
+    def put(self, frame: Frame) -> float:
+        waited = self._out.put(frame)
+        self._gate.passed(self._worker, frame.seq)
+        return waited
+
+    def close(self) -> None:
+        self._out.close()
 
 
 def _handoffs(probes: list[Stage], picture_format: Any) -> list[str]:

@@ -132,6 +132,57 @@ def test_a_commit_that_fails_is_a_one_line_error_and_aborts():
     assert sink.aborted == 1 and len(sink.frames) == 10
 
 
+@pytest.mark.parametrize("after", [[], [("test.window-sum", {"window_size": 6, "overlap": 1})]])
+def test_a_slow_worker_holds_its_siblings_back_instead_of_looking_lost(after):
+    """One of two workers stuck on frame 5: the other must wait for it at the stage's gate
+    (bounded lead) rather than run on until the reorder window downstream calls 5 lost."""
+    import time
+    doubles.RELEASE_STALLED.clear()
+    sink = CollectingSink()
+    specs = [make_spec("test.stall", {"at": "5", "workers": "2"})] + [make_spec(n, o) for n, o in after]
+    pipeline = Pipeline(ListSource(300), specs, sink, RunnerOptions(join_timeout_s=5))
+    outcome: list = []
+    runner = threading.Thread(target=lambda: outcome.append(_result_or_error(pipeline.run)))
+    runner.start()
+    try:
+        stalled = pipeline._nodes[1]
+        emitted = -1
+        for _ in range(100):  # until the fast worker stops: the gate holds it
+            time.sleep(0.1)
+            now = sum(m.items for m in stalled.metrics)
+            if now == emitted:
+                break
+            emitted = now
+        assert not outcome, f"the run ended while frame 5 was still being processed: {outcome}"
+        gate = stalled.gate
+        assert 5 < emitted <= 5 + gate.lead + 2, "the fast worker ran on past the gate's lead"
+    finally:
+        doubles.RELEASE_STALLED.set()
+        runner.join(10)
+    assert not runner.is_alive()
+    assert not isinstance(outcome[0], BaseException), outcome[0]
+    assert_exact(sink, 300)
+
+
+@given(count=st.integers(1, 80), seed=st.integers(0, 10**6))
+@settings(max_examples=25, deadline=None)
+def test_gated_parallel_batches_with_duplicates_never_deadlock(count, seed):
+    """Two workers each holding batches in flight, duplicates passing them: the gate's
+    holder of the oldest frame always moves on, so the run ends with every frame once."""
+    result, sink, _ = run(count, [("test.mark-dups", {"every": 3}),
+                                  ("test.jitter", {"max_ms": "1", "seed": seed, "workers": "2"}),
+                                  ("test.lagging-batch", {"value": "2", "batch_size": "3", "lag": 2,
+                                                          "workers": "2"})])
+    assert [f.seq for f in sink.frames] == list(range(count))
+
+
+def _result_or_error(call):
+    try:
+        return call()
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+
+
 def test_stalled_stage_is_reported_not_waited_for():
     doubles.RELEASE_STALLED.clear()
     sink = CollectingSink()
