@@ -329,7 +329,9 @@ class InferenceRunner:
         # a captured graph must not depend on autocast's weight cache, which is freed on exit
         return autocast(self.device, self.precision, cache=not (self.cuda and self.settings.cuda_graphs))
 
-    def _ensure_slots(self, items: list, kind: str, output: Output, deep: bool) -> None:
+    def _ensure_slots(self, items: list, kind: str, output: Output, deep: bool) -> list[tuple[Any, list]]:
+        """Buffers for this batch's kind and shapes; returns the batches that had to finish
+        first (new buffers mean nothing of the old ones may still be in flight)."""
         h, w = _size(items[0], kind)
         if kind == "array":
             in_shapes, in_dtype = [items[0].shape], torch.from_numpy(items[0][:1, :1]).dtype
@@ -347,8 +349,8 @@ class InferenceRunner:
             out_dtype = torch.uint8 if output.fmt.bits <= 8 else torch.uint16
         key = (kind, tuple(in_shapes), in_dtype, output, deep)
         if self._shape == key and self._slots and _capacity(self._slots[0]) >= len(items):
-            return
-        self._complete(all_=True)  # buffers are about to be replaced: nothing may be in flight
+            return []
+        finished = self._complete(all_=True)  # buffers are about to be replaced: nothing may be in flight
         if self._planned != (h, w):
             self.plan(h, w)
         batch = max(self.batch, len(items))
@@ -357,6 +359,7 @@ class InferenceRunner:
                              [(batch, *s) for s in out_shapes], out_dtype, self.device)
                        for _ in range(count)]
         self._shape = key
+        return finished
 
     # ---- the pipeline ------------------------------------------------------------------------
 
@@ -372,7 +375,7 @@ class InferenceRunner:
         if deep is None:
             deep = (items[0].dtype == np.uint16 if kind == "array" else
                     items[0].fmt.bits > 8 if kind == "planes" else False)
-        self._ensure_slots(items, kind, output, deep)
+        finished = self._ensure_slots(items, kind, output, deep)
         self.handled[f"{kind}→{output if isinstance(output, str) else output.fmt.name}"] += 1
         slot = self._slots[self._next]
         self._next = (self._next + 1) % len(self._slots)
@@ -409,7 +412,7 @@ class InferenceRunner:
             else:
                 slot.done = computed
         self._pending.append(_InFlight(slot, tag, n, results, output))
-        return self._complete(all_=False)
+        return finished + self._complete(all_=False)
 
     def drain(self) -> list[tuple[Any, list]]:
         """End of stream: wait for every batch in flight."""

@@ -259,3 +259,46 @@ def test_every_workers_batches_are_counted(clip, workers):
         assert sum(stage.settings["batches"].values()) == 6
     else:
         assert "batches" not in stage.settings
+
+
+def test_batches_in_flight_come_back_when_new_buffers_are_needed(monkeypatch):
+    """On CUDA a ring of 3 keeps batches in flight between submits. A batch of another kind
+    or size (host arrays where pictures came before, after a concatenated input's join)
+    needs new buffers: the batches that must finish first are handed back, not dropped.
+    The CUDA branch runs here on the CPU, with events that report the GPU still busy."""
+    import contextlib
+
+    import engine.inference as inference
+
+    class BusyEvent:
+        def query(self):
+            return False
+
+        def synchronize(self):
+            pass
+
+    class Stream:
+        def wait_event(self, event):
+            pass
+
+    class DeviceSlot(inference._Slot):  # "device" buffers in host memory
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.dev_in = [t.clone() for t in self.host_in]
+
+    monkeypatch.setattr(inference, "_on", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(inference, "_event", lambda stream: BusyEvent())
+    monkeypatch.setattr(inference, "_Slot", DeviceSlot)
+    runner = inference.InferenceRunner(torch.nn.Identity(), 1,
+                                       inference.InferenceSettings(device="cpu", batch=2, tile=4096, ring=3))
+    runner.open()
+    runner.cuda, runner._streams = True, (Stream(), Stream(), Stream())
+    done = []
+    for i in range(3):
+        done += runner.submit([np.full((8, 8, 3), i, np.uint8)] * 2, tag=i)
+    assert len(runner._pending) > 1, "the simulated ring kept nothing in flight"
+    done += runner.submit([np.full((16, 16, 3), 3, np.uint8)] * 2, tag=3)  # new buffers
+    done += runner.drain()
+    assert [tag for tag, _ in done] == [0, 1, 2, 3]
+    for tag, outputs in done:
+        assert all(int(o[0, 0, 0]) == tag for o in outputs)
