@@ -17,7 +17,7 @@ class WorkerMetrics:
     """What one thread of one stage has done so far."""
 
     __slots__ = ("items", "busy_s", "wait_in_s", "wait_out_s", "counters",
-                 "call_started", "call_seq", "call_last", "settings")
+                 "call_started", "call_heard", "call_seq", "call_last", "settings")
 
     def __init__(self) -> None:
         self.items = 0           # frames that left this worker
@@ -25,7 +25,8 @@ class WorkerMetrics:
         self.wait_in_s = 0.0     # blocked waiting for input (starved)
         self.wait_out_s = 0.0    # blocked on a full output channel (backpressure)
         self.counters: Counter[str] = Counter()
-        self.call_started: float | None = None  # set while inside stage code, for the watchdog
+        self.call_started: float | None = None  # set while inside stage code
+        self.call_heard = 0.0  # the call's start, or its latest sign of progress: for the watchdog
         self.call_seq: int | None = None
         self.call_last: int | None = None  # a batch's or window's last frame; None: one frame
         self.settings: dict = {}  # what the stage resolved when it opened (device, batch, ...)
@@ -33,13 +34,17 @@ class WorkerMetrics:
     @contextmanager
     def busy(self, seq: int | None, last: int | None = None) -> Iterator[None]:
         self.call_seq, self.call_last = seq, last
-        self.call_started = started = time.perf_counter()
+        self.call_heard = self.call_started = started = time.perf_counter()
         try:
             yield
         finally:
-            # busy_s first: a reader between the two lines sees the call at most once
-            self.busy_s += time.perf_counter() - started
+            # call_started first: a reader between the two lines sees the call at most once
             self.call_started = None
+            self.busy_s += time.perf_counter() - started
+
+    def heard(self) -> None:
+        """The call in progress is still making progress: the stall watchdog starts over."""
+        self.call_heard = time.perf_counter()
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ class StageSnapshot:
 def _busy_now(w: WorkerMetrics, now: float) -> float:
     """Busy time including the call in progress: a stage stuck in one long call (a model
     warming up, a stall) is the busiest, not the idlest."""
-    busy = w.busy_s  # before call_started: the worker adds to busy_s, then clears call_started,
+    busy = w.busy_s  # before call_started: the worker clears call_started, then adds to busy_s,
     started = w.call_started  # so a call that ends in between is counted at most once
     return busy + (max(0.0, now - started) if started is not None else 0.0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from typing import Callable
 
 import av
 
@@ -124,10 +125,17 @@ def sampled_scan(path: str, frames: int = SAMPLED_FRAMES) -> str | None:
     return f"interlaced, {order} ({max(top, bottom)} of {len(orders)} frames sampled)"
 
 
-def count_video_packets(container: av.container.InputContainer) -> int:
-    """Exact frame count of the first video stream: one packet per frame, no decoding."""
+def count_video_packets(container: av.container.InputContainer,
+                        progress: Callable[[], None] | None = None) -> int:
+    """Exact frame count of the first video stream: one packet per frame, no decoding.
+    `progress` is called every 256 packets (a long file's re-read is not a stalled one)."""
     stream = main_video(container)
-    return sum(1 for p in container.demux(stream) if p.size > 0)
+    count = 0
+    for packet in container.demux(stream):
+        count += packet.size > 0
+        if progress is not None and count % 256 == 0:
+            progress()
+    return count
 
 
 def probe(path: str) -> ProbeResult:

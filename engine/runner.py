@@ -437,6 +437,8 @@ class Pipeline:
             # EOS here means every upstream thread finished, so the source's count is final.
             validator.finish(self._frames_in)
             with metrics.busy(None):
+                if hasattr(self.sink, "heartbeat"):  # a long re-read of the output is progress
+                    self.sink.heartbeat = metrics.heard
                 self.sink.finish(validator.count)
 
         self._guard(node, metrics, body)
@@ -508,7 +510,7 @@ class Pipeline:
             for node in self._nodes:
                 for m in node.metrics:
                     started = m.call_started
-                    if started is not None and now - started > limit:
+                    if started is not None and now - max(started, m.call_heard) > limit:
                         self.token.cancel(StageError(node.name, m.call_seq, TimeoutError(
                             f"stalled: no result for {limit:g} s"), m.call_last))
                         return

@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from fractions import Fraction
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import cv2
@@ -166,12 +166,14 @@ def output_errors(what: str, hint: str = "") -> Iterator[None]:
         raise error from None
 
 
-def check_written(path: str, frames: int, streams: int) -> None:
-    """Re-probe a closed output: exactly `frames` video packets and `streams` streams."""
+def check_written(path: str, frames: int, streams: int,
+                  progress: Callable[[], None] | None = None) -> None:
+    """Re-probe a closed output: exactly `frames` video packets and `streams` streams.
+    `progress`: called as the re-read goes (an hour of 4K ProRes is hundreds of GB)."""
     written = av.open(local_name(path))
     try:
         found = len(written.streams)
-        count = count_video_packets(written)
+        count = count_video_packets(written, progress)
     finally:
         written.close()
     if count != frames:
@@ -265,6 +267,9 @@ class VideoSink:
         self._committed = False
         self._lock: PartialLock | None = None
         self.notes: list[str] = []  # things the user must hear about, printed after the run
+        # set by the runner: called while `finish` makes progress (the re-read of a long
+        # output is not a stall, and the watchdog must not remove it)
+        self.heartbeat: Callable[[], None] | None = None
         self._first_shape: tuple[int, ...] = ()
         self._resized: list[int] = []  # seqs of frames of another size than the first (scaled to it)
         self._converters = ThreadPoolExecutor(max_workers=CONVERTERS, thread_name_prefix="engine-rgb2yuv")
@@ -463,7 +468,7 @@ class VideoSink:
         self.notes += self._copier.notes()
         self._container.close()
         self._container = None
-        check_written(self.partial, frames, 1 + self._copier.stream_count)
+        check_written(self.partial, frames, 1 + self._copier.stream_count, self.heartbeat)
 
     def commit(self) -> None:
         interrupts.committing(self.path)

@@ -422,3 +422,15 @@ def test_interlaced_input_is_said_to_be_written_progressive(tmp_path):
     r = run_engine("stream", src, tmp_path / "out.mp4")
     assert r.returncode == 0, r.stderr
     assert "note: the input is interlaced" in r.stderr and "--deinterlace auto deinterlaces them" in r.stderr
+
+
+def test_the_output_check_reports_progress_as_it_reads(clip):
+    """The re-read after closing calls back as it goes, so the stall watchdog can tell a long
+    output (an hour of 4K ProRes) from a hung one."""
+    from engine.sink import check_written
+    path = clip(frames=600, width=16, height=16)
+    calls = []
+    check_written(str(path), 600, 1, progress=lambda: calls.append(1))
+    assert len(calls) == 600 // 256
+    with pytest.raises(Exception, match="599 written"):
+        check_written(str(path), 599, 1)

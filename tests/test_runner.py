@@ -176,6 +176,37 @@ def test_gated_parallel_batches_with_duplicates_never_deadlock(count, seed):
     assert [f.seq for f in sink.frames] == list(range(count))
 
 
+class _SlowFinishSink(CollectingSink):
+    """A sink whose finish takes 1.5 s (re-reading a long output), with or without signs of progress."""
+
+    def __init__(self, heartbeats: bool):
+        super().__init__()
+        self.heartbeat = None
+        self.heartbeats = heartbeats
+
+    def finish(self, frames):
+        import time
+        for _ in range(15):
+            time.sleep(0.1)
+            if self.heartbeats:
+                self.heartbeat()
+        super().finish(frames)
+
+
+def test_a_finish_that_makes_progress_is_not_a_stall():
+    """The watchdog must not take a long re-read of the output for a hang and remove it."""
+    sink = _SlowFinishSink(heartbeats=True)
+    Pipeline(ListSource(5), [], sink, RunnerOptions(stall_timeout_s=0.5)).run()
+    assert sink.finished_with == 5 and sink.committed and not sink.aborted
+
+
+def test_a_finish_with_no_progress_is_still_a_stall():
+    sink = _SlowFinishSink(heartbeats=False)
+    with pytest.raises(StageError, match="stalled"):
+        Pipeline(ListSource(5), [], sink, RunnerOptions(stall_timeout_s=0.5)).run()
+    assert not sink.committed and sink.aborted
+
+
 def _result_or_error(call):
     try:
         return call()
