@@ -178,6 +178,9 @@ class Pipeline:
         self._alive = 0
         self._alive_lock = threading.Lock()
         self._all_done = threading.Event()
+        self._sink_lock = threading.Lock()
+        self._sink_ended = False
+        self._abort_when_sink_ends = False
         self._build()
 
     # ---- wiring -------------------------------------------------------------------------
@@ -438,10 +441,20 @@ class Pipeline:
             validator.finish(self._frames_in)
             with metrics.busy(None):
                 if hasattr(self.sink, "heartbeat"):  # a long re-read of the output is progress
-                    self.sink.heartbeat = metrics.heard
+                    self.sink.heartbeat = lambda: (metrics.heard(), self.token.raise_if_cancelled())
                 self.sink.finish(validator.count)
 
-        self._guard(node, metrics, body)
+        try:
+            self._guard(node, metrics, body)
+        finally:
+            with self._sink_lock:  # see _abort_sink
+                self._sink_ended = True
+                late = self._abort_when_sink_ends
+            if late:
+                try:
+                    self.sink.abort()
+                except BaseException:  # noqa: BLE001 - the run's own error is what the user hears
+                    pass
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -526,7 +539,16 @@ class Pipeline:
         if self.token.error is None and stuck:
             self.token.cancel(EngineError(f"threads did not finish: {', '.join(stuck)}"))
         if self.token.error is not None:
-            self.sink.abort()
+            self._abort_sink()
+
+    def _abort_sink(self) -> None:
+        """Remove the partial output, but never under a sink thread still writing it (one
+        past the join's grace period, in an encoder's flush): that thread aborts as it ends."""
+        with self._sink_lock:
+            if not self._sink_ended:
+                self._abort_when_sink_ends = True
+                return
+        self.sink.abort()
 
     def _join_all(self) -> list[str]:
         """Join every thread within the grace period. Returns the names of any still running."""

@@ -207,6 +207,44 @@ def test_a_finish_with_no_progress_is_still_a_stall():
     assert not sink.committed and sink.aborted
 
 
+def test_a_stop_cuts_the_output_re_read_short():
+    """The re-read is the one long step of finish that can stop: at a stop it does, and the
+    sink thread ends at once, so the partial can go."""
+    sink = _SlowFinishSink(heartbeats=True)
+    pipeline = Pipeline(ListSource(5), [], sink, RunnerOptions(join_timeout_s=5))
+    threading.Timer(0.3, lambda: pipeline.token.cancel(RuntimeError("boom"))).start()
+    with pytest.raises(RuntimeError, match="boom"):
+        pipeline.run()
+    assert sink.finished_with is None and sink.aborted == 1 and not sink.committed
+
+
+def test_the_partial_is_never_removed_under_a_sink_still_writing_it():
+    """A failure while the sink is in a long flush, past the join's grace period: abort runs
+    when the sink thread ends, not beside it (closing containers another thread is inside)."""
+    import time
+    events = []
+
+    class SlowFlushSink(CollectingSink):
+        def finish(self, frames):
+            events.append("finish starts")
+            time.sleep(1.0)
+            events.append("finish ends")
+
+        def abort(self):
+            events.append("abort")
+            super().abort()
+
+    sink = SlowFlushSink()
+    pipeline = Pipeline(ListSource(5), [], sink, RunnerOptions(join_timeout_s=0.2))
+    threading.Timer(0.3, lambda: pipeline.token.cancel(RuntimeError("boom"))).start()
+    with pytest.raises(RuntimeError, match="boom"):
+        pipeline.run()
+    for thread in pipeline._threads:
+        thread.join(5)
+    assert events == ["finish starts", "finish ends", "abort"]
+    assert not sink.committed
+
+
 def _result_or_error(call):
     try:
         return call()
