@@ -259,7 +259,7 @@ class Pipeline:
         metrics = node.metrics[0]
 
         def body() -> None:
-            try:
+            with _closed_after(self.source.close):
                 frames = self.source.frames()
                 while True:
                     with metrics.busy(self._frames_in):
@@ -268,8 +268,6 @@ class Pipeline:
                         break
                     self._frames_in += 1
                     self._emit(out, metrics, frame)
-            finally:
-                self.source.close()
             out.close()  # only on success: a failed source must not look like end of stream
 
         self._guard(node, metrics, body)
@@ -293,9 +291,9 @@ class Pipeline:
                                frames_total=self.source.frames_total, device=self.options.device,
                                handoff=self._handoffs[index],
                                picture_format=getattr(self.sink, "picture_format", None))
-            with metrics.busy(None):
-                stage.open(ctx)
-            try:
+            with _closed_after(stage.close):  # a stage whose open failed half-way is closed too
+                with metrics.busy(None):
+                    stage.open(ctx)
                 if stage.carries_state and index in self._states_in:
                     stage.import_state(self._states_in[index])
                 metrics.settings = stage.describe()
@@ -307,8 +305,6 @@ class Pipeline:
                 metrics.settings = stage.describe()  # final values (a batch halved on OOM, ...)
                 for frame in tail:
                     self._emit(out, metrics, frame)
-            finally:
-                stage.close()
             out.close()
 
         self._guard(node, metrics, body)
@@ -548,7 +544,10 @@ class Pipeline:
             if not self._sink_ended:
                 self._abort_when_sink_ends = True
                 return
-        self.sink.abort()
+        try:
+            self.sink.abort()
+        except Exception as exc:  # noqa: BLE001 - the run's own error is what the user must hear
+            self.token.error.add_note(f"and the partial output could not be removed: {exc}")
 
     def _join_all(self) -> list[str]:
         """Join every thread within the grace period. Returns the names of any still running."""
@@ -560,6 +559,21 @@ class Pipeline:
                 except KeyboardInterrupt as exc:  # a second Ctrl-C must not skip the cleanup
                     self.token.cancel(Interrupted.by(exc))
         return [t.name for t in self._threads if t.is_alive()]
+
+
+@contextmanager
+def _closed_after(close: Callable[[], None]) -> Iterator[None]:
+    """Run `close` after the block, whatever happens; after a failure, a failing `close`
+    must not replace the failure (a sticky CUDA error raised again by the model's close)."""
+    try:
+        yield
+    except BaseException:
+        try:
+            close()
+        except BaseException:  # noqa: BLE001 - the failure in flight is the one to report
+            pass
+        raise
+    close()
 
 
 class _GatedInbox:

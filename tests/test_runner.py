@@ -245,6 +245,56 @@ def test_the_partial_is_never_removed_under_a_sink_still_writing_it():
     assert not sink.committed
 
 
+class _CloseFails(doubles.FailMap):
+    """test.fail-map whose close raises too (a sticky CUDA error raised again on close)."""
+
+    closed = 0
+
+    def close(self):
+        type(self).closed += 1
+        raise RuntimeError("close failed too")
+
+
+class _OpenFails(_CloseFails):
+    def open(self, ctx):
+        raise RuntimeError("open failed half-way")
+
+
+@pytest.mark.parametrize("stage", [_CloseFails, _OpenFails])
+def test_the_first_error_wins_over_a_failing_close(monkeypatch, stage):
+    """A stage's close after its failure (or after a failed open, which is closed too) must
+    not replace the failure the user needs to hear."""
+    from engine import registry
+    monkeypatch.setattr(stage, "closed", 0)
+    monkeypatch.setitem(registry._STAGES, "test.close-fails", stage)
+    with pytest.raises(StageError) as info:
+        Pipeline(ListSource(20), [make_spec("test.close-fails", {"at": "3"})], CollectingSink()).run()
+    assert "close failed" not in str(info.value)
+    assert ("open failed" if stage is _OpenFails else "injected at seq 3") in str(info.value)
+    assert stage.closed == 1
+
+
+def test_the_first_error_wins_over_a_failing_source_close():
+    class Source(ListSource):
+        def close(self):
+            raise OSError("container close failed")
+
+    with pytest.raises(StageError) as info:
+        Pipeline(Source(20, fail_at=4), [], CollectingSink()).run()
+    assert "close failed" not in str(info.value)
+
+
+def test_the_first_error_wins_over_a_failing_abort():
+    class Sink(CollectingSink):
+        def abort(self):
+            super().abort()
+            raise OSError(30, "Read-only file system")
+
+    with pytest.raises(StageError, match="injected at seq 3") as info:
+        Pipeline(ListSource(20), [make_spec("test.fail-map", {"at": "3"})], Sink()).run()
+    assert any("could not be removed" in note for note in info.value.__notes__)
+
+
 def _result_or_error(call):
     try:
         return call()
