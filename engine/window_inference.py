@@ -111,19 +111,23 @@ class WindowRunner:
                 out = self._windows(x)
                 break
             except torch.OutOfMemoryError:
-                if not self._shrink(x.shape[1], x.shape[2]):
+                if not self._shrink(x.shape[0], x.shape[1], x.shape[2]):
                     raise
         result = out.cpu().numpy() if self.cuda else out.numpy()
         return [result[0]] if single else list(result)
 
-    def _shrink(self, height: int, width: int) -> bool:
-        """After an out-of-memory error: shorter sub-windows, then tiles. False if nothing is left."""
+    def _shrink(self, frames: int, height: int, width: int) -> bool:
+        """After an out-of-memory error on `frames` frames: shorter sub-windows, then tiles.
+        False if nothing is left."""
         if self.cuda:
             torch.cuda.empty_cache()
         self.oom_retries += 1
         shortest = max(2, 2 * self.settings.overlap + 1)  # the model needs two frames
-        if self.window > shortest:
-            self.window = max(shortest, self.window // 2)
+        # halve what actually ran: a short (last) window under the set length would else
+        # run again unchanged, once per halving that does not reach it
+        ran = min(self.window, frames)
+        if ran > shortest:
+            self.window = max(shortest, ran // 2)
             return True
         tile = halved_tile(self.tile, height, width, self.smallest_tile)
         if tile is None:

@@ -356,6 +356,17 @@ def _probe_expected(frame: np.ndarray, place: int, length: int) -> np.ndarray:
     return np.round(np.clip(up / 2 + (32 * place + 4 * length) / 510, 0, 1) * 255).astype(np.uint8)
 
 
+def test_out_of_memory_on_a_short_window_halves_what_ran():
+    """A window shorter than the set length (a clip's last) that runs out of memory retries at
+    half its own length, not at half the set length (which would run it again unchanged)."""
+    probe = ContextProbe(max_frames=20)
+    runner = WindowRunner(probe, 4, WindowSettings(device="cpu", window=96, overlap=2))
+    runner.open()
+    got = runner.run(moving_frames(40))
+    assert len(got) == 40 and runner.oom_retries == 1 and runner.window == 20
+    assert probe.calls[:2] == [40, 20]
+
+
 def test_out_of_memory_runs_shorter_windows_that_share_context():
     frames = moving_frames(9)
     probe = ContextProbe(max_frames=5)
@@ -378,7 +389,8 @@ def test_out_of_memory_at_the_shortest_window_falls_back_to_tiles():
     runner = WindowRunner(probe, 4, WindowSettings(device="cpu", window=4, overlap=1, tile_overlap=16))
     runner.open()
     got = runner.run(frames)
-    assert runner.window == 3 and 64 <= runner.tile <= 100 and runner.oom_retries == 2
+    # 3 frames is already the shortest window (2 × overlap + 1): straight to tiles, one retry
+    assert runner.window == 4 and 64 <= runner.tile <= 100 and runner.oom_retries == 1
     for i, (frame, out) in enumerate(zip(frames, got)):  # a per-pixel model: tiles change nothing
         assert np.abs(out.astype(int) - _probe_expected(frame, i, 3)).max() <= 1
 
