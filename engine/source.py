@@ -205,7 +205,11 @@ class VideoSource:
         hwaccel = hwaccel_for(decode)
         self.decode = "nvdec" if hwaccel is not None else "cpu"  # what auto resolved to
         self._container = open_input(path, hwaccel)
-        self.info = read_info(self._container)
+        try:
+            self.info = read_info(self._container)
+        except BaseException:  # a refused input: its container must not wait for the collector
+            self._container.close()
+            raise
         self.pixel_format = "rgb48le" if self.info.bit_depth > 8 else "rgb24"
         self.jumps = JumpLog(self.info.time_base)  # where the video's timestamps went back: the copier follows
         estimate = self.info.frames_estimate

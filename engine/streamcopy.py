@@ -249,6 +249,14 @@ class StreamCopier:
     def __init__(self, input_path: str, output: av.container.OutputContainer, plan: CopyPlan,
                  video: av.stream.Stream | None = None, video_jumps: JumpLog | None = None):
         self._input = open_media(input_path)
+        try:
+            self._set_up(input_path, output, plan, video, video_jumps)
+        except BaseException:  # the input is ours to close: nothing else holds it yet
+            self._input.close()
+            raise
+
+    def _set_up(self, input_path: str, output: av.container.OutputContainer, plan: CopyPlan,
+                video: av.stream.Stream | None, video_jumps: JumpLog | None) -> None:
         # the video's jumps back (a concatenated input): a stream jumping at the same place is
         # placed as the video was, not continued from where it stood (engine/timestamps.py)
         self._video_jumps = video_jumps
