@@ -258,8 +258,12 @@ class Pipeline:
         node = self._nodes[0]
         metrics = node.metrics[0]
 
+        def close() -> None:
+            with metrics.busy(None):  # watched: a close that never returns is a stall too
+                self.source.close()
+
         def body() -> None:
-            with _closed_after(self.source.close):
+            with _closed_after(close):
                 frames = self.source.frames()
                 while True:
                     with metrics.busy(self._frames_in):
@@ -281,6 +285,11 @@ class Pipeline:
         def body() -> None:
             index = [n is node for n in self._nodes].index(True) - 1  # the stage's place in the pipeline
             stage = spec.build()
+
+            def close() -> None:
+                with metrics.busy(None):  # watched: a model runtime hung on teardown is a stall
+                    stage.close()
+
             metrics.counters.update(dict.fromkeys(stage.counted, 0))
             if self._skips[index]:
                 metrics.counters["skipped_duplicates"] += 0
@@ -291,7 +300,7 @@ class Pipeline:
                                frames_total=self.source.frames_total, device=self.options.device,
                                handoff=self._handoffs[index],
                                picture_format=getattr(self.sink, "picture_format", None))
-            with _closed_after(stage.close):  # a stage whose open failed half-way is closed too
+            with _closed_after(close):  # a stage whose open failed half-way is closed too
                 with metrics.busy(None):
                     stage.open(ctx)
                 if stage.carries_state and index in self._states_in:

@@ -295,6 +295,25 @@ def test_the_first_error_wins_over_a_failing_abort():
     assert any("could not be removed" in note for note in info.value.__notes__)
 
 
+@pytest.mark.parametrize("kind", ["test.add", "test.batch-add", "test.window-sum"])
+def test_a_stage_hung_in_close_is_a_stall(monkeypatch, kind):
+    """A model runtime that never returns from teardown: the watchdog names it, the run ends."""
+    from engine import registry
+    base = registry._STAGES[kind]
+    hung = type("HungClose", (base,), {"close": lambda self: doubles.RELEASE_STALLED.wait()})
+    monkeypatch.setitem(registry._STAGES, "test.hung-close", hung)
+    doubles.RELEASE_STALLED.clear()
+    sink = CollectingSink()
+    try:
+        with pytest.raises(StageError, match="stalled") as info:
+            Pipeline(ListSource(12), [make_spec("test.hung-close", {})], sink,
+                     RunnerOptions(stall_timeout_s=0.5, join_timeout_s=0.5)).run()
+        assert info.value.stage == "test.hung-close"
+        assert not sink.committed and sink.aborted
+    finally:
+        doubles.RELEASE_STALLED.set()
+
+
 def _result_or_error(call):
     try:
         return call()
