@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -209,9 +210,50 @@ def _models(_: argparse.Namespace) -> int:
     return 0
 
 
+class _LogStream:
+    """stdout/stderr of a job: quiet once its reader has gone (a log shipper that died,
+    `2>&1 | head -1`) or was never there (`2>&-`). A job's result never depends on its log."""
+
+    _GONE = (errno.EPIPE, errno.EBADF, errno.EINVAL)
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _call(self, name: str, *args):
+        if self._stream is not None:
+            try:
+                return getattr(self._stream, name)(*args)
+            except BrokenPipeError:
+                pass
+            except OSError as exc:
+                if exc.errno not in self._GONE:
+                    raise
+            except ValueError:  # closed
+                pass
+            self._stream = None
+        return None
+
+    def write(self, text: str) -> int:
+        self._call("write", text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def isatty(self) -> bool:
+        return bool(self._call("isatty"))
+
+    def __getattr__(self, name: str):  # encoding, fileno, ...: the stream's own
+        if self._stream is None:
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"stream": _stream, "probe": _probe, "stages": _stages, "models": _models}[args.command]
+    if args.command == "stream":  # its output is the file it writes, not what it prints
+        sys.stdout, sys.stderr = _LogStream(sys.stdout), _LogStream(sys.stderr)
     interrupts.install()  # SIGTERM and SIGHUP stop a job as Ctrl-C does
     try:
         code = handler(args)

@@ -868,3 +868,22 @@ def test_names_that_start_like_a_url_scheme_are_local_files(clip, tmp_path):
     assert r.returncode == 0, r.stderr
     assert decoded_indices(tmp_path / "seg:2.mp4") == list(range(6))
     assert engine("probe", "clip16:9.mp4").returncode == 0
+
+
+@pytest.mark.parametrize("log", ["reader gone", "closed"])
+def test_a_job_does_not_depend_on_its_log(tmp_path, clip, log):
+    """stdout and stderr whose reader left before the job started (a log shipper that died),
+    or closed (`2>&-`): the job still runs to its end, writes its report and exits 0."""
+    out, report = tmp_path / "out.mp4", tmp_path / "r.json"
+    args = [sys.executable, "-m", "engine", "stream", str(clip(frames=24)), str(out),
+            "--pipeline", "none", "--report", str(report)]
+    if log == "reader gone":
+        job = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        job.stdout.close()
+        job.stderr.close()
+        code = job.wait(120)
+    else:
+        code = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                              preexec_fn=lambda: os.close(2), timeout=120).returncode
+    assert code == 0
+    assert out.exists() and json.loads(report.read_text())["frames_out"] == 24
