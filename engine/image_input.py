@@ -89,10 +89,15 @@ def find(pattern: str) -> ImageSequence:
     if key in _found:
         return _found[key]
     numbers: dict[int, str] = {}
-    for name in os.listdir(directory):
-        found = named.match(name)
-        if found and frame_file(pattern, int(found.group(1))) == name:  # %04d: 0001.png, not 1.png
-            numbers[int(found.group(1))] = name
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            found = named.match(name)
+            if found and frame_file(pattern, int(found.group(1))) == name:  # %04d: 0001.png, not 1.png
+                if not entry.is_file():  # a FIFO would hang the decoder, unwatched, before the run
+                    raise UserError(f"input is not a regular file (a pipe, a device or a directory): "
+                                    f"{os.path.join(os.path.dirname(pattern), name)}")
+                numbers[int(found.group(1))] = name
     if not numbers:
         raise UserError(f"input not found: no file in {directory} is named by {os.path.basename(pattern)}")
     first, last = min(numbers), max(numbers)

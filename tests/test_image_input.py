@@ -61,6 +61,7 @@ def test_the_default_rate_is_said_and_numbering_may_start_anywhere(tmp_path):
     ("bad-fps", "--fps must be a number or a fraction such as 24000/1001, got 'fast'"),
     ("flagged-field", "image pattern needs one number field, %d or %06d"),
     ("corrupt-frame", "input is corrupt at frame 2 (0003.png): "),
+    ("fifo-frame", "input is not a regular file (a pipe, a device or a directory): "),  # it hung
 ])
 def test_bad_sequences_and_rates_are_one_line_errors(clip, tmp_path, case, says):
     pattern = write_sequence(tmp_path / "in", 6)
@@ -75,6 +76,9 @@ def test_bad_sequences_and_rates_are_one_line_errors(clip, tmp_path, case, says)
         pattern, extra = clip(frames=4), ["--fps", "30"]
     elif case == "corrupt-frame":  # the file is named, not only its place in the video
         (tmp_path / "in" / "0003.png").write_bytes((tmp_path / "in" / "0003.png").read_bytes()[:60])
+    elif case == "fifo-frame":
+        os.unlink(tmp_path / "in" / "0003.png")
+        os.mkfifo(tmp_path / "in" / "0003.png")
     elif case == "flagged-field":  # Python formats %#04d, image2 does not take it
         pattern = tmp_path / "in" / "%#04d.png"
     else:
