@@ -94,13 +94,19 @@ class PipelineContext:
     def of(cls, specs: list[StageSpec]) -> PipelineContext:
         overlap = dup_run = marking = 0
         stateful = []
+        windows = False
         for index, spec in enumerate(specs):
             stage = spec.build()  # constructors are cheap and validate
             if stage.dup_run:
                 marking = index + 1
-            if stage.dup_run and overlap:
+            # a segment's context goes back to a unique frame the marking stage chose; a window
+            # stage (even without overlap: its windows would fall elsewhere) or carried state
+            # before it would be given frames it never had in a single pass
+            if stage.dup_run and (windows or stateful):
+                kind = "a window stage" if windows else f"'{specs[stateful[0]].name}' (state carried from frame to frame)"
                 raise UserError(f"--resume cannot cut a pipeline where '{spec.name}' (duplicate "
-                                f"marking) follows a window stage; put it first")
+                                f"marking) follows {kind}; put it first")
+            windows = windows or isinstance(stage, WindowStage)
             if isinstance(stage, WindowStage):
                 overlap += stage.overlap
             dup_run = max(dup_run, stage.dup_run)

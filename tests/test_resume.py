@@ -136,6 +136,21 @@ def test_context_rule_from_the_pipeline():
     assert both.context_stop(seg, 1000) == 200 + 2 * 4 and both.context_stop(seg, 204) == 204
     with pytest.raises(UserError, match="follows a window stage"):
         PipelineContext.of(parse_pipeline("temporal-denoise,dedup"))
+    with pytest.raises(UserError, match="follows a window stage"):  # its windows would fall elsewhere
+        PipelineContext.of(parse_pipeline("test.window-sum:overlap=0,dedup"))
+
+
+def test_duplicate_marking_after_carried_state_is_refused_before_any_segment_runs(tmp_path):
+    """diffusion-vsr,dedup was accepted and failed in segment 2 ('frame 0 is before frame 2,
+    where the carried state stands'), after segment 1's hours of work."""
+    pytest.importorskip("diffusers")
+    from engine.models.diffusion_vsr_random import write_random_model
+    from engine.registry import parse_pipeline
+    from engine.segment_job import PipelineContext
+
+    model = write_random_model(tmp_path / "m")
+    with pytest.raises(UserError, match="'dedup' \\(duplicate marking\\) follows a window stage"):
+        PipelineContext.of(parse_pipeline(f"diffusion-vsr:model={model},dedup"))
 
 
 def test_segment_length_in_seconds_or_frames(media):
