@@ -242,13 +242,18 @@ class Pipeline:
         """Run a thread body; turn any failure into the run's first error (if it is first)."""
         try:
             body()
-        except Cancelled:
-            pass
         except BaseException as exc:  # noqa: BLE001 - a failure must travel, whatever it is
-            error = exc if isinstance(exc, StageError) else StageError(node.name, metrics.call_seq, exc,
-                                                                            metrics.call_last)
+            self._fail(node, metrics, exc)
+
+    def _fail(self, node: _Node, metrics: WorkerMetrics, exc: BaseException) -> None:
+        """Record `exc` as the run's error if it is the first (named by the call it broke)."""
+        if isinstance(exc, Cancelled):
+            return
+        error = exc if isinstance(exc, StageError) else StageError(node.name, metrics.call_seq, exc,
+                                                                        metrics.call_last)
+        if error is not exc:
             error.__cause__ = exc
-            self.token.cancel(error)
+        self.token.cancel(error)
 
     def _emit(self, out: Channel, metrics: WorkerMetrics, frame: Frame) -> None:
         metrics.wait_out_s += out.put(frame)
@@ -263,7 +268,7 @@ class Pipeline:
                 self.source.close()
 
         def body() -> None:
-            with _closed_after(close):
+            with _closed_after(close, lambda exc: self._fail(node, metrics, exc)):
                 frames = self.source.frames()
                 while True:
                     with metrics.busy(self._frames_in):
@@ -300,7 +305,8 @@ class Pipeline:
                                frames_total=self.source.frames_total, device=self.options.device,
                                handoff=self._handoffs[index],
                                picture_format=getattr(self.sink, "picture_format", None))
-            with _closed_after(close):  # a stage whose open failed half-way is closed too
+            # a stage whose open failed half-way is closed too
+            with _closed_after(close, lambda exc: self._fail(node, metrics, exc)):
                 with metrics.busy(None):
                     stage.open(ctx)
                 if stage.carries_state and index in self._states_in:
@@ -413,10 +419,10 @@ class Pipeline:
                 emitted = overlap if overlap else 0
 
         for frame in frames:
-            window.append(frame)
-            if len(window) == size:
+            if len(window) == size:  # full, and more follows: a window inside the stream
                 run(final=False)
-        if len(window) > emitted:
+            window.append(frame)
+        if len(window) > emitted:  # the last window, full or not: it emits to the end
             run(final=True)
 
     def _run_sink(self) -> None:
@@ -571,12 +577,14 @@ class Pipeline:
 
 
 @contextmanager
-def _closed_after(close: Callable[[], None]) -> Iterator[None]:
-    """Run `close` after the block, whatever happens; after a failure, a failing `close`
-    must not replace the failure (a sticky CUDA error raised again by the model's close)."""
+def _closed_after(close: Callable[[], None], failed: Callable[[BaseException], None]) -> Iterator[None]:
+    """Run `close` after the block, whatever happens. After a failure, `failed` records it
+    first (named by the call it broke; a close that then hangs is no stall to report), and a
+    failing `close` must not replace it (a sticky CUDA error raised again by the model's close)."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
+        failed(exc)
         try:
             close()
         except BaseException:  # noqa: BLE001 - the failure in flight is the one to report

@@ -321,6 +321,16 @@ def _result_or_error(call):
         return exc
 
 
+@pytest.mark.parametrize("count, windows", [(5, 1), (6, 1), (7, 2), (10, 2), (11, 3)])
+def test_a_stream_ending_on_a_full_window_runs_it_once(count, windows):
+    """Windows of 6 sharing 2 frames (steps of 4): a stream that ends exactly on a full window
+    runs it as the last one, not again as a 2-frame tail with less past context."""
+    result, sink, _ = run(count, [("test.window-sum", {"window_size": 6, "overlap": 1})])
+    assert_exact(sink, count)
+    stage = next(s for s in result.stages if s.name == "test.window-sum")
+    assert stage.counters["windows"] == windows
+
+
 def test_stalled_stage_is_reported_not_waited_for():
     doubles.RELEASE_STALLED.clear()
     sink = CollectingSink()
