@@ -304,7 +304,8 @@ class Pipeline:
                                height=size[1], frame_rate=self.source.frame_rate,
                                frames_total=self.source.frames_total, device=self.options.device,
                                handoff=self._handoffs[index],
-                               picture_format=getattr(self.sink, "picture_format", None))
+                               picture_format=getattr(self.sink, "picture_format", None),
+                               progress=metrics.heard)
             # a stage whose open failed half-way is closed too
             with _closed_after(close, lambda exc: self._fail(node, metrics, exc)):
                 with metrics.busy(None):

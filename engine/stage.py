@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 
@@ -68,6 +68,9 @@ class StageContext:
     #: When handoff == "picture": (pix_fmt, colorspace, color_range) as FFmpeg names them;
     #: `engine.colour.PictureFormat.of(*picture_format)` (None if it cannot make that format).
     picture_format: tuple[str, int, int] | None = None
+    #: Call now and then inside one long call (a window of 96 frames through BasicVSR++ on the
+    #: CPU takes an hour): the stall watchdog then times the gaps, not the whole call.
+    progress: Callable[[], None] = lambda: None
 
 
 class Stage:

@@ -20,7 +20,7 @@ keeps its context), down to 2·overlap+1 frames; then as spatial tiles of the wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -62,9 +62,14 @@ class WindowRunner:
                             f"{self.smallest_tile} pixels")
         self.offload = settings.offload == "on"
         self.oom_retries = 0
+        # the stage's StageContext.progress: called as the model works through a window (a
+        # model with a `progress` attribute, BasicVSR++, is given it for its steps too)
+        self.progress: Callable[[], None] = lambda: None
 
     def open(self) -> None:
         s = self.settings
+        if hasattr(self.net, "progress"):
+            self.net.progress = lambda: self.progress()
         if self.cuda:
             set_backends(s.cudnn_benchmark, s.tf32)
         self.net = self.net.to(self.device).eval()
@@ -171,6 +176,7 @@ class WindowRunner:
             else:
                 for i, y in enumerate(self.net.frames(lq[None], self.offload)):
                     out[i] = _to_int(y, top, x.dtype)[0]
+                    self.progress()
         return out
 
     def close(self) -> None:

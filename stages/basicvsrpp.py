@@ -82,6 +82,7 @@ class BasicVSRPP(WindowStage):
                 raise UserError(f"basicvsrpp: {self.path.name} needs sides divisible by 4, "
                                 f"got {ctx.width}×{ctx.height}")
         self.runner = WindowRunner(net, net.scale, WindowSettings(**self.options))
+        self.runner.progress = ctx.progress  # one window is one long call: its steps say it moves
         self.runner.open()
         if ctx.width and ctx.height:
             self.runner.plan(self.window_size, ctx.height, ctx.width, net.features_per_pixel)

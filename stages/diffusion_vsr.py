@@ -58,6 +58,7 @@ class DiffusionVSR(WindowStage):
                             precision=precision, controlnet_scale=controlnet_scale, vae_tile=vae_tile,
                             unet_tile=unet_tile, tile_overlap=tile_overlap)
         self.model = None
+        self.progress = lambda: None
 
     def output_size(self, width: int, height: int) -> None:
         return None  # the model directory's configuration says, read when it loads
@@ -71,6 +72,7 @@ class DiffusionVSR(WindowStage):
         from engine.models.diffusion_vsr import DiffusionSettings, StreamDiffVSR
 
         self.model = StreamDiffVSR(self.model_dir, DiffusionSettings(**self.options))
+        self.progress = ctx.progress  # a group of frames is one call: each frame says it moves
         if ctx.width and ctx.height:
             check_frame_size("diffusion-vsr", ctx.width * self.model.scale, ctx.height * self.model.scale)
 
@@ -87,6 +89,7 @@ class DiffusionVSR(WindowStage):
                 continue
             out.append(self.model.step(f.data, f.seq))
             self.count("inferred")
+            self.progress()
         return out
 
     def export_state(self) -> dict[str, np.ndarray]:

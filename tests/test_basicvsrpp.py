@@ -511,3 +511,20 @@ def test_cuda_fp16_matches_cpu_and_offload_changes_nothing():
     assert all(np.array_equal(a, b) for a, b in zip(outputs["on"], outputs["off"]))
     for a, b in zip(outputs["on"], expected):
         assert np.abs(a.astype(int) - b).mean() < 1.0
+
+
+def test_a_window_reports_its_steps_as_it_goes():
+    """The stall watchdog hears every step of a window (each propagation step, each output
+    frame), so an hour-long window on the CPU is not called stalled; the result is unchanged."""
+    frames = moving_frames(4)
+    quiet = WindowRunner(random_net(8, 1), 4, WindowSettings(device="cpu", window=4, overlap=1))
+    quiet.open()
+    expected = quiet.run(frames)
+    runner = WindowRunner(random_net(8, 1), 4, WindowSettings(device="cpu", window=4, overlap=1))
+    steps = []
+    runner.progress = lambda: steps.append(1)
+    runner.open()
+    got = runner.run(frames)
+    # 4 branches × 4 frames, 4 frames out, and the feature and flow chunks
+    assert len(steps) >= 4 * 4 + 4
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))

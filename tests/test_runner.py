@@ -331,6 +331,38 @@ def test_a_stream_ending_on_a_full_window_runs_it_once(count, windows):
     assert stage.counters["windows"] == windows
 
 
+def test_a_long_window_call_that_reports_progress_is_not_a_stall(monkeypatch):
+    """One window through a recurrent model is one long call (an hour on the CPU): a stage
+    that calls StageContext.progress as it goes is timed by the gaps, not the whole call."""
+    import time
+    from engine import registry
+    from engine.stage import WindowStage
+
+    class Slow(WindowStage):
+        steps = 8
+
+        def __init__(self, progress: bool = True):
+            super().__init__(window_size=4, overlap=0)
+            self.reports = progress
+
+        def open(self, ctx):
+            self.progress = ctx.progress if self.reports else (lambda: None)
+
+        def process_window(self, frames):
+            for _ in range(self.steps):  # 0.8 s a call, steps of 0.1 s
+                time.sleep(0.1)
+                self.progress()
+            return [f.data for f in frames]
+
+    monkeypatch.setitem(registry._STAGES, "test.slow-window", Slow)
+    sink = CollectingSink()
+    Pipeline(ListSource(8), [make_spec("test.slow-window", {})], sink, RunnerOptions(stall_timeout_s=0.4)).run()
+    assert_exact(sink, 8)
+    with pytest.raises(StageError, match="stalled"):
+        Pipeline(ListSource(8), [make_spec("test.slow-window", {"progress": "false"})], CollectingSink(),
+                 RunnerOptions(stall_timeout_s=0.4, join_timeout_s=2)).run()
+
+
 def test_stalled_stage_is_reported_not_waited_for():
     doubles.RELEASE_STALLED.clear()
     sink = CollectingSink()

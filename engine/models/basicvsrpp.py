@@ -22,7 +22,7 @@ Checkpoints (`load_checkpoint`): a state dict, or mmagic's `{"state_dict": {"gen
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -216,6 +216,7 @@ class BasicVSRPlusPlus(nn.Module):
         # the smallest frame side it takes: the same-size models shrink frames by 4 before SPyNet
         self.min_input_side = MIN_SIDE * (1 if is_low_res_input else 4)
         self.chunk = chunk  # frames per call of SPyNet and the feature extractor: bounds their memory
+        self.progress: Callable[[], None] | None = None  # called after each step (the stall watchdog)
         self.spynet = SPyNet()
         if is_low_res_input:
             self.feat_extract = ResidualBlocksWithInputConv(3, mid_channels, 5)
@@ -294,6 +295,7 @@ class BasicVSRPlusPlus(nn.Module):
             feat = module(part.reshape(n * k, *part.shape[2:]))
             feat = feat.view(n, k, *feat.shape[1:])
             out += [feat[:, i] for i in range(k)]
+            self._step_done()
         return out
 
     def _flows(self, lqs: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -308,6 +310,7 @@ class BasicVSRPlusPlus(nn.Module):
             ff = self.spynet(b, a).view(n, e - s, 2, h, w)
             backward += [fb[:, i] for i in range(e - s)]
             forward += [ff[:, i] for i in range(e - s)]
+            self._step_done()
         return backward, forward
 
     def _propagate(self, feats: dict[str, list[torch.Tensor]], flows: list[torch.Tensor], name: str,
@@ -343,7 +346,12 @@ class BasicVSRPlusPlus(nn.Module):
                              + [feat_prop], dim=1)
             feat_prop = feat_prop + self.backbone[name](feat)
             out[idx] = store.put(feat_prop)
+            self._step_done()
         return [out[i] for i in range(t)]
+
+    def _step_done(self) -> None:
+        if self.progress is not None:
+            self.progress()
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
