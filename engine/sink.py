@@ -142,8 +142,11 @@ def output_aspect_ratio(sar: Fraction | None, source: tuple[int, int], output: t
     return None if out == 1 else out
 
 
-# the output's filesystem refused: full, over a size or quota limit, read-only, failing
-WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+# the output's filesystem refused: full, over a size or quota limit, read-only, failing; the
+# output's directory gone or its permissions changed during the run; a place (/proc, /sys)
+# that takes no files although the check before the run said it was writable
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO,
+                errno.ENOENT, errno.EACCES, errno.EPERM}
 
 
 def write_error(what: str, exc: BaseException, hint: str = "") -> UserError | None:

@@ -887,3 +887,21 @@ def test_a_job_does_not_depend_on_its_log(tmp_path, clip, log):
                               preexec_fn=lambda: os.close(2), timeout=120).returncode
     assert code == 0
     assert out.exists() and json.loads(report.read_text())["frames_out"] == 24
+
+
+def test_the_output_directory_removed_mid_run_is_one_line_naming_the_output(clip, tmp_path):
+    import shutil
+
+    where = tmp_path / "o"
+    where.mkdir()
+    out = where / "out.mp4"
+    job = subprocess.Popen([sys.executable, "-m", "engine", "stream", str(clip(frames=48)), str(out),
+                            "--pipeline", "test.jitter:max_ms=60", "--quiet"], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **TESTING})
+    deadline = time.time() + 60
+    while not any(where.glob(".out.partial*")) and time.time() < deadline:  # writing has begun
+        time.sleep(0.02)
+    shutil.rmtree(where)
+    _, err = job.communicate(timeout=120)
+    # was exit 1, "stage 'encode' failed: FileNotFoundError: ... '.out.partial-…'"
+    assert job.returncode == 2 and err.strip() == f"engine: error: cannot write output {out}: No such file or directory", err
