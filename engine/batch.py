@@ -132,7 +132,7 @@ def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
                 if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__}})
         raise
     if config.report:
-        write_report(config.report, {"inputs": reports})
+        write_report(config.report, {"inputs": reports}, f"{config.output}{os.sep}")
     return reports
 
 

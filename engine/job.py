@@ -167,7 +167,7 @@ class Job:
         report = build_report(self, result, reporter)
         report["notes"] = self.notes + notes
         if config.report:
-            write_report(config.report, report)
+            write_report(config.report, report, config.output)
         return report
 
 
@@ -413,7 +413,9 @@ def environment() -> dict:
             "numpy": numpy.__version__}
 
 
-def write_report(path: str, report: dict) -> None:
+def write_report(path: str, report: dict, output: str | None = None) -> None:
+    """Write `report` as JSON, whole or not at all. `output`: the job's output, already in
+    place, which a report that cannot be written (a full disk) does not undo: the error says so."""
     tmp = partial_path(path)  # hidden, and as short as a legal name allows
     lock = PartialLock(tmp)  # held while written: a killed run's is known (clear_stale_partials)
     try:
@@ -427,7 +429,8 @@ def write_report(path: str, report: dict) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise UserError(f"cannot write report {path}: {exc.strerror or exc}") from None
+            done = f" (the output {output} is complete)" if output else ""
+            raise UserError(f"cannot write report {path}: {exc.strerror or exc}{done}") from None
         raise
     finally:
         lock.release()

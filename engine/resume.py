@@ -270,7 +270,7 @@ class SegmentedJob:
         report = self._report(results, started, frames_encoded, join_s, done, figures)
         report.update(extra or {})
         if self.config.report:
-            write_report(self.config.report, report)
+            write_report(self.config.report, report, self.config.output)
         return report
 
     # The three steps a driver needs, here run in order on this machine; a distributed driver

@@ -905,3 +905,15 @@ def test_the_output_directory_removed_mid_run_is_one_line_naming_the_output(clip
     _, err = job.communicate(timeout=120)
     # was exit 1, "stage 'encode' failed: FileNotFoundError: ... '.out.partial-…'"
     assert job.returncode == 2 and err.strip() == f"engine: error: cannot write output {out}: No such file or directory", err
+
+
+def test_a_report_that_cannot_be_written_says_the_output_is_complete(tmp_path):
+    """A full disk at the very end: the output is in place, and the error must not leave the
+    user thinking the job's work is lost (nor leave a half-written report)."""
+    from engine.errors import UserError
+    from engine.job import write_report
+
+    full = tmp_path / "gone" / "r.json"  # writing fails as on a full disk: an OSError
+    with pytest.raises(UserError, match=r"cannot write report .*r\.json: .* \(the output out\.mp4 is complete\)"):
+        write_report(str(full), {"frames_out": 3}, "out.mp4")
+    assert not full.parent.exists()
