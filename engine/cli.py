@@ -10,6 +10,7 @@ import sys
 
 from engine import __version__
 from engine import interrupts
+from engine.crashpoints import crash_point
 from engine.errors import EngineError, StageError, Terminated, UserError
 
 # decode → dedup → realesr-animevideov3 x2 → encode
@@ -110,6 +111,8 @@ def _stream(args: argparse.Namespace) -> int:
         raise UserError("--ray-cpus and --ray-gpus need --ray")
     from engine.batch import is_batch, run_batch
 
+    if not is_batch(config.input) and ray is None:
+        interrupts.one_job()
     if is_batch(config.input):
         run_batch(config, ray)
     elif ray is not None:
@@ -257,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     interrupts.install()  # SIGTERM and SIGHUP stop a job as Ctrl-C does
     try:
         code = handler(args)
+        crash_point("command-done")  # a stop here, the job's output in place, must not undo it
+        interrupts.done()
         for signum in dict.fromkeys(interrupts.late):  # the output was already in place
             print(f"engine: note: {interrupts.STOP_SIGNALS[signum]} after the output was complete; "
                   f"the job finished", file=sys.stderr)
+        interrupts.ignore_stops()
         return code
     except StageError as exc:
         # a user error raised in a worker (say, corrupt input found mid-stream) reads as itself

@@ -118,10 +118,39 @@ class _Ending:
 
 _ending: _Ending | None = None
 late: list[int] = []  # stop signals that came after an output was in place, not yet acted on
+_one_job = False  # the command runs one job: once its output is in place, nothing can stop it
+
+
+def one_job() -> None:
+    """The command is one job (no batch, no Ray driver with other inputs): from its output's
+    commit to the process's end, stop signals are only noted. Restoring the stopping handlers
+    after it left a window in which a signal still read "terminated" over a finished job."""
+    global _one_job
+    _one_job = True
 
 
 def _note(signum, frame) -> None:
     late.append(signum)
+
+
+def done() -> None:
+    """The command's work is over (its outputs in place): a stop signal from here to the
+    process's end is only noted, then ignored. Python restores the default handlers at exit,
+    so one during the interpreter's shutdown (its thread joins) killed the finished job by
+    the signal, or printed a traceback from those joins. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _note)
+
+
+def ignore_stops() -> None:
+    """After `done`, once the notes are said: ignored, through the interpreter's shutdown."""
+    if threading.current_thread() is threading.main_thread():
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) is _note:
+                signal.signal(s, signal.SIG_IGN)
 
 
 def raise_pending() -> None:
@@ -145,7 +174,8 @@ def finishing(output: str) -> Iterator[None]:
         yield
     finally:
         ending, _ending = _ending, None
-        ending.release()
+        if not (_one_job and ending.saved is not None):
+            ending.release()
 
 
 def committing(path: str) -> None:

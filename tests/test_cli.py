@@ -564,6 +564,18 @@ def test_a_stop_signal_after_the_output_is_in_place_lets_the_job_finish(clip, tm
     assert leftovers(tmp_path) == ["out.mp4", "r.json"]  # no report partial, no work directory
 
 
+@pytest.mark.parametrize("sig", ["INT", "TERM", "HUP"])
+def test_a_stop_signal_after_the_job_returned_lets_it_finish(clip, tmp_path, sig):
+    """The job's handlers were restored once it ended: a signal on the way out read
+    "terminated" (exit 143) over a finished output, or killed the process at its exit."""
+    out = tmp_path / "out.mp4"
+    r = run_engine("stream", clip(frames=12), out, env={"ENGINE_CRASH_AT": f"command-done:1:{sig}"})
+    said = {"INT": "interrupted", "TERM": "terminated", "HUP": "hung up"}[sig]
+    assert r.returncode == 0, r.stderr
+    assert f"engine: note: {said} after the output was complete; the job finished" in r.stderr
+    assert decoded_indices(out) == list(range(12))
+
+
 def test_a_signal_before_the_output_is_in_place_still_stops_the_job():
     import os as _os
 
