@@ -16,7 +16,7 @@ from engine.frame_count import PacketCount
 from engine.frame_size import SizeHolder, size_note
 from engine.hdr import HdrStatic, read_hdr_static
 from engine.image_input import find, frame_file, is_image_pattern, open_media
-from engine.timestamps import JumpLog, TimestampRepair, frame_step
+from engine.timestamps import HoleWatch, JumpLog, TimestampRepair, frame_step
 from engine.video_stream import main_video
 
 
@@ -269,6 +269,7 @@ class VideoSource:
         repair = self.repair = TimestampRepair(frame_step(self.info.frame_rate, tb),
                                                refuse=self.timestamps == "refuse", what="video frame",
                                                jump_log=self.jumps)
+        holes = HoleWatch(repair.step, tb)
         seq = 0
         hidden = 0  # packets an MP4/MOV edit list hides: decoded for the pictures after them, never shown
         last_end: float | None = None
@@ -278,6 +279,7 @@ class VideoSource:
                 for picture in packet.decode():
                     pts = repair(picture.pts, picture.duration)
                     picture.pts = pts
+                    holes.feed(pts)
                     last_end = float((pts + (picture.duration or 0)) * tb)
                     picture.pict_type = av.video.frame.PictureType.NONE  # let the encoder pick GOPs
                     self._observe(picture)
@@ -296,6 +298,8 @@ class VideoSource:
                               f"kept the {seq} frames before it (--allow-truncated)")
             return
         finally:
+            if (hole := holes.note(self.info.frame_rate)) is not None:
+                self.notes.append(hole)
             if repair.repaired:
                 self.notes.append(
                     f"note: repaired the timestamps of {repair.repaired} video frames (missing, repeated or "

@@ -248,3 +248,42 @@ def scan_video_timestamps(path: str) -> str | None:
         except av.error.FFmpegError:
             pass  # a damaged file is the truncation check's to report
     return check.problem
+
+
+HOLE_S = 1.0  # a skip shorter than this in a constant-rate stream is a camera's dropped frames
+
+
+class HoleWatch:
+    """Finds a hole in a constant-rate video: Matroska's demuxer skips damaged data without an
+    error, so 200 kB of zeros mid-file left 232 frames (9.7 s) out of the output and nothing
+    said. Only a stream whose every other interval is exactly one frame counts (a variable-rate
+    recording's long gaps are its content), and only a skip over `HOLE_S`."""
+
+    def __init__(self, step: Fraction | None, time_base: Fraction):
+        self.step, self.time_base = step, time_base
+        self.last: int | None = None
+        self.holes: list[tuple[float, float]] = []  # (at s, skipped s)
+        self.irregular = False
+
+    def feed(self, pts: int) -> None:
+        if self.step is None or self.irregular:
+            return
+        if self.last is not None:
+            interval = pts - self.last
+            if abs(interval - self.step) > 1:  # one time-base unit of rounding
+                skipped = float((interval - self.step) * self.time_base)
+                if skipped > HOLE_S:
+                    self.holes.append((float(self.last * self.time_base), skipped))
+                else:
+                    self.irregular = True  # variable rate, or a repaired stretch: not ours to judge
+        self.last = pts
+
+    def note(self, rate: Fraction) -> str | None:
+        if self.irregular or not self.holes:
+            return None
+        at, skipped = self.holes[0]
+        more = f" ({len(self.holes)} such skips)" if len(self.holes) > 1 else ""
+        return (f"note: the video's timestamps skip {skipped:.1f} s after {at:.1f} s (about "
+                f"{round(skipped * rate)} frames at {float(rate):g} fps) in an otherwise constant-rate "
+                f"stream{more}: those frames are missing from the input (damaged data the demuxer "
+                f"skipped, or a gap in the recording), and from the output")
