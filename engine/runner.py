@@ -70,7 +70,7 @@ class Sink(Protocol):
 
     name: str
 
-    def write(self, frame: Frame) -> None: ...
+    def write(self, frame: Frame) -> bool | None: ...  # False: not written (a segment's context frame)
 
     def finish(self, frames: int) -> None:
         """End of stream: flush, close and verify the output (still under a temporary name)."""
@@ -446,8 +446,8 @@ class Pipeline:
                         frame.reuse_pixels(reference)
                     validator.check(frame)
                     with metrics.busy(frame.seq):
-                        self.sink.write(frame)
-                    metrics.items += 1
+                        passed = self.sink.write(frame)
+                    metrics.items += passed is not False  # False: a context frame the sink let by
             reorder.finish()
             # EOS here means every upstream thread finished, so the source's count is final.
             validator.finish(self._frames_in)

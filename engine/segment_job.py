@@ -218,14 +218,17 @@ class TrimmingSink:
         self.tail_unique: deque[int] = deque(maxlen=max(keep_unique, 1))
         self.kinds: Counter[str] = Counter()  # dedup's decisions on [start, end): unique, exact_..., near_...
 
-    def write(self, frame: Frame) -> None:
+    def write(self, frame: Frame) -> bool:
+        """Whether `frame` was written (False: context, let by; the encode row counts only those written)."""
         if frame.seq < self.end and frame.meta.get("dup_of") is None:
             self.tail_unique.append(frame.seq)
-        if self.start <= frame.seq < self.end:
-            self.kinds["unique" if frame.meta.get("dup_of") is None else frame.meta.get("dup_kind", "duplicate")] += 1
-            self.inner.write(frame)
-            self.written += 1
-            crash_point("segment-frame")
+        if not self.start <= frame.seq < self.end:
+            return False
+        self.kinds["unique" if frame.meta.get("dup_of") is None else frame.meta.get("dup_kind", "duplicate")] += 1
+        self.inner.write(frame)
+        self.written += 1
+        crash_point("segment-frame")
+        return True
 
     def finish(self, frames: int) -> None:
         if self.written != self.end - self.start:

@@ -293,6 +293,8 @@ def test_context_across_cuts_gives_the_unsegmented_frames(media, tmp_path, pipel
     # the encoder as it ran
     assert [st["name"] for st in segmented["stages"]] == [st["name"] for st in single["stages"]]
     assert segmented["stages_cover"]["frames"] == 48 and segmented["stages_cover"]["context_frames"] > 0
+    # the encoder is given only each segment's own frames: its row counts those (it counted context too)
+    assert segmented["stages"][-1]["name"] == "encode" and segmented["stages"][-1]["items"] == 48
     assert segmented["encoder"]["codec"] == single["encoder"]["codec"] == "ffv1"
     if "dedup" in pipeline:  # the clip must exercise dedup for the comparison to mean anything
         dedup = single["dedup"]
