@@ -242,6 +242,8 @@ TORCH_SCENARIOS = MODEL_SCENARIOS[:1] + MODEL_SCENARIOS[2:] + ("vsr-model-only",
                                                                "diffusion-vsr-720p", "diffusion-vsr-704",
                                                                "diffusion-vsr-tiny")
 PIPELINE_SCENARIOS = ("pipeline", "single-pass", "kill-resume")
+# torch.compile's modes the upscale stage accepts (stages/upscale.py)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -259,6 +261,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--batch must be 0 (auto) to 256 and --ring 1 to 8, got {args.batch} and {args.ring}")
     if not (args.window >= 1 and 0 <= args.overlap and 2 * args.overlap < args.window):
         p.error(f"--overlap must be >= 0 and less than half the --window, got {args.overlap} and {args.window}")
+    if args.compile_mode and args.compile_mode not in COMPILE_MODES:
+        p.error(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {args.compile_mode!r}")
     if not 0 <= args.crf <= 51:
         p.error(f"--crf must be 0..51, got {args.crf}")
     if args.decode not in DECODERS:
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=int, default=8, help="context frames shared by windows (vsr scenarios)")
     p.add_argument("--convert", default="", help="upscale: device (planes to the device) or host (RGB on the host)")
     p.add_argument("--compile", default="", help="true: torch.compile the model (model scenarios)")
-    p.add_argument("--compile-mode", default="", help="torch.compile mode: default, reduce-overhead, max-autotune")
+    p.add_argument("--compile-mode", default="", help=f"torch.compile mode: {', '.join(COMPILE_MODES)}")
     p.add_argument("--cuda-graphs", default="", help="true: replay CUDA graphs per batch shape")
     p.add_argument("--decode", default="auto", help="auto, cpu, nvdec (engine scenarios)")
     p.add_argument("--opencv-threads", type=int, default=0,

@@ -97,17 +97,26 @@ def make_variant(source: Path, variant: Variant, path: Path, presets: dict[str, 
     return path
 
 
+class UnknownVariant(ValueError):
+    pass
+
+
 def build(media: Path, out_dir: Path, only: set[str] | None = None,
           presets: dict[str, str] = PRESETS) -> list[Path]:
     """Make every variant missing from `out_dir` (all of them, or those named in `only`).
     Names do not say the preset: a set made with other `presets` needs a directory of its own."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     widths = {}
     for clip in CLIPS:
         with av.open(str(media / f"{clip}.mp4")) as c:
             widths[clip] = c.streams.video[0].codec_context.width
+    every = variants(widths)
+    unknown = sorted(set(only or ()) - {v.name for v in every})
+    if unknown:  # a typo must not build nothing and exit 0
+        raise UnknownVariant(f"--only: no variant named {', '.join(unknown)}; the variants are: "
+                             f"{', '.join(v.name for v in every)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for v in variants(widths):
+    for v in every:
         if only and v.name not in only:
             continue
         path = out_dir / v.name
@@ -234,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         if codec not in PRESETS or not preset:
             p.error(f"--preset wants CODEC=PRESET with CODEC one of {', '.join(PRESETS)}, got {item!r}")
         presets[codec] = preset
-    paths = build(args.media, args.out_dir, set(args.only) if args.only else None, presets)
+    try:
+        paths = build(args.media, args.out_dir, set(args.only) if args.only else None, presets)
+    except UnknownVariant as exc:
+        p.error(str(exc))  # exit 2
     report = table if args.table else bound_table if args.bound else lookahead_table if args.lookahead else None
     if report:
         for row in report(args.media, args.labels, paths):
