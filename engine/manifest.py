@@ -89,7 +89,8 @@ def job_key(*, input_path: str, specs: list[StageSpec], encoder: dict[str, Any],
 #: Raised whenever a segment's bytes change for the same input, options and versions (a
 #: fix in what a segment decodes or encodes): segments an older build recorded must not be
 #: joined with new ones. 2: the picture-format handoff in segments, sizes held at the source.
-SEGMENT_REVISION = "2"
+#: 3: recurrent window stages (basicvsrpp) cut where a single pass's windows fall.
+SEGMENT_REVISION = "3"
 
 
 def versions() -> dict[str, str]:
@@ -133,6 +134,7 @@ class SegmentRecord:
     stages: list = field(default_factory=list)       # its run's figures (SegmentResult.stages, ...)
     encoder: dict = field(default_factory=dict)
     dedup: dict = field(default_factory=dict)
+    tail_index: int = 0  # unique frames (whole video) before tail_unique[0]: a recurrent stage's windows
 
 
 @dataclass

@@ -295,7 +295,11 @@ class SegmentedJob:
         return SegmentTask(
             input=self.config.input, segment=seg,
             decode_start=None if speculate else
-            self.context.context_start(seg, previous.tail_unique if previous else None),
+            self.context.context_start(seg, previous.tail_unique if previous else None,
+                                       previous.tail_index if previous else 0),
+            unique_start=0 if speculate else
+            self.context.unique_start(seg, previous.tail_unique if previous else None,
+                                      previous.tail_index if previous else 0),
             decode_stop=self.context.context_stop(seg, len(self.table)),
             table=self.table, specs=self.specs, encoder=self.encoder,
             output=os.path.join(self.work_dir, segment_name(seg.index, ext)),
@@ -312,7 +316,7 @@ class SegmentedJob:
             segment_name(seg.index, os.path.splitext(self.config.output)[1].lower()),
             result.size, result.sha256, result.tail_unique,
             state_name(seg.index) if result.state_sha256 else "", result.state_sha256,
-            result.notes, result.source, result.stages, result.encoder, result.dedup)
+            result.notes, result.source, result.stages, result.encoder, result.dedup, result.tail_index)
         save(self.work_dir, self.manifest)
 
     def join(self) -> None:

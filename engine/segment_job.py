@@ -40,6 +40,18 @@ The context rule, in one place (`context_start`, `context_stop`):
   same decisions, same windows, same bytes. Only accepted segments are recorded, in plan
   order, so a restarted driver reuses exactly what is proven. A guess is never trusted:
   a wrong one costs a rerun of that segment, never a wrong frame.
+- A recurrent window stage (`WindowStage.recurrent`: BasicVSR++ propagates through its whole
+  window) gives a frame a result that depends on where its window starts, not only on O
+  frames around it. A single pass puts windows of K frames at 0, step, 2·step, ... (step =
+  K − 2O, in unique frames), window j emitting [j·step + O, j·step + K − O). So a segment
+  decodes from the start of the window that emits its first needed frame to the end of the
+  one that emits its last: the same windows, the same frames. Without dedup, c = the window
+  start of s and the stop the window end of e − 1. After dedup, windows count unique frames:
+  each segment's run numbers its unique frames from `unique_start` (the unique index of c)
+  and records the index of its tail's first (`tail_index`); c is the tail frame whose index
+  starts the window that emits the last unique frame before s (U = K − O tail frames reach
+  it), and R = K × (1 + dup_run). Such segments run in order (no speculation: a pre-scan
+  cannot know the unique index). A second window stage beside a recurrent one: refused.
 - dedup after a window stage would compare processed pixels that lack context at c: refused.
 - A stage that `carries_state` (a recurrent model's previous output) depends on every frame
   before, which no context rebuilds. Its segments run in order, each starting from the state
@@ -89,10 +101,11 @@ class PipelineContext:
     dup_run: int    # longest duplicate run (dedup's max_run); 0 without dedup
     stateful: tuple[int, ...] = ()  # pipeline indices of the stages that carry state
     marking: int = 0  # stages up to and including the last duplicate-marking one (pre-scan)
+    window: int = 0   # a recurrent window stage's window (K), the pipeline's only window stage; 0: none
 
     @classmethod
     def of(cls, specs: list[StageSpec]) -> PipelineContext:
-        overlap = dup_run = marking = 0
+        overlap = dup_run = marking = window = 0
         stateful = []
         windows = False
         for index, spec in enumerate(specs):
@@ -106,9 +119,15 @@ class PipelineContext:
                 kind = "a window stage" if windows else f"'{specs[stateful[0]].name}' (state carried from frame to frame)"
                 raise UserError(f"--resume cannot cut a pipeline where '{spec.name}' (duplicate "
                                 f"marking) follows {kind}; put it first")
+            if isinstance(stage, WindowStage) and (window or (windows and stage.recurrent)):
+                recurrent = spec.name if stage.recurrent else next(
+                    s.name for s in specs if getattr(s.build(), "recurrent", False))
+                raise UserError(f"--resume cannot cut a pipeline where '{recurrent}' (recurrent: each "
+                                f"frame depends on its whole window) runs beside another window stage")
             windows = windows or isinstance(stage, WindowStage)
             if isinstance(stage, WindowStage):
                 overlap += stage.overlap
+                window = stage.window_size if stage.recurrent else 0
             dup_run = max(dup_run, stage.dup_run)
             if stage.carries_state:
                 stateful.append(index)
@@ -116,7 +135,7 @@ class PipelineContext:
             name = specs[stateful[0]].name
             raise UserError(f"--resume cannot cut a pipeline where '{name}' (state carried from frame "
                             f"to frame) runs beside window stages with overlap; run it without --resume")
-        return cls(overlap, dup_run, tuple(stateful), marking)
+        return cls(overlap, dup_run, tuple(stateful), marking, window)
 
     @property
     def ordered(self) -> bool:
@@ -130,30 +149,64 @@ class PipelineContext:
 
     @property
     def speculative(self) -> bool:
-        """Whether a segment's context can be guessed and checked (dedup without carried state)."""
-        return self.ordered and not self.stateful
+        """Whether a segment's context can be guessed and checked (dedup without carried state;
+        not before a recurrent stage, whose windows fall by unique frames counted from the start)."""
+        return self.ordered and not self.stateful and not self.window
 
     @property
     def keep_unique(self) -> int:
-        return self.overlap + 1 if self.ordered else 0
+        if not self.ordered:
+            return 0
+        # recurrent: back to the start of the window that emits the last unique frame (< K − O before it)
+        return self.window - self.overlap if self.window else self.overlap + 1
+
+    @property
+    def _step(self) -> int:
+        return self.window - 2 * self.overlap  # a single pass's windows start every `step` (unique) frames
+
+    def _window_start(self, frame: int) -> int:
+        """Where the single pass's window that emits (unique) frame `frame` starts."""
+        return max(0, (frame - self.overlap) // self._step) * self._step
 
     @property
     def speculation_frames(self) -> int:
         """L: frames a speculative pre-scan decodes before a segment's start."""
         return SPECULATE_RUNS * self.keep_unique * (1 + self.dup_run)
 
-    def context_start(self, segment: Segment, previous_tail: list[int] | None) -> int:
+    def context_start(self, segment: Segment, previous_tail: list[int] | None, tail_index: int = 0) -> int:
+        """c: the first frame segment's run decodes. `tail_index`: the unique index (unique
+        frames before it, whole video) of `previous_tail[0]`, for a recurrent stage after dedup."""
         if not self.ordered:
+            if self.window:
+                return self._window_start(segment.start)
             return max(0, segment.start - self.overlap)
         if segment.start == 0:
             return 0
         if not previous_tail:
             raise ValueError(f"segment {segment.index} needs the unique frames of the one before")
+        if self.window:
+            return previous_tail[self.unique_start(segment, previous_tail, tail_index) - tail_index]
         return previous_tail[-self.keep_unique] if len(previous_tail) >= self.keep_unique \
             else previous_tail[0]
 
+    def unique_start(self, segment: Segment, previous_tail: list[int] | None, tail_index: int = 0) -> int:
+        """The unique index of the context start: where a recurrent stage's windows begin."""
+        if not self.ordered:
+            return self.context_start(segment, previous_tail)
+        if segment.start == 0 or not self.window:
+            return 0
+        start = self._window_start(tail_index + len(previous_tail) - 1)  # of the last unique before s
+        if start < tail_index:
+            raise ValueError(f"segment {segment.index}: the unique frames recorded before it do not "
+                             f"reach back to its window's start")
+        return start
+
     def context_stop(self, segment: Segment, frames: int) -> int:
-        return min(frames, segment.end + self.overlap * (1 + self.dup_run))
+        if self.window and not self.ordered:  # to the end of the window that emits the last frame
+            return min(frames, self._window_start(segment.end - 1) + self.window)
+        # recurrent after dedup: up to a whole window of unique frames past the end
+        reach = self.window if self.window else self.overlap
+        return min(frames, segment.end + reach * (1 + self.dup_run))
 
 
 @dataclass(frozen=True)
@@ -169,6 +222,7 @@ class SegmentTask:
     encoder: EncoderChoice
     output: str             # the segment file, written as a partial and renamed when complete
     keep_unique: int = 0    # how many of the last unique frames to report (dedup context)
+    unique_start: int = 0   # unique frames (whole video) before decode_start: the tail's indices
     runner: RunnerOptions = field(default_factory=RunnerOptions)
     state_in: str | None = None   # the carried state the segment before ended with (npz)
     state_out: str | None = None  # where this segment's end state goes (stateful pipelines)
@@ -200,6 +254,7 @@ class SegmentResult:
     stages: list[dict] = field(default_factory=list)
     encoder: dict = field(default_factory=dict)
     dedup: dict = field(default_factory=dict)
+    tail_index: int = 0      # unique frames (whole video) before tail_unique[0]
 
 
 class TrimmingSink:
@@ -211,17 +266,19 @@ class TrimmingSink:
 
     name = "encode"
 
-    def __init__(self, inner: VideoSink, start: int, end: int, keep_unique: int):
+    def __init__(self, inner: VideoSink, start: int, end: int, keep_unique: int, unique_start: int = 0):
         self.inner = inner
         self.start, self.end = start, end
         self.written = 0
         self.tail_unique: deque[int] = deque(maxlen=max(keep_unique, 1))
+        self.uniques = unique_start  # unique index after the last unique frame before `end`
         self.kinds: Counter[str] = Counter()  # dedup's decisions on [start, end): unique, exact_..., near_...
 
     def write(self, frame: Frame) -> bool:
         """Whether `frame` was written (False: context, let by; the encode row counts only those written)."""
         if frame.seq < self.end and frame.meta.get("dup_of") is None:
             self.tail_unique.append(frame.seq)
+            self.uniques += 1
         if not self.start <= frame.seq < self.end:
             return False
         self.kinds["unique" if frame.meta.get("dup_of") is None else frame.meta.get("dup_kind", "duplicate")] += 1
@@ -229,6 +286,10 @@ class TrimmingSink:
         self.written += 1
         crash_point("segment-frame")
         return True
+
+    @property
+    def tail_index(self) -> int:
+        return self.uniques - len(self.tail_unique)
 
     def finish(self, frames: int) -> None:
         if self.written != self.end - self.start:
@@ -340,7 +401,7 @@ class SegmentRun:
             inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
                               copy_plan=CopyPlan(),  # other streams: once, at the join
                               shown_as=work_dir_label(os.path.dirname(task.output)), write_hint=WORK_DIR_HINT)
-            self.sink = TrimmingSink(inner, seg.start, seg.end, task.keep_unique)
+            self.sink = TrimmingSink(inner, seg.start, seg.end, task.keep_unique, task.unique_start)
             states = load_states(task.state_in) if task.state_in else None
             self.pipeline = Pipeline(self.source, task.specs, self.sink, task.runner, states)
         except BaseException:
@@ -365,7 +426,8 @@ class SegmentRun:
                              result.frames_in, result.elapsed_s, state_digest, self.decode_start,
                              self.speculated, self.prescan_s, *self._said(),
                              [st.as_dict(result.elapsed_s) for st in result.stages], self.sink.inner.describe(),
-                             dict(self.sink.kinds) if any("unique" in st.counters for st in result.stages) else {})
+                             dict(self.sink.kinds) if any("unique" in st.counters for st in result.stages) else {},
+                             self.sink.tail_index if self.task.keep_unique else 0)
 
     def _said(self) -> tuple[list[str], dict]:
         """(notes, numbers) for the driver. Counts cover the segment's own frames: the size

@@ -213,6 +213,10 @@ class BatchStage(Stage):
 class WindowStage(Stage):
     kind: ClassVar[StageKind] = "window"
     needs_order: ClassVar[bool] = True
+    #: A frame's result depends on its whole window, not only on `overlap` frames either side
+    #: (a recurrent model propagating through the window: BasicVSR++). A segment then starts
+    #: and ends where a single pass's windows fall (engine/segment_job.py).
+    recurrent: ClassVar[bool] = False
 
     def __init__(self, window_size: int = 8, overlap: int = 2) -> None:
         super().__init__()

@@ -208,6 +208,14 @@ class WindowSum(WindowStage):
         return [f.data.copy() for f in frames]
 
 
+@register_stage("test.recurrent-sum")
+class RecurrentWindowSum(WindowSum):
+    """test.window-sum declared recurrent (each frame depends on its whole window), for the
+    segment context rule."""
+
+    recurrent = True
+
+
 @register_stage("test.jitter")
 class Jitter(MapStage):
     """Waits a random 0..max_ms per frame, so parallel workers finish out of order."""

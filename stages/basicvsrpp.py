@@ -34,6 +34,8 @@ MIN_SIDE = 64      # engine.models.basicvsrpp.MIN_SIDE, repeated so that checkin
 class BasicVSRPP(WindowStage):
     """×4 temporal super-resolution (or same-size restoration) with a BasicVSR++ checkpoint."""
 
+    recurrent = True  # features propagate through the whole window, both ways
+
     def __init__(self, checkpoint: str = DEFAULT_CHECKPOINT, models_dir: str = "", window: int = 96,
                  overlap: int = 8, device: str = "auto",
                  precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto", channels_last: bool = True,

@@ -138,6 +138,22 @@ def test_context_rule_from_the_pipeline():
         PipelineContext.of(parse_pipeline("temporal-denoise,dedup"))
     with pytest.raises(UserError, match="follows a window stage"):  # its windows would fall elsewhere
         PipelineContext.of(parse_pipeline("test.window-sum:overlap=0,dedup"))
+    # a recurrent stage (windows of 6 stepping by 4): segments start and end on its windows
+    rec = PipelineContext.of(parse_pipeline("test.recurrent-sum:window_size=6:overlap=1"))
+    assert rec.context_start(seg, None) == 96 and rec.context_stop(seg, 1000) == 202  # [96, 102) … [196, 202)
+    assert rec.context_start(Segment(0, 0, 7, 0), None) == 0 and rec.context_stop(Segment(0, 0, 7, 0), 9) == 9
+    after = PipelineContext.of(parse_pipeline("dedup:max_run=3,test.recurrent-sum:window_size=6:overlap=1"))
+    assert not after.speculative and after.keep_unique == 5  # back to the window's start
+    # the last unique frame before s is unique frame 41 (tail: 37..41); the window that
+    # emits it, [40, 46), starts at unique frame 40: seq 92
+    assert after.context_start(seg, [80, 84, 88, 92, 99], tail_index=37) == 92
+    assert after.unique_start(seg, [80, 84, 88, 92, 99], tail_index=37) == 40
+    with pytest.raises(ValueError, match="do not reach back"):  # a tail shorter than keep_unique
+        after.context_start(seg, [99], tail_index=41)
+    assert after.context_stop(seg, 1000) == 200 + 6 * 4
+    for beside in ("temporal-denoise,test.recurrent-sum", "test.recurrent-sum,test.window-sum"):
+        with pytest.raises(UserError, match="'test.recurrent-sum' \\(recurrent"):
+            PipelineContext.of(parse_pipeline(beside))
 
 
 def test_duplicate_marking_after_carried_state_is_refused_before_any_segment_runs(tmp_path):
@@ -307,6 +323,44 @@ def test_context_across_cuts_gives_the_unsegmented_frames(media, tmp_path, pipel
     assert len(a) == len(b) == 48
     differ = [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)]
     assert differ == []
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_recurrent_stage_cuts_where_a_single_pass_puts_its_windows(tmp_path, dedup):
+    """BasicVSR++ propagates through its whole window: `overlap` frames of context are not
+    enough, a frame's result depends on where its window starts. Segments (every 7 frames,
+    windows of 6 stepping by 4) start and end where the single pass's windows fall, counted
+    in unique frames after dedup, so the frames are the single pass's (they differed by up
+    to 3 levels from the 5th frame on)."""
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_basicvsrpp import _mmagic_checkpoint, random_net
+
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 30, size=(30, 64, 64, 3), dtype=np.uint8)
+
+    def image(seq: int) -> np.ndarray:  # held drawings (with dedup: runs of 2 and 3), moving
+        k = seq * 2 // 5 if dedup else seq
+        base = np.roll(index_frame(k % 48, 64, 64), 2 * k, axis=1).astype(np.int16)
+        return np.clip(base + (noise[k] if not dedup else 0) - 15, 0, 255).astype(np.uint8)
+
+    clip = make_clip(tmp_path / "in.mkv", 30, 64, 64, codec="ffv1", image=image, options={"g": "1"})
+    weights = _mmagic_checkpoint(random_net(8, 1), tmp_path / "c8n1.pth")
+    pipeline = ("dedup:max_run=3," if dedup else "") + \
+        f"basicvsrpp:checkpoint={weights}:window=6:overlap=1:device=cpu"
+    seg, plain = tmp_path / "seg.mkv", tmp_path / "plain.mkv"
+    r = stream(clip, seg, "--resume", "--segment", "7f", "--encoder", "ffv1", "--pipeline", pipeline,
+               "--report", tmp_path / "r.json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["segments"]["total"] >= 4
+    r = stream(clip, plain, "--encoder", "ffv1", "--pipeline", pipeline, "--report", tmp_path / "p.json",
+               timeout=300)
+    assert r.returncode == 0, r.stderr
+    if dedup:  # the clip must make dedup skip frames, or the unique-frame grid is not tested
+        assert json.loads((tmp_path / "p.json").read_text())["dedup"]["frames_processed"] <= 15
+    a, b = frames_of(seg), frames_of(plain)
+    assert len(a) == len(b) == 30
+    assert [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)] == []
 
 
 # ---- kills --------------------------------------------------------------------------------
