@@ -19,8 +19,8 @@ from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
 from engine.registry import StageSpec, check_stage_order, parse_pipeline, stage_class
 from engine.runner import Pipeline, RunnerOptions, RunResult
-from engine.sink import (ImageSequenceSink, PartialLock, VideoSink, frame_name, image_staging, is_image_pattern,
-                         name_max, partial_path, pattern_matches, remove_stale_partials)
+from engine.sink import (ImageSequenceSink, PartialLock, VideoSink, frame_name, half_moved_frames, image_staging,
+                         is_image_pattern, name_max, partial_path, pattern_matches, remove_stale_partials)
 from engine.source import VideoInfo, VideoSource
 from engine.stage import check_frame_size, frame_sizes
 from engine.streamcopy import plan_copy
@@ -89,7 +89,9 @@ def check_output_path(input_path: str, output: str) -> None:
         if not os.path.isdir(target):
             raise UserError(f"output directory is a file: {target}")
         check_writable_directory(target)
-        earlier = pattern_matches(output, target)
+        # a run killed while it moved its frames in left some: those it removes (clear_stale_partials)
+        half_moved = set(half_moved_frames(*image_staging(output)))
+        earlier = [n for n in pattern_matches(output, target) if n not in half_moved]
         if earlier:  # frames of an earlier run that this one would not all overwrite would mix in
             raise UserError(f"{target} already holds {len(earlier)} frames named like "
                             f"{os.path.basename(output)} ({earlier[0]}, ...): remove them or write elsewhere")

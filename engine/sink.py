@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from engine import interrupts
+from engine.crashpoints import crash_point
 from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
 from engine.colour_tags import (FROM_RGB, BT709_MATRIX, FULL_RANGE, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED,
                                 is_full_range, limited_grey_as_yuv)
@@ -107,25 +108,57 @@ class PartialLock:
             os.close(fd)
 
 
-def remove_stale_partials(path: str, inside: str | None = None) -> list[str]:
-    """Remove the partials of `path` that runs on this machine left when they were killed
-    (SIGKILL, the OOM killer, a power cut: no handler runs), known by their lock being free.
-    Returns their names."""
+#: An image sequence's partial directory holds this while its frames move one by one into an
+#: existing directory: the names, so that a run killed half way is undone (`remove_stale_partials`).
+COMMIT_JOURNAL = ".moving-into-place"
+
+
+def _stale_partials(path: str, inside: str | None = None) -> Iterator[tuple[str, PartialLock]]:
+    """(name, its lock) of each partial of `path` whose writer is gone (its lock was free)."""
     where, name, ext = _partial_parts(path, inside)
     if not os.path.isdir(where):
-        return []
+        return
     pattern = re.compile(re.escape(name) + r"(\d+)" + re.escape(ext) + "$")
-    removed = []
     for entry in sorted(os.listdir(where)):
         found = pattern.match(entry)
         if not found or int(found.group(1)) == os.getpid():
             continue
         target = os.path.join(where, entry)
         lock = PartialLock(target, directory=os.path.isdir(target))
-        if lock.held:  # its writer is gone
-            _remove(target)
-            removed.append(entry)
-        lock.release()
+        try:
+            if lock.held:  # its writer is gone
+                yield entry, lock
+        finally:
+            lock.release()
+
+
+def half_moved_frames(path: str, inside: str | None = None) -> list[str]:
+    """Frames a killed run had moved from its partial into `inside` (its commit cut short):
+    its own, not an earlier run's. Empty when the moves had all been made (a complete output)."""
+    moved = []
+    where = _partial_parts(path, inside)[0]
+    for entry, _ in _stale_partials(path, inside):
+        journal = os.path.join(where, entry, COMMIT_JOURNAL)
+        if not os.path.isfile(journal):
+            continue
+        left = set(os.listdir(os.path.join(where, entry))) - {COMMIT_JOURNAL}
+        if left:
+            with open(journal) as fh:
+                moved += [n for n in fh.read().split("\n") if n and n not in left]
+    return moved
+
+
+def remove_stale_partials(path: str, inside: str | None = None) -> list[str]:
+    """Remove the partials of `path` that runs on this machine left when they were killed
+    (SIGKILL, the OOM killer, a power cut: no handler runs), known by their lock being free,
+    and the frames a killed image commit had already moved out of one. Returns their names."""
+    where = _partial_parts(path, inside)[0]
+    for name in half_moved_frames(path, inside):
+        _remove(os.path.join(where, name))
+    removed = []
+    for entry, _ in _stale_partials(path, inside):
+        _remove(os.path.join(where, entry))
+        removed.append(entry)
     return removed
 
 
@@ -589,8 +622,19 @@ class ImageSequenceSink:
         if not os.path.isdir(self.directory):
             os.replace(self.partial, self.directory)
         else:
-            for name in self._names:  # the directory already exists: move the files in
+            # the directory already exists: the files move in one by one. The names go first
+            # into a journal (a run killed half way is undone by the next one), the last frame
+            # first (what a kill leaves in place lacks the sequence's start: it cannot pass
+            # for a finished one).
+            journal = os.path.join(self.partial, COMMIT_JOURNAL)
+            with open(journal, "w") as fh:
+                fh.write("\n".join(self._names))
+                fh.flush()
+                os.fsync(fh.fileno())
+            for name in reversed(self._names):
                 os.replace(os.path.join(self.partial, name), os.path.join(self.directory, name))
+                crash_point("image-commit")
+            os.unlink(journal)
             os.rmdir(self.partial)
         if self._lock is not None:
             self._lock.release()

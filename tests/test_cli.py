@@ -929,3 +929,22 @@ def test_a_report_that_cannot_be_written_says_the_output_is_complete(tmp_path):
     with pytest.raises(UserError, match=r"cannot write report .*r\.json: .* \(the output out\.mp4 is complete\)"):
         write_report(str(full), {"frames_out": 3}, "out.mp4")
     assert not full.parent.exists()
+
+
+def test_a_kill_while_frames_move_into_an_existing_directory_is_undone_by_the_rerun(clip, tmp_path):
+    """An image sequence into an existing directory moves in one rename a frame. A SIGKILL
+    half way used to leave frames 1..k, a sequence that looked finished, and the rerun refused
+    the directory ("already holds k frames"). Now the last frames move first (what a kill
+    leaves lacks the start) and the rerun removes them with the killed run's partial."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    pattern = frames / "%04d.png"
+    r = run_engine("stream", clip(frames=12), pattern, env={"ENGINE_CRASH_AT": "image-commit:5"})
+    assert r.returncode == -9
+    visible = sorted(p.name for p in frames.iterdir() if not p.name.startswith("."))
+    assert visible == [f"{n:04d}.png" for n in range(8, 13)]  # the last five, never 0001.png
+    r = run_engine("stream", clip(frames=12), pattern)
+    assert r.returncode == 0, r.stderr
+    assert "left by a run of this job that was killed" in r.stderr
+    assert sorted(p.name for p in frames.iterdir()) == [f"{n:04d}.png" for n in range(1, 13)]
+    assert [frame_index(cv2.imread(str(frames / f"{n:04d}.png"))[:, :, ::-1]) for n in range(1, 13)] == list(range(12))
