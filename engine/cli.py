@@ -288,6 +288,14 @@ def _fail(message: str, code: int) -> int:
         import traceback
 
         traceback.print_exc()
+    import threading
+
+    if any(t.name.startswith("engine-") and t.is_alive() for t in threading.enumerate()):
+        # a stage stuck in native code (a stall the watchdog named): the interpreter's exit would
+        # run C++ teardown under it (SIGABRT, "terminate called without an active exception")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
