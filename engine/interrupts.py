@@ -12,6 +12,8 @@ its ending inside `finishing(output)`; the sink calls `committing(path)` just be
 the output in place, and from there to the end of `finishing` stop signals are only noted
 (`late`). A driver with more to do (a batch's next input, Ray's other inputs) then stops
 there (`raise_pending`); after the last job the CLI says so, and the exit status is the job's.
+A command of one job (`one_job`) keeps them noted from its commit to the process's end, and
+ignored once said (`done`, `ignore_stops`): Python restores the default handlers at exit.
 A signal the engine was started with ignored (`nohup`, a shell's background job) stays ignored.
 """
 
