@@ -138,17 +138,13 @@ def run_batch(config: JobConfig, ray_options=None) -> list[dict]:
 
 def _run(configs: list[JobConfig], ray_options, reports: list[dict]) -> None:
     """Runs the inputs, appending each finished one's report to `reports`."""
-    if ray_options is not None:
-        from engine.ray_job import run_on_ray
-
-        in_order = run_on_ray(configs, ray_options, finished=reports)  # filled as inputs finish
-        reports[:] = in_order
-        return
     from engine.job import Job, check_config, check_input
     from engine.resume import SegmentedJob
     from engine.source import open_input, read_info
 
-    for c in configs:  # options, outputs, each input's header and ending, before hours go into the first
+    # options, outputs, each input's header and ending, before hours go into the first (and,
+    # with --ray, before Ray starts and any input's work directory is taken)
+    for c in configs:
         check_config(c)
         container = open_input(c.input)
         try:
@@ -156,6 +152,12 @@ def _run(configs: list[JobConfig], ray_options, reports: list[dict]) -> None:
         finally:
             container.close()
         check_input(c, info)  # a truncated input (or broken timestamps under refuse) fails now
+    if ray_options is not None:
+        from engine.ray_job import run_on_ray
+
+        in_order = run_on_ray(configs, ray_options, finished=reports)  # filled as inputs finish
+        reports[:] = in_order
+        return
     for number, c in enumerate(configs, 1):
         interrupts.raise_pending()  # a stop signal while the input before finished: stop here
         if not c.quiet:  # which input the lines below are about, in a log of hundreds

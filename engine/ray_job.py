@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 import socket
 import threading
@@ -57,6 +58,7 @@ CONNECT_TIMEOUT_S = 5.0          # Ray itself retries an unreachable address for
 REPORT_EVERY_S = 1.0             # a worker's progress snapshot to the driver
 NODE_CHECK_S = 5.0               # how often the driver looks for a node that can run a segment
 FORWARDED_ENV = "ENGINE_"        # variables the workers get (ENGINE_STAGE_MODULES, crash points)
+RESOURCE_UNIT = 0.0001           # Ray's resolution for fractional resources: less is refused (ValueError)
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,12 @@ class RayOptions:
     max_retries: int = MAX_RETRIES
 
     def __post_init__(self) -> None:
-        if not self.cpus > 0:  # also NaN; a task that reserves no CPU would oversubscribe the node
-            raise UserError(f"--ray-cpus must be a number > 0, got {self.cpus}")
-        if self.gpus is not None and not self.gpus >= 0:
-            raise UserError(f"--ray-gpus must be a number >= 0, got {self.gpus}")
+        # checked before Ray starts: Ray refuses < 0.0001 with a traceback, inf only once started
+        if not (math.isfinite(self.cpus) and self.cpus >= RESOURCE_UNIT):
+            # also NaN and 0: a task that reserves no CPU would oversubscribe the node
+            raise UserError(f"--ray-cpus must be a finite number >= {RESOURCE_UNIT:g}, got {self.cpus}")
+        if self.gpus is not None and not (self.gpus == 0 or (math.isfinite(self.gpus) and self.gpus >= RESOURCE_UNIT)):
+            raise UserError(f"--ray-gpus must be 0 or a finite number >= {RESOURCE_UNIT:g}, got {self.gpus}")
 
 
 class SegmentFailed(EngineError):
@@ -85,8 +89,14 @@ def import_ray():
     """Ray, imported only for `--ray`: an optional extra."""
     try:
         import ray
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "ray":  # installed, but a module it needs is missing
+            raise UserError(f"--ray: Ray is installed but cannot be imported: {type(exc).__name__}: {exc}") \
+                from None
         raise UserError("--ray needs Ray, an optional extra: pip install 'engine[ray]'") from None
+    except (ImportError, OSError) as exc:  # a broken wheel, a shared library it cannot load
+        raise UserError(f"--ray: Ray is installed but cannot be imported: {type(exc).__name__}: {exc}") \
+            from None
     return ray
 
 

@@ -304,7 +304,8 @@ def test_a_failing_segment_fails_the_job_with_the_one_machine_error(cluster, med
 def test_without_ray_installed_is_one_line_error(media, tmp_path):
     fake = tmp_path / "no-ray" / "ray"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    # what Python raises when ray is not installed (the real one is: shadowed here)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'ray'\", name='ray')\n")
     r = stream(media["video"], tmp_path / "o.mkv", "--ray", env={"PYTHONPATH": str(fake.parent)})
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["engine: error: --ray needs Ray, an optional extra: "
@@ -460,6 +461,53 @@ def test_stall_timeout_gives_up_only_after_no_node_could_run_a_segment_that_long
     check_after(24)  # 24 s without a node: still waiting
     with pytest.raises(EngineError, match=r"no node of the cluster has been able to run a segment for 30 s"):
         check_after(ray_job.NODE_CHECK_S + 2)
+
+
+@pytest.mark.parametrize("cpus, gpus, said", [
+    (0.00001, None, "--ray-cpus must be a finite number >= 0.0001, got 1e-05"),
+    (float("inf"), None, "--ray-cpus must be a finite number >= 0.0001, got inf"),
+    (1.0, float("inf"), "--ray-gpus must be 0 or a finite number >= 0.0001, got inf"),
+    (1.0, 0.00001, "--ray-gpus must be 0 or a finite number >= 0.0001, got 1e-05")])
+def test_resource_requests_ray_cannot_hold_are_refused_before_it_starts(cpus, gpus, said):
+    """Was: a traceback once Ray had started (< 0.0001), or the refusal only after the start (inf)."""
+    from engine.errors import UserError
+    from engine.ray_job import RayOptions
+
+    with pytest.raises(UserError) as info:
+        RayOptions(cpus=cpus, gpus=gpus)
+    assert str(info.value) == said
+    RayOptions(cpus=0.0001, gpus=0)
+
+
+def test_ray_that_fails_to_import_says_why(media, tmp_path):
+    """Installed but broken (a missing dependency, a library it cannot load): the real error,
+    not "needs Ray, an optional extra" (pip then says everything is installed)."""
+    fake = tmp_path / "broken" / "ray"
+    fake.mkdir(parents=True)
+    for body, said in (("import ray_dependency_that_is_missing\n",
+                        "ModuleNotFoundError: No module named 'ray_dependency_that_is_missing'"),
+                       ("raise OSError('libstdc++.so.6: version GLIBCXX_3.4.30 not found')\n",
+                        "OSError: libstdc++.so.6: version GLIBCXX_3.4.30 not found")):
+        (fake / "__init__.py").write_text(body)
+        r = stream(media["video"], tmp_path / "o.mkv", "--ray", env={"PYTHONPATH": str(fake.parent)})
+        assert (r.returncode, r.stderr.strip().splitlines()) == (
+            2, [f"engine: error: --ray: Ray is installed but cannot be imported: {said}"])
+
+
+def test_a_batch_with_an_unreadable_input_is_refused_before_anything_is_created(cluster, media, tmp_path):
+    """As without --ray: every input's header is checked first. Was: the work directories of
+    the inputs sorted before the bad one left in OUT."""
+    c, _ = cluster
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.mp4").symlink_to(media["video"])
+    (inputs / "b.mp4").write_text("garbage\n")
+    out = tmp_path / "out"
+    r = stream(inputs, out, "--ray", c.address, "--encoder", "ffv1", "--segment", "8f")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"engine: error: input is not a readable video file: "
+                                             f"{inputs / 'b.mp4'} (Invalid data found when processing input)"]
+    assert not out.exists()
 
 
 # ---- last: a node taken away from the module's cluster -----------------------------------
