@@ -33,6 +33,8 @@ import dataclasses
 import inspect
 import math
 import os
+import shutil
+import signal
 import socket
 import threading
 import time
@@ -41,14 +43,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engine import interrupts
-from engine.errors import EngineError, StageError, UserError
+from engine.errors import EngineError, StageError, Terminated, UserError
 from engine.gpu import GpuMonitor
 from engine.job import JobConfig, check_config, reporter_note
 from engine.manifest import versions
 from engine.metrics import RunSnapshot, SegmentCounts, WorkerSnapshot
 from engine.progress import make_reporter
 from engine.registry import StageSpec, stage_class
-from engine.resume import SegmentedJob
+from engine.resume import SegmentedJob, default_work_dir
 from engine.segment_job import SegmentResult, SegmentRun, SegmentTask, file_digest
 from engine.segments import Segment
 
@@ -104,30 +106,134 @@ def run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[dic
     """Run every input's job on Ray; one report per input, in the order given. `finished` (a
     batch's) gets each input's report as soon as its output is in place, so a batch that
     fails later can still say which are done."""
+    try:
+        return _run_on_ray(configs, options, finished)
+    except KeyboardInterrupt as exc:
+        # Stopped and wound down: one more stop signal on the way out (a second Ctrl-C) is
+        # ignored. Python puts the default handlers back for its shutdown, where it killed the
+        # process by the signal (-2 rather than 130).
+        if threading.current_thread() is threading.main_thread():
+            for signum in interrupts.STOP_SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    signal.signal(signum, signal.SIG_IGN)
+        raise _as_heard(exc) from None
+
+
+def _run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[dict] | None) -> list[dict]:
     ray = import_ray()
     configs = [_absolute(c) for c in configs]
     for config in configs:  # the cheap checks first: a bad option costs no start-up
         check_config(config)
+    if options.address is not None:
+        _check_reachable(options.address)  # before the plan takes work directories
+    fresh = {os.path.abspath(c.work_dir or default_work_dir(c.output)) for c in configs
+             if not os.path.exists(c.work_dir or default_work_dir(c.output))}
     jobs: list[SegmentedJob] = []
+    driver: RayDriver | None = None
+    handlers = {s: signal.getsignal(s) for s in interrupts.STOP_SIGNALS}
+    started_ray = False
     try:
         # Plan (packet scan, cut checks, manifests) while Ray starts: both are serial parts.
         with ThreadPoolExecutor(1, thread_name_prefix="engine-plan") as pool:
             planned = pool.submit(_prepare, configs, jobs)
             started = time.perf_counter()
             try:
-                where = connect(ray, options.address)
+                started_ray = True
+                where = _connect_held(ray, options.address, handlers)
             finally:
                 startup_s = time.perf_counter() - started
                 planned.exception()  # wait for the plan either way: it holds the work directories
-        try:
-            plan_s = planned.result()
-            driver = RayDriver(ray, jobs, options, where, startup_s, plan_s, finished)
-            return driver.run()
-        finally:
-            ray.shutdown()
+        plan_s = planned.result()
+        driver = RayDriver(ray, jobs, options, where, startup_s, plan_s, finished)
+        return driver.run()
     finally:
-        for job in jobs:
-            job.release()
+        def unused() -> None:  # refused or stopped before any segment was given to Ray
+            if driver is None or not driver.submitted:
+                for job in jobs:
+                    if os.path.abspath(job.work_dir) in fresh and not job.manifest.segments:
+                        shutil.rmtree(job.work_dir, ignore_errors=True)
+
+        _wind_down([ray.shutdown] if started_ray else [], *(job.release for job in jobs), unused,
+                   lambda: _restore(handlers))
+
+
+def _wind_down(*steps) -> None:
+    """Run each step once, to its end, through further stop signals (they are noted, as the
+    runner's wind-down does: engine/interrupts.py): a second Ctrl-C inside ray.shutdown or a
+    reporter's join used to leave Ray's agents running and exit 1. A step interrupted by a
+    signal Python raised before the handlers changed runs again."""
+    todo = [step for group in steps for step in (group if isinstance(group, list) else [group])]
+
+    def run() -> None:
+        while todo:
+            todo[0]()
+            todo.pop(0)
+
+    interrupts.unstoppable(run, _noted)
+
+
+def _noted(exc: KeyboardInterrupt) -> None:
+    """A stop signal during a wind-down: the run is over either way (failed, stopped, or its
+    outputs in place): noted as a late one, which the CLI reports if the job succeeded."""
+    interrupts.late.append(getattr(exc, "signum", signal.SIGINT))
+
+
+_heard: list[int] = []  # stop signals this process received since the driver installed its handlers
+
+
+def _hearing(handler):
+    """`handler`, noting the signal first: Ray's waits turn whatever a handler raised into a
+    plain KeyboardInterrupt (a SIGTERM read as "interrupted", exit 130)."""
+    if not callable(handler):
+        return handler
+
+    def hear(signum, frame):
+        _heard.append(signum)
+        return handler(signum, frame)
+
+    hear.wrapped = handler
+    return hear
+
+
+def _as_heard(exc: KeyboardInterrupt) -> KeyboardInterrupt:
+    """The stop the user gave: SIGTERM and SIGHUP keep their numbers through Ray's waits."""
+    if type(exc) is KeyboardInterrupt and _heard and _heard[0] != signal.SIGINT:
+        return Terminated(_heard[0])
+    return exc
+
+
+def _restore(handlers: dict) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _connect_held(ray, address: str | None, handlers: dict) -> str:
+    """`connect` with stop signals held until Ray is up: a Ctrl-C inside ray.init left its agents
+    running (or ended in SIGSEGV). Ray puts its own SIGTERM handler in (sys.exit, no message,
+    nothing shut down): it is kept out, and the engine's handlers, noting each signal, put back."""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    setter = getattr(utils, "set_sigterm_handler", None)
+    stops: list[KeyboardInterrupt] = []
+    where: list[str] = []
+
+    def start() -> None:
+        if not where:
+            where.append(connect(ray, address))
+
+    if setter is not None:
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        interrupts.unstoppable(start, stops.append)
+    finally:
+        if setter is not None:
+            utils.set_sigterm_handler = setter
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in handlers.items():
+                signal.signal(signum, _hearing(handler))
+    if stops:
+        raise stops[0]
+    return where[0]
 
 
 def _prepare(configs: list[JobConfig], jobs: list[SegmentedJob]) -> float:
@@ -156,7 +262,6 @@ def connect(ray, address: str | None) -> str:
         except Exception as exc:  # noqa: BLE001 - no room in /tmp, ports taken, ...
             raise UserError(f"cannot start a local Ray: {_first_line(exc)}") from None
         return "a local Ray"
-    _check_reachable(address)
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
     try:
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, **common)
@@ -170,19 +275,54 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _check_reachable(address: str) -> None:
-    """Ray retries an address that does not answer for minutes: refuse it at once."""
+    """Ray retries an address that does not answer, or that is not a Ray server, for minutes:
+    refuse it in at most CONNECT_TIMEOUT_S."""
     if address == "auto":  # Ray finds a local cluster itself, or says at once that there is none
         return
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"invalid Ray address '{address}'; expected HOST:PORT, ray://HOST:PORT or auto")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:6379
+        host = host[1:-1]
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"invalid Ray address '{address}'; expected HOST:PORT (a port 1-65535), "
+                        f"ray://HOST:PORT or auto")
+    hint = "is `ray start --head` running there?"
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as sock:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return  # a TLS handshake first: the plain gRPC check below does not apply
+            answer = _http2_answer(sock, deadline)
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
-        raise UserError(f"cannot reach Ray at {address}: {why} (is `ray start --head` running there?)") \
-            from None
+        raise UserError(f"cannot reach Ray at {address}: {why} ({hint})") from None
+    if not answer:
+        raise UserError(f"{address} answers but is not a Ray server (no gRPC there): give the port "
+                        f"`ray start --head --port` was given (6379 by default)")
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
+def _http2_answer(sock: socket.socket, deadline: float) -> bool:
+    """Whether the server behind `sock` speaks HTTP/2, as Ray's GCS (gRPC) does: it answers
+    a client preface with a SETTINGS frame. An HTTP/1 server (Ray's dashboard, any web
+    server), a closed connection or silence until `deadline` is not a Ray server."""
+    sock.sendall(HTTP2_PREFACE)
+    header = b""
+    while len(header) < 9:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(9 - len(header))
+        except socket.timeout:
+            return False
+        if not chunk:
+            return False
+        header += chunk
+    return header[3] == 0x04 and header[5:9] == b"\x00\x00\x00\x00"  # SETTINGS on stream 0
 
 
 def gpus_per_segment(specs: list[StageSpec], options: RayOptions, cluster_gpus: float) -> float:
@@ -245,6 +385,7 @@ class RayDriver:
         self.slots = self._count_slots(nodes)
         self.in_flight: dict[object, tuple[_Input, Segment, str]] = {}  # ref → input, segment, file
         self.live: dict[str, WorkerSnapshot] = {}   # replaced whole: the reporter thread reads it
+        self.submitted = 0  # tasks given to Ray
         self.started = time.perf_counter()
         self.stall_timeout_s = max(job.config.runner.stall_timeout_s for job in jobs)
         self._nodes_checked = time.monotonic()
@@ -304,12 +445,17 @@ class RayDriver:
                 self._check_nodes()
             ok = True
         finally:
-            for ref in self.in_flight:  # a failure: stop the other segments (their partials are strays)
-                ray.cancel(ref, force=True)
-            reporter.stop(self.snapshot() if ok else None)
+            # a failure: stop the other segments (their partials are strays)
+            _wind_down(self._cancel_in_flight, lambda: reporter.stop(self.snapshot() if ok else None))
         if not quiet:
             reporter_note(reporter, [n for inp in self.inputs for n in self._after_notes(inp)])
         return [inp.report for inp in self.inputs]
+
+    def _cancel_in_flight(self) -> None:
+        while self.in_flight:
+            ref = next(iter(self.in_flight))
+            self.ray.cancel(ref, force=True)
+            del self.in_flight[ref]
 
     def _check_nodes(self) -> None:
         """Ray waits for ever for a node that can hold a task: give up after the stall timeout."""
@@ -372,6 +518,7 @@ class RayDriver:
                 ref = self.remote.remote(task, inp.table_ref, self.board, inp.key(seg),
                                          f"{inp.name} #{seg.index}", versions())
                 self.in_flight[ref] = (inp, seg, task.output)
+                self.submitted += 1
                 inp.running += 1
 
     def _finished(self, ref) -> None:

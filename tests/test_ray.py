@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -318,34 +320,122 @@ def test_unreachable_address_is_one_line_error_without_a_hang(media, tmp_path):
     assert r.returncode == 2 and time.monotonic() - started < 45
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("engine: error: cannot reach Ray at 127.0.0.1:1")
-    assert not (tmp_path / "o.mkv").exists()
+    assert sorted(os.listdir(tmp_path)) == []  # no output, and no work directory that a rerun with
+    # other options would be refused for ("belongs to another job")
+
+
+def _stopped_mid_run(c, media, tmp_path, signals: list[int], gap_s: float = 0.3):
+    """The driver given `signals` (gap_s apart) once segments are being written: its exit
+    status, stderr, work directory and output path. `c` None: the driver's own local Ray, in a
+    session of its own (its processes: `_session_processes(code's pid)`)."""
+    out = tmp_path / "o.mkv"
+    cmd = [sys.executable, "-m", "engine", "stream", str(media["long"]), str(out), "--quiet", "--ray",
+           *([c.address] if c is not None else []), "--encoder", "ffv1", "--segment", "16f",
+           "--pipeline", "test.jitter:max_ms=400"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **TEST_STAGES}, stderr=subprocess.PIPE, text=True,
+                            start_new_session=c is None,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _stopped_mid_run.pid = proc.pid
+    work = tmp_path / ".o.mkv.engine-work"
+    deadline = time.monotonic() + 60
+    while not any(work.glob("*segment-*")) and time.monotonic() < deadline:  # segments are being written
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    for i, signum in enumerate(signals):
+        if i:
+            time.sleep(gap_s)
+        proc.send_signal(signum)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"the driver did not stop within 30 s of {signals}")
+    return proc.returncode, err, work, out
+
+
+def _cluster_freed(c) -> None:
+    deadline = time.monotonic() + 30  # cancelled tasks give their CPUs back
+    while ray_free_cpus(c) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_free_cpus(c) == 2
 
 
 def test_ctrl_c_stops_the_driver_and_its_segments(cluster, media, tmp_path):
     """SIGINT mid-run (Ctrl-C): exit 130 with one line, in seconds; no output; the work
     directory stays for a resume; the segments in flight are cancelled, so the cluster is free."""
     c, _ = cluster
-    out = tmp_path / "o.mkv"
-    cmd = [sys.executable, "-m", "engine", "stream", str(media["long"]), str(out), "--quiet", "--ray",
-           c.address, "--encoder", "ffv1", "--segment", "16f", "--pipeline", "test.jitter:max_ms=400"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **TEST_STAGES}, stderr=subprocess.PIPE, text=True)
-    work = tmp_path / ".o.mkv.engine-work"
-    deadline = time.monotonic() + 60
-    while not any(work.glob("*segment-*")) and time.monotonic() < deadline:  # segments are being written
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stderr.read()
-    proc.send_signal(2)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError("the driver did not stop within 30 s of SIGINT")
-    assert proc.returncode == 130 and err.strip().splitlines() == ["engine: error: interrupted"]
+    code, err, work, out = _stopped_mid_run(c, media, tmp_path, [signal.SIGINT])
+    assert code == 130 and err.strip().splitlines() == ["engine: error: interrupted"]
     assert not out.exists() and (work / "manifest.json").exists()
-    deadline = time.monotonic() + 30  # cancelled tasks give their CPUs back
-    while ray_free_cpus(c) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert ray_free_cpus(c) == 2
+    _cluster_freed(c)
+
+
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hung up")])
+def test_sigterm_and_sighup_stop_the_driver_as_without_ray(cluster, media, tmp_path, signum, code, said):
+    """Was: SIGTERM exit 1 (or 15) with Ray's C++ dump (ray.init put its own handler in), SIGHUP
+    130 "interrupted" (Ray's waits turn a handler's exception into a KeyboardInterrupt)."""
+    c, _ = cluster
+    returncode, err, work, out = _stopped_mid_run(c, media, tmp_path, [signum])
+    assert (returncode, err.strip().splitlines()) == (code, [f"engine: error: {said}"])
+    assert not out.exists() and (work / "manifest.json").exists()
+    _cluster_freed(c)
+
+
+def test_ctrl_c_again_and_again_still_stops_with_130(cluster, media, tmp_path):
+    """Further Ctrl-Cs, 0.3 s apart, land in the driver's wind-down (cancelling segments, the
+    reporter, ray.shutdown) or on the way out: noted there, then ignored. Was: exit 1 (a
+    KeyboardInterrupt inside Ray's shutdown) or death by SIGINT (Python's shutdown puts the
+    default handler back), with a local Ray's agents left running."""
+    c, _ = cluster
+    code, err, work, out = _stopped_mid_run(c, media, tmp_path, [signal.SIGINT] * 3)
+    assert code == 130 and err.strip().splitlines() == ["engine: error: interrupted"], err
+    assert not out.exists() and (work / "manifest.json").exists()
+    _cluster_freed(c)
+
+
+def _session_processes(sid: int) -> list[str]:
+    """Command lines of the live processes of session `sid` (zombies excluded)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[3]) == sid:
+                found.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120])
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+AGENTS = ("dashboard/agent.py", "runtime_env/agent", "DashboardAgent", "RuntimeEnvAgent")
+
+
+def test_ctrl_c_while_the_local_ray_starts_leaves_no_ray_processes(media, tmp_path):
+    """Ctrl-C once the raylet has started its agents, ray.init not yet returned: the signal waits
+    for the start, then everything Ray started is shut down. Was: ray::DashboardAgent and
+    ray::RuntimeEnvAgent left running for a minute (or a SIGSEGV)."""
+    cmd = [sys.executable, "-m", "engine", "stream", str(media["video"]), str(tmp_path / "o.mkv"), "--quiet",
+           "--ray", "--encoder", "ffv1", "--segment", "8f", "--pipeline", "none"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **TEST_STAGES}, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not any(agent in p for p in _session_processes(proc.pid) for agent in AGENTS) \
+                and time.monotonic() < deadline:  # the raylet has started its agents
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and err.strip().splitlines() == ["engine: error: interrupted"], err
+        deadline = time.monotonic() + 20  # ray.shutdown has returned: what is left is on its way out
+        while _session_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _session_processes(proc.pid) == []
+    finally:
+        left = _session_processes(proc.pid)
+        if left:  # the test's own processes only: its session
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def ray_free_cpus(c) -> float:
@@ -461,6 +551,35 @@ def test_stall_timeout_gives_up_only_after_no_node_could_run_a_segment_that_long
     check_after(24)  # 24 s without a node: still waiting
     with pytest.raises(EngineError, match=r"no node of the cluster has been able to run a segment for 30 s"):
         check_after(ray_job.NODE_CHECK_S + 2)
+
+
+def test_an_address_that_answers_but_is_not_ray_is_refused_at_once(media, tmp_path):
+    """A typo'd port (Ray's dashboard, any web server): ray.init hung for minutes there."""
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        r = stream(media["video"], tmp_path / "o.mkv", "--ray", address, timeout=60)
+    finally:
+        server.shutdown()
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"engine: error: {address} answers but is not a Ray server (no gRPC there): give the port "
+        f"`ray start --head --port` was given (6379 by default)"]
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_addresses_are_read_as_ray_reads_them():
+    from engine import ray_job
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match=r"invalid Ray address '127.0.0.1:99999'; expected HOST:PORT \(a port"):
+        ray_job._check_reachable("127.0.0.1:99999")
+    with pytest.raises(UserError, match=r"cannot reach Ray at \[::1\]:1: (Connection refused|Cannot assign)"):
+        ray_job._check_reachable("[::1]:1")  # brackets taken off: was "Name or service not known"
 
 
 @pytest.mark.parametrize("cpus, gpus, said", [
