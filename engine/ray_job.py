@@ -47,10 +47,10 @@ from engine.errors import EngineError, StageError, Terminated, UserError
 from engine.gpu import GpuMonitor
 from engine.job import JobConfig, check_config, reporter_note
 from engine.manifest import versions
-from engine.metrics import RunSnapshot, SegmentCounts, WorkerSnapshot
+from engine.metrics import RunSnapshot, SegmentCounts, StageSnapshot, WorkerSnapshot
 from engine.progress import make_reporter
 from engine.registry import StageSpec, stage_class
-from engine.resume import SegmentedJob, default_work_dir
+from engine.resume import SegmentedJob, _summed_stages, default_work_dir
 from engine.segment_job import SegmentResult, SegmentRun, SegmentTask, file_digest
 from engine.segments import Segment
 
@@ -61,6 +61,7 @@ REPORT_EVERY_S = 1.0             # a worker's progress snapshot to the driver
 NODE_CHECK_S = 5.0               # how often the driver looks for a node that can run a segment
 FORWARDED_ENV = "ENGINE_"        # variables the workers get (ENGINE_STAGE_MODULES, crash points)
 RESOURCE_UNIT = 0.0001           # Ray's resolution for fractional resources: less is refused (ValueError)
+STALE_S = 10 * REPORT_EVERY_S    # a worker row not heard from this long is gone (its worker died)
 
 
 @dataclass(frozen=True)
@@ -386,6 +387,10 @@ class RayDriver:
         self.in_flight: dict[object, tuple[_Input, Segment, str]] = {}  # ref → input, segment, file
         self.live: dict[str, WorkerSnapshot] = {}   # replaced whole: the reporter thread reads it
         self.submitted = 0  # tasks given to Ray
+        # what the reporter thread reads, replaced as one (never a segment both finished and
+        # running, or neither): frames and stages of the segments finished, and the segments in
+        # flight (key → frames)
+        self._view: tuple[int, list[StageSnapshot], int, dict[str, int]] = (0, [], 0, {})
         self.started = time.perf_counter()
         self.stall_timeout_s = max(job.config.runner.stall_timeout_s for job in jobs)
         self._nodes_checked = time.monotonic()
@@ -520,20 +525,37 @@ class RayDriver:
                 self.in_flight[ref] = (inp, seg, task.output)
                 self.submitted += 1
                 inp.running += 1
+                self._publish()
 
     def _finished(self, ref) -> None:
         inp, seg, path = self.in_flight.pop(ref)
         inp.running -= 1
+        self.board.forget.remote(inp.key(seg))  # its row goes (a rerun posts a new one)
         try:
-            outcome = self.ray.get(ref)
-        except self.ray.exceptions.RayError as exc:  # retries spent: workers or nodes kept dying
-            raise EngineError(f"{inp.name} segment {seg.index}: Ray gave up after "
-                              f"{self.options.max_retries} retries: {type(exc).__name__}") from None
-        if not inp.job.context.ordered:
-            self._accept(inp, seg, outcome, path)
-            return
-        inp.held[seg.index] = (outcome, path)  # even a failure: with a wrong guess it may not be real
-        self._check_in_order(inp)
+            try:
+                outcome = self.ray.get(ref)
+            except self.ray.exceptions.RayError as exc:  # retries spent: workers or nodes kept dying
+                raise EngineError(f"{inp.name} segment {seg.index}: Ray gave up after "
+                                  f"{self.options.max_retries} retries: {type(exc).__name__}") from None
+            if not inp.job.context.ordered:
+                self._accept(inp, seg, outcome, path)
+                return
+            inp.held[seg.index] = (outcome, path)  # even a failure: with a wrong guess it may not be real
+            self._check_in_order(inp)
+        finally:
+            self._publish()
+
+    def _publish(self) -> None:
+        """What the display shows, as one: accepted and held segments' frames (a held one
+        that turns out a miss is taken off again), their stages, and those in flight."""
+        results = [r for inp in self.inputs for r in inp.results.values()]
+        held = sum(o["result"].frames for inp in self.inputs for o, _ in inp.held.values()
+                   if o.get("result") is not None)
+        stages = _stage_snapshots(_summed_stages([r.stages for r in results])) \
+            if results and all(r.stages for r in results) else []
+        context = stages[0].items - sum(r.frames for r in results) if stages else 0
+        flying = {inp.key(seg): seg.frames for inp, seg, _ in self.in_flight.values()}
+        self._view = (sum(inp.frames_done for inp in self.inputs) + held, stages, context, flying)
 
     def _check_in_order(self, inp: _Input) -> None:
         """Accept held results in plan order while the next one's context start is the true one
@@ -557,8 +579,9 @@ class RayDriver:
             self._accept(inp, seg, outcome, path)
 
     def _accept(self, inp: _Input, seg: Segment, outcome: dict, path: str) -> None:
-        if outcome.get("error"):
-            raise SegmentFailed(outcome["error"], outcome["exit_code"])
+        if outcome.get("error"):  # in a batch, which input: segments of all of them run interleaved
+            prefix = f"{inp.name}: " if len(self.inputs) > 1 else ""
+            raise SegmentFailed(prefix + outcome["error"], outcome["exit_code"])
         result: SegmentResult = outcome["result"]
         if not os.path.isfile(path) or file_digest(path) != (result.size, result.sha256):
             raise UserError(f"segment file {path} written by {outcome['worker']} does not reach the driver "
@@ -624,33 +647,54 @@ class RayDriver:
             return {}
 
     def snapshot(self) -> RunSnapshot:
-        live = list(self.live.values())
+        """The reporter thread's view: each frame counted once (a finished segment's worker row
+        is not added to it), workers only for segments still in flight."""
+        frames, stages, context, flying = self._view
+        live = self.live
+        workers = [w for k, w in live.items() if k in flying]
         done = sum(len(inp.results) for inp in self.inputs)
         reused = sum(len(inp.job.reused) for inp in self.inputs)
         pending = sum(len(inp.todo) + inp.running + len(inp.held) for inp in self.inputs)
-        running = sum(inp.running for inp in self.inputs)
-        frames = sum(inp.frames_done for inp in self.inputs) + sum(w.frames for w in live)
+        frames += sum(min(w.frames, flying[k]) for k, w in live.items() if k in flying)
         return RunSnapshot(elapsed_s=time.perf_counter() - self.started, frames_done=frames,
-                           frames_total=self.frames_total, stages=[],
-                           segments=SegmentCounts(done, reused, pending, running), workers=live)
+                           frames_total=self.frames_total, stages=stages,
+                           segments=SegmentCounts(done, reused, pending, len(workers), context_frames=context),
+                           workers=workers)
+
+
+def _stage_snapshots(stages: list[dict]) -> list[StageSnapshot]:
+    """The report's per-stage figures (`StageSnapshot.as_dict`, summed) as the display's."""
+    return [StageSnapshot(st["name"], st["kind"], st["workers"], st["items"], st["busy_s"], st["wait_in_s"],
+                          st["wait_out_s"], dict(st["counters"]), settings=st.get("settings", {}))
+            for st in stages]
 
 
 class ProgressBoard:
-    """A Ray actor on the driver's node: workers post snapshots, the driver reads them all."""
+    """A Ray actor on the driver's node: workers post snapshots, the driver reads them all.
+    A row not heard from for STALE_S is left out (its worker died; a rerun posts anew)."""
 
     def __init__(self) -> None:
         self.live: dict[str, WorkerSnapshot] = {}
+        self.heard: dict[str, float] = {}
         self.attempts: dict[str, int] = {}
 
     def started(self, key: str, snap: WorkerSnapshot) -> None:
         self.attempts[key] = self.attempts.get(key, 0) + 1
-        self.live[key] = snap
+        self.update(key, snap)
 
     def update(self, key: str, snap: WorkerSnapshot) -> None:
         self.live[key] = snap
+        self.heard[key] = time.monotonic()
+
+    def forget(self, key: str) -> None:
+        """The segment is finished (or failed): no row for it."""
+        self.live.pop(key, None)
+        self.heard.pop(key, None)
 
     def read(self) -> tuple[dict[str, WorkerSnapshot], dict[str, int]]:
-        return dict(self.live), dict(self.attempts)
+        now = time.monotonic()
+        return ({k: v for k, v in self.live.items() if now - self.heard.get(k, now) < STALE_S},
+                dict(self.attempts))
 
 
 def run_segment(task: SegmentTask, table, board, key: str, label: str, expected: dict) -> dict:
@@ -670,19 +714,15 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
         return {"error": f"{name} runs {mine}, the driver {expected}: install the same engine, "
                          f"PyAV and FFmpeg on every node", "exit_code": 2, **where}
     where.update(speculated=task.decode_start is None, decode_start=task.decode_start)
-    try:
-        run = SegmentRun(dataclasses.replace(task, table=table))  # a speculative one pre-scans here
-    except BaseException as exc:  # noqa: BLE001 - reported to the driver, which fails the job
-        return {**_failure(exc), **where}
-    where["decode_start"] = run.decode_start
     stop = threading.Event()
+    running: list[SegmentRun] = []  # once the pre-scan (if any) is done
     started = time.perf_counter()
 
-    def report() -> None:
+    def report() -> None:  # from the start: a row that stops being heard from is a dead worker's
         gpu = GpuMonitor()  # no NVML here: no telemetry, never an error
         try:
             while not stop.wait(REPORT_EVERY_S):
-                frames = run.frames_written
+                frames = running[0].frames_written if running else 0
                 fps = frames / (time.perf_counter() - started)
                 board.update.remote(key, WorkerSnapshot(name, label, frames, fps, gpu.sample()))
         finally:
@@ -690,11 +730,19 @@ def run_segment(task: SegmentTask, table, board, key: str, label: str, expected:
 
     reporter = threading.Thread(target=report, name="engine-ray-progress", daemon=True)
     reporter.start()
-    cpu = time.process_time()  # the worker process runs one task at a time: its CPU is this segment's
     try:
-        result = run.run()
-    except BaseException as exc:  # noqa: BLE001
-        return {**_failure(exc), **where}
+        try:
+            run = SegmentRun(dataclasses.replace(task, table=table))  # a speculative one pre-scans here
+        except BaseException as exc:  # noqa: BLE001 - reported to the driver, which fails the job
+            return {**_failure(exc), **where}
+        where["decode_start"] = run.decode_start
+        started = time.perf_counter()
+        running.append(run)
+        cpu = time.process_time()  # the worker process runs one task at a time: its CPU is this segment's
+        try:
+            result = run.run()
+        except BaseException as exc:  # noqa: BLE001
+            return {**_failure(exc), **where}
     finally:
         stop.set()
         reporter.join()

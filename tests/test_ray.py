@@ -629,6 +629,106 @@ def test_a_batch_with_an_unreadable_input_is_refused_before_anything_is_created(
     assert not out.exists()
 
 
+def _fake_driver(inputs):
+    from engine import ray_job
+
+    driver = object.__new__(ray_job.RayDriver)
+    driver.inputs, driver.in_flight, driver.live = inputs, {}, {}
+    driver.started, driver.frames_total, driver._view = time.perf_counter(), 0, (0, [], 0, {})
+    return driver
+
+
+def _fake_input(number, name, segments):
+    from types import SimpleNamespace
+
+    from engine import ray_job
+
+    job = SimpleNamespace(config=SimpleNamespace(input=f"/in/{name}"), reused=set(),
+                          context=SimpleNamespace(ordered=False))
+    return ray_job._Input(number, job, ray_job.deque(segments))
+
+
+def test_progress_counts_each_frame_once_and_adds_up_the_stages():
+    """A finished segment's last worker row stays on the board until the next read: it was added
+    to the finished frames (done: 228 frames for 200, the count going back once read); the
+    summary had no stage lines; "N running" counted every submitted segment."""
+    from types import SimpleNamespace
+
+    from engine.metrics import StageSnapshot, WorkerSnapshot
+    from engine.segments import Segment
+
+    segs = [Segment(i, i * 10, i * 10 + 10, i * 10) for i in range(3)]
+    inp = _fake_input(0, "film.mkv", segs)
+    driver = _fake_driver([inp])
+    driver.frames_total = 30
+    for ref, seg in enumerate(segs):
+        driver.in_flight[ref] = (inp, seg, f"/w/{seg.index}")
+        inp.running += 1
+    inp.todo.clear()
+    driver._publish()
+    driver.live = {"0/0": WorkerSnapshot("w1", "film.mkv #0", 8, 4.0), "0/1": WorkerSnapshot("w2", "film.mkv #1", 3, 2.0)}
+    snap = driver.snapshot()
+    assert snap.frames_done == 11 and snap.segments.running == 2 and len(snap.workers) == 2  # #2 not started yet
+
+    def stage(name, items, busy, counters):
+        return StageSnapshot(name, "map", 1, items, busy, 0.5, 0.25, counters).as_dict(1.0)
+
+    del driver.in_flight[0]
+    inp.running -= 1
+    driver.board = SimpleNamespace(forget=SimpleNamespace(remote=lambda key: None))
+    result = SimpleNamespace(frames=10, size=1, sha256="x", stages=[stage("source", 12, 1.0, {}),
+                             stage("dedup", 12, 2.0, {"duplicates": 3}), stage("encode", 10, 0.5, {})])
+    inp.results[0], inp.frames_done = result, 10  # accepted (as _accept does)
+    driver._publish()
+    snap = driver.snapshot()  # the board still has #0's last row, at 8 frames
+    assert snap.frames_done == 13 and [w.segment for w in snap.workers] == ["film.mkv #1"]
+    assert snap.segments.running == 1
+    inp.results[1] = SimpleNamespace(frames=10, stages=[stage("source", 11, 1.5, {}),
+                                                         stage("dedup", 11, 1.0, {"duplicates": 1}),
+                                                         stage("encode", 10, 0.5, {})])
+    inp.frames_done = 20
+    del driver.in_flight[1]
+    driver._publish()
+    snap = driver.snapshot()
+    assert snap.frames_done == 20 and snap.workers == [] and snap.segments.running == 0
+    assert [(s.name, s.items, s.busy_s, s.counters) for s in snap.stages] == [
+        ("source", 23, 2.5, {}), ("dedup", 23, 3.0, {"duplicates": 4}), ("encode", 20, 1.0, {})]
+    assert snap.segments.context_frames == 3
+
+
+def test_the_board_drops_finished_and_silent_workers(monkeypatch):
+    """A killed worker's row stayed at 0.0 fps until its segment's rerun started."""
+    from types import SimpleNamespace
+
+    from engine import ray_job
+    from engine.metrics import WorkerSnapshot
+
+    clock = [100.0]
+    monkeypatch.setattr(ray_job, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    board = ray_job.ProgressBoard()
+    board.started("0/0", WorkerSnapshot("w1", "a #0", 0, 0.0))
+    board.started("0/1", WorkerSnapshot("w2", "a #1", 0, 0.0))
+    clock[0] += ray_job.STALE_S - 1
+    board.update("0/1", WorkerSnapshot("w2", "a #1", 5, 1.0))
+    assert sorted(board.read()[0]) == ["0/0", "0/1"]
+    clock[0] += 2  # w1 silent for longer than STALE_S: dead
+    assert sorted(board.read()[0]) == ["0/1"]
+    board.forget("0/1")
+    assert board.read() == ({}, {"0/0": 1, "0/1": 1})  # attempts stay
+
+
+def test_a_failing_segment_in_a_batch_names_its_input():
+    from engine import ray_job
+    from engine.segments import Segment
+
+    seg = Segment(0, 0, 10, 0)
+    driver = _fake_driver([_fake_input(0, "a.mp4", [seg]), _fake_input(1, "d.mp4", [seg])])
+    with pytest.raises(ray_job.SegmentFailed) as info:
+        driver._accept(driver.inputs[1], seg, {"error": "stage 'x' at frame seq 150 failed: E: e",
+                                               "exit_code": 1}, "/w/0")
+    assert str(info.value) == "d.mp4: stage 'x' at frame seq 150 failed: E: e" and info.value.exit_code == 1
+
+
 # ---- last: a node taken away from the module's cluster -----------------------------------
 
 def _writer_node(work: Path, raylets: dict[int, object]):
