@@ -154,8 +154,8 @@ def _run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[di
                     if os.path.abspath(job.work_dir) in fresh and not job.manifest.segments:
                         shutil.rmtree(job.work_dir, ignore_errors=True)
 
-        _wind_down([ray.shutdown] if started_ray else [], *(job.release for job in jobs), unused,
-                   lambda: _restore(handlers))
+        _wind_down([ray.shutdown] if started_ray else [], *(job.release for job in jobs), unused)
+        _restore(handlers)  # after the wind-down, which puts back the handlers it found
 
 
 def _wind_down(*steps) -> None:
