@@ -47,10 +47,10 @@ from engine.errors import EngineError, StageError, Terminated, UserError
 from engine.gpu import GpuMonitor
 from engine.job import JobConfig, check_config, reporter_note
 from engine.manifest import versions
-from engine.metrics import RunSnapshot, SegmentCounts, StageSnapshot, WorkerSnapshot
+from engine.metrics import RunSnapshot, SegmentCounts, StageSnapshot, WorkerSnapshot, added
 from engine.progress import make_reporter
 from engine.registry import StageSpec, stage_class
-from engine.resume import SegmentedJob, _summed_stages, default_work_dir
+from engine.resume import SegmentedJob, default_work_dir
 from engine.segment_job import SegmentResult, SegmentRun, SegmentTask, file_digest
 from engine.segments import Segment
 
@@ -391,6 +391,8 @@ class RayDriver:
         # running, or neither): frames and stages of the segments finished, and the segments in
         # flight (key → frames)
         self._view: tuple[int, list[StageSnapshot], int, dict[str, int]] = (0, [], 0, {})
+        self._stages: list[StageSnapshot] = []  # the accepted segments' stages, added up
+        self._stage_frames = 0  # ... and their own frames (the rest of the first stage's are context)
         self.started = time.perf_counter()
         self.stall_timeout_s = max(job.config.runner.stall_timeout_s for job in jobs)
         self._nodes_checked = time.monotonic()
@@ -548,14 +550,16 @@ class RayDriver:
     def _publish(self) -> None:
         """What the display shows, as one: accepted and held segments' frames (a held one
         that turns out a miss is taken off again), their stages, and those in flight."""
-        results = [r for inp in self.inputs for r in inp.results.values()]
         held = sum(o["result"].frames for inp in self.inputs for o, _ in inp.held.values()
                    if o.get("result") is not None)
-        stages = _stage_snapshots(_summed_stages([r.stages for r in results])) \
-            if results and all(r.stages for r in results) else []
-        context = stages[0].items - sum(r.frames for r in results) if stages else 0
+        context = self._stages[0].items - self._stage_frames if self._stages else 0
         flying = {inp.key(seg): seg.frames for inp, seg, _ in self.in_flight.values()}
-        self._view = (sum(inp.frames_done for inp in self.inputs) + held, stages, context, flying)
+        self._view = (sum(inp.frames_done for inp in self.inputs) + held, self._stages, context, flying)
+
+    def _count(self, result: SegmentResult) -> None:
+        """An accepted segment's stages, added to the run's (as --resume's display adds them)."""
+        self._stages = added(self._stages, _stage_snapshots(result.stages))
+        self._stage_frames += result.frames
 
     def _check_in_order(self, inp: _Input) -> None:
         """Accept held results in plan order while the next one's context start is the true one
@@ -591,6 +595,7 @@ class RayDriver:
         inp.workers[seg.index] = {k: outcome[k] for k in ("worker", "node", "gpu_ids", "cpu_s", "began", "ended",
                                                           "decode_start", "speculated")}
         inp.frames_done += seg.frames
+        self._count(result)
 
     def _join_complete(self) -> None:
         for inp in self.inputs:
@@ -663,7 +668,7 @@ class RayDriver:
 
 
 def _stage_snapshots(stages: list[dict]) -> list[StageSnapshot]:
-    """The report's per-stage figures (`StageSnapshot.as_dict`, summed) as the display's."""
+    """A segment's per-stage figures (`StageSnapshot.as_dict`) as the display's."""
     return [StageSnapshot(st["name"], st["kind"], st["workers"], st["items"], st["busy_s"], st["wait_in_s"],
                           st["wait_out_s"], dict(st["counters"]), settings=st.get("settings", {}))
             for st in stages]

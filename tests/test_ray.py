@@ -635,6 +635,7 @@ def _fake_driver(inputs):
     driver = object.__new__(ray_job.RayDriver)
     driver.inputs, driver.in_flight, driver.live = inputs, {}, {}
     driver.started, driver.frames_total, driver._view = time.perf_counter(), 0, (0, [], 0, {})
+    driver._stages, driver._stage_frames = [], 0
     return driver
 
 
@@ -679,6 +680,7 @@ def test_progress_counts_each_frame_once_and_adds_up_the_stages():
     result = SimpleNamespace(frames=10, size=1, sha256="x", stages=[stage("source", 12, 1.0, {}),
                              stage("dedup", 12, 2.0, {"duplicates": 3}), stage("encode", 10, 0.5, {})])
     inp.results[0], inp.frames_done = result, 10  # accepted (as _accept does)
+    driver._count(result)
     driver._publish()
     snap = driver.snapshot()  # the board still has #0's last row, at 8 frames
     assert snap.frames_done == 13 and [w.segment for w in snap.workers] == ["film.mkv #1"]
@@ -687,6 +689,7 @@ def test_progress_counts_each_frame_once_and_adds_up_the_stages():
                                                          stage("dedup", 11, 1.0, {"duplicates": 1}),
                                                          stage("encode", 10, 0.5, {})])
     inp.frames_done = 20
+    driver._count(inp.results[1])
     del driver.in_flight[1]
     driver._publish()
     snap = driver.snapshot()
