@@ -260,9 +260,9 @@ def test_corrupt_input_fails_cleanly_or_decodes_everything(clip, tmp_path):
     (["--stall-timeout", "-1"], "--stall-timeout must be a number of seconds > 0"),
     (["--stall-timeout", "nan"], "--stall-timeout must be a number of seconds > 0"),
     (["--crf", "99"], "--crf must be between 0 and 51"),
-    (["--ray", "--ray-cpus", "0"], "--ray-cpus must be a number > 0"),  # used to become 1 silently
-    (["--ray", "--ray-cpus", "-1"], "--ray-cpus must be a number > 0"),
-    (["--ray", "--ray-gpus", "-1"], "--ray-gpus must be a number >= 0"),  # x264 would clamp it silently
+    (["--ray", "--ray-cpus", "0"], "--ray-cpus must be a finite number >= 0.0001, got 0"),  # used to become 1 silently
+    (["--ray", "--ray-cpus", "-1"], "--ray-cpus must be a finite number >= 0.0001, got -1"),
+    (["--ray", "--ray-gpus", "-1"], "--ray-gpus must be 0 or a finite number >= 0.0001, got -1"),  # x264 would clamp it silently
     (["--pipeline", "resize:scale=nan"], "not a valid float"),
     (["--pipeline", "resize:scale=inf"], "not a valid float"),
     (["--pipeline", "dedup:threshold=nan"], "not a valid float"),
