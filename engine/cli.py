@@ -274,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         return _fail(str(exc), exc.exit_code)
     except Terminated as exc:
+        interrupts.stopped()
         return _fail(interrupts.STOP_SIGNALS.get(exc.signum, "terminated"), 128 + exc.signum)
     except KeyboardInterrupt:
+        interrupts.stopped()
         return _fail("interrupted", 130)
     except BrokenPipeError:  # `engine models | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -147,6 +147,15 @@ def done() -> None:
             signal.signal(s, _note)
 
 
+def stopped() -> None:
+    """The command was stopped (its cleanup done): further stop signals are ignored through the
+    interpreter's shutdown, where Python's restored default handlers would kill it by the signal."""
+    if threading.current_thread() is threading.main_thread():
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                signal.signal(s, signal.SIG_IGN)
+
+
 def ignore_stops() -> None:
     """After `done`, once the notes are said: ignored, through the interpreter's shutdown."""
     if threading.current_thread() is threading.main_thread():

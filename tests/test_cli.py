@@ -948,3 +948,17 @@ def test_a_kill_while_frames_move_into_an_existing_directory_is_undone_by_the_re
     assert "left by a run of this job that was killed" in r.stderr
     assert sorted(p.name for p in frames.iterdir()) == [f"{n:04d}.png" for n in range(1, 13)]
     assert [frame_index(cv2.imread(str(frames / f"{n:04d}.png"))[:, :, ::-1]) for n in range(1, 13)] == list(range(12))
+
+
+def test_once_stopped_further_stop_signals_are_ignored_on_the_way_out():
+    """After a stop's cleanup, Python's exit restores the default handlers: a second Ctrl-C
+    then killed the process by the signal (exit -2) instead of 130 with its one line."""
+    from engine import interrupts
+
+    saved = {s: signal.getsignal(s) for s in interrupts.STOP_SIGNALS}
+    try:
+        interrupts.stopped()
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in interrupts.STOP_SIGNALS)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
