@@ -110,13 +110,8 @@ def run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[dic
     try:
         return _run_on_ray(configs, options, finished)
     except KeyboardInterrupt as exc:
-        # Stopped and wound down: one more stop signal on the way out (a second Ctrl-C) is
-        # ignored. Python puts the default handlers back for its shutdown, where it killed the
-        # process by the signal (-2 rather than 130).
-        if threading.current_thread() is threading.main_thread():
-            for signum in interrupts.STOP_SIGNALS:
-                if signal.getsignal(signum) is not signal.SIG_IGN:
-                    signal.signal(signum, signal.SIG_IGN)
+        # stopped and wound down: a second Ctrl-C on the way out must not kill it by the signal
+        interrupts.stopped()
         raise _as_heard(exc) from None
 
 
