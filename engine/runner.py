@@ -420,10 +420,10 @@ class Pipeline:
                 emitted = overlap if overlap else 0
 
         for frame in frames:
-            if len(window) == size:  # full, and more follows: a window inside the stream
-                run(final=False)
             window.append(frame)
-        if len(window) > emitted:  # the last window, full or not: it emits to the end
+            if len(window) == size:  # run at once: the last window is always a shorter one
+                run(final=False)
+        if len(window) > emitted:
             run(final=True)
 
     def _run_sink(self) -> None:

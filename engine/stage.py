@@ -230,6 +230,11 @@ class WindowStage(Stage):
     def process_window(self, frames: list[Frame]) -> list[np.ndarray]:
         """Return one output image per input frame, in order, without modifying the inputs.
 
+        The runner gives a full window (`window_size` frames) as soon as it has one, so the
+        stream's last window is always shorter: a stage may tell it by its length (inpaint and
+        text-mask fill only the frames a window emits). A stream that ends on a full window
+        gets one more, of the 2 × `overlap` frames shared with it.
+
         Context frames at either edge reappear in the next window as inputs, so they must
         keep their original pixels; the runner attaches each result to a fresh frame record
         and emits only the frames this window owns.

@@ -321,10 +321,11 @@ def _result_or_error(call):
         return exc
 
 
-@pytest.mark.parametrize("count, windows", [(5, 1), (6, 1), (7, 2), (10, 2), (11, 3)])
-def test_a_stream_ending_on_a_full_window_runs_it_once(count, windows):
-    """Windows of 6 sharing 2 frames (steps of 4): a stream that ends exactly on a full window
-    runs it as the last one, not again as a 2-frame tail with less past context."""
+@pytest.mark.parametrize("count, windows", [(5, 1), (6, 2), (7, 2), (10, 3), (11, 3)])
+def test_the_last_window_is_always_shorter_than_a_full_one(count, windows):
+    """Windows of 6 sharing 2 frames (steps of 4): a full window runs at once, so the stream's
+    last window is a shorter one (inpaint and text-mask tell it by its length), and a stream
+    ending on a full window gets a 2-frame last one. Every frame leaves once either way."""
     result, sink, _ = run(count, [("test.window-sum", {"window_size": 6, "overlap": 1})])
     assert_exact(sink, count)
     stage = next(s for s in result.stages if s.name == "test.window-sum")
