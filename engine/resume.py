@@ -296,10 +296,10 @@ class SegmentedJob:
             input=self.config.input, segment=seg,
             decode_start=None if speculate else
             self.context.context_start(seg, previous.tail_unique if previous else None,
-                                       previous.tail_index if previous else 0),
+                                       previous.tail_index if previous else 0, len(self.table)),
             unique_start=0 if speculate else
             self.context.unique_start(seg, previous.tail_unique if previous else None,
-                                      previous.tail_index if previous else 0),
+                                      previous.tail_index if previous else 0, len(self.table)),
             decode_stop=self.context.context_stop(seg, len(self.table)),
             table=self.table, specs=self.specs, encoder=self.encoder,
             output=os.path.join(self.work_dir, segment_name(seg.index, ext)),

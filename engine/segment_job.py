@@ -48,9 +48,12 @@ The context rule, in one place (`context_start`, `context_stop`):
   one that emits its last: the same windows, the same frames. Without dedup, c = the window
   start of s and the stop the window end of e − 1. After dedup, windows count unique frames:
   each segment's run numbers its unique frames from `unique_start` (the unique index of c)
-  and records the index of its tail's first (`tail_index`); c is the tail frame whose index
-  starts the window that emits the last unique frame before s (U = K − O tail frames reach
-  it), and R = K × (1 + dup_run). Such segments run in order (no speculation: a pre-scan
+  and records the index of its tail's first (`tail_index`). The stream's last window (the
+  rest after the last full one) runs to the end, past where the step would put it: without
+  dedup the frame count places it; after dedup the unique count is not known yet, so c is the
+  first window start after L − K (L: the last unique frame before s), which the last window
+  cannot precede (U = K tail frames reach it); from any of the single pass's window starts
+  the same windows follow. R = K × (1 + dup_run). Such segments run in order (no speculation: a pre-scan
   cannot know the unique index). A second window stage beside a recurrent one: refused.
 - dedup after a window stage would compare processed pixels that lack context at c: refused.
 - A stage that `carries_state` (a recurrent model's previous output) depends on every frame
@@ -157,28 +160,41 @@ class PipelineContext:
     def keep_unique(self) -> int:
         if not self.ordered:
             return 0
-        # recurrent: back to the start of the window that emits the last unique frame (< K − O before it)
-        return self.window - self.overlap if self.window else self.overlap + 1
+        # recurrent: back to the start of the window that emits the last unique frame, or of
+        # the one before it (the stream's last window may start there: `unique_start`): < K
+        return self.window if self.window else self.overlap + 1
 
     @property
     def _step(self) -> int:
         return self.window - 2 * self.overlap  # a single pass's windows start every `step` (unique) frames
 
-    def _window_start(self, frame: int) -> int:
-        """Where the single pass's window that emits (unique) frame `frame` starts."""
-        return max(0, (frame - self.overlap) // self._step) * self._step
+    def _window(self, frame: int, frames: int | None = None) -> int:
+        """The index of the single pass's window that emits (unique) frame `frame`, in a stream
+        of `frames`. Full windows run as soon as they fill, so the stream's last window is the
+        rest after the last full one: it emits to the end, past where its index would say."""
+        regular = max(0, (frame - self.overlap) // self._step)
+        if frames is None:
+            return regular
+        full = 0 if frames < self.window else (frames - self.window) // self._step + 1
+        # the rest after the last full window, if it holds frames that window did not emit
+        last = full if full == 0 or frames > full * self._step + self.overlap else full - 1
+        return min(regular, last)
 
     @property
     def speculation_frames(self) -> int:
         """L: frames a speculative pre-scan decodes before a segment's start."""
         return SPECULATE_RUNS * self.keep_unique * (1 + self.dup_run)
 
-    def context_start(self, segment: Segment, previous_tail: list[int] | None, tail_index: int = 0) -> int:
+    def context_start(self, segment: Segment, previous_tail: list[int] | None, tail_index: int = 0,
+                      frames: int | None = None) -> int:
         """c: the first frame segment's run decodes. `tail_index`: the unique index (unique
-        frames before it, whole video) of `previous_tail[0]`, for a recurrent stage after dedup."""
+        frames before it, whole video) of `previous_tail[0]`, for a recurrent stage after dedup;
+        `frames`: the video's, for a recurrent stage without dedup (its last window)."""
         if not self.ordered:
             if self.window:
-                return self._window_start(segment.start)
+                if frames is None:
+                    raise ValueError("a recurrent stage's context needs the video's frame count")
+                return self._window(segment.start, frames) * self._step
             return max(0, segment.start - self.overlap)
         if segment.start == 0:
             return 0
@@ -189,13 +205,18 @@ class PipelineContext:
         return previous_tail[-self.keep_unique] if len(previous_tail) >= self.keep_unique \
             else previous_tail[0]
 
-    def unique_start(self, segment: Segment, previous_tail: list[int] | None, tail_index: int = 0) -> int:
+    def unique_start(self, segment: Segment, previous_tail: list[int] | None, tail_index: int = 0,
+                     frames: int | None = None) -> int:
         """The unique index of the context start: where a recurrent stage's windows begin."""
         if not self.ordered:
-            return self.context_start(segment, previous_tail)
+            return self.context_start(segment, previous_tail, tail_index, frames) if self.window else 0
         if segment.start == 0 or not self.window:
             return 0
-        start = self._window_start(tail_index + len(previous_tail) - 1)  # of the last unique before s
+        last = tail_index + len(previous_tail) - 1  # the last unique frame before s
+        # The unique count is not known yet, so neither is where the stream's last window
+        # starts: anywhere after last − K. Start at the first window there: from any of the
+        # single pass's window starts, the same windows follow (a window or less of extra work).
+        start = max(0, -(-(last - self.window + 1) // self._step)) * self._step
         if start < tail_index:
             raise ValueError(f"segment {segment.index}: the unique frames recorded before it do not "
                              f"reach back to its window's start")
@@ -203,7 +224,10 @@ class PipelineContext:
 
     def context_stop(self, segment: Segment, frames: int) -> int:
         if self.window and not self.ordered:  # to the end of the window that emits the last frame
-            return min(frames, self._window_start(segment.end - 1) + self.window)
+            window = self._window(segment.end - 1, frames)
+            if window == self._window(frames - 1, frames):  # the last: it runs to the end
+                return frames
+            return min(frames, window * self._step + self.window)
         # recurrent after dedup: up to a whole window of unique frames past the end
         reach = self.window if self.window else self.overlap
         return min(frames, segment.end + reach * (1 + self.dup_run))

@@ -18,6 +18,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT, decoded_indices, run_engine, sha256
 from make_clip import add_side_streams, make_clip
@@ -140,16 +142,19 @@ def test_context_rule_from_the_pipeline():
         PipelineContext.of(parse_pipeline("test.window-sum:overlap=0,dedup"))
     # a recurrent stage (windows of 6 stepping by 4): segments start and end on its windows
     rec = PipelineContext.of(parse_pipeline("test.recurrent-sum:window_size=6:overlap=1"))
-    assert rec.context_start(seg, None) == 96 and rec.context_stop(seg, 1000) == 202  # [96, 102) … [196, 202)
-    assert rec.context_start(Segment(0, 0, 7, 0), None) == 0 and rec.context_stop(Segment(0, 0, 7, 0), 9) == 9
+    assert rec.context_start(seg, None, 0, 1000) == 96 and rec.context_stop(seg, 1000) == 202  # [96, 102) … [196, 202)
+    assert rec.context_start(Segment(0, 0, 7, 0), None, 0, 9) == 0 and rec.context_stop(Segment(0, 0, 7, 0), 9) == 9
+    # 211 frames: full windows up to [204, 210) (it emits 205..208), the last [208, 211) to the end
+    last = Segment(4, 208, 211, 0)
+    assert rec.context_start(last, None, 0, 211) == 204 and rec.context_stop(last, 211) == 211
     after = PipelineContext.of(parse_pipeline("dedup:max_run=3,test.recurrent-sum:window_size=6:overlap=1"))
-    assert not after.speculative and after.keep_unique == 5  # back to the window's start
-    # the last unique frame before s is unique frame 41 (tail: 37..41); the window that
-    # emits it, [40, 46), starts at unique frame 40: seq 92
-    assert after.context_start(seg, [80, 84, 88, 92, 99], tail_index=37) == 92
-    assert after.unique_start(seg, [80, 84, 88, 92, 99], tail_index=37) == 40
+    assert not after.speculative and after.keep_unique == 6  # a window back
+    # the last unique frame before s is unique frame 41 (tail: 36..41). The unique count is not
+    # known, so the stream's last window could start anywhere after 41 − 6: from 36 (seq 76)
+    assert after.context_start(seg, [76, 80, 84, 88, 92, 99], tail_index=36) == 76
+    assert after.unique_start(seg, [76, 80, 84, 88, 92, 99], tail_index=36) == 36
     with pytest.raises(ValueError, match="do not reach back"):  # a tail shorter than keep_unique
-        after.context_start(seg, [99], tail_index=41)
+        after.context_start(seg, [80, 84, 88, 92, 99], tail_index=37)
     assert after.context_stop(seg, 1000) == 200 + 6 * 4
     for beside in ("temporal-denoise,test.recurrent-sum", "test.recurrent-sum,test.window-sum"):
         with pytest.raises(UserError, match="'test.recurrent-sum' \\(recurrent"):
@@ -323,6 +328,84 @@ def test_context_across_cuts_gives_the_unsegmented_frames(media, tmp_path, pipel
     assert len(a) == len(b) == 48
     differ = [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)]
     assert differ == []
+
+
+class _Seq:
+    """A frame for the windowing rule alone: which window [first, last] computed it."""
+
+    def __init__(self, seq, dup_of=None):
+        self.seq, self.meta, self.window = seq, ({} if dup_of is None else {"dup_of": dup_of}), None
+
+    def with_data(self, window):
+        out = _Seq(self.seq)
+        out.meta, out.window = self.meta, window
+        return out
+
+
+def _windows_of(size: int, overlap: int, seqs: list[int]) -> dict[int, tuple[int, int]]:
+    """The runner's own windowing over unique frames `seqs`: the window each frame came from."""
+    from engine.metrics import WorkerMetrics
+    from engine.runner import Pipeline
+
+    class Stage:
+        window_size = size
+        overlap = 0
+
+        def process_window(self, frames):
+            return [(frames[0].seq, frames[-1].seq)] * len(frames)
+
+    stage = Stage()
+    stage.overlap = overlap
+    came: dict[int, tuple[int, int]] = {}
+    runner = type("Runner", (), {"_emit": lambda self, out, metrics, f: came.__setitem__(f.seq, f.window)})()
+    Pipeline._drive_window(runner, stage, iter(_Seq(q) for q in seqs), None, WorkerMetrics())
+    return came
+
+
+@given(size=st.integers(3, 12), overlap_share=st.floats(0, 0.99), dup_run=st.integers(0, 4),
+       frames=st.integers(1, 60), segment=st.integers(1, 20), seed=st.integers(0, 10**6))
+@settings(max_examples=400, deadline=None)
+def test_recurrent_windows_of_every_segment_are_the_single_passes(size, overlap_share, dup_run, frames,
+                                                                  segment, seed):
+    """The rule itself, over random windows, clip lengths, cuts and holds: every frame a segment
+    encodes (and every duplicate's reference) comes from the window the single pass computed it
+    in, including the stream's last window, which runs to the end. The last segments of a clip
+    whose length left its last window longer than a step got a window the single pass never runs."""
+    from engine.registry import parse_pipeline
+    from engine.segment_job import PipelineContext, TrimmingSink
+    from engine.segments import Segment
+
+    overlap = int(overlap_share * (size - 1) / 2)
+    rng = random.Random(seed)
+    unique, q = [], 0
+    while q < frames:
+        unique.append(q)
+        q += 1 + (rng.randint(0, dup_run) if dup_run else 0)
+    is_unique = set(unique)
+    marking = f"dedup:max_run={dup_run}," if dup_run else ""
+    context = PipelineContext.of(parse_pipeline(f"{marking}test.recurrent-sum:window_size={size}:overlap={overlap}"))
+    single = _windows_of(size, overlap, unique)
+    previous = None
+    for index, start in enumerate(range(0, frames, segment)):
+        seg = Segment(index, start, min(frames, start + segment), 0)
+        tail, tail_index = previous or (None, 0)
+        c = context.context_start(seg, tail, tail_index, frames)
+        first = context.unique_start(seg, tail, tail_index, frames)
+        stop = context.context_stop(seg, frames)
+        assert c in is_unique and unique.index(c) == first
+        mine = _windows_of(size, overlap, [f for f in range(c, stop) if f in is_unique])
+        for f in range(seg.start, seg.end):
+            reference = max(u for u in unique if u <= f)
+            assert mine.get(reference) == single[reference], (index, f, reference)
+
+        class Discard:
+            def write(self, frame):
+                pass
+
+        sink = TrimmingSink(Discard(), seg.start, seg.end, context.keep_unique, first)
+        for f in range(c, stop):
+            sink.write(_Seq(f, None if f in is_unique else 0))
+        previous = (list(sink.tail_unique), sink.tail_index)
 
 
 @pytest.mark.parametrize("dedup", [False, True])
