@@ -13,6 +13,9 @@ from engine import interrupts
 from engine.crashpoints import crash_point
 from engine.errors import EngineError, StageError, Terminated, UserError
 
+SINK_THREADS = ("engine-encode", "engine-save")  # the video and image sinks' threads (runner._spawn)
+SINK_GRACE_S = 60.0  # an encoder's flush, the output's re-read: what a stopped sink may still be in
+
 # decode → dedup → realesr-animevideov3 x2 → encode
 DEFAULT_PIPELINE = "dedup,upscale:model=animevideov3-x2"
 
@@ -252,7 +255,22 @@ class _LogStream:
         return getattr(self._stream, name)
 
 
+def _fill_closed_fds() -> None:
+    """A closed stdin, stdout or stderr (`2>&-`) gets /dev/null: else the next file opened takes
+    its number, and writes meant for the terminal (x264's own, FFmpeg's) land in it, or a dup of
+    fd 2 fails (EBADF) before any job starts."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _fill_closed_fds()
     args = _parser().parse_args(argv)
     handler = {"stream": _stream, "probe": _probe, "stages": _stages, "models": _models}[args.command]
     if args.command == "stream":  # its output is the file it writes, not what it prints
@@ -272,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc.cause) if isinstance(exc.cause, UserError) else str(exc)
         return _fail(message, exc.exit_code)
     except EngineError as exc:
+        if exc.exit_code >= 128:  # the runner's Interrupted: stopped, as below
+            interrupts.stopped()
         return _fail(str(exc), exc.exit_code)
     except Terminated as exc:
         interrupts.stopped()
@@ -282,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `engine models | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        interrupts.one_job(False)
 
 
 def _fail(message: str, code: int) -> int:
@@ -293,8 +315,12 @@ def _fail(message: str, code: int) -> int:
     import threading
 
     if any(t.name.startswith("engine-") and t.is_alive() for t in threading.enumerate()):
-        # a stage stuck in native code (a stall the watchdog named): the interpreter's exit would
-        # run C++ teardown under it (SIGABRT, "terminate called without an active exception")
+        # A stage stuck in native code (a stall the watchdog named): the interpreter's exit would
+        # run C++ teardown under it (SIGABRT, "terminate called without an active exception").
+        # The sink thread first ends (it removes the partial as it does: Pipeline._abort_sink).
+        for thread in threading.enumerate():
+            if thread.name in SINK_THREADS:
+                thread.join(SINK_GRACE_S)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

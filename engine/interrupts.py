@@ -123,12 +123,13 @@ late: list[int] = []  # stop signals that came after an output was in place, not
 _one_job = False  # the command runs one job: once its output is in place, nothing can stop it
 
 
-def one_job() -> None:
+def one_job(on: bool = True) -> None:
     """The command is one job (no batch, no Ray driver with other inputs): from its output's
     commit to the process's end, stop signals are only noted. Restoring the stopping handlers
-    after it left a window in which a signal still read "terminated" over a finished job."""
+    after it left a window in which a signal still read "terminated" over a finished job.
+    `on=False` when the command returns (a caller in the same process runs more)."""
     global _one_job
-    _one_job = True
+    _one_job = on
 
 
 def _note(signum, frame) -> None:

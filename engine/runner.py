@@ -45,9 +45,11 @@ from engine.reorder import ReorderBuffer, WorkerGate
 from engine.stage import BatchStage, MapStage, Stage, StageContext, WindowStage, frame_sizes
 from engine.validate import SequenceValidator
 
-# How far (in frames each worker holds) a parallel stage's workers may run ahead of the
-# slowest before they wait for it (see WorkerGate).
-GATE_LEAD = 8
+# How far a parallel stage's workers may run ahead of the slowest before they wait for it
+# (see WorkerGate): twice what the workers hold, at least GATE_MIN_LEAD frames (one frame each
+# for a map stage: jitter must not make them wait). More would let the reorder buffer
+# downstream hold that many processed frames (768 4K frames for 2 workers of batch 8 × ring 3 × 2 GPUs).
+GATE_MIN_LEAD = 16
 
 
 class Source(Protocol):
@@ -202,7 +204,7 @@ class Pipeline:
         for spec, probe, inbox in zip(self.specs, probes, inboxes):
             # a worker may be this many seqs past the oldest frame a sibling holds; more
             # than what the workers hold, so that ordinary jitter never makes one wait
-            lead = GATE_LEAD * spec.workers * probe.span if spec.workers > 1 else 0
+            lead = max(GATE_MIN_LEAD, 2 * spec.workers * probe.span) if spec.workers > 1 else 0
             leads.append(lead + spec.workers if lead else 0)  # + each worker's one take past it
             self._nodes.append(_Node(spec.name, probe.kind, inbox,
                                      [WorkerMetrics() for _ in range(spec.workers)],

@@ -962,3 +962,22 @@ def test_once_stopped_further_stop_signals_are_ignored_on_the_way_out():
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+def test_closed_stdout_and_stderr_with_an_image_sequence_input(tmp_path):
+    """`>&- 2>&-`: the first file the job opened took fd 2, and the dup of fd 2 for x264's own
+    messages failed (EBADF): exit 1, nothing run, nothing said."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for n in range(1, 7):
+        cv2.imwrite(str(frames / f"{n:04d}.png"), np.full((16, 16, 3), n * 30, np.uint8))
+    out = tmp_path / "o.mp4"
+
+    def close_both():
+        os.close(1)
+        os.close(2)
+
+    code = subprocess.run([sys.executable, "-m", "engine", "stream", str(frames / "%04d.png"), str(out),
+                           "--fps", "24", "--pipeline", "none"], cwd=ROOT, preexec_fn=close_both,
+                          timeout=120).returncode
+    assert code == 0 and len(decoded_indices(out)) == 6

@@ -81,8 +81,10 @@ tar -C "$site" -cf - . | xz -6 -T2 >"$dest/site.tar.xz"
 
 carry=$(du -cb "$dest" | tail -1 | cut -f1)
 # what travels besides: tracked files and untracked files git does not ignore
-tree=$( (git ls-files -z; git ls-files -z -o --exclude-standard) | xargs -0 -r du -cb 2>/dev/null \
-        | awk '$2 == "total" {s += $1} END {print s + 0}')
+# (a tracked file deleted in the work tree does not travel: du must not fail on it, under set -e)
+tree=$( (git ls-files -z; git ls-files -z -o --exclude-standard) \
+        | while IFS= read -r -d '' f; do [[ -e $f ]] && printf '%s\0' "$f"; done \
+        | xargs -0 -r du -cb 2>/dev/null | awk '$2 == "total" {s += $1} END {print s + 0}')
 total=$((carry + tree))
 awk -v d="$dest" -v c="$carry" -v t="$tree" -v l="$LIMIT" 'BEGIN {
   printf "carry %s: %.1f MB; tree %.1f MB; together %.1f MB of %.1f MB (64 MiB)\n", d, c / 1e6, t / 1e6, (c + t) / 1e6, l / 1e6}'
