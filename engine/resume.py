@@ -46,6 +46,7 @@ from engine.progress import Reporter, make_reporter
 from engine.segment_job import (WORK_DIR_HINT, PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest,
                                 work_dir_label)
 from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
+from engine.timestamps import HoleWatch, frame_step
 from engine.sink import fit_name, is_image_pattern, name_max, output_errors, partial_path
 from engine.source import first_frame_size, open_input, read_info
 from engine.streamcopy import plan_copy
@@ -166,6 +167,13 @@ class SegmentedJob:
                 limit = readable
                 input_notes.append(f"note: {limit} frames of the truncated input can be read")
         table = scan_packets(config.input, limit)
+        # a hole in a constant-rate video (damaged data the demuxer skipped): the whole table
+        # at once, cuts included, where each segment's decode sees only its own range
+        holes = HoleWatch(frame_step(info.frame_rate, table.time_base), table.time_base)
+        for pts in table.pts:
+            holes.feed(pts)
+        if (hole := holes.note(info.frame_rate)) is not None:
+            input_notes.append(hole)
         plan = plan_segments(config.input, table, length)
         key = job_key(input_path=config.input, specs=specs,
                       encoder={"name": encoder.name, "codec": encoder.codec, "pix_fmt": encoder.pix_fmt,

@@ -422,5 +422,10 @@ def test_a_hole_in_a_constant_rate_matroska_is_said(clip, tmp_path):
     r = run_engine("stream", bad, tmp_path / "out.mkv")
     assert r.returncode == 0, r.stderr
     assert "note: the video's timestamps skip" in r.stderr and "missing from the input" in r.stderr
+    # --resume says it from its plan (the packets' table), before its own check refuses the
+    # damaged stretch (a frame there decodes to other timestamps than its packet's)
+    r = run_engine("stream", bad, tmp_path / "seg.mkv", "--resume", "--segment", "120f")
+    assert r.stderr.count("note: the video's timestamps skip") == 1, r.stderr
+    assert r.returncode == 2 and "input decodes differently from its packets" in r.stderr.splitlines()[-1]
     r = run_engine("stream", good, tmp_path / "whole.mkv")
     assert r.returncode == 0 and "skip" not in r.stderr, r.stderr
