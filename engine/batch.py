@@ -160,6 +160,8 @@ def _run(configs: list[JobConfig], ray_options, reports: list[dict]) -> None:
         return
     for number, c in enumerate(configs, 1):
         interrupts.raise_pending()  # a stop signal while the input before finished: stop here
+        if number == len(configs):  # the last: once its output is in place, nothing is left to stop
+            interrupts.one_job()
         if not c.quiet:  # which input the lines below are about, in a log of hundreds
             print(f"[engine] input {number} of {len(configs)}: {c.input} → {c.output}", file=sys.stderr, flush=True)
         reports.append(SegmentedJob.prepare(c).run() if c.resume else Job.prepare(c).run())

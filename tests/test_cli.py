@@ -565,15 +565,27 @@ def test_a_stop_signal_after_the_output_is_in_place_lets_the_job_finish(clip, tm
 
 
 @pytest.mark.parametrize("sig", ["INT", "TERM", "HUP"])
-def test_a_stop_signal_after_the_job_returned_lets_it_finish(clip, tmp_path, sig):
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_stop_signal_after_the_job_returned_lets_it_finish(clip, tmp_path, sig, batch):
     """The job's handlers were restored once it ended: a signal on the way out read
-    "terminated" (exit 143) over a finished output, or killed the process at its exit."""
-    out = tmp_path / "out.mp4"
-    r = run_engine("stream", clip(frames=12), out, env={"ENGINE_CRASH_AT": f"command-done:1:{sig}"})
+    "terminated" (exit 143) over a finished output, or killed the process at its exit. In a
+    batch, the same after its last input."""
+    import shutil
+
+    if batch:
+        inputs = tmp_path / "in"
+        inputs.mkdir()
+        for name in ("a.mp4", "b.mp4"):
+            shutil.copy(clip(frames=12), inputs / name)
+        source, out, check = inputs, tmp_path / "out", tmp_path / "out" / "b.mp4"
+    else:
+        source, out = clip(frames=12), tmp_path / "out.mp4"
+        check = out
+    r = run_engine("stream", source, out, env={"ENGINE_CRASH_AT": f"command-done:1:{sig}"})
     said = {"INT": "interrupted", "TERM": "terminated", "HUP": "hung up"}[sig]
     assert r.returncode == 0, r.stderr
     assert f"engine: note: {said} after the output was complete; the job finished" in r.stderr
-    assert decoded_indices(out) == list(range(12))
+    assert decoded_indices(check) == list(range(12))
 
 
 def test_a_signal_before_the_output_is_in_place_still_stops_the_job():
