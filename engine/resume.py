@@ -46,10 +46,10 @@ from engine.progress import Reporter, make_reporter
 from engine.segment_job import (WORK_DIR_HINT, PipelineContext, SegmentResult, SegmentRun, SegmentTask, file_digest,
                                 work_dir_label)
 from engine.segments import Segment, length_in_frames, plan_segments, scan_packets
-from engine.timestamps import HoleWatch, frame_step
 from engine.sink import fit_name, is_image_pattern, name_max, output_errors, partial_path
 from engine.source import first_frame_size, open_input, read_info
 from engine.streamcopy import plan_copy
+from engine.timestamps import HoleWatch, frame_step
 from engine.video_stream import main_video
 
 DEFAULT_SEGMENT = "60"  # seconds of video: minutes of work for a model pipeline

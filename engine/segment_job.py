@@ -53,8 +53,9 @@ The context rule, in one place (`context_start`, `context_stop`):
   dedup the frame count places it; after dedup the unique count is not known yet, so c is the
   first window start after L − K (L: the last unique frame before s), which the last window
   cannot precede (U = K tail frames reach it); from any of the single pass's window starts
-  the same windows follow. R = K × (1 + dup_run). Such segments run in order (no speculation: a pre-scan
-  cannot know the unique index). A second window stage beside a recurrent one: refused.
+  the same windows follow. R = K × (1 + dup_run). Such segments run in order (no
+  speculation: a pre-scan cannot know the unique index). A second window stage beside a
+  recurrent one: refused.
 - dedup after a window stage would compare processed pixels that lack context at c: refused.
 - A stage that `carries_state` (a recurrent model's previous output) depends on every frame
   before, which no context rebuilds. Its segments run in order, each starting from the state
@@ -111,6 +112,7 @@ class PipelineContext:
         overlap = dup_run = marking = window = 0
         stateful = []
         windows = False
+        recurrent = ""  # the recurrent window stage's name, once seen
         for index, spec in enumerate(specs):
             stage = spec.build()  # constructors are cheap and validate
             if stage.dup_run:
@@ -122,15 +124,14 @@ class PipelineContext:
                 kind = "a window stage" if windows else f"'{specs[stateful[0]].name}' (state carried from frame to frame)"
                 raise UserError(f"--resume cannot cut a pipeline where '{spec.name}' (duplicate "
                                 f"marking) follows {kind}; put it first")
-            if isinstance(stage, WindowStage) and (window or (windows and stage.recurrent)):
-                recurrent = spec.name if stage.recurrent else next(
-                    s.name for s in specs if getattr(s.build(), "recurrent", False))
-                raise UserError(f"--resume cannot cut a pipeline where '{recurrent}' (recurrent: each "
-                                f"frame depends on its whole window) runs beside another window stage")
+            if isinstance(stage, WindowStage) and (recurrent or (windows and stage.recurrent)):
+                raise UserError(f"--resume cannot cut a pipeline where '{recurrent or spec.name}' (recurrent: "
+                                f"each frame depends on its whole window) runs beside another window stage")
             windows = windows or isinstance(stage, WindowStage)
             if isinstance(stage, WindowStage):
                 overlap += stage.overlap
-                window = stage.window_size if stage.recurrent else 0
+                if stage.recurrent:
+                    recurrent, window = spec.name, stage.window_size
             dup_run = max(dup_run, stage.dup_run)
             if stage.carries_state:
                 stateful.append(index)
@@ -160,21 +161,18 @@ class PipelineContext:
     def keep_unique(self) -> int:
         if not self.ordered:
             return 0
-        # recurrent: back to the start of the window that emits the last unique frame, or of
-        # the one before it (the stream's last window may start there: `unique_start`): < K
+        # recurrent: back to the first window start after the last unique frame − K (`unique_start`)
         return self.window if self.window else self.overlap + 1
 
     @property
     def _step(self) -> int:
         return self.window - 2 * self.overlap  # a single pass's windows start every `step` (unique) frames
 
-    def _window(self, frame: int, frames: int | None = None) -> int:
+    def _window(self, frame: int, frames: int) -> int:
         """The index of the single pass's window that emits (unique) frame `frame`, in a stream
         of `frames`. Full windows run as soon as they fill, so the stream's last window is the
         rest after the last full one: it emits to the end, past where its index would say."""
         regular = max(0, (frame - self.overlap) // self._step)
-        if frames is None:
-            return regular
         full = 0 if frames < self.window else (frames - self.window) // self._step + 1
         # the rest after the last full window, if it holds frames that window did not emit
         last = full if full == 0 or frames > full * self._step + self.overlap else full - 1

@@ -113,8 +113,8 @@ class PartialLock:
 COMMIT_JOURNAL = ".moving-into-place"
 
 
-def _stale_partials(path: str, inside: str | None = None) -> Iterator[tuple[str, PartialLock]]:
-    """(name, its lock) of each partial of `path` whose writer is gone (its lock was free)."""
+def _stale_partials(path: str, inside: str | None = None) -> Iterator[str]:
+    """The name of each partial of `path` whose writer is gone (its lock is free), while held."""
     where, name, ext = _partial_parts(path, inside)
     if not os.path.isdir(where):
         return
@@ -127,25 +127,29 @@ def _stale_partials(path: str, inside: str | None = None) -> Iterator[tuple[str,
         lock = PartialLock(target, directory=os.path.isdir(target))
         try:
             if lock.held:  # its writer is gone
-                yield entry, lock
+                yield entry
         finally:
             lock.release()
 
 
+def _moved_out(partial: str) -> list[str]:
+    """The frames a killed image commit had moved out of `partial` (per its journal); none
+    when every move had been made (the output was complete)."""
+    journal = os.path.join(partial, COMMIT_JOURNAL)
+    if not os.path.isfile(journal):
+        return []
+    left = set(os.listdir(partial)) - {COMMIT_JOURNAL}
+    if not left:
+        return []
+    with open(journal) as fh:
+        return [n for n in fh.read().split("\n") if n and n not in left]
+
+
 def half_moved_frames(path: str, inside: str | None = None) -> list[str]:
     """Frames a killed run had moved from its partial into `inside` (its commit cut short):
-    its own, not an earlier run's. Empty when the moves had all been made (a complete output)."""
-    moved = []
+    its own, not an earlier run's."""
     where = _partial_parts(path, inside)[0]
-    for entry, _ in _stale_partials(path, inside):
-        journal = os.path.join(where, entry, COMMIT_JOURNAL)
-        if not os.path.isfile(journal):
-            continue
-        left = set(os.listdir(os.path.join(where, entry))) - {COMMIT_JOURNAL}
-        if left:
-            with open(journal) as fh:
-                moved += [n for n in fh.read().split("\n") if n and n not in left]
-    return moved
+    return [name for entry in _stale_partials(path, inside) for name in _moved_out(os.path.join(where, entry))]
 
 
 def remove_stale_partials(path: str, inside: str | None = None) -> list[str]:
@@ -153,11 +157,12 @@ def remove_stale_partials(path: str, inside: str | None = None) -> list[str]:
     (SIGKILL, the OOM killer, a power cut: no handler runs), known by their lock being free,
     and the frames a killed image commit had already moved out of one. Returns their names."""
     where = _partial_parts(path, inside)[0]
-    for name in half_moved_frames(path, inside):
-        _remove(os.path.join(where, name))
     removed = []
-    for entry, _ in _stale_partials(path, inside):
-        _remove(os.path.join(where, entry))
+    for entry in _stale_partials(path, inside):
+        target = os.path.join(where, entry)
+        for name in _moved_out(target):
+            _remove(os.path.join(where, name))
+        _remove(target)
         removed.append(entry)
     return removed
 
