@@ -18,6 +18,18 @@ from engine.planes import plane_rows
 TO_RGB = Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.ACCURATE_RND
 FROM_RGB = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
 
+
+def rgb_array(picture, pixel_format: str):
+    """A picture as host RGB in `pixel_format` (rgb24, or rgb48le for deep input), in its own range.
+
+    swscale (FFmpeg 8, as PyAV 18 ships it) writes packed 16-bit RGB (rgb48le, rgba64le, ...)
+    from 4:2:0 wrongly under FULL_CHR_H_INT: yuv420p10le green (20, 200, 40) came out (0, 4, 96),
+    14.7 dB on real footage. Its planar gbrp16le is right (within 1.5 levels of rgb24, and the
+    same array shape: PyAV stacks the planes in RGB order), so deep pictures go through it."""
+    if pixel_format == "rgb48le":
+        return picture.to_ndarray(format="gbrp16le", interpolation=TO_RGB, src_color_range=picture.color_range)
+    return picture.to_ndarray(format=pixel_format, interpolation=TO_RGB, src_color_range=picture.color_range)
+
 UNSPECIFIED = 2                 # AVCOL_SPC / AVCOL_PRI / AVCOL_TRC _UNSPECIFIED
 RGB_MATRIX, BT709_MATRIX = 0, 1  # AVColorSpace
 LIMITED_RANGE, FULL_RANGE = 1, 2  # AVColorRange: 0 unspecified, 1 MPEG (limited), 2 JPEG (full)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.colour_tags import TO_RGB, limited_grey_as_yuv
+from engine.colour_tags import limited_grey_as_yuv, rgb_array
 
 
 @dataclass(eq=False, slots=True)
@@ -69,8 +69,7 @@ class Frame:
             else:
                 # the picture's own range: PyAV would otherwise assume limited range
                 picture = limited_grey_as_yuv(self._picture)  # swscale takes grey as full range
-                self._data = picture.to_ndarray(format=self._pixel_format, interpolation=TO_RGB,
-                                                src_color_range=picture.color_range)
+                self._data = rgb_array(picture, self._pixel_format)
                 self._picture = None  # the array is now the truth; free the decoder buffer
         return self._data
 

@@ -434,3 +434,84 @@ def test_the_output_check_reports_progress_as_it_reads(clip):
     assert len(calls) == 600 // 256
     with pytest.raises(Exception, match="599 written"):
         check_written(str(path), 599, 1)
+
+
+PATCHES = [(230, 20, 20), (20, 200, 40), (30, 40, 220), (200, 200, 30)]
+
+
+def patch_means(pictures) -> list[np.ndarray]:
+    """Each flat picture's colour as 8-bit RGB, by BT.709 limited-range arithmetic on its mean
+    Y'CbCr (taken YUV -> YUV, which swscale gets right): independent of the RGB path under test."""
+    means = []
+    for f in pictures:
+        y, cb, cr = (f.reformat(format="yuv444p16le").to_ndarray().reshape(-1, 3).mean(0)
+                     if f.format.name != "yuv444p16le" else f.to_ndarray().reshape(-1, 3).mean(0)) / 256.0
+        y, cb, cr = (y - 16) / 219, (cb - 128) / 224, (cr - 128) / 224
+        kr, kb = 0.2126, 0.0722
+        r, b = y + 2 * (1 - kr) * cr, y + 2 * (1 - kb) * cb
+        g = (y - kr * r - kb * b) / (1 - kr - kb)
+        means.append(np.clip(np.array([r, g, b]) * 255, 0, 255))
+    return means
+
+
+def patch_pictures(pix_fmt: str) -> list[av.VideoFrame]:
+    return [av.VideoFrame.from_ndarray(np.full((48, 64, 3), colour, np.uint8), format="rgb24").reformat(
+        format=pix_fmt, dst_colorspace=1, dst_color_range=1) for colour in PATCHES]
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p10le", "p010le", "yuv420p12le", "yuv422p10le", "yuv420p"])
+def test_a_stage_sees_a_deep_4_2_0_pictures_colours(pix_fmt):
+    """swscale's packed 16-bit RGB from 4:2:0 under full chroma interpolation is wrong: the
+    10-bit green patch reached stages (and PNG / ProRes outputs) as (0, 4, 96)."""
+    from engine.frame import Frame
+
+    for picture, colour in zip(patch_pictures(pix_fmt), PATCHES):
+        frame = Frame.from_picture(0, 0, Fraction(1, 24), picture, "rgb24" if pix_fmt == "yuv420p" else "rgb48le")
+        scale = 257 if frame.deep else 1
+        assert np.abs(frame.data.reshape(-1, 3).mean(0) / scale - colour).max() < 2.0, (pix_fmt, colour)
+
+
+@pytest.fixture(scope="module")
+def patches_10bit(tmp_path_factory):
+    """Four flat colour frames, 10-bit 4:2:0 BT.709, x265 lossless."""
+    path = tmp_path_factory.mktemp("patches") / "patches.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx265", rate=24)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p10le"
+        s.codec_context.options = {"x265-params": "lossless=1:log-level=error"}
+        s.codec_context.colorspace = s.codec_context.color_primaries = s.codec_context.color_trc = 1
+        s.codec_context.color_range = 1
+        for i, picture in enumerate(patch_pictures("yuv420p10le")):
+            picture.pts = i
+            c.mux(s.encode(picture))
+        c.mux(s.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("pipeline,encoder,ext", [("none", "prores", ".mov"), ("resize:width=32", "ffv1", ".mkv"),
+                                                  ("resize:width=32", "x265", ".mp4")])
+def test_10bit_4_2_0_keeps_its_colours_through_rgb(patches_10bit, tmp_path, pipeline, encoder, ext):
+    """A 10-bit 4:2:0 input (HEVC Main10) into ProRes, or through any stage, goes through host RGB."""
+    out = tmp_path / f"out{ext}"
+    r = run_engine("stream", patches_10bit, out, "--quiet", "--pipeline", pipeline, "--encoder", encoder)
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c, av.open(str(patches_10bit)) as i:
+        means, wanted = patch_means(c.decode(video=0)), patch_means(i.decode(video=0))
+    assert len(means) == len(wanted) == len(PATCHES)
+    for mean, colour in zip(means, wanted):
+        assert np.abs(mean - colour).max() < 2.0, (mean, colour)
+
+
+def test_10bit_4_2_0_keeps_its_colours_in_16bit_png(patches_10bit, tmp_path):
+    import cv2
+
+    r = run_engine("stream", patches_10bit, tmp_path / "png" / "%02d.png", "--quiet", "--pipeline", "none")
+    assert r.returncode == 0, r.stderr
+    files = sorted((tmp_path / "png").glob("*.png"))
+    with av.open(str(patches_10bit)) as i:
+        wanted = patch_means(i.decode(video=0))
+    assert len(files) == len(wanted) == len(PATCHES)
+    for path, colour in zip(files, wanted):
+        rgb = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., ::-1]
+        assert rgb.dtype == np.uint16
+        assert np.abs(rgb.reshape(-1, 3).mean(0) / 257 - colour).max() < 2.0, colour
