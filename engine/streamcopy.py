@@ -96,9 +96,37 @@ def timecode_tracks(format_name: str, rate, timecode: str) -> int:
 
 def _is_chapter_track(container, stream) -> bool:
     """The text track a QuickTime/MP4 file with chapters keeps them in: carried as chapters."""
-    return (stream.type == "data" and stream.codec_context is None
-            and stream.metadata.get("handler_name") in ("SubtitleHandler", "Chapters")
-            and any(n in container.format.name.split(",") for n in CHAPTER_TRACK_FORMATS))
+    if not any(n in container.format.name.split(",") for n in CHAPTER_TRACK_FORMATS):
+        return False
+    if stream.type == "data" and stream.codec_context is None:
+        return stream.metadata.get("handler_name") in ("SubtitleHandler", "Chapters")
+    # FFmpeg's mov muxer gives a video track one reference: with a timecode track too, the
+    # chapter track's reference is lost, so readers (FFmpeg's among them) see a subtitle track
+    # holding the chapter titles. Such a file (the engine's own, ffmpeg's) has its chapters from
+    # the Nero `chpl` list; the track is known by its samples being exactly those titles.
+    cc = stream.codec_context
+    return (stream.type == "subtitle" and cc is not None and cc.name == "mov_text"
+            and _text_samples(container.name, stream.index) == [
+                ch["metadata"].get("title", "") for ch in container.chapters()])
+
+
+def _text_samples(path: str, index: int, limit: int = 1000) -> list[str] | None:
+    """A mov_text track's texts (a 16-bit length, then UTF-8), empty samples left out; None if unreadable."""
+    texts = []
+    try:
+        with av.open(path) as c:
+            for packet in c.demux(c.streams[index]):
+                data = bytes(packet)
+                if len(data) < 2:
+                    continue
+                size = int.from_bytes(data[:2], "big")
+                if size:
+                    texts.append(data[2:2 + size].decode("utf-8", "replace"))
+                if len(texts) > limit:
+                    return None
+    except (av.error.FFmpegError, OSError, IndexError):
+        return None
+    return texts
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ def test_vfr_video_with_offset_audio_stays_in_sync(clip, clip_dir, tmp_path):
     assert span(out, 0)[0] == pytest.approx(0.0, abs=1e-6)
 
 
-def with_chapters(src, path, fmt):
+def with_chapters(src, path, fmt, timecode=None):
     """`src`'s video remuxed into `path` with a title, a video track title and 4 chapters of 0.5 s."""
     from fractions import Fraction
 
@@ -141,6 +141,8 @@ def with_chapters(src, path, fmt):
         video = out.add_stream_from_template(inp.streams.video[0])
         out.metadata.update({"title": "Episode 7", "comment": "kept"})
         video.metadata.update({"title": "Main video", "language": "jpn"})
+        if timecode:
+            video.metadata["timecode"] = timecode
         for packet in inp.demux(inp.streams.video[0]):
             if packet.size:
                 packet.stream = video
@@ -174,6 +176,24 @@ def test_title_tags_and_chapters_are_kept(clip, tmp_path, src_ext, fmt, out_ext)
     assert count == file_tags(src)[4] - (src_ext != ".mkv") + (out_ext != ".mkv")  # the chapter track
     assert "encoder" not in tags or tags["encoder"].startswith("Lavf")  # the output's muxer, not a copy
     assert not {"major_brand", "duration"} & {k for k in tags if out_ext == ".mkv"}
+
+
+@pytest.mark.parametrize("out_ext", [".mkv", ".mp4"])
+def test_an_mp4s_unreferenced_chapter_track_is_its_chapters_not_a_subtitle(clip, tmp_path, out_ext):
+    """FFmpeg's mov muxer drops the chapter track's reference when it writes a timecode track
+    too (one reference per video track), so the titles' track reads back as a mov_text subtitle:
+    it was copied as one beside the chapters (an ASS track of the titles in .mkv)."""
+    src = with_chapters(clip(frames=48, fps=24), tmp_path / "in.mp4", "mp4", timecode="01:00:00:00")
+    with av.open(str(src)) as c:
+        assert [s.type for s in c.streams].count("subtitle") == 1  # the muxer's limit, as described
+    out = tmp_path / f"out{out_ext}"
+    r = run_engine("stream", src, out, "--pipeline", "none")
+    assert r.returncode == 0, r.stderr
+    assert "copying 4 chapters" in r.stderr and "subtitle" not in r.stderr
+    with av.open(str(out)) as c:
+        assert len(c.chapters()) == 4
+        # the .mp4 gets the muxer's own (unreferenced) titles' track again, no copy besides it
+        assert [s.type for s in c.streams].count("subtitle") == (out_ext == ".mp4")
 
 
 def test_chapters_end_where_the_video_is_cut(clip, tmp_path):
