@@ -134,20 +134,34 @@ def muxer_codecs(ext: str) -> set[str]:
 _failures: dict[tuple, str] = {}  # why an encoder would not open, the first time in this process
 
 
-def try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str | None = None) -> str | None:
-    """Open the encoder for real on a tiny picture, as the sink will. Returns None on success, else why not.
+def encoded_size(codec: str, pix_fmt: str, width: int, height: int) -> tuple[int, int]:
+    """The size a stream of `width`x`height` frames is encoded at: 4:2:0 and 4:2:2 need even
+    sizes in x264, x265, NVENC and ProRes, so the odd last row/column is cropped (the sink's
+    `_cropped`, exactly); FFV1 codes any size."""
+    if codec == "ffv1":
+        return width, height
+    chroma = av.VideoFormat(pix_fmt)
+    return (width - (width % 2 if chroma.chroma_width(2) != 2 else 0),
+            height - (height % 2 if chroma.chroma_height(2) != 2 else 0))
+
+
+def try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str | None = None,
+             size: tuple[int, int] = (256, 256)) -> str | None:
+    """Open the encoder for real (on the output's size where it is known), as the sink will.
+    Returns None on success, else why not.
     Every call really tries (an NVENC busy with other sessions may open later), but a repeated
     failure gives its first reason: NVENC's ("Cannot load libcuda.so.1") is the one to tell; a
     second try said "Operation not permitted" (the second input of a batch)."""
-    key = (codec, pix_fmt, tuple(sorted(options.items())), thread_type)
-    failure = _try_open(codec, pix_fmt, options, thread_type)
+    key = (codec, pix_fmt, tuple(sorted(options.items())), thread_type, size)
+    failure = _try_open(codec, pix_fmt, options, thread_type, size)
     if failure is None:
         _failures.pop(key, None)
         return None
     return _failures.setdefault(key, failure)
 
 
-def _try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str | None) -> str | None:
+def _try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: str | None,
+              size: tuple[int, int]) -> str | None:
     try:
         ctx = av.CodecContext.create(codec, "w")
     except (av.error.FFmpegError, ValueError) as exc:
@@ -156,7 +170,7 @@ def _try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: st
     av.logging.set_level(av.logging.ERROR)  # only here: the reason an encoder refuses to open
     with _captured_native_stderr() as native, av.logging.Capture(True) as logged:
         try:
-            ctx.width, ctx.height, ctx.pix_fmt = 256, 256, pix_fmt
+            (ctx.width, ctx.height), ctx.pix_fmt = size, pix_fmt
             ctx.time_base = Fraction(1, 25)
             ctx.options = {k: v for k, v in options.items() if k != "tag"}
             if thread_type:
@@ -181,8 +195,13 @@ def _try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: st
 
 def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,
                    preset: str | None = None, prores_profile: str | None = None,
-                   source_pix_fmt: str | None = None, hdr: HdrStatic | None = None) -> EncoderChoice:
+                   source_pix_fmt: str | None = None, hdr: HdrStatic | None = None,
+                   size: tuple[int, int] | None = None) -> EncoderChoice:
     """Resolve `name` (or `auto`) to an encoder that opens here and fits the container.
+
+    `size`, the output frames' size where it is known before the run, is what each encoder is
+    opened at: x265 refuses frames under 16 px a side, FFV1 4:2:0 under 4x4, and they failed
+    mid-run, after the pipeline had run (`auto` now takes the next encoder that takes them).
 
     HDR10 static metadata (`hdr`) goes to x265 as its own options; no other encoder here
     takes it (the sink says so).
@@ -232,7 +251,10 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         translated = None
         if spec.default_preset:
             options["preset"], translated = preset_for(spec, preset)
-        failure = try_open(spec.codec, pix_fmt, options, spec.thread_type)
+        encoded = encoded_size(spec.codec, pix_fmt, *size) if size else (256, 256)
+        failure = try_open(spec.codec, pix_fmt, options, spec.thread_type, encoded)
+        if failure is not None and size and try_open(spec.codec, pix_fmt, options, spec.thread_type) is None:
+            failure = f"{candidate} cannot encode {encoded[0]}x{encoded[1]} frames ({failure})"
         if failure is None:
             reason = "requested" if name != "auto" else (
                 "auto: first that opened" + (f" ({'; '.join(refusals)})" if refusals else ""))

@@ -119,7 +119,7 @@ class Job:
                              allow_truncated=config.allow_truncated, decode=config.decode,
                              deinterlace=config.deinterlace, count_frames=not config.quiet)
         try:
-            check_output_size(specs, source.info, video=not image_out)
+            size = check_output_size(specs, source.info, video=not image_out)
             early_notes, truncated = check_input(config, source.info)  # the source keeps what decodes
             source.truncation_said = truncated  # its note after the run then only gives the count
             video_index = main_video(source.container).index
@@ -131,7 +131,8 @@ class Job:
                 choice = choose_encoder(config.encoder, ext, source.info.bit_depth,
                                         crf=config.crf, preset=config.preset,
                                         prores_profile=config.prores_profile,
-                                        source_pix_fmt=source.info.pix_fmt, hdr=source.info.hdr)
+                                        source_pix_fmt=source.info.pix_fmt, hdr=source.info.hdr,
+                                        size=size)
                 plan = plan_copy(source.container, video_index, muxer_codecs(ext), ext)
                 sink = VideoSink(config.output, choice, source.info, input_path=config.input,
                                  copy_plan=plan, stop_copy_with_video=config.max_frames is not None,
@@ -289,18 +290,20 @@ def check_report_path(report: str, inputs: list[str], outputs: list[str], create
     check_writable_directory(parent, "report directory")
 
 
-def check_output_size(specs: list[StageSpec], info: VideoInfo, video: bool) -> None:
+def check_output_size(specs: list[StageSpec], info: VideoInfo, video: bool) -> tuple[int, int] | None:
     """An output no encoder takes, or one that would exhaust memory, refused before the run
-    (a resize to 99999 pixels used to be killed by the OOM killer mid-run)."""
+    (a resize to 99999 pixels used to be killed by the OOM killer mid-run). Returns the output
+    frames' size, None where a model's weights tell it."""
     sizes = frame_sizes([spec.build() for spec in specs], info.width, info.height)
     for spec, size in zip(specs, sizes[1:]):
         if size is None:
             # a model's scale comes with its weights: the model stage checks when it opens, and
             # a resize after it when it first sizes a frame
-            return
+            return None
         check_frame_size(spec.name, *size)
     if video and sizes[-1] is not None and min(sizes[-1]) < 2:
         raise UserError(f"output would be {sizes[-1][0]}x{sizes[-1][1]}: a video needs at least 2x2 pixels")
+    return sizes[-1]
 
 
 def check_input(config: JobConfig, info: VideoInfo) -> tuple[list[str], bool]:

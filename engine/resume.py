@@ -145,11 +145,11 @@ class SegmentedJob:
         container = open_input(config.input)
         try:
             info = read_info(container)
-            check_output_size(specs, info, video=True)
+            size = check_output_size(specs, info, video=True)
             input_notes, truncated = check_input(config, info)  # broken timestamps (refuse mode), truncation
             encoder = choose_encoder(config.encoder, ext, info.bit_depth, crf=config.crf,
                                      preset=config.preset, prores_profile=config.prores_profile,
-                                     source_pix_fmt=info.pix_fmt, hdr=info.hdr)
+                                     source_pix_fmt=info.pix_fmt, hdr=info.hdr, size=size)
             copy_plan = plan_copy(container, main_video(container).index, muxer_codecs(ext), ext)
         finally:
             container.close()

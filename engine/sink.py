@@ -27,7 +27,7 @@ import numpy as np
 
 from engine import interrupts
 from engine.crashpoints import crash_point
-from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, is_rgb
+from engine.encoders import CONTAINERS, ENCODERS, EncoderChoice, encoded_size, is_rgb
 from engine.colour_tags import (FROM_RGB, BT709_MATRIX, FULL_RANGE, LIMITED_RANGE, RGB_MATRIX, UNSPECIFIED,
                                 is_full_range, limited_grey_as_yuv)
 from engine.errors import UserError, ValidationError
@@ -374,10 +374,7 @@ class VideoSink:
         stream = self._container.add_stream(self.encoder.codec, rate=src.frame_rate)
         # 4:2:0 and 4:2:2 need even sizes in x264, x265, NVENC and ProRes: crop the odd last
         # row/column rather than fail (exactly: `_cropped`). FFV1 codes any size.
-        chroma = av.VideoFormat(self.encoder.pix_fmt)
-        odd_ok = self.encoder.codec == "ffv1"
-        stream.width = width - (width % 2 if chroma.chroma_width(2) != 2 and not odd_ok else 0)
-        stream.height = height - (height % 2 if chroma.chroma_height(2) != 2 and not odd_ok else 0)
+        stream.width, stream.height = encoded_size(self.encoder.codec, self.encoder.pix_fmt, width, height)
         if (stream.width, stream.height) != (width, height):
             self.notes.append(
                 f"note: cropped {width}x{height} to {stream.width}x{stream.height}: "

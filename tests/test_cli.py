@@ -789,6 +789,25 @@ def test_odd_size_is_cropped_to_even_for_420_not_rescaled(clip, tmp_path):
         assert (c.streams.video[0].width, c.streams.video[0].height) == (65, 49)
 
 
+def test_a_size_the_encoder_refuses_is_refused_before_the_run(clip, tmp_path):
+    """x265 takes no side under 16 px: the encoder was tried on 256x256 up front and failed
+    when the sink opened it, after the pipeline had run (exit 1, FFmpeg's "returned 22")."""
+    src = clip(frames=6, width=64, height=48)
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", src, out, "--encoder", "x265", "--pipeline", "resize:width=64:height=8")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "engine: error: encoder 'x265' cannot be used: x265 cannot encode 64x8 frames "
+        "(libx265 failed to open: Image size is too small (64x8).)")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    # auto takes the next encoder that opens at the size: x265 is its first for 10-bit here
+    deep = clip(frames=6, width=64, height=48, codec="libx265", pix_fmt="yuv420p10le")
+    r = run_engine("stream", deep, out, "--pipeline", "resize:width=64:height=8")
+    assert r.returncode == 0, r.stderr
+    assert "x265 cannot encode 64x8 frames" in r.stderr
+    assert decoded_indices(out) == list(range(6))
+
+
 def test_odd_size_kept_by_ffv1_444(clip, tmp_path):
     src = clip(frames=6, width=65, height=49, ext=".mkv", codec="ffv1", pix_fmt="yuv444p")
     out = tmp_path / "out.mkv"
