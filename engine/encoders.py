@@ -64,7 +64,9 @@ AUTO_ORDER_DEEP = ("hevc_nvenc", "x265", "x264", "prores")  # keep 10-bit input 
 MAX_QUALITY = 51  # x264/x265 crf and NVENC cq both top out here (x264 clamps above it silently)
 # --crf 0: x264's crf 0 is lossless at 8 bits only (10-bit came back up to 5 levels off), its qp 0
 # at every depth; x265's crf 0 is not lossless at all, its lossless mode is
-LOSSLESS_OPTIONS = {"libx264": {"qp": "0"}, "libx265": {"x265-params": "lossless=1"}}
+# NVENC's cq 0 means "automatic", not lossless: its lossless is a tune of the p1..p7 presets
+LOSSLESS_OPTIONS = {"libx264": {"qp": "0"}, "libx265": {"x265-params": "lossless=1"},
+                    "h264_nvenc": {"tune": "lossless"}, "hevc_nvenc": {"tune": "lossless"}}
 PRORES_PROFILES = {"proxy": "0", "lt": "1", "422": "2", "hq": "3", "4444": "4", "4444xq": "5"}
 
 
@@ -193,6 +195,24 @@ def _try_open(codec: str, pix_fmt: str, options: dict[str, str], thread_type: st
     return f"{codec} failed to open: {detail}"
 
 
+def check_encoder_options(name: str, crf: int | None, preset: str | None, prores_profile: str | None) -> None:
+    """The encoder flags' values, refused as the user wrote them (image outputs too, which use none)."""
+    if name != "auto" and name not in ENCODERS:
+        raise UserError(f"unknown encoder '{name}'; choose one of: auto, {', '.join(ENCODERS)}")
+    if prores_profile is not None and prores_profile not in PRORES_PROFILES:
+        raise UserError(f"invalid ProRes profile '{prores_profile}'; choose one of: "
+                        f"{', '.join(PRORES_PROFILES)}")
+    check_preset(preset)
+    if crf is not None and not 0 <= crf <= MAX_QUALITY:
+        raise UserError(f"--crf must be between 0 and {MAX_QUALITY}, got {crf}")
+
+
+def unused_encoder_flags(name: str, crf: int | None, preset: str | None, prores_profile: str | None) -> list[str]:
+    return [flag for flag, given in (("--encoder", name != "auto"), ("--crf", crf is not None),
+                                     ("--preset", preset is not None),
+                                     ("--prores-profile", prores_profile is not None)) if given]
+
+
 def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,
                    preset: str | None = None, prores_profile: str | None = None,
                    source_pix_fmt: str | None = None, hdr: HdrStatic | None = None,
@@ -206,15 +226,8 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
     HDR10 static metadata (`hdr`) goes to x265 as its own options; no other encoder here
     takes it (the sink says so).
     """
-    if name != "auto" and name not in ENCODERS:
-        raise UserError(f"unknown encoder '{name}'; choose one of: auto, {', '.join(ENCODERS)}")
+    check_encoder_options(name, crf, preset, prores_profile)
     given_profile, prores_profile = prores_profile, prores_profile or "hq"  # None: not given
-    if prores_profile not in PRORES_PROFILES:
-        raise UserError(f"invalid ProRes profile '{prores_profile}'; choose one of: "
-                        f"{', '.join(PRORES_PROFILES)}")
-    check_preset(preset)
-    if crf is not None and not 0 <= crf <= MAX_QUALITY:
-        raise UserError(f"--crf must be between 0 and {MAX_QUALITY}, got {crf}")
     if name == "auto":
         candidates = AUTO_ORDER_DEEP if bit_depth > 8 else AUTO_ORDER
     else:
@@ -225,6 +238,12 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         if output_ext not in spec.containers or spec.codec not in muxer_codecs(output_ext):
             refusals.append(f"{candidate} cannot go in {output_ext}")
             continue
+        if preset in NVENC_OTHER_PRESETS and not spec.codec.endswith("_nvenc"):
+            # the user asked for NVENC by its own name: not another encoder with the flag dropped
+            refusals.append(f"{candidate} has no preset '{preset}' (NVENC's own name; p1..p7 "
+                            f"and x264's names work on every encoder)")
+            continue
+        inexact = None
         deep = bit_depth > 8 and spec.pix_fmt_deep is not None
         pix_fmt = spec.pix_fmt_deep if deep else spec.pix_fmt_8bit
         # yuvj420p is yuv420p at full range (FFmpeg's old name for it; encoders take the plain one)
@@ -235,6 +254,14 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
             pix_fmt = plain_source  # lossless stays lossless: no chroma resampling at all
         elif spec.codec == "ffv1" and source_pix_fmt and is_rgb(source_pix_fmt):
             pix_fmt = "bgr0" if bit_depth <= 8 else "gbrp16le"  # RGB stays RGB (rgb24 is not FFV1's)
+        elif lossless and source_pix_fmt and is_rgb(source_pix_fmt):
+            # RGB input (PNG, TIFF): x265 codes planar RGB losslessly; x264 has no RGB (that is
+            # libx264rgb), so its closest is 4:4:4 YUV, a level off here and there (said)
+            rgb = {"libx265": ("gbrp", "gbrp10le" if bit_depth <= 10 else "gbrp12le")}.get(spec.codec)
+            pix_fmt = rgb[bit_depth > 8] if rgb else (pix_fmt.replace("420", "444") if "420" in pix_fmt else pix_fmt)
+            if not rgb:
+                inexact = (f"--crf 0 from RGB input is {pix_fmt} in {candidate}, a level or two off "
+                           f"(x265 or ffv1 keep RGB exactly)")
         if spec.codec == "prores_ks" and prores_profile in ("4444", "4444xq"):
             pix_fmt = "yuv444p10le"
         options = dict(spec.extra)
@@ -248,6 +275,9 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         elif spec.quality_option:
             quality = crf if crf is not None else spec.default_quality
             options[spec.quality_option] = str(quality)
+            if spec.codec.endswith("_nvenc"):
+                # cq is a quality target only with no bitrate: NVENC's default (2 Mb/s) caps it
+                options["b"] = "0"
         translated = None
         if spec.default_preset:
             options["preset"], translated = preset_for(spec, preset)
@@ -267,6 +297,8 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
                 reason += f"; {' and '.join(ignored)} not used by {candidate}"
             if translated:
                 reason += f"; {translated}"
+            if inexact:
+                reason += f"; {inexact}"
             return EncoderChoice(candidate, spec, pix_fmt, options, reason)
         refusals.append(failure)
     if name == "auto":

@@ -13,7 +13,8 @@ import av
 from engine import image_input, interrupts
 from engine.completeness import find_truncation
 from engine.crashpoints import crash_point
-from engine.encoders import choose_encoder, container_for, muxer_codecs
+from engine.encoders import (check_encoder_options, choose_encoder, container_for, muxer_codecs,
+                             unused_encoder_flags)
 from engine.deinterlace import check_mode as check_deinterlace_mode
 from engine.errors import UserError
 from engine.progress import Reporter, make_reporter
@@ -126,6 +127,14 @@ class Job:
             if image_out:
                 sink = ImageSequenceSink(config.output)
                 note = f"images: {os.path.splitext(config.output)[1][1:]} via {sink.workers} saver threads"
+                check_encoder_options(config.encoder, config.crf, config.preset, config.prores_profile)
+                unused = unused_encoder_flags(config.encoder, config.crf, config.preset, config.prores_profile)
+                if unused:  # said, as a video output says what its encoder does not use
+                    note += f"; {' and '.join(unused)} not used by an image sequence"
+                sar = source.info.sample_aspect_ratio
+                if sar:
+                    early_notes.append(f"note: the input's pixels are not square (aspect {sar}): frames are "
+                                       f"written as stored, without it (image files hold no pixel aspect)")
                 plan = plan_copy(source.container, video_index, None, "an image sequence")
             else:
                 choice = choose_encoder(config.encoder, ext, source.info.bit_depth,

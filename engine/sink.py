@@ -324,6 +324,8 @@ class VideoSink:
         self.colorspace, self.color_range = source.colorspace, source.color_range
         if (source.colorspace == RGB_MATRIX or is_rgb(source.pix_fmt)) and not is_rgb(encoder.pix_fmt):
             self.colorspace, self.color_range = BT709_MATRIX, LIMITED_RANGE
+        elif is_rgb(encoder.pix_fmt):  # RGB coded as RGB (FFV1, x265's lossless gbrp): tagged so
+            self.colorspace, self.color_range = RGB_MATRIX, FULL_RANGE
         elif is_full_range(self.color_range, source.pix_fmt):
             self.color_range = FULL_RANGE  # a yuvj format is full range, tagged or not: say so
         # ProRes cannot signal full range (decoders read it as limited): convert, and say so
@@ -583,6 +585,7 @@ class ImageSequenceSink:
         self._names: list[str] = []
         self._lock: PartialLock | None = None
         self._aborted = False
+        self.notes: list[str] = []
 
     def _save(self, frame: Frame, name: str) -> None:
         data = frame.data
@@ -599,6 +602,9 @@ class ImageSequenceSink:
         if self._aborted:  # a thread still running after the job stopped must not stage frames again
             raise RuntimeError("the image sink was aborted")
         if self._pool is None:
+            if frame.meta.get("rotation"):  # a video's display matrix: image files have none
+                self.notes.append(f"note: the input is shown rotated {frame.meta['rotation']}°: frames are "
+                                  f"written as stored, unrotated (image files hold no rotation)")
             os.makedirs(self.partial, exist_ok=True)
             self._lock = PartialLock(self.partial, directory=True)
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="engine-saver")

@@ -1012,3 +1012,44 @@ def test_closed_stdout_and_stderr_with_an_image_sequence_input(tmp_path):
                            "--fps", "24", "--pipeline", "none"], cwd=ROOT, preexec_fn=close_both,
                           timeout=120).returncode
     assert code == 0 and len(decoded_indices(out)) == 6
+
+
+def test_an_image_sequence_says_what_it_does_not_keep_and_checks_encoder_flags(clip, tmp_path):
+    """Encoder flags were ignored unchecked into images (`--encoder bogus` exited 0), and a
+    rotation tag was dropped unsaid."""
+    src = clip(frames=3, rotation=90)
+    r = run_engine("stream", src, tmp_path / "bad" / "%04d.png", "--encoder", "bogus", "--pipeline", "none")
+    assert r.returncode == 2 and "unknown encoder 'bogus'" in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()
+    r = run_engine("stream", src, tmp_path / "png" / "%04d.png", "--encoder", "x264", "--crf", "20",
+                   "--pipeline", "none")
+    assert r.returncode == 0, r.stderr
+    assert "--encoder and --crf not used by an image sequence" in r.stderr
+    assert "shown rotated 90°: frames are written as stored, unrotated" in r.stderr
+    assert len(list((tmp_path / "png").glob("*.png"))) == 3
+
+
+def test_crf_0_from_rgb_input_is_exact_in_x265_and_said_inexact_in_x264(tmp_path):
+    """x264 took RGB (PNG) input at --crf 0 as 4:2:0, 2 levels off, saying nothing."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    (tmp_path / "in").mkdir()
+    for i, rgb in enumerate(frames):
+        cv2.imwrite(str(tmp_path / "in" / f"{i + 1:04d}.png"), rgb[..., ::-1])
+    for encoder in ("x265", "x264"):
+        out = tmp_path / f"{encoder}.mkv"
+        r = run_engine("stream", tmp_path / "in" / "%04d.png", out, "--fps", "24", "--encoder", encoder,
+                       "--crf", "0", "--pipeline", "none")
+        assert r.returncode == 0, r.stderr
+        with av.open(str(out)) as c:
+            cc = c.streams.video[0].codec_context
+            decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+            fmt, matrix = cc.format.name, int(cc.colorspace)
+        worst = max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(decoded, frames))
+        if encoder == "x265":
+            assert (fmt, matrix, worst) == ("gbrp", 0, 0)  # RGB, tagged as RGB, exact
+        else:
+            assert fmt == "yuv444p" and 0 < worst <= 3
+            assert "--crf 0 from RGB input is yuv444p in x264, a level or two off" in r.stderr

@@ -89,3 +89,30 @@ def test_an_encoder_that_would_not_open_keeps_its_first_reason(monkeypatch):
     assert encoders.try_open("h264_nvenc", "yuv420p", {"preset": "p5"}) == "Cannot load libcuda.so.1"
     assert encoders.try_open("h264_nvenc", "yuv420p", {"preset": "p5"}) == "Cannot load libcuda.so.1"
     assert encoders.try_open("h264_nvenc", "yuv420p", {"preset": "p5"}) is None  # tried again: it opens now
+
+
+def test_nvenc_quality_and_lossless_options(monkeypatch):
+    """NVENC's cq is a quality target only with no bitrate (its default, 2 Mb/s, capped it), and
+    its cq 0 means "automatic": --crf 0 is its lossless tune. Opening NVENC needs its hardware
+    (the H100/H200 have none), so the options are checked as they would be handed to it."""
+    from engine import encoders
+
+    monkeypatch.setattr(encoders, "try_open", lambda *a, **k: None)
+    choice = encoders.choose_encoder("h264_nvenc", ".mp4", 8, crf=23)
+    assert (choice.options["cq"], choice.options["b"]) == ("23", "0")
+    lossless = encoders.choose_encoder("hevc_nvenc", ".mkv", 10, crf=0, source_pix_fmt="yuv420p10le")
+    assert lossless.options.get("tune") == "lossless" and "cq" not in lossless.options
+
+
+def test_an_nvenc_only_preset_is_not_dropped_on_another_encoder(monkeypatch):
+    """`--preset hq` with auto on a machine without NVENC silently made ProRes in a .mov."""
+    from engine import encoders
+    from engine.errors import UserError
+
+    real = encoders.try_open
+    monkeypatch.setattr(encoders, "try_open", lambda codec, *a, **k: (
+        "h264_nvenc failed to open: Cannot load libcuda.so.1" if codec.endswith("_nvenc") else real(codec, *a, **k)))
+    with pytest.raises(UserError, match="x264 has no preset 'hq' \\(NVENC's own name") as err:
+        encoders.choose_encoder("auto", ".mov", 8, preset="hq")
+    assert "prores has no preset 'hq'" in str(err.value)
+    assert encoders.choose_encoder("auto", ".mov", 8, preset="p4").name == "x264"  # the shared scale works
