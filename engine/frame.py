@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from engine.colour_tags import limited_grey_as_yuv, rgb_array
+
+
+class PixelShare:
+    """One decoded picture that duplicates show too (the sink's `reuse_pixels`): each of its
+    conversions runs once, under a lock, and is shared. PyAV keeps one reformatter per picture
+    and is not thread-safe: the sink's converter or saver threads converting it at once
+    segfaulted or hung (dedup into ProRes or PNG), and each duplicate converted it again."""
+
+    __slots__ = ("_lock", "_made")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # a conversion may read `data`, itself shared
+        self._made: dict[Any, Any] = {}
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._made:
+                self._made[key] = make()
+            return self._made[key]
 
 
 @dataclass(eq=False, slots=True)
@@ -46,6 +66,7 @@ class Frame:
     _picture: Any = None  # av.VideoFrame straight from the decoder, until pixels change
     _pixel_format: str = "rgb24"  # what `data` converts the picture to
     _tensor: Any = None  # torch 3×H×W RGB in [0, 1] on a device (a model stage's result)
+    _share: PixelShare | None = None  # the picture's conversions, when duplicates show it too
 
     @classmethod
     def from_array(cls, seq: int, pts: int, time_base: Fraction, data: np.ndarray,
@@ -68,15 +89,28 @@ class Frame:
                 self._tensor = None
             else:
                 # the picture's own range: PyAV would otherwise assume limited range
-                picture = limited_grey_as_yuv(self._picture)  # swscale takes grey as full range
-                self._data = rgb_array(picture, self._pixel_format)
+                picture, pixel_format = self._picture, self._pixel_format
+                self._data = self.converted(("rgb", pixel_format), lambda: rgb_array(
+                    limited_grey_as_yuv(picture), pixel_format))  # swscale takes grey as full range
                 self._picture = None  # the array is now the truth; free the decoder buffer
         return self._data
 
     @data.setter
     def data(self, value: np.ndarray) -> None:
         self._data = value
-        self._picture = self._tensor = None
+        self._picture = self._tensor = self._share = None
+
+    def converted(self, key: Any, make: Callable[[], Any]) -> Any:
+        """`make()`: a conversion of this frame's picture, made once for every frame that
+        shows the picture (see `share_pixels`)."""
+        share = self._share
+        return share.get(key, make) if share is not None else make()
+
+    def share_pixels(self) -> None:
+        """Let later frames `reuse_pixels` of this one: its picture's conversions are shared
+        from now on (called before anything converts it)."""
+        if self._picture is not None and self._share is None:
+            self._share = PixelShare()
 
     @property
     def deep(self) -> bool:
@@ -91,12 +125,12 @@ class Frame:
     def set_tensor(self, tensor: Any) -> None:
         """A model stage's result, left on its device for the next model stage."""
         self._tensor = tensor
-        self._data = self._picture = None
+        self._data = self._picture = self._share = None
 
     def set_picture(self, picture: Any) -> None:
         """A model stage's result as an `av.VideoFrame` in the encoder's format."""
         self._picture = picture
-        self._data = self._tensor = None
+        self._data = self._tensor = self._share = None
 
     def with_data(self, data: np.ndarray) -> Frame:
         """A new record for the same frame (seq, pts, a copy of meta) holding `data`."""
@@ -105,7 +139,7 @@ class Frame:
 
     def drop_pixels(self) -> None:
         """Forget this frame's pixels (a duplicate: it will `reuse_pixels` of its reference)."""
-        self._data = self._picture = self._tensor = None
+        self._data = self._picture = self._tensor = self._share = None
 
     @property
     def has_pixels(self) -> bool:
@@ -117,7 +151,7 @@ class Frame:
         Shared, not copied: downstream of the sink nothing modifies pixels in place.
         """
         self._data, self._picture, self._tensor = reference._data, reference._picture, reference._tensor
-        self._pixel_format = reference._pixel_format
+        self._pixel_format, self._share = reference._pixel_format, reference._share
 
     @property
     def picture(self) -> Any:

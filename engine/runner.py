@@ -441,6 +441,7 @@ class Pipeline:
                     dup_of = frame.meta.get("dup_of")
                     if dup_of is None:
                         reference = frame
+                        frame.share_pixels()  # before the sink's threads convert it
                     elif reference is None or reference.seq != dup_of:
                         raise ValueError(f"frame seq {frame.seq} is marked a duplicate of seq "
                                          f"{dup_of}, which is not the latest unique frame")

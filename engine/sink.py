@@ -418,6 +418,11 @@ class VideoSink:
         """The matrix swscale converts RGB with: the output's tag (None: swscale's default)."""
         return self.colorspace if self.colorspace not in (UNSPECIFIED, RGB_MATRIX) else None
 
+    def _shared_picture(self, frame: Frame) -> av.VideoFrame:
+        """`_picture`, made once for a frame and the duplicates that show it (engine/frame.py's
+        PixelShare: converting one picture on two threads at once crashed)."""
+        return frame.converted(("encode", id(self)), lambda: self._picture(frame))
+
     def _picture(self, frame: Frame) -> av.VideoFrame:
         """The picture to encode: the frame's own if it is already in the stream's format (a
         decoded picture no stage touched, or a model stage's result), else converted from RGB."""
@@ -459,7 +464,7 @@ class VideoSink:
             self._open(width, height, frame.meta.get("rotation", 0))
         elif frame.shape[:2] != self._first_shape:
             self._resized.append(frame.seq)
-        self._converting.append((frame, self._converters.submit(self._picture, frame)))
+        self._converting.append((frame, self._converters.submit(self._shared_picture, frame)))
         while len(self._converting) > LOOKAHEAD:
             with output_errors(self.shown_as, self.write_hint):
                 self._encode_next()

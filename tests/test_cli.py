@@ -1053,3 +1053,22 @@ def test_crf_0_from_rgb_input_is_exact_in_x265_and_said_inexact_in_x264(tmp_path
         else:
             assert fmt == "yuv444p" and 0 < worst <= 3
             assert "--crf 0 from RGB input is yuv444p in x264, a level or two off" in r.stderr
+
+
+@pytest.mark.parametrize("out_name,flags", [("out.mov", ["--encoder", "prores"]), ("png/%04d.png", [])])
+def test_duplicates_into_an_output_that_converts_each_picture(clip, tmp_path, out_name, flags):
+    """Duplicates shared their reference's decoded picture, and the sink's threads converted
+    it at once: segfault or hang in 5 of 5 runs into PNG or ProRes."""
+    src = clip(frames=48)
+    out = tmp_path / out_name
+    for _ in range(3):
+        r = run_engine("stream", src, out, "--pipeline", "test.mark-dups:every=4", "--quiet", *flags,
+                       env={"ENGINE_STAGE_MODULES": "engine.testing"}, timeout=60)
+        assert r.returncode == 0, r.stderr
+        if out.suffix == ".mov":
+            assert decoded_indices(out) == [4 * (i // 4) for i in range(48)]
+            out.unlink()
+        else:
+            assert len(list(out.parent.glob("*.png"))) == 48
+            for f in out.parent.glob("*.png"):
+                f.unlink()

@@ -540,3 +540,47 @@ def test_each_stage_opens_with_its_own_input_size():
     Pipeline(ListSource(3), specs, sink, RunnerOptions()).run()
     assert sorted(opened) == sorted([(64, 48), (32, 24), (96, 72)])
     assert sink.frames[0].shape[:2] == (72, 96)
+
+
+def test_duplicates_showing_one_picture_convert_it_once_whatever_the_threads(monkeypatch):
+    """PyAV keeps one reformatter per picture and is not thread-safe: the sink's savers and
+    converters converting a reference's picture for its duplicates at once segfaulted or hung
+    (dedup into PNG or ProRes), and each duplicate converted it again."""
+    from fractions import Fraction
+
+    import av
+
+    import engine.frame as frame_module
+    from engine.frame import Frame
+
+    calls = []
+    real = frame_module.rgb_array
+
+    def counting(picture, pixel_format):
+        calls.append(threading.get_ident())
+        return real(picture, pixel_format)
+
+    monkeypatch.setattr(frame_module, "rgb_array", counting)
+    picture = av.VideoFrame.from_ndarray(index_frame(7), format="rgb24").reformat(format="yuv420p")
+    reference = Frame.from_picture(0, 0, Fraction(1, 24), picture, "rgb24")
+    reference.share_pixels()
+    duplicates = [Frame(seq=i, pts=i, time_base=Fraction(1, 24)) for i in range(1, 9)]
+    for dup in duplicates:
+        dup.reuse_pixels(reference)
+    start = threading.Barrier(len(duplicates) + 1)
+    results = {}
+
+    def read(frame):
+        start.wait()
+        results[frame.seq] = frame.data
+
+    threads = [threading.Thread(target=read, args=(f,)) for f in [reference, *duplicates]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 1
+    assert all(results[f.seq] is results[0] for f in duplicates)
+    # a conversion of another kind (the sink's, to the encoder's format) is shared the same way
+    made = [reference.converted("encode", lambda: object()) for _ in range(2)]
+    assert made[0] is made[1] is duplicates[3].converted("encode", lambda: object())
