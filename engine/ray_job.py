@@ -607,7 +607,6 @@ class RayDriver:
         started = time.perf_counter()
         inp.job.join()
         join_s = time.perf_counter() - started
-        inp.job.release()
         attempts = self._attempts()
         extra = {"ray": {
             "where": self.where, "startup_s": round(self.startup_s, 3), "plan_s": round(self.plan_s, 3),

@@ -19,6 +19,7 @@ bit-exact.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
@@ -254,7 +255,8 @@ class SegmentedJob:
             ok = True
         finally:
             reporter.stop(_snapshot(progress) if ok else None)
-            self.release()
+            if not ok:
+                self.release()  # else finish() does, once the work directory is gone
         gpu = reporter.gpu_report()
         report = self.finish(results, progress.started, progress.frames_before, join_s,
                              {"gpu": gpu} if gpu is not None else None)
@@ -272,7 +274,10 @@ class SegmentedJob:
                join_s: float, extra: dict | None = None) -> dict:
         """After the join: remove the spent work directory, build and write the report."""
         crash_point("work-dir-removal")
-        shutil.rmtree(self.work_dir, ignore_errors=True)  # the output is in place: parts are spent
+        try:
+            remove_locked_work_dir(self.work_dir)  # the output is in place: parts are spent
+        finally:
+            self.release()
         done, figures = self.source_numbers(), self.run_figures()
         self.after_notes = self.segment_notes(done, figures) + self.join_notes
         report = self._report(results, started, frames_encoded, join_s, done, figures)
@@ -485,6 +490,29 @@ def _take(work_dir: str) -> int:
         os.close(fd)
         raise UserError(f"work directory {work_dir} is in use by another engine process") from None
     return fd
+
+
+def remove_locked_work_dir(work_dir: str) -> None:
+    """Remove a spent work directory while this process holds its lock: all but the lock file
+    first, so a run of the same job started meanwhile is refused ("in use"), not handed the
+    segments as they are deleted (it took the lock once it was released, reused them all and
+    failed in its join). One started after the lock file went plans afresh."""
+    try:
+        entries = list(os.scandir(work_dir))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name == "lock":
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(work_dir, "lock"))
+    with contextlib.suppress(OSError):
+        os.rmdir(work_dir)  # not empty: a run that started after the lock file went has its own
 
 
 def _reuse(work_dir: str, manifest: Manifest, ext: str) -> set[int]:

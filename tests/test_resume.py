@@ -779,3 +779,29 @@ def test_a_full_disk_names_the_work_dir_or_the_output_and_recorded_segments_are_
     assert run(1 << 30).returncode == 0
     assert json.loads((tmp_path / "r.json").read_text())["segments"]["reused"] == 6
     assert decoded_indices(out) == list(range(48))
+
+
+def test_a_second_run_is_refused_while_the_first_removes_its_work_dir(media, tmp_path):
+    """The lock was released before the spent work directory was removed: a second run of the
+    same job took it then, reused every segment and failed in its join as they were deleted
+    ("cannot write output ...: No such file or directory")."""
+    out = tmp_path / "out.mkv"
+    args = ["stream", str(media["video"]), str(out), "--quiet", "--resume", "--segment", "16f",
+            "--encoder", "ffv1", "--pipeline", "resize:scale=0.5"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ENGINE_CRASH_AT": "work-dir-removal:1:STOP"}
+    first = subprocess.Popen([sys.executable, "-m", "engine", *args], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline:  # the join has committed the output
+            time.sleep(0.05)
+        time.sleep(0.5)  # and has stopped itself at the removal
+        assert out.exists() and first.poll() is None
+        second = run_engine(*args)
+        assert second.returncode == 2 and "is in use by another engine process" in second.stderr, second.stderr
+    finally:
+        first.send_signal(signal.SIGCONT)
+        rc = first.wait(60)
+    assert rc == 0, first.stderr.read().decode()
+    assert decoded_indices(out) == list(range(48))
+    assert not [p for p in tmp_path.iterdir() if p != out]  # the work directory is gone
