@@ -50,6 +50,10 @@ from engine.validate import SequenceValidator
 # for a map stage: jitter must not make them wait). More would let the reorder buffer
 # downstream hold that many processed frames (768 4K frames for 2 workers of batch 8 × ring 3 × 2 GPUs).
 GATE_MIN_LEAD = 16
+# The watchdog looks every 50 ms: a gap this long between two looks means the process was
+# stopped or the machine slept, and the stall clock restarts (a job suspended past
+# --stall-timeout failed as stalled when resumed with `fg`).
+SUSPENDED_GAP_S = 2.0
 
 
 class Source(Protocol):
@@ -531,14 +535,20 @@ class Pipeline:
     def _supervise(self) -> None:
         """Wait for the run to end; meanwhile watch for stages stuck in one call."""
         limit = self.options.stall_timeout_s
+        tick = resumed = time.perf_counter()
         while not self._all_done.wait(0.05):
             if self.token.cancelled:
                 return
             now = time.perf_counter()
+            if now - tick > SUSPENDED_GAP_S:
+                # the clock ran while nothing of ours could: the process was stopped (Ctrl-Z,
+                # SIGSTOP) or the machine slept. No stage stalled then: time them from now
+                resumed = now
+            tick = now
             for node in self._nodes:
                 for m in node.metrics:
                     started = m.call_started
-                    if started is not None and now - max(started, m.call_heard) > limit:
+                    if started is not None and now - max(started, m.call_heard, resumed) > limit:
                         self.token.cancel(StageError(node.name, m.call_seq, TimeoutError(
                             f"stalled: no result for {limit:g} s"), m.call_last))
                         return

@@ -584,3 +584,37 @@ def test_duplicates_showing_one_picture_convert_it_once_whatever_the_threads(mon
     # a conversion of another kind (the sink's, to the encoder's format) is shared the same way
     made = [reference.converted("encode", lambda: object()) for _ in range(2)]
     assert made[0] is made[1] is duplicates[3].converted("encode", lambda: object())
+
+
+def test_a_suspended_process_is_not_a_stalled_stage(monkeypatch):
+    """The watchdog's clock ran on while the process was stopped (Ctrl-Z, SIGSTOP): resumed
+    after more than --stall-timeout, the job failed as "stalled" in whatever call was open.
+    Here the clock jumps 5 s inside one call, as it does for a process stopped that long."""
+    import time as time_module
+
+    from engine.frame import Frame
+    from engine.registry import register_stage
+    from engine.stage import MapStage
+
+    real = time_module.perf_counter
+    jump = [0.0]
+    monkeypatch.setattr(time_module, "perf_counter", lambda: real() + jump[0])
+
+    @register_stage("test.suspended-once")
+    class SuspendedOnce(MapStage):
+        def process(self, frame: Frame) -> Frame:
+            if frame.seq == 5:
+                time_module.sleep(0.1)
+                jump[0] += 5.0  # stopped for 5 s, mid-call
+                time_module.sleep(0.3)
+            return frame
+
+    source = ListSource(12)
+    sink = CollectingSink()
+    Pipeline(source, [make_spec("test.suspended-once", {})], sink,
+             RunnerOptions(join_timeout_s=5, stall_timeout_s=1.0)).run()
+    assert [f.seq for f in sink.frames] == list(range(12))
+    # a call really stuck past the limit still fails
+    with pytest.raises(StageError, match="stalled: no result for 1 s"):
+        Pipeline(ListSource(12), [make_spec("test.jitter", {"max_ms": 1500, "seed": 1})], CollectingSink(),
+                 RunnerOptions(join_timeout_s=5, stall_timeout_s=1.0)).run()
