@@ -1072,4 +1072,3 @@ def test_duplicates_into_an_output_that_converts_each_picture(clip, tmp_path, ou
             assert len(list(out.parent.glob("*.png"))) == 48
             for f in out.parent.glob("*.png"):
                 f.unlink()
-
