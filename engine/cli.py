@@ -20,8 +20,16 @@ SINK_GRACE_S = 60.0  # an encoder's flush, the output's re-read: what a stopped 
 DEFAULT_PIPELINE = "dedup,upscale:model=animevideov3-x2"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors on one line, as the engine's own are (its usage block ran to 12 lines
+    above the one that mattered); the subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"engine: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="engine", description="Streaming ML video processing engine.")
+    p = _Parser(prog="engine", description="Streaming ML video processing engine.")
     p.add_argument("--version", action="version", version=f"engine {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -270,13 +278,13 @@ def _fill_closed_fds() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _fill_closed_fds()
-    args = _parser().parse_args(argv)
-    handler = {"stream": _stream, "probe": _probe, "stages": _stages, "models": _models}[args.command]
-    if args.command == "stream":  # its output is the file it writes, not what it prints
-        sys.stdout, sys.stderr = _LogStream(sys.stdout), _LogStream(sys.stderr)
-    interrupts.install()  # SIGTERM and SIGHUP stop a job as Ctrl-C does
-    try:
+    try:  # all of it: a Ctrl-C while the arguments are read is "interrupted" too, not a traceback
+        _fill_closed_fds()
+        args = _parser().parse_args(argv)
+        handler = {"stream": _stream, "probe": _probe, "stages": _stages, "models": _models}[args.command]
+        if args.command == "stream":  # its output is the file it writes, not what it prints
+            sys.stdout, sys.stderr = _LogStream(sys.stdout), _LogStream(sys.stderr)
+        interrupts.install()  # SIGTERM and SIGHUP stop a job as Ctrl-C does
         code = handler(args)
         crash_point("command-done")  # a stop here, the job's output in place, must not undo it
         interrupts.done()

@@ -1072,3 +1072,25 @@ def test_duplicates_into_an_output_that_converts_each_picture(clip, tmp_path, ou
             assert len(list(out.parent.glob("*.png"))) == 48
             for f in out.parent.glob("*.png"):
                 f.unlink()
+
+
+@pytest.mark.parametrize("args,said", [
+    (["stream", "in.mp4", "out.mp4", "--crf", "18.5"], "argument --crf: invalid int value: '18.5' (see engine stream --help)"),
+    (["stram", "in.mp4"], "argument command: invalid choice: 'stram'"),
+    (["stream"], "the following arguments are required: IN, OUT (see engine stream --help)"),
+])
+def test_a_mistyped_argument_is_one_line(args, said):
+    """argparse printed its 12-line usage block above the line that mattered."""
+    r = run_engine(*args)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("engine: error: ") and said in r.stderr, r.stderr
+
+
+def test_torchs_threads_wait_passively_unless_the_user_says_otherwise():
+    """OpenMP's spinning threads took 6-35 % of a CPU job's time on shared cores."""
+    code = "import engine, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip() == "PASSIVE"
+    assert subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, cwd=ROOT).stdout.strip() == "ACTIVE"
