@@ -120,6 +120,27 @@ def _formats(codec: str) -> set[str]:
     return {f.name for f in (av.Codec(codec, "w").video_formats or ())}
 
 
+def has_alpha(pix_fmt: str) -> bool:
+    try:
+        return any(c.is_alpha for c in av.VideoFormat(pix_fmt).components)
+    except ValueError:  # "unknown"
+        return False
+
+
+def without_alpha(pix_fmt: str) -> str:
+    """`pix_fmt` less its alpha plane (yuva444p12le -> yuv444p12le, rgba -> bgr0), as FFmpeg names them."""
+    if not has_alpha(pix_fmt):
+        return pix_fmt
+    fmt = av.VideoFormat(pix_fmt)
+    if pix_fmt.startswith("yuva"):
+        return "yuv" + pix_fmt[4:]
+    if pix_fmt.startswith("gbrap"):
+        return "gbrp" + pix_fmt[5:]
+    if pix_fmt.startswith("ya"):
+        return "gray" if pix_fmt == "ya8" else "gray16le"
+    return "bgr0" if max(c.bits for c in fmt.components) <= 8 else "gbrp16le"  # packed RGBA
+
+
 def is_rgb(pix_fmt: str) -> bool:
     try:
         return av.VideoFormat(pix_fmt).is_rgb
@@ -216,8 +237,11 @@ def unused_encoder_flags(name: str, crf: int | None, preset: str | None, prores_
 def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,
                    preset: str | None = None, prores_profile: str | None = None,
                    source_pix_fmt: str | None = None, hdr: HdrStatic | None = None,
-                   size: tuple[int, int] | None = None) -> EncoderChoice:
+                   size: tuple[int, int] | None = None, keep_alpha: bool = False) -> EncoderChoice:
     """Resolve `name` (or `auto`) to an encoder that opens here and fits the container.
+
+    `keep_alpha`: no stage runs, so an input's alpha plane reaches a lossless encoder as it is
+    (FFV1 keeps the input's format); else the format without it is chosen.
 
     `size`, the output frames' size where it is known before the run, is what each encoder is
     opened at: x265 refuses frames under 16 px a side, FFV1 4:2:0 under 4x4, and they failed
@@ -250,6 +274,8 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         plain_source = source_pix_fmt.replace("yuvj", "yuv", 1) if source_pix_fmt else None
         # --crf 0 into x264/x265 asks for lossless: their lossless mode, in the input's own format
         lossless = crf == 0 and spec.codec in LOSSLESS_OPTIONS
+        if plain_source and not keep_alpha:  # stages see RGB: an alpha plane would come out opaque
+            plain_source = without_alpha(plain_source)
         if (spec.codec == "ffv1" or lossless) and plain_source in _formats(spec.codec):
             pix_fmt = plain_source  # lossless stays lossless: no chroma resampling at all
         elif spec.codec == "ffv1" and source_pix_fmt and is_rgb(source_pix_fmt):

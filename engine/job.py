@@ -13,7 +13,7 @@ import av
 from engine import image_input, interrupts
 from engine.completeness import find_truncation
 from engine.crashpoints import crash_point
-from engine.encoders import (check_encoder_options, choose_encoder, container_for, muxer_codecs,
+from engine.encoders import (check_encoder_options, choose_encoder, container_for, has_alpha, muxer_codecs,
                              unused_encoder_flags)
 from engine.deinterlace import check_mode as check_deinterlace_mode
 from engine.errors import UserError
@@ -141,8 +141,9 @@ class Job:
                                         crf=config.crf, preset=config.preset,
                                         prores_profile=config.prores_profile,
                                         source_pix_fmt=source.info.pix_fmt, hdr=source.info.hdr,
-                                        size=size)
+                                        size=size, keep_alpha=not specs)
                 plan = plan_copy(source.container, video_index, muxer_codecs(ext), ext)
+                source.alpha_kept = has_alpha(choice.pix_fmt)
                 sink = VideoSink(config.output, choice, source.info, input_path=config.input,
                                  copy_plan=plan, stop_copy_with_video=config.max_frames is not None,
                                  video_jumps=source.jumps)

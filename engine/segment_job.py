@@ -79,7 +79,7 @@ import numpy as np
 from engine import image_input
 from engine.crashpoints import crash_point
 from engine.durable import fsync_dir, fsync_file
-from engine.encoders import EncoderChoice
+from engine.encoders import EncoderChoice, has_alpha
 from engine.errors import UserError, ValidationError
 from engine.frame import Frame
 from engine.frame_size import size_note
@@ -419,6 +419,7 @@ class SegmentRun:
         seg = task.segment
         self.source = RangeSource(task.input, task.table.frame_range(self.decode_start, task.decode_stop),
                                   task.deinterlace, task.frame_size, counted=range(seg.start, seg.end))
+        self.source.alpha_kept = has_alpha(task.encoder.pix_fmt)
         try:
             inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
                               copy_plan=CopyPlan(),  # other streams: once, at the join

@@ -515,3 +515,33 @@ def test_10bit_4_2_0_keeps_its_colours_in_16bit_png(patches_10bit, tmp_path):
         rgb = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., ::-1]
         assert rgb.dtype == np.uint16
         assert np.abs(rgb.reshape(-1, 3).mean(0) / 257 - colour).max() < 2.0, colour
+
+
+def test_ffv1_keeps_alpha_only_where_no_stage_runs(tmp_path):
+    """FFV1 took the input's yuva444p12le whatever ran: with a stage the plane came out opaque
+    (stages see RGB) while the note said the output had no alpha, and with none it was kept
+    while the note said the same."""
+    src = tmp_path / "alpha.mov"
+    ramp = np.linspace(0, 255, 64).astype(np.uint8)[None, :].repeat(48, 0)
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("prores_ks", rate=24)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuva444p10le"
+        s.codec_context.options = {"profile": "4"}
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(np.dstack([np.full((48, 64, 3), 128, np.uint8), ramp]),
+                                           format="rgba").reformat(format="yuva444p10le")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    for pipeline, fmt, said in [("none", "yuva444p12le", "no stage runs, and the output keeps it"),  # ProRes decodes to 12 bits
+                                ("resize:width=32", "yuv444p12le", "stages see RGB and the output has no alpha")]:
+        out = tmp_path / f"{pipeline[:4]}.mkv"
+        r = run_engine("stream", src, out, "--encoder", "ffv1", "--pipeline", pipeline)
+        assert r.returncode == 0, r.stderr
+        assert said in r.stderr
+        with av.open(str(out)) as c:
+            picture = next(c.decode(video=0))
+        assert picture.format.name == fmt
+        if fmt.startswith("yuva"):
+            alpha = np.frombuffer(bytes(picture.planes[3]), np.uint16).reshape(48, -1)[:, :64]
+            assert alpha.min() < 10 and alpha.max() > 1000  # the ramp, not an opaque plane
