@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
+    # what the failure's cleanup added ("and the partial output could not be removed: ...")
+    notes = getattr(sys.exc_info()[1], "__notes__", None)
+    if notes:
+        message = "; ".join([message, *notes])
     print(f"engine: error: {message}", file=sys.stderr)
     if os.environ.get("ENGINE_DEBUG"):
         import traceback

@@ -162,7 +162,7 @@ def remove_stale_partials(path: str, inside: str | None = None) -> list[str]:
         target = os.path.join(where, entry)
         for name in _moved_out(target):
             _remove(os.path.join(where, name))
-        _remove(target)
+        _remove(target, strict=False)
         removed.append(entry)
     return removed
 
@@ -223,9 +223,14 @@ def check_written(path: str, frames: int, streams: int,
         raise ValidationError(f"output check failed: {found} streams in the file, {streams} expected")
 
 
-def _remove(path: str) -> None:
+def _remove(path: str, strict: bool = True) -> None:
+    """Remove a file or a directory tree. `strict`: what cannot be removed raises (the failure's
+    note then says the partial is left: a read-only remount left 250 frames unsaid)."""
     if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
+        def gone_already(_func, _path, exc_info):
+            if strict and not isinstance(exc_info[1], FileNotFoundError):
+                raise exc_info[1]
+        shutil.rmtree(path, onerror=gone_already)
     elif os.path.lexists(path):
         os.unlink(path)
 
@@ -535,10 +540,12 @@ class VideoSink:
                 container.close()
             except Exception:  # noqa: BLE001 - already failing; the partial file goes anyway
                 pass
-        if not self._committed:
-            _remove(self.partial)
-        if self._lock is not None:
-            self._lock.release()
+        try:
+            if not self._committed:
+                _remove(self.partial)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 IMAGE_FORMATS = {".png": [cv2.IMWRITE_PNG_COMPRESSION, 1],
@@ -659,6 +666,8 @@ class ImageSequenceSink:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._pending.clear()
-        _remove(self.partial)
-        if self._lock is not None:
-            self._lock.release()
+        try:
+            _remove(self.partial)
+        finally:
+            if self._lock is not None:
+                self._lock.release()

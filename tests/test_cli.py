@@ -1094,3 +1094,53 @@ def test_torchs_threads_wait_passively_unless_the_user_says_otherwise():
                           cwd=ROOT).stdout.strip() == "PASSIVE"
     assert subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                           capture_output=True, text=True, cwd=ROOT).stdout.strip() == "ACTIVE"
+
+
+def test_an_image_partial_that_cannot_be_removed_is_said(tmp_path, monkeypatch):
+    """The removal ignored every error: with the output's filesystem remounted read-only, a
+    failed job left 250 staged frames and its note never said so."""
+    import errno
+    from fractions import Fraction
+
+    from engine.frame import Frame
+    from engine.sink import ImageSequenceSink
+    from engine.testing import index_frame
+
+    sink = ImageSequenceSink(str(tmp_path / "out" / "%04d.png"))
+    for seq in range(3):
+        sink.write(Frame.from_array(seq, seq, Fraction(1, 24), index_frame(seq)))
+    real_unlink = os.unlink
+
+    def read_only(path, *a, **k):
+        if str(path).endswith(".png"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_unlink(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", read_only)
+    with pytest.raises(OSError, match="Read-only file system"):
+        sink.abort()
+    monkeypatch.undo()
+    sink.abort()  # once it can, the partial goes (the lock was released the first time)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_jobs_partial_left_behind_is_said_in_its_error(clip, tmp_path):
+    """The runner's note that the partial could not be removed was added to the error and
+    never printed (exception notes are not part of its text)."""
+    out = tmp_path / "out" / "%04d.png"
+    script = ("import errno, os, sys\n"
+              "real = os.unlink\n"
+              "def read_only(path, *a, **k):\n"
+              "    if str(path).endswith('.png'):\n"
+              "        raise OSError(errno.EROFS, 'Read-only file system', str(path))\n"
+              "    return real(path, *a, **k)\n"
+              "os.unlink = read_only\n"
+              "from engine.cli import main\n"
+              f"sys.exit(main(['stream', {str(clip(frames=30))!r}, {str(out)!r}, '--quiet',"
+              " '--pipeline', 'test.fail-map:at=20']))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "ENGINE_STAGE_MODULES": "engine.testing"})
+    assert r.returncode == 1
+    line, = r.stderr.strip().splitlines()
+    assert "stage 'test.fail-map' at frame seq 20 failed" in line
+    assert "and the partial output could not be removed: [Errno 30] Read-only file system" in line
