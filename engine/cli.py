@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import sys
+import threading
 
 from engine import __version__
 from engine import interrupts
@@ -278,6 +279,11 @@ def _fill_closed_fds() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line's entry. With `argv`, a caller in this process: its own stop-signal
+    handlers are back when this returns (the command's leave them ignored, for the process's end)."""
+    import signal
+
+    handlers = {s: signal.getsignal(s) for s in interrupts.STOP_SIGNALS} if argv is not None else {}
     try:  # all of it: a Ctrl-C while the arguments are read is "interrupted" too, not a traceback
         _fill_closed_fds()
         args = _parser().parse_args(argv)
@@ -312,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         interrupts.one_job(False)
+        for signum, handler in handlers.items():
+            if handler is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signum, handler)
 
 
 def _fail(message: str, code: int) -> int:
@@ -324,8 +333,6 @@ def _fail(message: str, code: int) -> int:
         import traceback
 
         traceback.print_exc()
-    import threading
-
     if any(t.name.startswith("engine-") and t.is_alive() for t in threading.enumerate()):
         # A stage stuck in native code (a stall the watchdog named): the interpreter's exit would
         # run C++ teardown under it (SIGABRT, "terminate called without an active exception").

@@ -1144,3 +1144,17 @@ def test_a_failed_jobs_partial_left_behind_is_said_in_its_error(clip, tmp_path):
     line, = r.stderr.strip().splitlines()
     assert "stage 'test.fail-map' at frame seq 20 failed" in line
     assert "and the partial output could not be removed: [Errno 30] Read-only file system" in line
+
+
+def test_a_caller_in_the_same_process_gets_its_signal_handlers_back(clip, tmp_path):
+    """main() left SIGINT, SIGTERM and SIGHUP ignored (right for the command's own exit): a
+    program calling it could no longer be stopped with Ctrl-C."""
+    script = ("import signal, sys\n"
+              "from engine.cli import main\n"
+              "names = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)\n"
+              "before = [signal.getsignal(s) for s in names]\n"
+              f"ok = main(['stream', {str(clip(frames=4))!r}, {str(tmp_path / 'a.mp4')!r}, '--quiet', '--pipeline', 'none'])\n"
+              f"bad = main(['stream', {str(tmp_path / 'missing.mp4')!r}, {str(tmp_path / 'b.mp4')!r}, '--quiet'])\n"
+              "print(ok, bad, [signal.getsignal(s) for s in names] == before)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.stdout.split() == ["0", "2", "True"], r.stderr
