@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="engine", description="Streaming ML video processing engine.")
     p.add_argument("--version", action="version", version=f"engine {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    p.subcommands = sub.choices  # name -> its parser (main's error for a stray argument)
 
     s = sub.add_parser("stream", help="decode IN, run the pipeline, encode OUT")
     s.add_argument("input", metavar="IN", help="a video file or an image sequence (frames/%%06d.png); or a "
@@ -286,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {s: signal.getsignal(s) for s in interrupts.STOP_SIGNALS} if argv is not None else {}
     try:  # all of it: a Ctrl-C while the arguments are read is "interrupted" too, not a traceback
         _fill_closed_fds()
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # argparse says so from the top parser: the hint is the subcommand's help
+            parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
         handler = {"stream": _stream, "probe": _probe, "stages": _stages, "models": _models}[args.command]
         if args.command == "stream":  # its output is the file it writes, not what it prints
             sys.stdout, sys.stderr = _LogStream(sys.stdout), _LogStream(sys.stderr)

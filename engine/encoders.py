@@ -127,20 +127,6 @@ def has_alpha(pix_fmt: str) -> bool:
         return False
 
 
-def without_alpha(pix_fmt: str) -> str:
-    """`pix_fmt` less its alpha plane (yuva444p12le -> yuv444p12le, rgba -> bgr0), as FFmpeg names them."""
-    if not has_alpha(pix_fmt):
-        return pix_fmt
-    fmt = av.VideoFormat(pix_fmt)
-    if pix_fmt.startswith("yuva"):
-        return "yuv" + pix_fmt[4:]
-    if pix_fmt.startswith("gbrap"):
-        return "gbrp" + pix_fmt[5:]
-    if pix_fmt.startswith("ya"):
-        return "gray" if pix_fmt == "ya8" else "gray16le"
-    return "bgr0" if max(c.bits for c in fmt.components) <= 8 else "gbrp16le"  # packed RGBA
-
-
 def is_rgb(pix_fmt: str) -> bool:
     try:
         return av.VideoFormat(pix_fmt).is_rgb
@@ -237,11 +223,8 @@ def unused_encoder_flags(name: str, crf: int | None, preset: str | None, prores_
 def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | None = None,
                    preset: str | None = None, prores_profile: str | None = None,
                    source_pix_fmt: str | None = None, hdr: HdrStatic | None = None,
-                   size: tuple[int, int] | None = None, keep_alpha: bool = False) -> EncoderChoice:
+                   size: tuple[int, int] | None = None) -> EncoderChoice:
     """Resolve `name` (or `auto`) to an encoder that opens here and fits the container.
-
-    `keep_alpha`: no stage runs, so an input's alpha plane reaches a lossless encoder as it is
-    (FFV1 keeps the input's format); else the format without it is chosen.
 
     `size`, the output frames' size where it is known before the run, is what each encoder is
     opened at: x265 refuses frames under 16 px a side, FFV1 4:2:0 under 4x4, and they failed
@@ -274,12 +257,12 @@ def choose_encoder(name: str, output_ext: str, bit_depth: int, *, crf: int | Non
         plain_source = source_pix_fmt.replace("yuvj", "yuv", 1) if source_pix_fmt else None
         # --crf 0 into x264/x265 asks for lossless: their lossless mode, in the input's own format
         lossless = crf == 0 and spec.codec in LOSSLESS_OPTIONS
-        if plain_source and not keep_alpha:  # stages see RGB: an alpha plane would come out opaque
-            plain_source = without_alpha(plain_source)
         if (spec.codec == "ffv1" or lossless) and plain_source in _formats(spec.codec):
             pix_fmt = plain_source  # lossless stays lossless: no chroma resampling at all
         elif spec.codec == "ffv1" and source_pix_fmt and is_rgb(source_pix_fmt):
-            pix_fmt = "bgr0" if bit_depth <= 8 else "gbrp16le"  # RGB stays RGB (rgb24 is not FFV1's)
+            # RGB stays RGB (rgb24 is not FFV1's), RGBA with its alpha (pictures no stage changes keep it)
+            alpha = has_alpha(source_pix_fmt)
+            pix_fmt = ("bgra" if alpha else "bgr0") if bit_depth <= 8 else ("gbrap16le" if alpha else "gbrp16le")
         elif lossless and source_pix_fmt and is_rgb(source_pix_fmt):
             # RGB input (PNG, TIFF): x265 codes planar RGB losslessly; x264 has no RGB (that is
             # libx264rgb), so its closest is 4:4:4 YUV, a level off here and there (said)

@@ -141,9 +141,10 @@ class Job:
                                         crf=config.crf, preset=config.preset,
                                         prores_profile=config.prores_profile,
                                         source_pix_fmt=source.info.pix_fmt, hdr=source.info.hdr,
-                                        size=size, keep_alpha=not specs)
+                                        size=size)
                 plan = plan_copy(source.container, video_index, muxer_codecs(ext), ext)
-                source.alpha_kept = has_alpha(choice.pix_fmt)
+                source.alpha_kept = (("all" if not specs else "untouched") if has_alpha(choice.pix_fmt)
+                                     else None)
                 sink = VideoSink(config.output, choice, source.info, input_path=config.input,
                                  copy_plan=plan, stop_copy_with_video=config.max_frames is not None,
                                  video_jumps=source.jumps)

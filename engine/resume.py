@@ -150,8 +150,7 @@ class SegmentedJob:
             input_notes, truncated = check_input(config, info)  # broken timestamps (refuse mode), truncation
             encoder = choose_encoder(config.encoder, ext, info.bit_depth, crf=config.crf,
                                      preset=config.preset, prores_profile=config.prores_profile,
-                                     source_pix_fmt=info.pix_fmt, hdr=info.hdr, size=size,
-                                     keep_alpha=not specs)
+                                     source_pix_fmt=info.pix_fmt, hdr=info.hdr, size=size)
             copy_plan = plan_copy(container, main_video(container).index, muxer_codecs(ext), ext)
         finally:
             container.close()

@@ -419,7 +419,8 @@ class SegmentRun:
         seg = task.segment
         self.source = RangeSource(task.input, task.table.frame_range(self.decode_start, task.decode_stop),
                                   task.deinterlace, task.frame_size, counted=range(seg.start, seg.end))
-        self.source.alpha_kept = has_alpha(task.encoder.pix_fmt)
+        self.source.alpha_kept = (("all" if not task.specs else "untouched") if has_alpha(task.encoder.pix_fmt)
+                                  else None)
         try:
             inner = VideoSink(task.output, task.encoder, self.source.info, input_path=task.input,
                               copy_plan=CopyPlan(),  # other streams: once, at the join

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -227,10 +228,19 @@ def _remove(path: str, strict: bool = True) -> None:
     """Remove a file or a directory tree. `strict`: what cannot be removed raises (the failure's
     note then says the partial is left: a read-only remount left 250 frames unsaid)."""
     if os.path.isdir(path):
-        def gone_already(_func, _path, exc_info):
-            if strict and not isinstance(exc_info[1], FileNotFoundError):
-                raise exc_info[1]
-        shutil.rmtree(path, onerror=gone_already)
+        failed: list[BaseException] = []
+
+        def left(_func, _path, exc):  # go on with the rest, say the first that could not go
+            exc = exc[1] if isinstance(exc, tuple) else exc
+            if not isinstance(exc, FileNotFoundError):
+                failed.append(exc)
+
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=left)
+        else:
+            shutil.rmtree(path, onerror=left)
+        if failed and strict:
+            raise failed[0]
     elif os.path.lexists(path):
         os.unlink(path)
 
@@ -439,6 +449,11 @@ class VideoSink:
             return picture.reformat(width=stream.width, height=stream.height, format=stream.pix_fmt,
                                     dst_colorspace=self._matrix, dst_color_range=self.color_range or None,
                                     interpolation="LANCZOS")
+        if (picture is not None and (picture.width, picture.height) == (stream.width, stream.height)
+                and is_rgb(picture.format.name) and is_rgb(stream.pix_fmt)):
+            # RGB(A) into RGB(A) (PNG frames into FFV1): the samples reordered, alpha too (through
+            # `frame.data`, RGB without it, the plane came out opaque)
+            return picture.reformat(format=stream.pix_fmt)
         if picture is not None and self.colorspace == self.source.colorspace:
             same_size = (picture.width, picture.height) == (stream.width, stream.height)
             if (picture.format.name == stream.pix_fmt

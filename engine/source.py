@@ -202,7 +202,9 @@ class VideoSource:
         # the stream's one size: given (a segment: the job's), else the first frame's
         self.size_holder = SizeHolder(frame_size)
         self._alpha_said = self._interlace_said = False
-        self.alpha_kept = False  # the job's: the encoder takes the decoded pictures' alpha as it is
+        # the job's: the encoder keeps the pictures' alpha ("all": no stage runs; "untouched": on
+        # the frames no stage changes), or None
+        self.alpha_kept: str | None = None
         hwaccel = hwaccel_for(decode)
         self.decode = "nvdec" if hwaccel is not None else "cpu"  # what auto resolved to
         self._container = open_input(path, hwaccel)
@@ -254,9 +256,11 @@ class VideoSource:
         """Notes on what the decoded pictures are, said once."""
         if not self._alpha_said and any(c.is_alpha for c in picture.format.components):
             self._alpha_said = True  # any frame: a sequence may mix RGB and RGBA files
-            self.notes.append(f"note: the input has an alpha channel ({picture.format.name}); " + (
-                "no stage runs, and the output keeps it" if self.alpha_kept else
-                "stages see RGB and the output has no alpha"))
+            kept = {"all": "no stage runs, and the output keeps it",
+                    "untouched": "the output keeps it on frames no stage changes; stages see RGB, "
+                                 "and a frame a stage changes gets an opaque alpha"}
+            self.notes.append(f"note: the input has an alpha channel ({picture.format.name}); "
+                              + kept.get(self.alpha_kept, "stages see RGB and the output has no alpha"))
         if not self._interlace_said and picture.interlaced_frame and self.deinterlace == "off":
             self._interlace_said = True
             self.notes.append(

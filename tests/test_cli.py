@@ -1078,6 +1078,8 @@ def test_duplicates_into_an_output_that_converts_each_picture(clip, tmp_path, ou
     (["stream", "in.mp4", "out.mp4", "--crf", "18.5"], "argument --crf: invalid int value: '18.5' (see engine stream --help)"),
     (["stram", "in.mp4"], "argument command: invalid choice: 'stram'"),
     (["stream"], "the following arguments are required: IN, OUT (see engine stream --help)"),
+    (["stream", "in.mp4", "out.mp4", "--pipline", "none"], "unrecognized arguments: --pipline none "
+                                                           "(see engine stream --help)"),
 ])
 def test_a_mistyped_argument_is_one_line(args, said):
     """argparse printed its 12-line usage block above the line that mattered."""

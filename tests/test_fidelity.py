@@ -517,10 +517,9 @@ def test_10bit_4_2_0_keeps_its_colours_in_16bit_png(patches_10bit, tmp_path):
         assert np.abs(rgb.reshape(-1, 3).mean(0) / 257 - colour).max() < 2.0, colour
 
 
-def test_ffv1_keeps_alpha_only_where_no_stage_runs(tmp_path):
-    """FFV1 took the input's yuva444p12le whatever ran: with a stage the plane came out opaque
-    (stages see RGB) while the note said the output had no alpha, and with none it was kept
-    while the note said the same."""
+def test_ffv1_keeps_alpha_on_the_frames_no_stage_changes_and_says_so(tmp_path):
+    """The note said "the output has no alpha" while FFV1 kept the input's yuva444p12le (with
+    a stage that changes pixels the plane comes out opaque: stages see RGB)."""
     src = tmp_path / "alpha.mov"
     ramp = np.linspace(0, 255, 64).astype(np.uint8)[None, :].repeat(48, 0)
     with av.open(str(src), "w") as c:
@@ -533,15 +532,41 @@ def test_ffv1_keeps_alpha_only_where_no_stage_runs(tmp_path):
             f.pts = i
             c.mux(s.encode(f))
         c.mux(s.encode(None))
-    for pipeline, fmt, said in [("none", "yuva444p12le", "no stage runs, and the output keeps it"),  # ProRes decodes to 12 bits
-                                ("resize:width=32", "yuv444p12le", "stages see RGB and the output has no alpha")]:
+    with av.open(str(src)) as c:
+        source_planes = [bytes(p) for p in next(c.decode(video=0)).planes]
+    for pipeline, said, exact in [
+            ("none", "no stage runs, and the output keeps it", True),
+            ("dedup", "the output keeps it on frames no stage changes", True),  # dedup hands pictures on
+            ("resize:width=32", "a frame a stage changes gets an opaque alpha", False)]:
         out = tmp_path / f"{pipeline[:4]}.mkv"
         r = run_engine("stream", src, out, "--encoder", "ffv1", "--pipeline", pipeline)
         assert r.returncode == 0, r.stderr
         assert said in r.stderr
         with av.open(str(out)) as c:
             picture = next(c.decode(video=0))
-        assert picture.format.name == fmt
-        if fmt.startswith("yuva"):
-            alpha = np.frombuffer(bytes(picture.planes[3]), np.uint16).reshape(48, -1)[:, :64]
-            assert alpha.min() < 10 and alpha.max() > 1000  # the ramp, not an opaque plane
+        assert picture.format.name == "yuva444p12le"  # ProRes 4444 decodes to 12 bits
+        alpha = np.frombuffer(bytes(picture.planes[3]), np.uint16).reshape(picture.height, -1)[:, :picture.width]
+        if exact:
+            assert [bytes(p) for p in picture.planes] == source_planes
+        else:
+            assert alpha.min() == alpha.max() == 4095  # opaque, as the note says
+
+
+def test_rgba_png_frames_keep_their_alpha_in_ffv1(tmp_path):
+    """RGBA PNG frames (the commonest alpha input) went to FFV1 as bgr0, alpha dropped."""
+    import cv2
+
+    (tmp_path / "in").mkdir()
+    frames = [np.dstack([np.full((48, 64, 3), 40 * i, np.uint8),
+                         np.linspace(0, 255, 64).astype(np.uint8)[None, :].repeat(48, 0)]) for i in range(3)]
+    for i, rgba in enumerate(frames):
+        cv2.imwrite(str(tmp_path / "in" / f"{i + 1:04d}.png"), rgba[..., [2, 1, 0, 3]])
+    out = tmp_path / "out.mkv"
+    r = run_engine("stream", tmp_path / "in" / "%04d.png", out, "--fps", "24", "--encoder", "ffv1",
+                   "--pipeline", "none")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        fmt = c.streams.video[0].codec_context.format.name
+        decoded = [f.to_ndarray(format="rgba") for f in c.decode(video=0)]
+    assert fmt == "bgra"
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, frames)) and len(decoded) == 3
