@@ -103,19 +103,22 @@ def import_ray():
     return ray
 
 
-def run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[dict] | None = None) -> list[dict]:
+def run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[dict] | None = None,
+               committed=None) -> list[dict]:
     """Run every input's job on Ray; one report per input, in the order given. `finished` (a
     batch's) gets each input's report as soon as its output is in place, so a batch that
-    fails later can still say which are done."""
+    fails later can still say which are done; `committed` (a batch's), each job's
+    `SegmentedJob.committed`."""
     try:
-        return _run_on_ray(configs, options, finished)
+        return _run_on_ray(configs, options, finished, committed)
     except KeyboardInterrupt as exc:
         # stopped and wound down: a second Ctrl-C on the way out must not kill it by the signal
         interrupts.stopped()
         raise _as_heard(exc) from None
 
 
-def _run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[dict] | None) -> list[dict]:
+def _run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[dict] | None,
+                committed=None) -> list[dict]:
     ray = import_ray()
     configs = [_absolute(c) for c in configs]
     for config in configs:  # the cheap checks first: a bad option costs no start-up
@@ -131,7 +134,7 @@ def _run_on_ray(configs: list[JobConfig], options: RayOptions, finished: list[di
     try:
         # Plan (packet scan, cut checks, manifests) while Ray starts: both are serial parts.
         with ThreadPoolExecutor(1, thread_name_prefix="engine-plan") as pool:
-            planned = pool.submit(_prepare, configs, jobs)
+            planned = pool.submit(_prepare, configs, jobs, committed)
             started = time.perf_counter()
             try:
                 started_ray = True
@@ -232,10 +235,11 @@ def _connect_held(ray, address: str | None, handlers: dict) -> str:
     return where[0]
 
 
-def _prepare(configs: list[JobConfig], jobs: list[SegmentedJob]) -> float:
+def _prepare(configs: list[JobConfig], jobs: list[SegmentedJob], committed=None) -> float:
     started = time.perf_counter()
     for config in configs:
         jobs.append(SegmentedJob.prepare(config))
+        jobs[-1].committed = committed
     return time.perf_counter() - started
 
 

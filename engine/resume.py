@@ -112,6 +112,78 @@ class _Progress:
         return self.view[0]
 
 
+@dataclass
+class _Planned:
+    """What `_plan` works out: `prepare` goes on from here."""
+
+    specs: list
+    ext: str
+    context: PipelineContext
+    info: object
+    input_notes: list[str]
+    encoder: object
+    copy_plan: object
+    length: int
+    table: object
+    plan: object
+    key: dict
+
+
+def _plan(config: JobConfig) -> _Planned:
+    """Everything `prepare` works out before it takes the work directory, the job key last:
+    the input checked, the encoder chosen, the packets scanned and the cuts planned. Writes nothing."""
+    if is_image_pattern(config.output):
+        raise UserError("--resume writes a video file, not an image sequence")
+    specs = check_config(config)
+    ext = container_for(config.output)
+    context = PipelineContext.of(specs)
+    container = open_input(config.input)
+    try:
+        info = read_info(container)
+        size = check_output_size(specs, info, video=True)
+        input_notes, truncated = check_input(config, info)  # broken timestamps (refuse mode), truncation
+        encoder = choose_encoder(config.encoder, ext, info.bit_depth, crf=config.crf,
+                                 preset=config.preset, prores_profile=config.prores_profile,
+                                 source_pix_fmt=info.pix_fmt, hdr=info.hdr, size=size)
+        copy_plan = plan_copy(container, main_video(container).index, muxer_codecs(ext), ext)
+    finally:
+        container.close()
+    length = length_in_frames(config.segment or DEFAULT_SEGMENT, info.frame_rate)
+    limit = config.max_frames
+    # The plan comes from the packet index, which in a cut-short front-index MP4 lists
+    # frames the file lacks: plan the frames that decode. With --frames N check_input
+    # skipped the truncation check; here it matters when the cut comes before frame N.
+    if truncated or (limit is not None and find_truncation(config.input, info) is not None):
+        readable = readable_frames(config.input, limit)
+        if limit is None or readable < limit:
+            if not config.allow_truncated:  # only with --frames: else check_input refused it
+                raise UserError(f"input is truncated: {config.input}: only {readable} of the "
+                                f"first {limit} frames can be read (--allow-truncated keeps them)")
+            limit = readable
+            input_notes.append(f"note: {limit} frames of the truncated input can be read")
+    table = scan_packets(config.input, limit)
+    # a hole in a constant-rate video (damaged data the demuxer skipped): the whole table
+    # at once, cuts included, where each segment's decode sees only its own range
+    holes = HoleWatch(frame_step(info.frame_rate, table.time_base), table.time_base)
+    for pts in table.pts:
+        holes.feed(pts)
+    if (hole := holes.note(info.frame_rate)) is not None:
+        input_notes.append(hole)
+    plan = plan_segments(config.input, table, length)
+    key = job_key(input_path=config.input, specs=specs,
+                  encoder={"name": encoder.name, "codec": encoder.codec, "pix_fmt": encoder.pix_fmt,
+                           "options": dict(sorted(encoder.options.items()))},
+                  container=CONTAINERS[ext], plan=plan.as_dict(),
+                  decoding=decoding_key(config))
+    return _Planned(specs, ext, context, info, input_notes, encoder, copy_plan, length, table, plan, key)
+
+
+def job_key_of(config: JobConfig) -> dict:
+    """The key `prepare` gives `config`'s work directory (without encoder_threads), worked out
+    without touching the work directory: what a batch compares an earlier run's record with."""
+    return _plan(config).key
+
+
 class SegmentedJob:
     """One `engine stream --resume` job. `prepare` checks everything and takes the work
     directory; `run` does the segments still missing and the join."""
@@ -135,52 +207,17 @@ class SegmentedJob:
         self.reused = reused
         self.notes = notes
         self.sink_note = encoder.note
+        self.key: dict = {}  # the job key as compared (without encoder_threads)
+        # a batch's: called with the job and its report once the output is in place, before
+        # the work directory goes (engine/batch.py records the input as done)
+        self.committed = None
 
     @classmethod
     def prepare(cls, config) -> SegmentedJob:
-        if is_image_pattern(config.output):
-            raise UserError("--resume writes a video file, not an image sequence")
-        specs = check_config(config)
-        ext = container_for(config.output)
-        context = PipelineContext.of(specs)
-        container = open_input(config.input)
-        try:
-            info = read_info(container)
-            size = check_output_size(specs, info, video=True)
-            input_notes, truncated = check_input(config, info)  # broken timestamps (refuse mode), truncation
-            encoder = choose_encoder(config.encoder, ext, info.bit_depth, crf=config.crf,
-                                     preset=config.preset, prores_profile=config.prores_profile,
-                                     source_pix_fmt=info.pix_fmt, hdr=info.hdr, size=size)
-            copy_plan = plan_copy(container, main_video(container).index, muxer_codecs(ext), ext)
-        finally:
-            container.close()
-        length = length_in_frames(config.segment or DEFAULT_SEGMENT, info.frame_rate)
-        limit = config.max_frames
-        # The plan comes from the packet index, which in a cut-short front-index MP4 lists
-        # frames the file lacks: plan the frames that decode. With --frames N check_input
-        # skipped the truncation check; here it matters when the cut comes before frame N.
-        if truncated or (limit is not None and find_truncation(config.input, info) is not None):
-            readable = readable_frames(config.input, limit)
-            if limit is None or readable < limit:
-                if not config.allow_truncated:  # only with --frames: else check_input refused it
-                    raise UserError(f"input is truncated: {config.input}: only {readable} of the "
-                                    f"first {limit} frames can be read (--allow-truncated keeps them)")
-                limit = readable
-                input_notes.append(f"note: {limit} frames of the truncated input can be read")
-        table = scan_packets(config.input, limit)
-        # a hole in a constant-rate video (damaged data the demuxer skipped): the whole table
-        # at once, cuts included, where each segment's decode sees only its own range
-        holes = HoleWatch(frame_step(info.frame_rate, table.time_base), table.time_base)
-        for pts in table.pts:
-            holes.feed(pts)
-        if (hole := holes.note(info.frame_rate)) is not None:
-            input_notes.append(hole)
-        plan = plan_segments(config.input, table, length)
-        key = job_key(input_path=config.input, specs=specs,
-                      encoder={"name": encoder.name, "codec": encoder.codec, "pix_fmt": encoder.pix_fmt,
-                               "options": dict(sorted(encoder.options.items()))},
-                      container=CONTAINERS[ext], plan=plan.as_dict(),
-                      decoding=decoding_key(config))
+        p = _plan(config)
+        specs, ext, context, info, input_notes = p.specs, p.ext, p.context, p.info, p.input_notes
+        encoder, copy_plan, length, table, plan, key = p.encoder, p.copy_plan, p.length, p.table, p.plan, p.key
+        compared = dict(key)  # the job key as compared (the manifest adds encoder_threads to it)
         work_dir = config.work_dir or default_work_dir(config.output)
         for what, path in (("the output", config.output), ("the input", config.input),
                            ("--report", config.report)):
@@ -217,6 +254,7 @@ class SegmentedJob:
         job = cls(config, specs, encoder, copy_plan, table, plan, context, work_dir, lock_fd,
                   manifest, reused, notes, first_frame_size(config.input))
         job.video = describe_input(info)
+        job.key = compared
         return job
 
     # ---- the run --------------------------------------------------------------------------
@@ -272,16 +310,19 @@ class SegmentedJob:
 
     def finish(self, results: dict[int, SegmentResult], started: float, frames_encoded: int,
                join_s: float, extra: dict | None = None) -> dict:
-        """After the join: remove the spent work directory, build and write the report."""
-        crash_point("work-dir-removal")
+        """After the join: build the report, tell a batch the output is done (`committed`),
+        remove the spent work directory, write the report."""
         try:
+            done, figures = self.source_numbers(), self.run_figures()
+            self.after_notes = self.segment_notes(done, figures) + self.join_notes
+            report = self._report(results, started, frames_encoded, join_s, done, figures)
+            report.update(extra or {})
+            if self.committed is not None:  # recorded first: a kill after it keeps the output
+                self.committed(self, report)
+            crash_point("work-dir-removal")
             remove_locked_work_dir(self.work_dir)  # the output is in place: parts are spent
         finally:
             self.release()
-        done, figures = self.source_numbers(), self.run_figures()
-        self.after_notes = self.segment_notes(done, figures) + self.join_notes
-        report = self._report(results, started, frames_encoded, join_s, done, figures)
-        report.update(extra or {})
         if self.config.report:
             write_report(self.config.report, report, self.config.output)
         return report
@@ -513,6 +554,30 @@ def remove_locked_work_dir(work_dir: str) -> None:
         os.unlink(os.path.join(work_dir, "lock"))
     with contextlib.suppress(OSError):
         os.rmdir(work_dir)  # not empty: a run that started after the lock file went has its own
+
+
+def discard_spent_work_dir(config: JobConfig, key: dict) -> bool:
+    """Remove `config`'s work directory if it belongs to the job of `key` (compared fields),
+    whose output a batch's record says is complete: a run killed between that record and the
+    removal left it. Left alone when in use, another job's, or not the engine's."""
+    work_dir = config.work_dir or default_work_dir(config.output)
+    if not os.path.isfile(os.path.join(work_dir, MANIFEST)):
+        return False
+    try:
+        fd = _take(work_dir)
+    except UserError:
+        return False
+    try:
+        try:
+            manifest = load(work_dir)
+        except UserError:
+            return False
+        if manifest is None or key_difference(manifest.key, key) is not None:
+            return False
+        remove_locked_work_dir(work_dir)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _reuse(work_dir: str, manifest: Manifest, ext: str) -> set[int]:

@@ -471,6 +471,29 @@ def test_batch_on_a_local_ray(media, reference, tmp_path):
     assert reports[0]["ray"]["where"] == "a local Ray"
 
 
+def test_a_killed_ray_batch_keeps_the_input_it_finished(cluster, media, reference, tmp_path):
+    """The driver killed once the first input's output was in place (its work directory not
+    yet removed): the rerun redid that input from scratch. Now it is kept, file untouched."""
+    c, _ = cluster
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("a.mkv", "b.mkv"):
+        (inputs / name).write_bytes(Path(media["av"]).read_bytes())
+    args = ("--ray", c.address, "--encoder", "ffv1", "--segment", "8f")
+    killed = stream(inputs, out, *args, env={"ENGINE_CRASH_AT": "work-dir-removal:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir() if p.is_file()}
+    assert len(before) == 1  # whichever input finished first
+    ok(stream(inputs, out, *args, "--report", tmp_path / "r.json"))
+    reports = report(tmp_path / "r.json")["inputs"]
+    assert [os.path.basename(r["output"]) for r in reports if r.get("kept")] == list(before)
+    name = next(iter(before))
+    assert (out / name).stat().st_mtime_ns == before[name][0]
+    assert sha256(out / "a.mkv") == sha256(out / "b.mkv") == sha256(reference["ffv1"])
+    assert sorted(os.listdir(out)) == ["a.mkv", "b.mkv"]
+    assert sorted(os.listdir(tmp_path)) == ["in", "out", "r.json"]  # the batch's record removed
+
+
 def test_batch_list_file_gives_each_input_its_output_and_work_dir(media, tmp_path):
     from engine.batch import batch_configs
     from engine.errors import UserError

@@ -805,3 +805,89 @@ def test_a_second_run_is_refused_while_the_first_removes_its_work_dir(media, tmp
     assert rc == 0, first.stderr.read().decode()
     assert decoded_indices(out) == list(range(48))
     assert not [p for p in tmp_path.iterdir() if p != out]  # the work directory is gone
+
+
+# ---- batches -------------------------------------------------------------------------------
+
+BATCH = ("--pipeline", "resize:scale=0.5", "--encoder", "ffv1", "--resume", "--segment", "16f")  # 3 segments each
+
+
+def batch_dir(media, tmp_path) -> tuple[Path, Path]:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.mkv", "b.mkv", "c.mkv"):
+        shutil.copy(media["av"], inputs / name)
+    return inputs, tmp_path / "out"
+
+
+def committed(out: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def records(tmp_path: Path) -> list[str]:
+    """The batch's record of finished inputs (and any partial of it), wherever under tmp_path."""
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*engine-batch*"))
+
+
+def rerun(inputs, out, report, *extra):
+    r = run_engine("stream", inputs, out, *BATCH, *extra, "--report", report)
+    assert r.returncode == 0, r.stderr
+    return r, json.loads(report.read_text())["inputs"]
+
+
+@pytest.mark.parametrize("crash_at, kept, reused_c", [
+    ("segment-done:8", ["a.mkv", "b.mkv"], 1),      # in the third input: its first segment kept
+    ("work-dir-removal:2", ["a.mkv", "b.mkv"], 0),  # b recorded, its work directory still there
+    ("batch-record-write:2", ["a.mkv"], None),      # half b's record written: b re-joined
+])
+def test_a_killed_batch_keeps_the_inputs_it_finished(media, tmp_path, crash_at, kept, reused_c):
+    """A batch under --resume killed in its third input redid the first two from scratch on
+    the rerun (0 segments reused, outputs rewritten): their work directories had gone."""
+    inputs, out = batch_dir(media, tmp_path)
+    killed = stream(inputs, out, *BATCH, env={"ENGINE_CRASH_AT": crash_at})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = committed(out)
+    r, reports = rerun(inputs, out, tmp_path / "r.json")
+    after = committed(out)
+    for name in kept:  # the same file, not rewritten
+        assert after[name] == before[name]
+        assert f"kept from an earlier run: {inputs / name} → {out / name}" in r.stderr
+    assert [x.get("kept", False) for x in reports] == [n in kept for n in ("a.mkv", "b.mkv", "c.mkv")]
+    if reused_c is not None:
+        assert reports[2]["segments"]["reused"] == reused_c and reports[2]["segments"]["total"] == 3
+    else:  # b's segments were all there: re-joined, not re-encoded
+        assert reports[1]["segments"]["reused"] == 3
+    assert after["a.mkv"][1] == after["b.mkv"][1] == after["c.mkv"][1]  # one input, one result
+    # the whole batch finished: no record, no work directory, nothing in OUT_DIR but outputs
+    assert records(tmp_path) == [] and sorted(os.listdir(out)) == ["a.mkv", "b.mkv", "c.mkv"]
+    assert sorted(os.listdir(tmp_path)) == ["in", "out", "r.json"]
+    # a rerun of the finished batch does everything again, as a finished --resume job's does
+    r, reports = rerun(inputs, out, tmp_path / "r.json")
+    assert "kept from an earlier run" not in r.stderr and not any(x.get("kept") for x in reports)
+    assert all(committed(out)[n][0] > after[n][0] for n in after) and records(tmp_path) == []
+
+
+def test_a_batch_redoes_an_output_changed_since_it_was_recorded(media, tmp_path):
+    inputs, out = batch_dir(media, tmp_path)
+    assert stream(inputs, out, *BATCH, env={"ENGINE_CRASH_AT": "segment-done:8"}).returncode == -signal.SIGKILL
+    before = committed(out)
+    (out / "a.mkv").write_bytes(before["a.mkv"][1])  # rewritten in place: same bytes, another mtime
+    r, reports = rerun(inputs, out, tmp_path / "r.json")
+    assert f"{out / 'a.mkv'} is done again: its output was replaced, changed or removed since" in r.stderr
+    assert [x.get("kept", False) for x in reports] == [False, True, False]
+    assert reports[0]["segments"]["reused"] == 0 and committed(out)["b.mkv"] == before["b.mkv"]
+
+
+def test_a_batch_rerun_with_another_option_redoes_every_input(media, tmp_path):
+    """b's output was recorded and its work directory not yet removed when the batch was
+    killed: another option's rerun redoes a and b (that work directory, spent, goes: it
+    was refused as another job's) and c."""
+    inputs, out = batch_dir(media, tmp_path)
+    killed = stream(inputs, out, *BATCH, env={"ENGINE_CRASH_AT": "work-dir-removal:2"})
+    assert killed.returncode == -signal.SIGKILL and (out / ".b.mkv.engine-work").is_dir()
+    before = committed(out)
+    r, reports = rerun(inputs, out, tmp_path / "r.json", "--pipeline", "resize:scale=0.5,resize:scale=1")
+    assert "kept from an earlier run" not in r.stderr and not any(x.get("kept") for x in reports)
+    assert f"{out / 'b.mkv'} is done again: the pipeline or its weights changed" in r.stderr
+    assert all(committed(out)[n][0] > before[n][0] for n in before)
+    assert records(tmp_path) == [] and sorted(os.listdir(out)) == ["a.mkv", "b.mkv", "c.mkv"]
