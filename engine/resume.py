@@ -295,9 +295,12 @@ class SegmentedJob:
             reporter.stop(_snapshot(progress) if ok else None)
             if not ok:
                 self.release()  # else finish() does, once the work directory is gone
-        gpu = reporter.gpu_report()
-        report = self.finish(results, progress.started, progress.frames_before, join_s,
-                             {"gpu": gpu} if gpu is not None else None)
+        try:
+            gpu = reporter.gpu_report()
+            report = self.finish(results, progress.started, progress.frames_before, join_s,
+                                 {"gpu": gpu} if gpu is not None else None)
+        finally:
+            self.release()  # safe to repeat: finish() released it once the work directory was gone
         if self.after_notes and not config.quiet:
             reporter_note(reporter, self.after_notes)
         return report
@@ -542,7 +545,9 @@ def remove_locked_work_dir(work_dir: str) -> None:
         entries = list(os.scandir(work_dir))
     except OSError:
         return
-    for entry in entries:
+    # the manifest last: what a kill mid-way leaves is still the engine's own work directory
+    # (segments with no manifest were refused as "files that are not the engine's")
+    for entry in sorted(entries, key=lambda e: e.name == MANIFEST):
         if entry.name == "lock":
             continue
         if entry.is_dir(follow_symlinks=False):

@@ -891,3 +891,23 @@ def test_a_batch_rerun_with_another_option_redoes_every_input(media, tmp_path):
     assert f"{out / 'b.mkv'} is done again: the pipeline or its weights changed" in r.stderr
     assert all(committed(out)[n][0] > before[n][0] for n in before)
     assert records(tmp_path) == [] and sorted(os.listdir(out)) == ["a.mkv", "b.mkv", "c.mkv"]
+
+
+def test_a_spent_work_dir_loses_its_manifest_last_and_its_lock_after(tmp_path, monkeypatch):
+    """Removed in directory order, a kill mid-way could leave segments without the manifest,
+    and the rerun refused its own work directory as holding files that are not the engine's."""
+    from engine.resume import remove_locked_work_dir
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ["manifest.json", "lock", "seg-0000.mkv", "seg-0001.mkv", "state-0000.npz", "zz.mkv"]:
+        (work / name).write_bytes(b"x")
+    removed = []
+    real = os.unlink
+    monkeypatch.setattr(os, "unlink", lambda path, *a, **k: (removed.append(os.path.basename(path)),
+                                                            real(path, *a, **k))[1])
+    remove_locked_work_dir(str(work))
+    assert removed[-2:] == ["manifest.json", "lock"]
+    assert sorted(removed) == sorted(["manifest.json", "lock", "seg-0000.mkv", "seg-0001.mkv",
+                                      "state-0000.npz", "zz.mkv"])
+    assert not work.exists()
