@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -289,6 +290,13 @@ def test_a_stop_signal_after_the_output_is_in_place_lets_the_driver_finish(clust
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mkv"]
 
 
+RAY_CORE_LOG = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+: ")
+
+
+def engine_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.strip().splitlines() if not RAY_CORE_LOG.match(line)]
+
+
 def test_a_failing_segment_fails_the_job_with_the_one_machine_error(cluster, media, tmp_path):
     c, _ = cluster
     out = tmp_path / "o.mkv"
@@ -296,7 +304,10 @@ def test_a_failing_segment_fails_the_job_with_the_one_machine_error(cluster, med
     local = stream(media["video"], tmp_path / "local.mkv", "--resume", *args)
     r = stream(media["video"], out, "--ray", c.address, *args)
     assert r.returncode == local.returncode == 1
-    assert r.stderr.strip().splitlines() == local.stderr.strip().splitlines()  # one line, the same
+    # one line, the same; Ray's driver core may add its own C++ log line as the failed job winds
+    # down ("task_manager.cc: Failed to push error to driver", once in a full test run), which
+    # the engine cannot hold back without hiding every other line its fd 2 carries
+    assert engine_lines(r.stderr) == local.stderr.strip().splitlines()
     assert "stage 'test.fail-map' at frame seq 20 failed" in r.stderr
     assert not out.exists()
 
